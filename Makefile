@@ -1,0 +1,42 @@
+# Transfer-robustness benchmark. `make help` lists the targets.
+PY ?= .venv/bin/python
+EXPERIMENT ?= digits
+ARGS ?=
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: help install bench test test-fast lint format perf report clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the suite with its test tools (torch from TORCH_SPEC)
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "installed into .venv; next: make bench"
+
+bench:  ## run an experiment (EXPERIMENT=digits by default; ARGS='defense=pgd_at ...' for overrides)
+	$(PY) -m benchmark.run experiment=$(EXPERIMENT) $(ARGS)
+
+test:  ## run the test suite on the CPU (slow tests included)
+	$(PY) -m pytest
+
+test-fast:  ## run the tests without the slow ones
+	$(PY) -m pytest -m "not slow"
+
+lint:  ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:  ## ruff format and autofix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward cost
+	$(PY) -m benchmark.perf $(ARGS)
+
+report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
+	$(PY) -m benchmark.report results/$(EXPERIMENT)
+
+clean:  ## remove results, the stage cache and W&B offline runs
+	rm -rf results cache outputs wandb lightning_logs

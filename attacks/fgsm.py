@@ -1,0 +1,30 @@
+"""FGSM: one gradient-sign step (Goodfellow et al. 2015, arXiv 1412.6572); FGM under L2."""
+
+from __future__ import annotations
+
+from attacks.base import LOSSES, Attack
+from benchmark.errors import choose
+
+
+class FGSM(Attack):
+    """Fast gradient sign method: x' = clip(x + eps * sign(grad_x loss)); for L2, a normalized-gradient step.
+
+    Args:
+        eps: the budget.
+        norm: linf (FGSM) or l2 (FGM).
+        loss: ce or margin.
+    """
+
+    name = "fgsm"
+
+    def __init__(self, eps: float, norm: str = "linf", loss: str = "ce"):
+        super().__init__(eps, norm)
+        choose("loss", loss, LOSSES)
+        self.loss = loss
+
+    def perturb(self, model, x, y):
+        _, grad = self.loss_and_grad(model, x, y, self.loss)
+        return self.project(self.step(x, grad, self.eps), x)
+
+    def config(self) -> dict:
+        return {**super().config(), "loss": self.loss}

@@ -1,0 +1,1 @@
+"""Benchmark runner: Hydra configs, cached stages, metrics, tracking and reporting."""

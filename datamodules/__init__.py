@@ -1,0 +1,16 @@
+"""Dataset pairs (source domain -> target domain) with a shared label space and fixed splits."""
+
+from datamodules.base import DomainDataModule, Splits, TransferDataModule
+from datamodules.digits import DigitsShift
+from datamodules.vision_pairs import Cifar10Stl10, MnistUsps, Stl10Cifar10, SvhnMnist
+
+__all__ = [
+    "Cifar10Stl10",
+    "DigitsShift",
+    "DomainDataModule",
+    "MnistUsps",
+    "Splits",
+    "Stl10Cifar10",
+    "SvhnMnist",
+    "TransferDataModule",
+]

@@ -1,0 +1,219 @@
+"""The dataset-pair contract shared by every source -> target pair.
+
+A pair yields two domains, each with fixed train / val / test splits of images in [0, 1] (float, NCHW)
+and labels in one shared label space (`class_names`). Normalization is not done here: it lives inside
+the model (`mean` and `std` are exposed for it), so attacks and data see the same [0, 1] images.
+Checkpoint and model selection use the val split; the test split is for the final evaluation only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from benchmark.errors import choose
+
+DOMAINS = ("source", "target")
+
+
+class LabeledTensors(Dataset):
+    """An in-memory dataset of images in [0, 1] and integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be NCHW, got shape {tuple(images.shape)}")
+        self.images = images.float().contiguous()
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The labels of a dataset without loading its images (`labels` attribute, through `Subset`s)."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise TypeError(f"{type(dataset).__name__} has no `labels`; wrap it so its labels can be read")
+    return torch.as_tensor(labels)
+
+
+def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Split range(n) into consecutive parts of a fixed random permutation (the last part takes the rest)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts, start = [], 0
+    for f in fractions[:-1]:
+        stop = start + round(f * n)
+        parts.append(perm[start:stop])
+        start = stop
+    parts.append(perm[start:])
+    return parts
+
+
+def per_class_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Indices of k examples of each class (fewer if a class has fewer), fixed by `seed`, in sorted order."""
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+@dataclass
+class Splits:
+    """The fixed train / val / test splits of one domain."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    def as_dict(self) -> dict[str, Dataset]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class DomainDataModule(L.LightningDataModule):
+    """One domain of a pair as a LightningDataModule, for `Trainer.fit` (train/val) and `Trainer.test`."""
+
+    def __init__(self, splits: Splits, batch_size: int, eval_batch_size: int, num_workers: int = 0):
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.train, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.val, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.test, False, self.eval_batch_size)
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Base of every dataset pair. Subclasses set the class attributes and implement `build_domains`.
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and attacks.
+        num_workers: DataLoader workers.
+        target_train_per_class: keep only this many labelled target training examples per class
+            (the few-label transfer setting); None keeps all.
+        max_train_per_domain: cap on the training examples of each domain (for fast runs); None keeps all.
+        split_seed: seed of the fixed splits. It is part of the pair's identity, not a run seed.
+    """
+
+    name: ClassVar[str] = ""
+    source_name: ClassVar[str] = "source"
+    target_name: ClassVar[str] = "target"
+    class_names: ClassVar[tuple[str, ...]] = ()
+    image_shape: ClassVar[tuple[int, int, int]] = (1, 16, 16)
+    mean: ClassVar[tuple[float, ...]] = (0.5,)
+    std: ClassVar[tuple[float, ...]] = (0.5,)
+    label_mapping_doc: ClassVar[str] = "identical label sets"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        target_train_per_class: int | None = None,
+        max_train_per_domain: int | None = None,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("batch_size and eval_batch_size must be >= 1")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.target_train_per_class = target_train_per_class
+        self.max_train_per_domain = max_train_per_domain
+        self.split_seed = split_seed
+        self._domains: dict[str, Splits] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build_domains(self) -> dict[str, Splits]:
+        """Return {"source": Splits, "target": Splits}, labels already in the shared label space."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._domains is not None:
+            return
+        domains = self.build_domains()
+        target = domains["target"]
+        if self.target_train_per_class is not None:
+            keep = per_class_indices(labels_of(target.train), self.target_train_per_class, self.split_seed)
+            domains["target"] = Splits(Subset(target.train, keep.tolist()), target.val, target.test)
+        if self.max_train_per_domain is not None:
+            for name, s in domains.items():
+                if len(s.train) > self.max_train_per_domain:
+                    keep = split_indices(len(s.train), (1.0,), self.split_seed)[0][: self.max_train_per_domain]
+                    domains[name] = Splits(Subset(s.train, keep.sort().values.tolist()), s.val, s.test)
+        self._domains = domains
+
+    def splits(self, domain: str) -> Splits:
+        choose("domain", domain, DOMAINS)
+        self.setup()
+        return self._domains[domain]
+
+    def domain(self, domain: str) -> DomainDataModule:
+        """The given domain as a LightningDataModule."""
+        return DomainDataModule(self.splits(domain), self.batch_size, self.eval_batch_size, self.num_workers)
+
+    def test_tensors(self, domain: str = "target", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n test examples of a domain (all if n is None), stacked: the fixed evaluation subset."""
+        test = self.splits(domain).test
+        n = len(test) if n is None else min(n, len(test))
+        loader = DataLoader(Subset(test, range(n)), batch_size=self.eval_batch_size, shuffle=False)
+        xs, ys = zip(*loader) if n else ((), ())
+        return torch.cat(xs), torch.cat(ys)
+
+    def sizes(self) -> dict[str, int]:
+        return {f"{d}/{k}": len(v) for d in DOMAINS for k, v in self.splits(d).as_dict().items()}
+
+    def fingerprint(self) -> str:
+        """A hash of what the pair contains (split sizes and labels), for the stage cache keys."""
+        h = hashlib.sha256(f"{self.name}|{self.class_names}|{self.image_shape}".encode())
+        for d in DOMAINS:
+            for split, ds in self.splits(d).as_dict().items():
+                labels = labels_of(ds)
+                h.update(f"{d}/{split}/{len(ds)}".encode())
+                h.update(labels.numpy().astype("int64").tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """What the pair is, for the logs and the report."""
+        return {
+            "name": self.name,
+            "source": self.source_name,
+            "target": self.target_name,
+            "classes": list(self.class_names),
+            "label_mapping": self.label_mapping_doc,
+            "image_shape": list(self.image_shape),
+            "sizes": self.sizes(),
+        }

@@ -1,0 +1,57 @@
+"""The model under attack: [0, 1] images in, logits out, normalization inside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn as nn
+
+import lightning_modules.backbones  # noqa: F401  (registers our backbones with timm)
+from benchmark.errors import ConfigError
+from lightning_modules.backbones import OUR_BACKBONES
+
+
+class ImageClassifier(nn.Module):
+    """A timm-style backbone behind a fixed per-channel normalization.
+
+    `forward(x)` takes float images in [0, 1] (NCHW) and returns logits: the contract every attack relies
+    on. `features(x)` returns the penultimate representation (timm's pre-logits).
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = backbone.num_classes
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.forward_head(b.forward_features(self.normalize(x)), pre_logits=True)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+
+def build_classifier(
+    backbone: str, num_classes: int, in_chans: int, mean: Sequence[float], std: Sequence[float], **kwargs
+) -> ImageClassifier:
+    """Build `ImageClassifier` around `timm.create_model(backbone)`; a one-line error for unknown names."""
+    if backbone not in timm.list_models():
+        raise ConfigError(
+            f"unknown model '{backbone}'; valid: {', '.join(OUR_BACKBONES)} "
+            f"or any of timm's {len(timm.list_models())} names (python -c 'import timm; print(timm.list_models())')"
+        )
+    if len(mean) != in_chans:  # broadcast a grey-scale normalization to every channel
+        mean, std = list(mean) * in_chans, list(std) * in_chans
+    net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return ImageClassifier(net, mean[:in_chans], std[:in_chans])

@@ -1,0 +1,352 @@
+"""The runner end to end on tiny sweeps: outputs, caching, resuming, W&B offline, bad input, every config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_data import skip_md5, write_all
+from wandb_reader import read_run
+
+from benchmark import run as runner
+from benchmark.sweep import Sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: A digits sweep that trains for seconds: 2 defenses, 3 attacks at 2 epsilons, 64 test examples.
+TINY = [
+    "logger=none",
+    "progress=false",
+    "teacher.trainer.max_epochs=3",
+    "defense=[finetune,pgd_at]",
+    "defense.finetune.trainer.max_epochs=2",
+    "defense.pgd_at.trainer.max_epochs=2",
+    "defense.pgd_at.module.steps=3",
+    "attack=[fgsm,pgd_linf,transfer_pgd_linf]",
+    "attack.fgsm.epsilons=[8/255,16/255]",
+    "attack.pgd_linf.epsilons=[8/255,16/255]",
+    "attack.pgd_linf.attack.steps=5",
+    "attack.transfer_pgd_linf.epsilons=[8/255,16/255]",
+    "attack.transfer_pgd_linf.attack.attack.steps=5",
+    "eval.n_examples=64",
+]
+
+
+def tiny(tmp: Path, *extra: str) -> list[str]:
+    """TINY plus `extra`; an `extra` that selects defenses or attacks drops TINY's settings of the others."""
+    base = list(TINY)
+    for group in ("defense", "attack"):
+        chosen = [e.split("=", 1)[1].strip("[]").split(",") for e in extra if e.startswith(f"{group}=")]
+        if chosen:
+            base = [o for o in base if not o.startswith(f"{group}=")]
+            base = [o for o in base if not o.startswith(f"{group}.") or o.split(".")[1].split("=")[0] in chosen[0]]
+    return [*base, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}", *extra]
+
+
+def run(overrides: list[str]) -> dict:
+    return runner.run(runner.compose(overrides))
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """The tiny sweep run once; later tests rerun it against the same cache."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    return tmp, run(tiny(tmp))
+
+
+def read_rows(tmp: Path) -> list[dict]:
+    with (tmp / "results" / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs(first):
+    tmp, out = first
+    rows = read_rows(tmp)
+    models = {r["defense"] for r in rows}
+    assert models == {"teacher", "finetune", "pgd_at"}
+    per_model = [r for r in rows if r["defense"] == "finetune"]
+    assert len(per_model) == 3 * 2 + 2, "3 attacks x 2 eps + a worst-case row per eps"
+    for column in (
+        "source",
+        "target",
+        "defense",
+        "seed",
+        "attack",
+        "norm",
+        "eps",
+        "clean_acc",
+        "robust_acc",
+        "success_rate",
+        "transfer_acc",
+        "transferability",
+        "n_examples",
+        "wall_seconds",
+    ):
+        assert column in rows[0], column
+    assert all(r["n_examples"] == "64" for r in rows)
+    transfer = [r for r in rows if r["threat_model"] == "transfer"]
+    assert transfer and all(r["transferability"] not in ("", "None") for r in transfer)
+    for r in rows:
+        assert float(r["robust_acc"]) <= float(r["clean_acc"]) + 1e-9
+    for name in ("leaderboard.md", "robust_vs_eps.png", "heatmap.png", "run_stats.json", "config.yaml"):
+        assert (tmp / "results" / name).stat().st_size > 0, name
+    board = (tmp / "results" / "leaderboard.md").read_text()
+    assert "| rank | defense | clean |" in board and "formula is unverified" in board
+    assert out["stats"]["teacher_trained"] == 1 and out["stats"]["student_trained"] == 2
+    assert out["stats"]["crafted"] == 2, "transfer examples are crafted once per epsilon, for all students"
+
+
+def test_worst_case_row_is_the_per_example_union(first):
+    tmp, _ = first
+    rows = read_rows(tmp)
+    for defense in ("teacher", "finetune", "pgd_at"):
+        for eps in ("8/255", "16/255"):
+            group = {
+                r["attack"]: float(r["robust_acc"]) for r in rows if r["defense"] == defense and r["eps_label"] == eps
+            }
+            assert group["worst_case"] <= min(v for k, v in group.items() if k != "worst_case") + 1e-9
+
+
+def test_rerun_trains_nothing_and_attacks_nothing(first):
+    tmp, out = first
+    again = run(tiny(tmp))
+    assert {k: v for k, v in again["stats"].items() if k != "cache_hits"} == dict.fromkeys(
+        ("teacher_trained", "student_trained", "crafted", "attacks_run"), 0
+    )
+    key = lambda r: (r["defense"], r["attack"], r["eps"])  # noqa: E731
+    before = {key(r): r["robust_acc"] for r in out["rows"]}
+    assert {key(r): r["robust_acc"] for r in again["rows"]} == before
+
+
+def test_adding_an_attack_runs_only_that_attack(first):
+    tmp, _ = first
+    more = run(
+        tiny(
+            tmp,
+            "attack=[fgsm,pgd_linf,transfer_pgd_linf,pgd_l2]",
+            "attack.pgd_l2.epsilons=[0.5]",
+            "attack.pgd_l2.attack.steps=3",
+        )
+    )
+    assert more["stats"]["teacher_trained"] == more["stats"]["student_trained"] == more["stats"]["crafted"] == 0
+    assert more["stats"]["attacks_run"] == 3, "one new cell for each of the 3 models"
+
+
+def test_narrowing_the_sweep_reuses_the_cache(first):
+    tmp, _ = first
+    one = run(tiny(tmp, "defense=pgd_at", "attack=pgd_linf"))
+    assert {r["defense"] for r in one["rows"]} == {"teacher", "pgd_at"}
+    assert {r["attack"] for r in one["rows"]} == {"pgd_linf"}
+    assert one["stats"]["attacks_run"] == 0 and one["stats"]["student_trained"] == 0
+
+
+def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
+    real = Sweep._cell
+    calls = {"n": 0}
+
+    # The teacher's evaluation makes 8 cell calls (6 cells + 2 white-box counterparts of the transfer cells);
+    # then the student is trained; stop in the middle of the student's evaluation, after 2 of its 6 cells.
+    def interrupt_after_ten(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sweep, "_cell", interrupt_after_ten)
+    assert runner.main(tiny(tmp_path, "defense=finetune")) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    monkeypatch.setattr(Sweep, "_cell", real)
+    resumed = run(tiny(tmp_path, "defense=finetune"))
+    assert resumed["stats"]["teacher_trained"] == 0, "the finished teacher was lost"
+    assert resumed["stats"]["student_trained"] == 0, "the finished student was lost"
+    assert resumed["stats"]["attacks_run"] == 4, "only the student's 4 unfinished cells run again"
+
+
+def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    overrides = [
+        o for o in tiny(tmp_path, "defense=finetune", "attack=[pgd_linf,transfer_pgd_linf]") if o != "logger=none"
+    ]
+    out = run([*overrides, "logger=wandb"])
+    assert out["wandb_failures"] == []
+    runs = [read_run(p) for p in sorted((tmp_path / "results" / "wandb").glob("offline-run-*/run-*.wandb"))]
+    by_type = {}
+    for r in runs:
+        by_type.setdefault(r["job_type"], []).append(r)
+    assert len(by_type["train"]) == 2, "a run for the teacher and one for the student"
+    assert {r["group"] for r in runs} == {"digits"}
+    evals = {r["name"]: r for r in by_type["evaluate"]}
+    finetune = evals["eval-digits-finetune-seed0"]
+    assert finetune["config"]["defense"] == "finetune" and finetune["config"]["pair"] == "digits"
+    rows = {(r["defense"], r["attack"], r["eps_label"]): r for r in out["rows"]}
+    assert finetune["summary"]["test/robust_acc/pgd_linf_8"] == pytest.approx(
+        rows[("finetune", "pgd_linf", "8/255")]["robust_acc"]
+    )
+    assert "test/transfer/transfer_pgd_linf_16/transferability" in finetune["summary"]
+    assert any("val/acc" in h for r in by_type["train"] for h in r["history_keys"])
+    (sweep,) = by_type["sweep"]
+    assert sweep["tables"]["results"]["nrows"] == len(out["rows"])
+
+
+def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):
+    import wandb
+
+    def broken(*a, **k):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    overrides = [o for o in tiny(tmp_path, "defense=finetune", "attack=fgsm") if o != "logger=none"]
+    with pytest.warns(UserWarning, match="W&B"):
+        out = run([*overrides, "logger=wandb"])
+    assert out["wandb_failures"] and (tmp_path / "results" / "results.csv").exists()
+    assert len(read_rows(tmp_path)) == len(out["rows"]) > 0
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data=imagenet", "unknown data 'imagenet'; valid: cifar10_stl10, digits"),
+        ("defense=[finetune,magic]", "unknown defense 'magic'; valid:"),
+        ("attack=cw", "unknown attack 'cw'; valid: fgsm"),
+        ("model=vit_huge", "unknown model 'vit_huge'; valid:"),
+        ("model.backbone=nonet", "unknown model 'nonet'; valid: small_cnn, dtn, resnet18_cifar, wrn_28_10"),
+        ("attack.fgsm.epsilons=[-0.1]", "epsilon must be a finite number >= 0"),
+        ("attack.pgd_linf.epsilons=[eight]", "epsilon 'eight' is not a number"),
+        ("attack.pgd_linf.attack.steps=0", "steps must be an integer >= 1"),
+        ("attack.pgd_linf.attack.norm=l3", "unknown norm 'l3'; valid: l2, linf"),
+        ("defense.pgd_at.module.mode=half", "unknown mode 'half'; valid:"),
+        ("defense.freeze.module.frozen_layers=[nope]", "frozen layer 'nope' matches no parameter; valid:"),
+        ("eval.n_examples=0", "eval.n_examples must be >= 1"),
+        ("eval.n_exampels=5", "Could not override 'eval.n_exampels'"),
+        ("report.transferability=ratio", "valid: accuracy_drop, success_ratio"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, override, expected):
+    code = runner.main([f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", "logger=none", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and expected in err, err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists(), "something was computed before the config was rejected"
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.run", "defense=nope", f"cache_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown defense 'nope'; valid: finetune, freeze")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- every shipped experiment config ----------------------------------------------------------------
+EXPERIMENTS = runner.options("experiment")
+#: What makes each experiment fast here: tiny fake data, one epoch, a few examples, short attacks.
+FAST = [
+    "logger=none",
+    "progress=false",
+    "seeds=[0]",
+    "eval.n_examples=4",
+    "teacher.trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
+    skip_md5(monkeypatch)
+    write_all(str(tmp_path / "data"))
+    cfg = runner.compose([f"experiment={experiment}"])
+    overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
+    for name in cfg["data"]:
+        if name != "digits":
+            overrides.append(f"data.{name}.root={tmp_path / 'data'}")
+        overrides.append(f"data.{name}.batch_size=4")
+    for name in cfg["defense"]:
+        overrides.append(f"defense.{name}.trainer.max_epochs=1")
+    for name, attack in cfg["attack"].items():
+        overrides.append(f"attack.{name}.epsilons=[{attack['epsilons'][-1]}]")
+        inner = attack["attack"].get("attack", attack["attack"])
+        if "steps" in inner:
+            key = "attack.attack" if "attack" in attack["attack"] else "attack"
+            overrides.append(f"attack.{name}.{key}.steps=2")
+    out = run(overrides)
+    assert {r["defense"] for r in out["rows"]} == {"teacher", *cfg["defense"]}
+    assert (tmp_path / "r" / "leaderboard.md").exists()
+
+
+def test_every_config_group_option_composes():
+    for group in runner.GROUPS:
+        for name in runner.options(group):
+            if group in ("data", "defense", "attack"):
+                cfg = runner.compose([f"{group}=[{name}]"])
+                assert list(cfg[group]) == [name], f"{group}/{name}.yaml must hold one top-level key '{name}'"
+            else:
+                runner.compose([f"{group}={name}"])
+
+
+# ---- DDP -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_student_training_under_ddp_on_the_cpu(tmp_path):
+    """Two gloo processes train the student; both end with the same weights; the sweep goes on as usual."""
+    args = [
+        sys.executable,
+        "-m",
+        "benchmark.run",
+        *tiny(tmp_path, "defense=finetune", "attack=fgsm"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "+teacher.trainer.devices=1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "student").glob("*/meta.json")]
+    assert len(metas) == 1
+    (meta,) = metas
+    assert meta["world_size"] == 2
+    a, b = meta["rank_param_checksums"]
+    assert a == b, "the two ranks ended with different weights"
+    teacher = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "teacher").glob("*/meta.json")]
+    assert teacher[0]["world_size"] == 1
+    assert len(read_rows(tmp_path)) > 0
+
+
+# ---- the default benchmark's numbers --------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_benchmark_numbers_are_sensible(tmp_path):
+    """The default experiment's training (not shortened), on 300 test examples at the headline epsilon."""
+    out = run(
+        [
+            "logger=none",
+            "progress=false",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"results_dir={tmp_path / 'r'}",
+            "eval.n_examples=300",
+            "defense=[finetune,pgd_at]",
+            "attack=[fgsm,pgd_linf]",
+            "attack.fgsm.epsilons=[16/255]",
+            "attack.pgd_linf.epsilons=[16/255]",
+        ]
+    )
+    acc = {(r["defense"], r["attack"]): r for r in out["rows"]}
+    teacher_clean = acc[("teacher", "fgsm")]["clean_acc"]
+    finetune_clean = acc[("finetune", "fgsm")]["clean_acc"]
+    assert teacher_clean > 0.3, "the teacher is not clearly better than chance (10 %) on the target"
+    assert finetune_clean > teacher_clean + 0.15, "fine-tuning on the target does not clearly beat the teacher"
+    for defense in ("teacher", "finetune", "pgd_at"):
+        assert acc[(defense, "pgd_linf")]["robust_acc"] <= acc[(defense, "fgsm")]["robust_acc"] + 1e-9
+    assert acc[("pgd_at", "pgd_linf")]["robust_acc"] > acc[("finetune", "pgd_linf")]["robust_acc"] + 0.1
+    assert out["warnings"] == []

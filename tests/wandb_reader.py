@@ -1,0 +1,81 @@
+"""Reads back what an offline W&B run wrote to disk (`run-<id>.wandb`), without W&B's servers.
+
+The file is a W&B header followed by records in LevelDB's log format (32 KiB blocks; each chunk has a
+4-byte checksum, a 2-byte length and a 1-byte type: full, first, middle, last); every record is a
+`wandb_internal_pb2.Record` protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK = 32768
+HEADER = 7  # ":W&B" + 2-byte magic + 1-byte version
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: Path) -> list[pb.Record]:
+    data = Path(path).read_bytes()
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{path} is not a W&B run file")
+    out, pos, pending = [], HEADER, b""
+    while pos + 7 <= len(data):
+        room = BLOCK - pos % BLOCK
+        if room < 7:  # the rest of a block too small for a chunk header is padding
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+            continue
+        if kind in (FULL, FIRST):
+            pending = chunk
+        else:
+            pending += chunk
+        if kind in (FULL, LAST):
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            out.append(rec)
+    return out
+
+
+def _value(item) -> object:
+    return json.loads(item.value_json)
+
+
+def read_run(path: Path) -> dict:
+    """name, group, job_type, config, summary (last values), history_keys, tables {key: {nrows, ncols}}."""
+    run: dict = {"config": {}, "summary": {}, "history_keys": [], "tables": {}}
+    for rec in records(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            run.update(name=r.display_name, group=r.run_group, job_type=r.job_type)
+            for item in r.config.update:
+                run["config"][item.key] = _value(item)
+        elif kind == "config":
+            for item in rec.config.update:
+                run["config"][item.key] = _value(item)
+        elif kind == "history":
+            # Nested values (a table's or an image's metadata) arrive flattened: results/_type, results/nrows, ...
+            row = {i.key or "/".join(i.nested_key): _value(i) for i in rec.history.item}
+            run["history_keys"].append(list(row))
+            for key, v in row.items():
+                if key.endswith("/_type") and str(v).startswith("table"):
+                    name = key[: -len("/_type")]
+                    run["tables"][name] = {"nrows": row.get(f"{name}/nrows"), "ncols": row.get(f"{name}/ncols")}
+        elif kind == "summary":
+            for item in rec.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                run["summary"][key] = _value(item)
+    # W&B stores a config value as {"value": v}; unwrap it.
+    run["config"] = {
+        k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in run["config"].items()
+    }
+    return run
