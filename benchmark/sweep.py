@@ -48,6 +48,7 @@ from benchmark.stages import (
 PER_ATTACK_FIELDS = (
     "transfer_acc",
     "transferability",
+    "transferability_form",
     "transferability_success_ratio",
     "transferability_accuracy_drop",
     "attack_seconds",
@@ -412,7 +413,9 @@ class Sweep:
             m = Transferability(form)
             m.update(flags["clean_correct"], wb_flags["adv_correct"], flags["adv_correct"])
             out[f"transferability_{form}"] = float(m.compute())
-        out["transferability"] = out[f"transferability_{self.cfg['report']['transferability']}"]
+        form = self.cfg["report"]["transferability"]
+        out["transferability"] = out[f"transferability_{form}"]
+        out["transferability_form"] = f"{form} (our reading of Zhang et al. 2020; formula unverified)"
         return out
 
     @staticmethod

@@ -330,12 +330,8 @@ _OBJECTS_DOC = (
 class MnistUsps(VisionPair):
     """MNIST (source) -> USPS (target), 10 digits, 32x32x3 (see the module docstring for the geometry).
 
-    Args:
-        root: the data root; MNIST reads `<root>/MNIST/raw/`, USPS `<root>/usps.bz2` and `<root>/usps.t.bz2`.
-        download: let torchvision download missing files (needs internet).
-        image_size: side of the square output images.
-        val_fraction: fraction of each official training split held out for validation.
-        **kwargs: see `TransferDataModule`.
+    Files: MNIST reads `<root>/MNIST/raw/`, USPS `<root>/usps.bz2` and `<root>/usps.t.bz2`.
+    Arguments: see `VisionPair`.
     """
 
     name = "mnist_usps"
@@ -387,12 +383,8 @@ class SvhnMnist(VisionPair):
 class Cifar10Stl10(VisionPair):
     """CIFAR-10 (source) -> STL-10 (target) on their 9 shared classes, 32x32x3 (STL resized from 96x96).
 
-    Args:
-        root: the data root; CIFAR-10 reads `<root>/cifar-10-batches-py/`, STL-10 `<root>/stl10_binary/`.
-        download: let torchvision download missing files (needs internet).
-        image_size: side of the square output images.
-        val_fraction: fraction of each official training split held out for validation.
-        **kwargs: see `TransferDataModule`.
+    Files: CIFAR-10 reads `<root>/cifar-10-batches-py/`, STL-10 `<root>/stl10_binary/`.
+    Arguments: see `VisionPair`.
     """
 
     name = "cifar10_stl10"
@@ -407,12 +399,8 @@ class Cifar10Stl10(VisionPair):
 class Stl10Cifar10(VisionPair):
     """STL-10 (source) -> CIFAR-10 (target) on their 9 shared classes, 32x32x3 (STL resized from 96x96).
 
-    Args:
-        root: the data root; STL-10 reads `<root>/stl10_binary/`, CIFAR-10 `<root>/cifar-10-batches-py/`.
-        download: let torchvision download missing files (needs internet).
-        image_size: side of the square output images.
-        val_fraction: fraction of each official training split held out for validation.
-        **kwargs: see `TransferDataModule`.
+    Files: STL-10 reads `<root>/stl10_binary/`, CIFAR-10 `<root>/cifar-10-batches-py/`.
+    Arguments: see `VisionPair`.
     """
 
     name = "stl10_cifar10"
