@@ -64,9 +64,15 @@ def attack_mode(model: nn.Module):
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-batch sum of the loss the attacker maximizes: cross-entropy, or the CW margin max_{j!=y} z_j - z_y."""
+    """Per-batch sum of the loss the attacker maximizes.
+
+    ce: cross-entropy with labels y. margin: the CW margin max_{j!=y} z_j - z_y. kl: KL(y || softmax(logits))
+    with y a probability matrix (TRADES's inner maximization, where y is the clean prediction).
+    """
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction="sum")
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=1), y, reduction="sum")
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return (others.amax(1) - z_y).sum()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import LOSSES, Attack
+from attacks.base import LOSSES, Attack, parse_eps
 from benchmark.errors import ConfigError, choose
 
 
@@ -47,10 +47,10 @@ class PGD(Attack):
             raise ConfigError(f"steps must be an integer >= 1, got {steps}")
         if int(restarts) != restarts or restarts < 1:
             raise ConfigError(f"restarts must be an integer >= 1, got {restarts}")
-        if step_size is not None and step_size <= 0:
+        if step_size is not None and parse_eps(step_size) <= 0:
             raise ConfigError(f"step_size must be > 0, got {step_size}")
         self.steps = int(steps)
-        self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
+        self.step_size = parse_eps(step_size) if step_size is not None else 2.5 * self.eps / self.steps
         self.random_start = random_start
         self.restarts = int(restarts)
         self.loss = loss

@@ -153,6 +153,11 @@ class PairResults:
         by_seed = {r["seed"]: _num(r["clean_acc"]) for r in self.rows if r["defense"] == defense}
         return [v for v in by_seed.values() if v is not None]
 
+    def field(self, defense: str, field: str) -> list[float]:
+        """A per-model field (one value per seed)."""
+        by_seed = {r["seed"]: _num(r.get(field)) for r in self.rows if r["defense"] == defense}
+        return [v for v in by_seed.values() if v is not None]
+
     def epsilons(self, attack: str, norm: str) -> list[float]:
         return sorted({round(float(r["eps"]), 10) for r in self.rows if r["attack"] == attack and r["norm"] == norm})
 
@@ -190,15 +195,56 @@ def leaderboard(rows: list[dict], headline: dict[str, float], transferability_fo
         f = res.first
         ranked = res.ranked(hl)
         cols = [(a, n, hl[n]) for a, n in res.attacks if res.values(ranked[0], a, n, hl[n])]
+        base = res.clean("finetune")
         lines += [
             f"## {pair}: {f['source']} -> {f['target']} ({f['model']}, {f['n_examples']} target test examples)",
             "",
         ]
+        if base:
+            lines += ["`clean cost`: clean accuracy minus plain fine-tuning's (points).", ""]
         lines += _table(
-            ["rank", "defense", "clean", *(f"{a} {_eps_str(n, e)}" for a, n, e in cols)],
             [
-                [str(i), d, _pct(res.clean(d)), *(_pct(res.values(d, a, n, e)) for a, n, e in cols)]
+                "rank",
+                "defense",
+                "clean",
+                *(["clean cost"] if base else []),
+                *(f"{a} {_eps_str(n, e)}" for a, n, e in cols),
+            ],
+            [
+                [
+                    str(i),
+                    d,
+                    _pct(res.clean(d)),
+                    *([_diff(res.clean(d), base)] if base else []),
+                    *(_pct(res.values(d, a, n, e)) for a, n, e in cols),
+                ]
                 for i, d in enumerate(ranked, 1)
+            ],
+        )
+        whitebox = [
+            (a, n)
+            for a, n in res.attacks
+            if any(r["attack"] == a and r["threat_model"] == "white-box" for r in res.rows)
+        ]
+        lines += [
+            "",
+            "### Detecting adversarial inputs from the representation (AUROC, %)",
+            "",
+            "Score: 1 - |cos| to the nearest clean target-training example of the predicted class, in the "
+            "model's penultimate representation (our rule; see `benchmark/detection.py`). Clean-correct test "
+            "examples against the adversarial examples that fool the model; 50 is chance.",
+            "",
+        ]
+        lines += _table(
+            ["defense", *(f"{a} {_eps_str(n, hl[n])}" for a, n in whitebox)],
+            [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
+        )
+        lines += ["", "### Training cost (seconds, this run's machine)", ""]
+        lines += _table(
+            ["defense", "training", "preparation"],
+            [
+                [d, _mean_str(res.field(d, "train_seconds"), ".1f"), _mean_str(res.field(d, "prep_seconds"), ".1f")]
+                for d in ranked
             ],
         )
         lines += ["", "### Robust accuracy (%) against epsilon", ""]
@@ -249,8 +295,12 @@ FORM_DOC = {
 }
 
 
-def _mean_str(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f}" if values else "-"
+def _mean_str(values: list[float], fmt: str = ".2f") -> str:
+    return f"{statistics.mean(values):{fmt}}" if values else "-"
+
+
+def _diff(values: list[float], base: list[float]) -> str:
+    return f"{100 * (statistics.mean(values) - statistics.mean(base)):+.1f}" if values and base else "-"
 
 
 def headline_eps(rows: list[dict], headline: dict) -> dict[str, float]:

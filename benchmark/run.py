@@ -63,7 +63,33 @@ def compose(overrides: list[str]) -> dict:
     for group, target in (("data", ()), ("defense", ("module",)), ("attack", ("attack",))):
         for name in [n for n, entry in cfg[group].items() if "_target_" not in _get(entry, target)]:
             del cfg[group][name]
+    cfg["stages"] = earlier_stages(cfg, overrides)
     return cfg
+
+
+def earlier_stages(cfg: dict, overrides: list[str]) -> dict:
+    """The defenses that selected ones start from (`init_from`) but the sweep does not evaluate.
+
+    Each is composed from its own config file with the same experiment and overrides (minus the ones that
+    select or set other defenses), so it is exactly what `defense=<name>` would train.
+    """
+    stages: dict = {}
+    todo = [d["init_from"] for d in cfg["defense"].values() if d.get("init_from")]
+    while todo:
+        name = todo.pop()
+        if name in cfg["defense"] or name in stages:
+            continue
+        if name not in options("defense"):
+            raise ConfigError(f"init_from names unknown defense '{name}'; valid: {', '.join(options('defense'))}")
+        keep = [
+            o
+            for o in overrides
+            if not re.match(r"[+~]*defense[=.]", o) or o.lstrip("+~").startswith(f"defense.{name}.")
+        ]
+        stages[name] = compose([*keep, f"defense=[{name}]"])["defense"][name]
+        if stages[name].get("init_from"):
+            todo.append(stages[name]["init_from"])
+    return stages
 
 
 def _get(entry: dict, path: tuple[str, ...]) -> dict:

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from attacks.base import Attack, attack_mode, check_adversarial
-from benchmark.cache import Cache
+from benchmark.cache import Cache, stage_key
 from benchmark.errors import ConfigError
 from benchmark.tracking import finish_logger, lightning_logger
 from benchmark.training import fit
@@ -96,6 +96,7 @@ def job_key_spec(job: dict) -> dict:
         "trainer": semantic(job["trainer"], NON_SEMANTIC_TRAINER_KEYS),
         "seed": job["seed"],
         "teacher_key": job.get("teacher_key"),
+        "init_key": job.get("init_key"),
     }
 
 
@@ -106,7 +107,31 @@ def build_module(job: dict, cache: Cache, dm: TransferDataModule) -> L.Lightning
     if job.get("teacher_key"):
         teacher = cache.tensors("teacher", job["teacher_key"], "state")
         kwargs["teacher_state"] = {k[len("model.") :]: v for k, v in teacher.items() if k.startswith("model.")}
-    return build(job["module"], **kwargs)
+    module = build(job["module"], **kwargs)
+    if job.get("init_key"):  # a later stage of a multi-stage defense starts from the earlier stage's weights
+        module.load_init_state(cache.tensors("student", job["init_key"], "state"))
+    return module
+
+
+def ensure_prepared(job: dict, module: L.LightningModule, dm: TransferDataModule, cache: Cache) -> dict | None:
+    """Run (or load from the cache) the module's `prepare` step and apply it; returns its meta, or None."""
+    spec = module.prepare_spec()
+    if spec is None:
+        return None
+    key = stage_key("prep", {"stage": job["key"], "spec": spec})
+    meta = cache.meta("prep", key)
+    if meta is None:
+        L.seed_everything(job["seed"], workers=True, verbose=False)
+        start = time.perf_counter()
+        meta, tensors = module.prepare(dm)
+        meta = {**meta, "seconds": time.perf_counter() - start, "key": key}
+        cache.put("prep", key, meta, {"result": tensors})
+        meta["cached"] = False
+    else:
+        tensors = cache.tensors("prep", key, "result")
+        meta["cached"] = True
+    module.apply_preparation(meta, tensors)
+    return meta
 
 
 def _param_checksum(module: nn.Module) -> float:
@@ -119,6 +144,7 @@ def run_train_job(job: dict, progress: bool = True) -> dict:
     L.seed_everything(job["seed"], workers=True, verbose=False)
     dm = build_datamodule(job["data"])
     module = build_module(job, cache, dm)
+    prep = ensure_prepared(job, module, dm, cache)
     trainer_kwargs = {k: v for k, v in job["trainer"].items() if v is not None}
     logger = lightning_logger(job.get("wandb"), f"{job['kind']}-{job['name']}-seed{job['seed']}", job_key_spec(job))
     try:
@@ -140,6 +166,7 @@ def run_train_job(job: dict, progress: bool = True) -> dict:
         "randomized": bool(getattr(module, "randomized", False)),
         "nondifferentiable": bool(getattr(module, "nondifferentiable", False)),
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "prep": prep,
     }
     if trainer.global_rank == 0:
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -155,6 +182,9 @@ def train_stage(job: dict, progress: bool = True) -> dict:
     devices = job["trainer"].get("devices", 1)
     if isinstance(devices, int) and devices > 1 or job["trainer"].get("num_nodes", 1) > 1:
         import subprocess
+
+        dm = build_datamodule(job["data"])  # the preparation runs once, here; the ranks find it cached
+        ensure_prepared(job, build_module(job, cache, dm), dm, cache)
 
         path = cache.root / "jobs" / f"{job['kind']}-{job['key']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,16 +256,14 @@ def run_attack(
     return x_adv, cost
 
 
-def whitebox_flags(attack, model, x, y, batch_size, device, on_batch=None) -> tuple[dict, dict]:
-    """Per-example flags of a white-box attack; only the clean-correct examples are attacked."""
+def whitebox(attack, model, x, y, batch_size, device, on_batch=None) -> tuple[torch.Tensor, dict]:
+    """A white-box attack on the clean-correct examples (the others keep x' = x): (x_adv, cost)."""
     clean_correct = predict(model, x, batch_size, device) == y
-    x_adv, cost = run_attack(attack, model, x, y, batch_size, device, only=clean_correct, on_batch=on_batch)
-    adv_correct = predict(model, x_adv, batch_size, device) == y
-    return {"clean_correct": clean_correct, "adv_correct": adv_correct}, cost
+    return run_attack(attack, model, x, y, batch_size, device, only=clean_correct, on_batch=on_batch)
 
 
 def score_flags(model, x, x_adv, y, batch_size, device) -> dict:
-    """Per-example flags of the given adversarial examples (e.g. crafted on a teacher) on `model`."""
+    """Per-example flags of adversarial examples on `model`: correct when clean, correct when attacked."""
     return {
         "clean_correct": predict(model, x, batch_size, device) == y,
         "adv_correct": predict(model, x_adv, batch_size, device) == y,

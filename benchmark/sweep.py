@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from attacks.base import Attack, check_adversarial, parse_eps
 from attacks.transfer import TransferAttack
 from benchmark.cache import Cache, stage_key
+from benchmark.detection import RepresentationDetector, detection_auroc
 from benchmark.errors import ConfigError, choose
 from benchmark.metrics import (
     TRANSFERABILITY_FORMS,
@@ -37,11 +38,11 @@ from benchmark.stages import (
     build_model,
     job_key_spec,
     load_trained,
+    predict,
     run_attack,
-    score_flags,
     semantic,
     train_stage,
-    whitebox_flags,
+    whitebox,
 )
 
 #: Row fields that describe one attack's run; empty in the per-example worst-case rows.
@@ -51,6 +52,7 @@ PER_ATTACK_FIELDS = (
     "transferability_form",
     "transferability_success_ratio",
     "transferability_accuracy_drop",
+    "detection_auroc",
     "attack_seconds",
     "wall_seconds",
     "forward_passes",
@@ -88,9 +90,21 @@ class Context:
     x: torch.Tensor
     y: torch.Tensor
     eval_spec: dict
-    teacher: Target
+    teacher: Target | None
     teacher_model: torch.nn.Module | None = None
     crafted: dict = field(default_factory=dict)
+    students: dict = field(default_factory=dict)
+
+
+@dataclass
+class Evaluated:
+    """A model under evaluation with what every cell of it shares: clean predictions and detection scores."""
+
+    target: Target
+    model: torch.nn.Module
+    pred_clean: torch.Tensor
+    detector: RepresentationDetector | None
+    score_clean: torch.Tensor | None
 
 
 def _device(name: str) -> torch.device:
@@ -167,7 +181,7 @@ class Sweep:
             dm = build_datamodule(dcfg)
             model = build_model(cfg["model"], dm)
             build(self._module_cfg(cfg["teacher"]), model=model)
-            for dname, dfn in cfg["defense"].items():
+            for dname, dfn in {**(cfg.get("stages") or {}), **cfg["defense"]}.items():
                 self._check_trainer(dname, dfn.get("trainer") or {})
                 build(dfn["module"], model=build_model(cfg["model"], dm), teacher_state=model.state_dict())
         self._check_trainer("teacher", cfg["teacher"].get("trainer") or {})
@@ -215,26 +229,27 @@ class Sweep:
         self,
         kind: str,
         name: str,
-        data_name: str,
-        fingerprint: str,
+        ctx: Context,
         module: dict,
-        trainer: dict,
+        trainer: dict | None,
         seed: int,
         teacher_key: str | None,
+        init_key: str | None = None,
     ) -> dict:
         cfg = self.cfg
         job = {
             "kind": kind,
             "name": name,
-            "data_name": data_name,
-            "data": cfg["data"][data_name],
-            "data_fingerprint": fingerprint,
+            "data_name": ctx.data_name,
+            "data": cfg["data"][ctx.data_name],
+            "data_fingerprint": ctx.eval_spec["fingerprint"],
             "domain": "source" if kind == "teacher" else "target",
             "model": cfg["model"],
             "module": module,
             "trainer": single_process_strategy({**cfg["trainer"], **(trainer or {})}),
             "seed": seed,
             "teacher_key": teacher_key,
+            "init_key": init_key,
             "cache_dir": str(cfg["cache_dir"]),
         }
         job["key"] = stage_key(kind, job_key_spec(job))
@@ -249,13 +264,45 @@ class Sweep:
             with self._paused():
                 target.meta = train_stage(job, progress=self.cfg.get("progress", True))
             self.stats[f"{job['kind']}_trained"] += 1
+            prep = target.meta.get("prep")
             self.log(
                 f"  done in {target.meta['fit_seconds']:.1f}s; best {target.meta['selection_metric']} "
                 f"{target.meta['best_value']:.3f} at epoch {target.meta['best_epoch']}"
+                + (f"; preparation {prep['seconds']:.1f}s" + (" (cached)" if prep["cached"] else "") if prep else "")
             )
         else:
             target.meta = train_stage(job)
             self.stats["cache_hits"] += 1
+
+    def _student(self, name: str, seed: int, ctx: Context, chain: tuple[str, ...] = ()) -> Target:
+        """The trained student of a defense; a defense with `init_from` first trains the stage it starts from."""
+        if (name, seed) in ctx.students:
+            return ctx.students[(name, seed)]
+        dcfg = self._defense_cfg(name)
+        init_key = None
+        if parent := dcfg.get("init_from"):
+            if parent in (*chain, name):
+                raise ConfigError(
+                    f"defense '{name}' starts from itself: init_from chain {' -> '.join((*chain, name, parent))}"
+                )
+            init_key = self._student(parent, seed, ctx, (*chain, name)).job["key"]
+        job = self._job(
+            "student", name, ctx, dcfg["module"], dcfg.get("trainer"), seed, ctx.teacher.job["key"], init_key
+        )
+        target = Target(name, seed, job)
+        self._train(target)
+        if parent:  # the defense's training cost includes the stages it starts from
+            earlier = ctx.students[(parent, seed)].meta["fit_seconds"]
+            target.meta = {**target.meta, "fit_seconds": target.meta["fit_seconds"] + earlier}
+        ctx.students[(name, seed)] = target
+        return target
+
+    def _defense_cfg(self, name: str) -> dict:
+        """A defense of the sweep, or an earlier stage of one (`stages`: composed from its shipped config)."""
+        found = self.cfg["defense"].get(name) or (self.cfg.get("stages") or {}).get(name)
+        if found is None:
+            raise ConfigError(f"init_from names unknown defense '{name}'")
+        return found
 
     def _crafted(self, attack: TransferAttack, ctx: Context) -> tuple[torch.Tensor, dict, str]:
         """Examples crafted on the teacher: once per (teacher, attack, eps), then reused by every student."""
@@ -267,9 +314,8 @@ class Sweep:
         if meta is None:
             attack.surrogate = self._teacher_model(ctx)
             torch.manual_seed(self.cfg["eval"]["seed"])
-            x_adv, cost = run_attack(
-                attack, attack.surrogate, ctx.x, ctx.y, self.cfg["eval"]["batch_size"], self.device
-            )
+            bs = self.cfg["eval"]["batch_size"]
+            x_adv, cost = run_attack(attack, attack.surrogate, ctx.x, ctx.y, bs, self.device)
             meta = {**cost, "spec": spec}
             self.cache.put("craft", key, meta, {"x_adv": x_adv})
             self.stats["crafted"] += 1
@@ -285,9 +331,9 @@ class Sweep:
             ctx.teacher_model = load_trained(ctx.teacher.job).deployed_model().to(self.device)
         return ctx.teacher_model
 
-    def _cell(self, target: Target, model, attack: Attack, ctx: Context) -> tuple[dict, dict]:
-        """Per-example flags of one attack at one epsilon on one model (cached)."""
-        spec = {"model": target.job["key"], "attack": attack.config(), "eval": ctx.eval_spec}
+    def _cell(self, ev: Evaluated, attack: Attack, ctx: Context) -> tuple[dict, dict]:
+        """Per-example flags (and detection scores) of one attack at one epsilon on one model (cached)."""
+        spec = {"model": ev.target.job["key"], "attack": attack.config(), "eval": ctx.eval_spec}
         transfer = isinstance(attack, TransferAttack)
         if transfer:
             x_adv, craft_meta, spec["craft"] = self._crafted(attack, ctx)
@@ -300,15 +346,18 @@ class Sweep:
         start = time.perf_counter()
         bs = self.cfg["eval"]["batch_size"]
         if transfer:
-            flags = score_flags(model, ctx.x, x_adv, ctx.y, bs, self.device)
             cost = {k: craft_meta[k] for k in ("attack_seconds", "forward_passes", "backward_passes")}
         else:
             torch.manual_seed(self.cfg["eval"]["seed"])
             task = self._progress.add_task(f"  {attack.label}", total=len(ctx.x)) if self._progress else None
             on_batch = (lambda n: self._progress.advance(task, n)) if task is not None else None
-            flags, cost = whitebox_flags(attack, model, ctx.x, ctx.y, bs, self.device, on_batch)
+            x_adv, cost = whitebox(attack, ev.model, ctx.x, ctx.y, bs, self.device, on_batch)
             if task is not None:
                 self._progress.remove_task(task)
+        pred_adv = predict(ev.model, x_adv, bs, self.device)
+        flags = {"clean_correct": ev.pred_clean == ctx.y, "adv_correct": pred_adv == ctx.y}
+        if ev.detector is not None:
+            flags["score_clean"], flags["score_adv"] = ev.score_clean, ev.detector.scores(x_adv, pred_adv)
         meta = {**cost, "wall_seconds": time.perf_counter() - start, "spec": spec}
         self.cache.put("attack", key, meta, {"flags": flags})
         self.stats["attacks_run"] += 1
@@ -332,42 +381,50 @@ class Sweep:
         cfg = self.cfg
         dm = build_datamodule(cfg["data"][data_name])
         dm.setup()
-        fp = dm.fingerprint()
         x, y = dm.test_tensors("target", cfg["eval"]["n_examples"])
         eval_spec = {
             "data": semantic(cfg["data"][data_name], NON_SEMANTIC_DATA_KEYS),
-            "fingerprint": fp,
+            "fingerprint": dm.fingerprint(),
             "n": len(x),
             "seed": cfg["eval"]["seed"],
         }
+        ctx = Context(data_name, dm, x, y, eval_spec, teacher=None)
         tcfg = cfg["teacher"]
-        teacher_job = self._job(
-            "teacher", "teacher", data_name, fp, self._module_cfg(tcfg), tcfg.get("trainer"), tcfg.get("seed", 0), None
+        seed = tcfg.get("seed", 0)
+        ctx.teacher = Target(
+            "teacher",
+            seed,
+            self._job("teacher", "teacher", ctx, self._module_cfg(tcfg), tcfg.get("trainer"), seed, None),
         )
-        ctx = Context(data_name, dm, x, y, eval_spec, Target("teacher", tcfg.get("seed", 0), teacher_job))
         self._train(ctx.teacher)
         self.log(f"[bold]{data_name}[/]: {dm.source_name} -> {dm.target_name}, {len(x)} target test examples")
         self._evaluate(ctx.teacher, ctx)
         for seed in self.seeds:
-            for dname, dcfg in cfg["defense"].items():
-                job = self._job(
-                    "student", dname, data_name, fp, dcfg["module"], dcfg.get("trainer"), seed, teacher_job["key"]
-                )
-                target = Target(dname, seed, job)
-                self._train(target)
-                self._evaluate(target, ctx)
+            for name in cfg["defense"]:
+                self._evaluate(self._student(name, seed, ctx), ctx)
+
+    def _evaluated(self, target: Target, ctx: Context) -> Evaluated:
+        module = load_trained(target.job).to(self.device)
+        model = module.deployed_model()
+        bs = self.cfg["eval"]["batch_size"]
+        pred_clean = predict(model, ctx.x, bs, self.device)
+        detector = score_clean = None
+        if self.cfg["eval"]["detection"]:
+            ref_x, ref_y = ctx.dm.tensors("target", "train", self.cfg["eval"]["detection_reference"])
+            detector = RepresentationDetector(module.representation, ref_x, ref_y, bs, self.device)
+            score_clean = detector.scores(ctx.x, pred_clean)
+        return Evaluated(target, model, pred_clean, detector, score_clean)
 
     def _evaluate(self, target: Target, ctx: Context) -> None:
-        module = load_trained(target.job)
-        model = module.deployed_model().to(self.device)
+        ev = self._evaluated(target, ctx)
         computed: list[tuple[dict, dict]] = []
         for entry in self.attacks:
             for eps_str, attack in zip(entry.eps_labels, entry.attacks):
                 attack = copy.copy(attack)
-                flags, meta = self._cell(target, model, attack, ctx)
+                flags, meta = self._cell(ev, attack, ctx)
                 row = self._row(target, ctx, entry.name, attack, eps_str, flags, meta)
                 if isinstance(attack, TransferAttack):
-                    wb_flags, _ = self._cell(target, model, attack.whitebox_counterpart(), ctx)
+                    wb_flags, _ = self._cell(ev, attack.whitebox_counterpart(), ctx)
                     row.update(self._transferability(flags, wb_flags))
                 self.rows.append(row)
                 computed.append((row, flags))
@@ -402,6 +459,9 @@ class Sweep:
             "eps_label": eps_str,
             **flag_metrics(flags),
             **{k: meta.get(k) for k in PER_ATTACK_FIELDS},
+            "detection_auroc": detection_auroc(flags),
+            "train_seconds": target.meta.get("fit_seconds"),
+            "prep_seconds": (target.meta.get("prep") or {}).get("seconds"),
             "randomized_defense": target.meta.get("randomized", False),
             "cached": meta["cached"],
             "flags": "",

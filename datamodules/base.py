@@ -185,13 +185,17 @@ class TransferDataModule(L.LightningDataModule):
         """The given domain as a LightningDataModule."""
         return DomainDataModule(self.splits(domain), self.batch_size, self.eval_batch_size, self.num_workers)
 
-    def test_tensors(self, domain: str = "target", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n test examples of a domain (all if n is None), stacked: the fixed evaluation subset."""
-        test = self.splits(domain).test
-        n = len(test) if n is None else min(n, len(test))
-        loader = DataLoader(Subset(test, range(n)), batch_size=self.eval_batch_size, shuffle=False)
+    def tensors(self, domain: str, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n examples of a domain's split (all if n is None), stacked."""
+        dataset = self.splits(domain).as_dict()[split]
+        n = len(dataset) if n is None else min(n, len(dataset))
+        loader = DataLoader(Subset(dataset, range(n)), batch_size=self.eval_batch_size, shuffle=False)
         xs, ys = zip(*loader) if n else ((), ())
         return torch.cat(xs), torch.cat(ys)
+
+    def test_tensors(self, domain: str = "target", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n test examples of a domain (all if n is None), stacked: the fixed evaluation subset."""
+        return self.tensors(domain, "test", n)
 
     def sizes(self) -> dict[str, int]:
         return {f"{d}/{k}": len(v) for d in DOMAINS for k, v in self.splits(d).as_dict().items()}

@@ -55,3 +55,14 @@ def build_classifier(
         mean, std = list(mean) * in_chans, list(std) * in_chans
     net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return ImageClassifier(net, mean[:in_chans], std[:in_chans])
+
+
+def replace_head(model: ImageClassifier, head: nn.Module) -> None:
+    """Put `head` where the backbone's classification head is (whatever its attribute name)."""
+    old = model.head
+    for parent in model.backbone.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, head)
+                return
+    raise ValueError(f"cannot find the classification head of {type(model.backbone).__name__}")

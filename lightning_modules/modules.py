@@ -92,6 +92,36 @@ class ClassifierModule(L.LightningModule):
         """The model an attacker faces: [0, 1] images in, logits out (purifiers, rejectors included)."""
         return self.model
 
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned representation of [0, 1] images (penultimate features), e.g. for detection metrics."""
+        return self.model.features(x)
+
+    # ---- multi-stage defenses -----------------------------------------------------------------
+    def load_init_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from an earlier stage's weights (`init_from` in a defense config), after construction.
+
+        Parameters this module has and the earlier stage had not (a purifier, say) keep their initialization;
+        weights the earlier stage had and this module has not are an error.
+        """
+        _, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ConfigError(f"{type(self).__name__} cannot start from a stage with weights {unexpected[:3]}...")
+
+    def prepare_spec(self) -> dict | None:
+        """What determines `prepare`'s result (its cache key), or None when the defense prepares nothing."""
+        return None
+
+    def prepare(self, datamodule: L.LightningDataModule) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A computation the defense needs before training (Gen-AF's sensitivity probe): (meta, tensors).
+
+        The runner caches the result like a stage and hands it to `apply_preparation` before training.
+        What matters at inference must end up in the module's state (parameters or buffers).
+        """
+        raise NotImplementedError
+
+    def apply_preparation(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Use `prepare`'s (possibly cached) result, e.g. to choose which layers train."""
+
     # ---- the loop -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deployed_model()(x)

@@ -256,7 +256,8 @@ FAST = [
     "logger=none",
     "progress=false",
     "seeds=[0]",
-    "eval.n_examples=4",
+    "eval.n_examples=2",
+    "eval.detection_reference=8",
     "teacher.trainer.max_epochs=1",
     "+trainer.limit_train_batches=2",
     "+trainer.limit_val_batches=1",
@@ -274,8 +275,14 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
         if name != "digits":
             overrides.append(f"data.{name}.root={tmp_path / 'data'}")
         overrides.append(f"data.{name}.batch_size=4")
-    for name in cfg["defense"]:
+    for name, defense in cfg["defense"].items():
         overrides.append(f"defense.{name}.trainer.max_epochs=1")
+        if "steps" in defense["module"]:
+            overrides.append(f"defense.{name}.module.steps=1")
+    for name in cfg["stages"]:  # earlier stages of multi-stage defenses (++: set whether selected or not)
+        overrides.append(f"++defense.{name}.trainer.max_epochs=1")
+    if "genaf" in cfg["defense"]:
+        overrides.append("defense.genaf.module.probe_epochs=1")
     for name, attack in cfg["attack"].items():
         overrides.append(f"attack.{name}.epsilons=[{attack['epsilons'][-1]}]")
         inner = attack["attack"].get("attack", attack["attack"])
@@ -350,3 +357,35 @@ def test_default_benchmark_numbers_are_sensible(tmp_path):
         assert acc[(defense, "pgd_linf")]["robust_acc"] <= acc[(defense, "fgsm")]["robust_acc"] + 1e-9
     assert acc[("pgd_at", "pgd_linf")]["robust_acc"] > acc[("finetune", "pgd_linf")]["robust_acc"] + 0.1
     assert out["warnings"] == []
+
+
+# ---- multi-stage defenses -------------------------------------------------------------------------------
+def test_a_defense_that_starts_from_an_earlier_stage(tmp_path):
+    """genaf starts from genaf_stage1 (trained, cached, not evaluated) and runs its probe as a cached step."""
+    extra = [
+        "defense=genaf",
+        "attack=pgd_linf",
+        "++defense.genaf_stage1.trainer.max_epochs=2",
+        "defense.genaf.trainer.max_epochs=2",
+        "defense.genaf.module.probe_epochs=1",
+    ]
+    first = run(tiny(tmp_path, *extra))
+    assert first["stats"]["student_trained"] == 2, "stage 1 and stage 2"
+    assert {r["defense"] for r in first["rows"]} == {"teacher", "genaf"}, "stage 1 alone is not evaluated"
+    prep = list((tmp_path / "cache" / "prep").glob("*/meta.json"))
+    assert len(prep) == 1 and json.loads(prep[0].read_text())["chosen_layers"]
+    genaf = [r for r in first["rows"] if r["defense"] == "genaf"]
+    assert all(r["prep_seconds"] and r["prep_seconds"] > 0 for r in genaf), "the probe's cost is reported"
+    again = run(tiny(tmp_path, *extra))
+    assert again["stats"]["student_trained"] == 0 and again["stats"]["attacks_run"] == 0
+    with_stage1 = run(
+        tiny(tmp_path, *extra[1:], "defense=[genaf_stage1,genaf]", "defense.genaf_stage1.trainer.max_epochs=2")
+    )
+    assert with_stage1["stats"]["student_trained"] == 0, "selecting stage 1 reuses the stage trained for genaf"
+    assert {r["defense"] for r in with_stage1["rows"]} == {"teacher", "genaf_stage1", "genaf"}
+
+
+def test_detection_auroc_is_reported_for_every_model(first):
+    _, out = first
+    whitebox = [r for r in out["rows"] if r["threat_model"] == "white-box"]
+    assert all(0.0 <= r["detection_auroc"] <= 1.0 for r in whitebox if r["success_rate"] > 0)
