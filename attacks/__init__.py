@@ -1,5 +1,6 @@
 """Attacks: `attack(model, x, y) -> x_adv` on [0, 1] images, checked before they are scored."""
 
+from attacks.autoattack import AutoAttack
 from attacks.base import NORMS, Attack, AttackConstraintError, attack_mode, check_adversarial, eps_label, parse_eps
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
@@ -11,6 +12,7 @@ __all__ = [
     "PGD",
     "Attack",
     "AttackConstraintError",
+    "AutoAttack",
     "TransferAttack",
     "attack_mode",
     "check_adversarial",

@@ -108,10 +108,14 @@ class Attack:
 
     name: ClassVar[str] = "attack"
 
-    def __init__(self, eps: float, norm: str = "linf"):
+    def __init__(self, eps: float, norm: str = "linf", eot: int = 1, bpda: bool = False):
         choose("norm", norm, NORMS)
+        if int(eot) != eot or eot < 1:
+            raise ConfigError(f"eot must be an integer >= 1, got {eot}")
         self.eps = parse_eps(eps)
         self.norm = norm
+        self.eot = int(eot)
+        self.bpda = bool(bpda)
         self.forward_passes = 0  # examples x forward passes, for cost accounting
         self.backward_passes = 0
 
@@ -127,20 +131,42 @@ class Attack:
 
     def config(self) -> dict:
         """Everything that determines the attack's result: used in cache keys and in the results."""
-        return {"name": self.name, "norm": self.norm, "eps": self.eps}
+        return {"name": self.name, "norm": self.norm, "eps": self.eps, "eot": self.eot, "bpda": self.bpda}
 
     @property
     def label(self) -> str:
-        return f"{self.name}_{self.norm}_{eps_label(self.eps, self.norm)}"
+        prefix = ("bpda_" if self.bpda else "") + ("eot_" if self.eot > 1 else "")
+        return f"{prefix}{self.name}_{self.norm}_{eps_label(self.eps, self.norm)}"
+
+    def gradient_model(self, model: nn.Module) -> nn.Module:
+        """The model whose gradients guide the attack: the model, or its BPDA view (identity backward through
+        its preprocessing, Athalye et al. 2018) when `bpda`."""
+        if not self.bpda:
+            return model
+        if not hasattr(model, "bpda"):
+            raise AttackConstraintError(
+                f"BPDA needs a deployed model with a preprocessing step; {type(model).__name__} has none"
+            )
+        return model.bpda()
 
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"):
-        """Logits at x and the gradient of the attack loss with respect to x (one forward + backward)."""
+        """Logits at x and the gradient of the attack loss with respect to x.
+
+        With `eot` > 1 (expectation over transformation, Athalye et al. 2018) the gradient is the mean over
+        `eot` forward passes, each drawing the model's randomness afresh (one pass at a time, so any kind of
+        randomness works and memory stays that of one pass); the logits are their mean.
+        """
+        grad_model = self.gradient_model(model)
         x = x.detach().requires_grad_(True)
-        logits = model(x)
-        (grad,) = torch.autograd.grad(attack_loss(logits, y, loss), x)
-        self.forward_passes += len(x)
-        self.backward_passes += len(x)
-        return logits.detach(), grad
+        logits_sum, grad_sum = None, None
+        for _ in range(self.eot):
+            logits = grad_model(x)
+            (grad,) = torch.autograd.grad(attack_loss(logits, y, loss), x)
+            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+            grad_sum = grad if grad_sum is None else grad_sum + grad
+        self.forward_passes += len(x) * self.eot
+        self.backward_passes += len(x) * self.eot
+        return logits_sum / self.eot, grad_sum / self.eot
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, size: float) -> torch.Tensor:
         """One steepest-ascent step of the given size under the attack's norm."""

@@ -13,12 +13,13 @@ class FGSM(Attack):
         eps: the budget.
         norm: linf (FGSM) or l2 (FGM).
         loss: ce or margin.
+        eot, bpda: see `Attack` (gradient averaged over draws of a randomized model; BPDA view).
     """
 
     name = "fgsm"
 
-    def __init__(self, eps: float, norm: str = "linf", loss: str = "ce"):
-        super().__init__(eps, norm)
+    def __init__(self, eps: float, norm: str = "linf", loss: str = "ce", eot: int = 1, bpda: bool = False):
+        super().__init__(eps, norm, eot=eot, bpda=bpda)
         choose("loss", loss, LOSSES)
         self.loss = loss
 

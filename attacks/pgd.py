@@ -25,7 +25,10 @@ class PGD(Attack):
         random_start: start from a uniform point of the ball (L-inf) or a random direction and radius (L2).
         restarts: independent runs; each after the first runs only on examples not yet fooled.
         loss: ce (cross-entropy) or margin (CW margin).
-        early_stop: stop working on an example once it is misclassified.
+        early_stop: stop working on an example once it is misclassified. Default: on, except with `eot` > 1,
+            where one noisy pass must not decide that an example is fooled (evaluate after optimizing).
+        eot: gradient samples per step for randomized models (EOT-PGD); see `Attack.loss_and_grad`.
+        bpda: take gradients through the model's BPDA view (identity backward through its preprocessing).
     """
 
     name = "pgd"
@@ -39,9 +42,13 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         loss: str = "ce",
-        early_stop: bool = True,
+        early_stop: bool | None = None,
+        eot: int = 1,
+        bpda: bool = False,
     ):
-        super().__init__(eps, norm)
+        super().__init__(eps, norm, eot=eot, bpda=bpda)
+        if early_stop and self.eot > 1:
+            raise ConfigError("early_stop with eot > 1 would trust one noisy pass; use early_stop=false")
         choose("loss", loss, LOSSES)
         if int(steps) != steps or steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {steps}")
@@ -54,7 +61,7 @@ class PGD(Attack):
         self.random_start = random_start
         self.restarts = int(restarts)
         self.loss = loss
-        self.early_stop = early_stop
+        self.early_stop = self.eot == 1 if early_stop is None else bool(early_stop)
 
     def config(self) -> dict:
         return {

@@ -18,6 +18,8 @@ from torchmetrics import Metric
 from benchmark.errors import choose
 
 TRANSFERABILITY_FORMS = ("success_ratio", "accuracy_drop")
+#: Differences below this (absolute accuracy) or below two examples are treated as noise by the sanity checks.
+SANITY_TOL = 0.01
 DEFAULT_TRANSFERABILITY = "success_ratio"
 
 
@@ -145,3 +147,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / den
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class ExpectedAccuracy(_CountMetric):
+    """Accuracy of a randomized model averaged over K fresh draws of its randomness, from per-example
+    fractions of correct draws (evaluate after optimize: the adversarial examples are fixed first)."""
+
+    counts = ("total",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, correct_fraction: torch.Tensor) -> None:
+        f = torch.as_tensor(correct_fraction, dtype=torch.float64).flatten()
+        self.correct += f.sum()
+        self.total += len(f)
+
+    def compute(self) -> torch.Tensor:
+        return _ratio(self.correct, self.total)

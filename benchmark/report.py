@@ -12,82 +12,83 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-#: Tolerance (absolute accuracy) of the sanity checks: smaller differences are treated as noise.
-SANITY_TOL = 0.01
-
+from benchmark.metrics import SANITY_TOL
 
 # ---- sanity checks --------------------------------------------------------------------------------
+#: What each flag means; every flagged row gets a warning line in the log and the leaderboard.
+FLAG_DOC = {
+    "iterative_weaker_than_single_step": "an iterative attack is weaker than a single-step one: it may not "
+    "converge, or the gradients are masked",
+    "transfer_stronger_than_whitebox": "the transfer attack beats every white-box attack: white-box gradients "
+    "may be masked",
+    "non_monotone_in_eps": "robust accuracy rises with epsilon",
+    "frozen_randomness_attack_fails": "with the randomness frozen, more than half of the clean-correct accuracy "
+    "survives the attack: gradients may be masked beyond randomness",
+    "eot_attack_not_converged": "twice the steps and EOT samples lower robust accuracy: the EOT attack has not "
+    "converged, its number overestimates robustness (the doubled attack is in the worst case)",
+    "unbounded_attack_not_chance": "an unbounded attack (eps = 1) does not reach chance: gradients may be masked",
+    "autoattack_randomized": "AutoAttack: the model looks randomized (use version rand)",
+    "autoattack_softmax_output": "AutoAttack: the outputs look like probabilities, not logits",
+    "autoattack_zero_gradients": "AutoAttack: some points have zero gradients",
+    "autoattack_square_helps": "AutoAttack: Square (gradient-free) lowered robust accuracy after the white-box "
+    "attacks: the evaluation is likely to overestimate robustness",
+    "autoattack_dynamic": "AutoAttack: the forward pass computes gradients (a dynamic defense)",
+    "autoattack_n_classes": "AutoAttack: too few classes for its targeted or DLR attacks",
+}
+
+
+def add_flag(row: dict, name: str) -> None:
+    """Mark a row with a sanity flag (results.csv `flags`, the leaderboard's warnings, W&B), once."""
+    if name in str(row.get("flags") or "").split(";"):
+        return
+    row["flags"] = ";".join(filter(None, [row.get("flags", ""), name]))
+
+
 def sanity_flags(rows: list[dict], tol: float = SANITY_TOL) -> list[str]:
-    """Mark rows whose numbers suggest an evaluation that overestimates robustness; return the warnings.
+    """Mark rows whose numbers suggest an overestimated robustness; return one warning per flag.
 
-    Checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): an iterative attack must not be
-    weaker than a single-step one; a white-box attack must not be weaker than the transfer of the same
-    attack; robust accuracy must not grow with epsilon. Each failing row gets a flag in its `flags` field.
-    A difference counts only beyond `tol` and beyond two examples (random starts differ between attacks).
+    Checks across rows (Carlini et al. 2019, "On Evaluating Adversarial Robustness"), each between attacks on
+    the same model, examples, norm and epsilon: an iterative attack must not be weaker than a single-step
+    one, a transfer attack not stronger than the white-box ones, and robust accuracy must not grow with
+    epsilon. A difference counts only beyond `tol` and beyond two examples (random starts differ between
+    attacks). Flags set earlier (the randomized-defense checks, AutoAttack's own checks) are reported too.
     """
-    warnings: list[str] = []
-
-    def flag(row: dict, name: str, msg: str) -> None:
-        row["flags"] = ";".join(filter(None, [row.get("flags", ""), name]))
-        warnings.append(msg)
-
     by_model = defaultdict(list)
     for r in rows:
-        by_model[(r["pair"], r["defense"], int(r["seed"]))].append(r)
-    for (pair, defense, seed), group in by_model.items():
-        where = f"{pair}/{defense}/seed {seed}"
-        tol = max(tol, 2 / max(1, int(group[0]["n_examples"])))
-        at = defaultdict(dict)  # (norm, eps) -> attack -> row
+        if r["threat_model"] != "sanity" and r["attack"] != "worst_case":
+            by_model[(r["pair"], r["defense"], int(r["seed"]))].append(r)
+    for group in by_model.values():
+        limit = max(tol, 2 / max(1, int(group[0]["n_examples"])))
+        at = defaultdict(list)  # (norm, eps, n) -> rows
         for r in group:
-            at[(r["norm"], round(float(r["eps"]), 10))][r["attack"]] = r
-        for (norm, _), attacks in at.items():
-            single = [r for r in attacks.values() if r["attack"].startswith("fgsm")]
-            iterative = [r for r in attacks.values() if r["attack"].startswith("pgd")]
-            for it in iterative:
-                for s in single:
-                    if float(it["robust_acc"]) > float(s["robust_acc"]) + tol:
-                        flag(
-                            it,
-                            "iterative_weaker_than_single_step",
-                            f"{where}: {it['attack']} ({float(it['robust_acc']):.3f}) is weaker than {s['attack']} "
-                            f"({float(s['robust_acc']):.3f}) at {norm} eps {it['eps_label']}: the iterative attack "
-                            "may not converge or gradients may be masked",
-                        )
-            for r in attacks.values():
-                if r["threat_model"] != "transfer":
-                    continue
-                wb = [w for w in iterative + single if w["threat_model"] == "white-box"]
-                strongest = min(wb, key=lambda w: float(w["robust_acc"]), default=None)
-                if strongest is not None and float(r["robust_acc"]) < float(strongest["robust_acc"]) - tol:
-                    flag(
-                        r,
-                        "transfer_stronger_than_whitebox",
-                        f"{where}: transfer {r['attack']} ({float(r['robust_acc']):.3f}) beats every white-box "
-                        f"attack (best {float(strongest['robust_acc']):.3f}) at {norm} eps {r['eps_label']}: "
-                        "white-box gradients may be masked",
-                    )
+            at[(r["norm"], round(float(r["eps"]), 10), r["n_examples"])].append(r)
+        for same in at.values():
+            whitebox = [r for r in same if r["threat_model"] == "white-box"]
+            single = [r for r in whitebox if int(r["steps"]) == 1]
+            for it in (r for r in whitebox if int(r["steps"]) > 1):
+                if any(float(it["robust_acc"]) > float(s["robust_acc"]) + limit for s in single):
+                    add_flag(it, "iterative_weaker_than_single_step")
+            strongest = min((float(r["robust_acc"]) for r in whitebox), default=None)
+            for r in same:
+                weaker = strongest is not None and float(r["robust_acc"]) < strongest - limit
+                if r["threat_model"] == "transfer" and weaker:
+                    add_flag(r, "transfer_stronger_than_whitebox")
         series = defaultdict(list)
         for r in group:
-            series[r["attack"]].append(r)
-        for attack, rs in series.items():
+            series[(r["attack"], r["n_examples"])].append(r)
+        for rs in series.values():
             rs = sorted(rs, key=lambda r: float(r["eps"]))
-            for a, b in zip(rs, rs[1:]):
-                if float(b["robust_acc"]) > float(a["robust_acc"]) + tol:
-                    flag(
-                        b,
-                        "non_monotone_in_eps",
-                        f"{where}: {attack} robust accuracy rises from {float(a['robust_acc']):.3f} at eps "
-                        f"{a['eps_label']} to {float(b['robust_acc']):.3f} at eps {b['eps_label']}",
-                    )
+            for lo, hi in zip(rs, rs[1:]):
+                if float(hi["robust_acc"]) > float(lo["robust_acc"]) + limit:
+                    add_flag(hi, "non_monotone_in_eps")
+    warnings = []
     for r in rows:
-        if str(r.get("randomized_defense")) == "True":
-            flag(
-                r,
-                "randomized_defense",
-                f"{r['pair']}/{r['defense']}: the deployed model is randomized; "
-                "only EOT attacks and K-draw scoring evaluate it honestly",
+        for flag in filter(None, str(r.get("flags") or "").split(";")):
+            warnings.append(
+                f"{r['pair']}/{r['defense']}/seed {r['seed']}, {r['attack']} {r['norm']} eps {r['eps_label']} "
+                f"(robust {float(r['robust_acc']):.3f}): {FLAG_DOC.get(flag, flag)}"
             )
-    return warnings
+    return list(dict.fromkeys(warnings))
 
 
 # ---- results.csv --------------------------------------------------------------------------------------
@@ -132,10 +133,11 @@ class PairResults:
     """The rows of one dataset pair, with the lookups the leaderboard and the plots need."""
 
     def __init__(self, rows: list[dict]):
-        self.rows = rows
-        self.first = rows[0]
-        self.defenses = list(dict.fromkeys(r["defense"] for r in rows))
-        self.attacks = list(dict.fromkeys((r["attack"], r["norm"]) for r in rows))
+        self.sanity = [r for r in rows if r["threat_model"] == "sanity"]
+        self.rows = [r for r in rows if r["threat_model"] != "sanity"]
+        self.first = self.rows[0]
+        self.defenses = list(dict.fromkeys(r["defense"] for r in self.rows))
+        self.attacks = list(dict.fromkeys((r["attack"], r["norm"]) for r in self.rows))
 
     def values(self, defense: str, attack: str, norm: str, eps: float, field: str = "robust_acc") -> list[float]:
         """One value per seed (absent and NaN values left out)."""
@@ -150,8 +152,13 @@ class PairResults:
         return [v for v in vals if v is not None]
 
     def clean(self, defense: str) -> list[float]:
-        by_seed = {r["seed"]: _num(r["clean_acc"]) for r in self.rows if r["defense"] == defense}
-        return [v for v in by_seed.values() if v is not None]
+        """Clean accuracy per seed, from the row with the most examples (attacks may run on the first n only)."""
+        best: dict = {}
+        for r in self.rows:
+            if r["defense"] == defense and int(r["n_examples"]) > int(best.get(r["seed"], {}).get("n_examples", -1)):
+                best[r["seed"]] = r
+        vals = (_num(r["clean_acc"]) for r in best.values())
+        return [v for v in vals if v is not None]
 
     def field(self, defense: str, field: str) -> list[float]:
         """A per-model field (one value per seed)."""
@@ -184,8 +191,10 @@ def leaderboard(rows: list[dict], headline: dict[str, float], transferability_fo
         f"# Leaderboard: {rows[0]['experiment']}" if rows else "# Leaderboard",
         "",
         "Robust accuracy (%) counts an example as robust only if the model is right on it when clean and under "
-        "the attack (mean ± std over seeds when there are several). `worst_case` is per example over every "
-        "attack at that norm and epsilon. Ranking: worst case at the headline budget ("
+        "the attack (mean ± std over seeds when there are several); for a randomized defense, the accuracy on "
+        "the final adversarial examples averaged over fresh draws of its randomness. `worst_case` is per example "
+        "over every attack at that norm and epsilon. Attacks may run on fewer examples (see results.csv "
+        "`n_examples`). Ranking: worst case at the headline budget ("
         + ", ".join(f"{n} {_eps_str(n, e)}" for n, e in hl.items())
         + ").",
         "",
@@ -194,7 +203,7 @@ def leaderboard(rows: list[dict], headline: dict[str, float], transferability_fo
         res = PairResults([r for r in rows if r["pair"] == pair])
         f = res.first
         ranked = res.ranked(hl)
-        cols = [(a, n, hl[n]) for a, n in res.attacks if res.values(ranked[0], a, n, hl[n])]
+        cols = [(a, n, hl[n]) for a, n in res.attacks if any(res.values(d, a, n, hl[n]) for d in ranked)]
         base = res.clean("finetune")
         lines += [
             f"## {pair}: {f['source']} -> {f['target']} ({f['model']}, {f['n_examples']} target test examples)",
@@ -239,6 +248,61 @@ def leaderboard(rows: list[dict], headline: dict[str, float], transferability_fo
             ["defense", *(f"{a} {_eps_str(n, hl[n])}" for a, n in whitebox)],
             [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
         )
+        if res.sanity:
+            lines += [
+                "",
+                "### Sanity checks of the randomized defenses",
+                "",
+                "Frozen randomness: the EOT attack without EOT on the model with its randomness fixed (it must "
+                "succeed). Unbounded: eps = 1 (it must reach chance). The doubled attack (`_x2`: twice the "
+                "steps and EOT samples) is with the attacks above and in the worst case; flags are listed "
+                "below.",
+                "",
+            ]
+            lines += _table(
+                ["defense", "check", "examples", "clean", "robust", "flags"],
+                [
+                    [
+                        r["defense"],
+                        r["attack"],
+                        str(r["n_examples"]),
+                        _pct([_num(r["clean_acc"])]),
+                        _pct([_num(r["robust_acc"])]),
+                        r.get("flags") or "ok",
+                    ]
+                    for r in res.sanity
+                ],
+            )
+        randomized = [r for r in res.rows if (_num(r.get("draws")) or 1) > 1 and r["attack"] != "worst_case"]
+        if randomized:
+            lines += [
+                "",
+                "### Randomized defenses: every attack, scored after optimizing",
+                "",
+                f"Each final adversarial example is scored over K = {int(_num(randomized[0]['draws']))} fresh draws "
+                "of the randomness: `robust` is the accuracy averaged over the draws (every example attacked), "
+                "`worst of K` counts an example only if all K draws are right. Cost: examples x passes through the "
+                "deployed model, and wall seconds.",
+                "",
+            ]
+            lines += _table(
+                ["defense", "attack", "eps", "examples", "clean", "robust", "worst of K", "fwd", "bwd", "seconds"],
+                [
+                    [
+                        r["defense"],
+                        r["attack"],
+                        str(r["eps_label"]),
+                        str(r["n_examples"]),
+                        _pct([_num(r["clean_acc"])]),
+                        _pct([_num(r["robust_acc"])]),
+                        _pct([_num(r["robust_acc_worst_of_k"])]),
+                        _count(r.get("forward_passes")),
+                        _count(r.get("backward_passes")),
+                        _mean_str([v for v in [_num(r.get("wall_seconds"))] if v is not None], ".1f"),
+                    ]
+                    for r in randomized
+                ],
+            )
         lines += ["", "### Training cost (seconds, this run's machine)", ""]
         lines += _table(
             ["defense", "training", "preparation"],
@@ -293,6 +357,11 @@ FORM_DOC = {
     "white-box one's; 1 means transfer is as effective as white-box.",
     "accuracy_drop": "(acc_B(x) - acc_B(x'_A)) / (acc_B(x) - acc_B(x'_B)) with raw accuracies.",
 }
+
+
+def _count(v) -> str:
+    x = _num(v)
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def _mean_str(values: list[float], fmt: str = ".2f") -> str:

@@ -117,6 +117,8 @@ def eval_metrics(rows: list[dict]) -> dict[str, float]:
         )
         out[f"test/robust_acc/{tag}"] = r["robust_acc"]
         out[f"test/success_rate/{tag}"] = r["success_rate"]
+        if r.get("draws", 1) > 1:  # a randomized model: the worst of K draws beside their mean
+            out[f"test/robust_acc_worst_of_k/{tag}"] = r["robust_acc_worst_of_k"]
         if r["threat_model"] == "transfer":
             out[f"test/transfer/{tag}/acc"] = r["transfer_acc"]
             out[f"test/transfer/{tag}/transferability"] = r["transferability"]
@@ -139,8 +141,13 @@ def track(cfg: dict, rows: list[dict], plots: dict, warnings: list[str], stats: 
             continue
         config = {k: rs[0][k] for k in ("experiment", "pair", "source", "target", "model", "defense", "mode", "seed")}
         config["attacks"] = sorted({r["attack"] for r in rs})
-        tracker.log_evaluation(f"eval-{pair}-{defense}-seed{seed}", config, eval_metrics(rs))
-    summary = {"warnings": len(warnings), **{f"stats/{k}": v for k, v in stats.items()}}
+        flags = sorted({f for r in rs for f in (r.get("flags") or "").split(";") if f})
+        tracker.log_evaluation(f"eval-{pair}-{defense}-seed{seed}", config, eval_metrics(rs), flags)
+    summary = {
+        "warnings": len(warnings),
+        "warning_text": "\n".join(warnings),
+        **{f"stats/{k}": v for k, v in stats.items()},
+    }
     tracker.log_sweep(f"sweep-{cfg['name']}", cfg, rows, plots, summary)
     return tracker.failures
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 MODES = ("offline", "online", "disabled")
 
 
-def _init_kwargs(cfg: dict, name: str, job_type: str, config: dict) -> dict:
+def _init_kwargs(cfg: dict, name: str, job_type: str, config: dict, tags: Sequence[str] = ()) -> dict:
     import wandb
 
     Path(cfg["dir"]).mkdir(parents=True, exist_ok=True)
@@ -28,7 +29,7 @@ def _init_kwargs(cfg: dict, name: str, job_type: str, config: dict) -> dict:
         "config": config,
         "dir": cfg["dir"],
         "mode": cfg["mode"],
-        "tags": list(cfg.get("tags") or []),
+        "tags": [*(cfg.get("tags") or []), *tags],
         "settings": wandb.Settings(silent=True, disable_git=True),
     }
 
@@ -72,13 +73,21 @@ class Tracker:
     def enabled(self) -> bool:
         return self.cfg is not None
 
-    def _run(self, name: str, job_type: str, config: dict, log: dict[str, Any], summary: dict[str, Any]) -> None:
+    def _run(
+        self,
+        name: str,
+        job_type: str,
+        config: dict,
+        log: dict[str, Any],
+        summary: dict[str, Any],
+        tags: Sequence[str] = (),
+    ) -> None:
         if not self.enabled:
             return
         try:
             import wandb
 
-            run = wandb.init(**_init_kwargs(self.cfg, name, job_type, config))
+            run = wandb.init(**_init_kwargs(self.cfg, name, job_type, config, tags))
             try:
                 if log:
                     run.log(log)
@@ -90,9 +99,11 @@ class Tracker:
             self.failures.append(msg)
             warnings.warn(msg, stacklevel=2)
 
-    def log_evaluation(self, name: str, config: dict, metrics: dict[str, float]) -> None:
-        """One run per evaluated model: metrics named like `test/robust_acc/pgd_linf_8`."""
-        self._run(name, "evaluate", config, metrics, metrics)
+    def log_evaluation(self, name: str, config: dict, metrics: dict[str, float], flags: Sequence[str] = ()) -> None:
+        """One run per evaluated model: metrics named like `test/robust_acc/pgd_linf_8`; the sanity and
+        AutoAttack flags of its rows in the summary (`flags`, `n_flags`) and as W&B tags."""
+        summary = {**metrics, "flags": ";".join(flags), "n_flags": len(flags)}
+        self._run(name, "evaluate", config, metrics, summary, tags=flags)
 
     def log_sweep(
         self, name: str, config: dict, rows: list[dict], images: dict[str, os.PathLike], summary: dict[str, Any]

@@ -126,27 +126,41 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deployed_model()(x)
 
+    def manual_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step with `automatic_optimization = False`: by default every optimizer steps on `training_loss`
+        (Gen-AF's two optimizers). Override for alternating updates (a GAN's discriminator, then generator)."""
+        loss, logits = self.training_loss(x, y)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for opt in optimizers:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        for opt in optimizers:
+            opt.step()
+        return loss, logits
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss, logits = self.training_loss(x, y)
-        if not self.automatic_optimization:  # e.g. two optimizers stepping on one loss (Gen-AF)
-            optimizers = self.optimizers()
-            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-            for opt in optimizers:
-                opt.zero_grad()
-            self.manual_backward(loss)
-            for opt in optimizers:
-                opt.step()
+        loss, logits = self.training_loss(x, y) if self.automatic_optimization else self.manual_step(x, y)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, prog_bar=True)
         return loss
+
+    def on_train_start(self) -> None:
+        # Lightning never calls `train()` (it captures and restores each submodule's mode around validation),
+        # so the modes a subclass sets in `train()` (frozen batch-norm statistics) are applied here, once.
+        self.train()
 
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization:
             schedulers = self.lr_schedulers()
             for s in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
                 s.step()
+
+    def val_attack_model(self) -> nn.Module:
+        """The model the validation attack is crafted on (scored on the deployed model)."""
+        return self.deployed_model()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -155,7 +169,7 @@ class ClassifierModule(L.LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
         if self.val_attack is not None:
             with torch.enable_grad():  # the trainer runs validation under no_grad (inference_mode=False)
-                x_adv = self.val_attack(model, x, y)
+                x_adv = self.val_attack(self.val_attack_model(), x, y)
             self.val_robust_acc(model(x_adv), y)
             self.log("val/robust_acc", self.val_robust_acc, prog_bar=True)
 

@@ -6,6 +6,8 @@ dtype) must work on a copy (`copy.deepcopy`), since the session fixtures are sha
 
 from __future__ import annotations
 
+import copy
+
 import lightning
 import pytest
 import torch
@@ -75,3 +77,19 @@ def digits_classifier(digits: DigitsShift, digits_source_test) -> ImageClassifie
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc > MIN_SOURCE_ACC, f"session classifier reached only {acc:.3f} on the source test split"
     return model
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored after: the tensors are tiny, and on a busy shared CPU more
+    threads oversubscribe the cores and make attacks and training several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model(digits_classifier) -> ImageClassifier:
+    """A private copy of the session classifier (tests may change its modes, flags and dtype)."""
+    return copy.deepcopy(digits_classifier)

@@ -44,6 +44,9 @@ from attacks import (
 )
 from benchmark.errors import ConfigError
 
+#: One intra-op thread per test (tests/conftest.py): the batches are tiny.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ---------------------------------------------------------------------------------------------------------------
 # The registry of attacks under test, built from what `attacks/__init__.py` exports.
 # ---------------------------------------------------------------------------------------------------------------
@@ -79,6 +82,13 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
         ("pgd-linf", "linf", {"attack": functools.partial(PGD, norm="linf", steps=5)}),
         ("pgd-l2-restarts2", "l2", {"attack": functools.partial(PGD, norm="l2", steps=5, restarts=2)}),
         ("fgsm-l2", "l2", {"attack": functools.partial(FGSM, norm="l2")}),
+    ],
+    # The authors' budgets (100 iterations, 5,000 Square queries, EOT 20) cost minutes per run here; the invariants
+    # do not depend on them (tests/attacks/test_adaptive.py compares the full budgets with the authors' code).
+    "AutoAttack": [
+        ("standard-linf", "linf", {"version": "standard", "steps": 2}),
+        ("standard-l2", "l2", {"norm": "l2", "version": "standard", "steps": 2}),
+        ("rand-linf", "linf", {"version": "rand", "steps": 2}),
     ],
 }
 
@@ -122,29 +132,6 @@ def test_every_exported_attack_has_variants():
 # ---------------------------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Run this module's attacks on one intra-op thread, restoring the previous setting afterwards.
-
-    The batches are tiny (<= 108 images of 16x16); on a busy shared CPU, intra-op threads oversubscribe the
-    cores and make every attack step 5-10x slower, which would push this file far over its time budget.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def model(digits_classifier) -> nn.Module:
-    """A private copy of the session classifier (tests change its modes, flags and dtype).
-
-    Returns:
-        A deep copy of the trained `ImageClassifier`, in eval mode, without parameter gradients.
-    """
-    return copy.deepcopy(digits_classifier)
 
 
 @pytest.fixture
