@@ -503,16 +503,16 @@ class Sweep:
             if task is not None:
                 self._progress.remove_task(task)
         if model is None:
-            flags = self._flags(ev, self._predict(ev, x_adv), y)
+            pred = self._predict(ev, x_adv)  # the scoring passes; the detector reuses the first draw
+            flags = self._flags(ev, pred, y)
+            if ev.detector is not None:
+                flags["score_clean"] = ev.score_clean[:n]
+                flags["score_adv"] = ev.detector.scores(x_adv, pred[0] if ev.randomized else pred)
         else:  # a deterministic stand-in (frozen randomness): one pass decides
             flags = {
                 "clean_correct": predict(model, x, bs, self.device) == y,
                 "adv_correct": predict(model, x_adv, bs, self.device) == y,
             }
-        if ev.detector is not None and model is None:
-            pred = self._predict(ev, x_adv)
-            flags["score_clean"] = ev.score_clean[:n]
-            flags["score_adv"] = ev.detector.scores(x_adv, pred[0] if ev.randomized else pred)
         meta = {
             **cost,
             "wall_seconds": time.perf_counter() - start,
