@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from attacks.base import Attack
-from benchmark.errors import ConfigError, choose
+from attacks.errors import ConfigError, choose
 
 VERSIONS = ("standard", "rand")
 #: The authors' check messages -> our flag names.

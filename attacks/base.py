@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError, choose
+from attacks.errors import ConfigError, choose
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from attacks.base import LOSSES, Attack
-from benchmark.errors import choose
+from attacks.errors import choose
 
 
 class FGSM(Attack):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from attacks.base import LOSSES, Attack, parse_eps
-from benchmark.errors import ConfigError, choose
+from attacks.errors import ConfigError, choose
 
 
 class PGD(Attack):

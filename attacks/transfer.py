@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from attacks.base import Attack
-from benchmark.errors import choose
+from attacks.errors import choose
 
 SURROGATES = ("teacher",)
 

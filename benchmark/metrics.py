@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from benchmark.errors import choose
+from attacks.errors import choose
 
 TRANSFERABILITY_FORMS = ("success_ratio", "accuracy_drop")
 #: Differences below this (absolute accuracy) or below two examples are treated as noise by the sanity checks.

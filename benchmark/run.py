@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "experiment")

@@ -22,12 +22,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from attacks.base import Attack, attack_mode, check_adversarial
+from attacks.errors import ConfigError
 from benchmark.cache import Cache, stage_key
-from benchmark.errors import ConfigError
 from benchmark.tracking import finish_logger, lightning_logger
-from benchmark.training import fit
 from datamodules.base import TransferDataModule
 from lightning_modules.classifier import build_classifier
+from lightning_modules.training import fit
 
 #: Data-config fields that do not change what a stage computes (left out of cache keys).
 NON_SEMANTIC_DATA_KEYS = ("root", "download", "num_workers", "eval_batch_size")

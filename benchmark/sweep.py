@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks.base import Attack, check_adversarial, parse_eps
+from attacks.errors import ConfigError, choose
 from attacks.transfer import TransferAttack
 from benchmark.cache import Cache, stage_key
 from benchmark.detection import RepresentationDetector, detection_auroc
-from benchmark.errors import ConfigError, choose
 from benchmark.metrics import (
     SANITY_TOL,
     TRANSFERABILITY_FORMS,

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from benchmark.errors import choose
+from attacks.errors import choose
 
 DOMAINS = ("source", "target")
 

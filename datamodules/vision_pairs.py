@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision import datasets as tvd
 
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 from datamodules.base import Splits, TransferDataModule, split_indices
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from attacks.base import attack_mode, parse_eps
+from attacks.errors import ConfigError, choose
 from attacks.fgsm import FGSM
-from benchmark.errors import ConfigError, choose
 from lightning_modules.modules import StudentModule
 
 TRANSFORMS = ("rt1", "rt2", "rt3")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from attacks.base import attack_mode, parse_eps
+from attacks.errors import choose
 from attacks.pgd import PGD
-from benchmark.errors import choose
 from lightning_modules.classifier import replace_head
 from lightning_modules.modules import StudentModule
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import attack_mode, parse_eps
+from attacks.errors import choose
 from attacks.pgd import PGD
-from benchmark.errors import choose
 from lightning_modules.modules import StudentModule
 
 NEGATIVES = ("hard", "random")

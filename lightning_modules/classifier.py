@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import lightning_modules.backbones  # noqa: F401  (registers our backbones with timm)
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 from lightning_modules.backbones import OUR_BACKBONES
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmark.errors import ConfigError, choose
+from attacks.errors import ConfigError, choose
 
 if TYPE_CHECKING:
     from attacks.base import Attack

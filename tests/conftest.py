@@ -12,10 +12,10 @@ import lightning
 import pytest
 import torch
 
-from benchmark.training import fit
 from datamodules.digits import DigitsShift
 from lightning_modules.classifier import ImageClassifier, build_classifier
 from lightning_modules.modules import TeacherModule
+from lightning_modules.training import fit
 
 #: Clean accuracy the session classifier must reach on the source test split; tests rely on a real model.
 MIN_SOURCE_ACC = 0.9

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from attacks import FGSM, PGD, Attack, AttackConstraintError, AutoAttack, attack_mode, check_adversarial
 from attacks.autoattack import PassCounter
+from attacks.errors import ConfigError
 from benchmark.cache import stage_key
-from benchmark.errors import ConfigError
 
 #: One intra-op thread per test (tests/conftest.py): the batches are tiny.
 pytestmark = pytest.mark.usefixtures("one_thread")

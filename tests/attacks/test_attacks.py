@@ -42,7 +42,7 @@ from attacks import (
     eps_label,
     parse_eps,
 )
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 
 #: One intra-op thread per test (tests/conftest.py): the batches are tiny.
 pytestmark = pytest.mark.usefixtures("one_thread")

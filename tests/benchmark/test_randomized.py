@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attacks.errors import ConfigError
 from benchmark import run as runner
-from benchmark.errors import ConfigError
 from benchmark.report import FLAG_DOC
 from benchmark.sweep import AttackEntry, Sweep, flag_metrics, whitebox_vs_transfer
 

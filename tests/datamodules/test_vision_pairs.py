@@ -17,7 +17,7 @@ import torchvision.datasets.svhn
 from fake_data import MAPS, N_EXTRA, skip_md5, write_all
 from torchvision.datasets import MNIST
 
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 from datamodules import Cifar10Stl10, MnistUsps, Stl10Cifar10, SvhnMnist
 from datamodules.base import labels_of
 from datamodules.vision_pairs import DATASETS, ToUnitImage, open_dataset

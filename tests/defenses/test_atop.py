@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError
-from benchmark.training import fit
+from attacks.errors import ConfigError
 from defenses.atop import AToP, GatedConv, GatedGenerator, PatchDiscriminator, PurifiedClassifier, RandomTransform
 from lightning_modules.classifier import build_classifier
+from lightning_modules.training import fit
 
 TINY_G = {"_target_": "defenses.atop.GatedGenerator", "channels": 1, "cnum": 4}
 TINY_D = {"_target_": "defenses.atop.PatchDiscriminator", "channels": 1, "cnum": 8}

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import PGD
-from benchmark.training import fit
 from lightning_modules.classifier import build_classifier
 from lightning_modules.modules import StudentModule
+from lightning_modules.training import fit
 
 
 class MyDefense(StudentModule):

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from benchmark.errors import ConfigError
+from attacks.errors import ConfigError
 from lightning_modules.backbones import OUR_BACKBONES
 from lightning_modules.classifier import ImageClassifier, build_classifier
 

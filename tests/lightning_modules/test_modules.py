@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark.errors import ConfigError
-from benchmark.training import fit
+from attacks.errors import ConfigError
 from datamodules.base import DomainDataModule, LabeledTensors, Splits
 from defenses.pgd_at import PGDAT
 from lightning_modules.classifier import build_classifier
 from lightning_modules.modules import StudentModule
+from lightning_modules.training import fit
 
 
 def make():

@@ -1,4 +1,8 @@
-"""Errors that the runner turns into one clear line for the user."""
+"""Errors that the runner turns into one clear line for the user.
+
+The ground floor of the suite: it imports nothing, so every package (attacks, datamodules, lightning_modules,
+defenses, benchmark) may import it without depending on the runner.
+"""
 
 
 class ConfigError(ValueError):
