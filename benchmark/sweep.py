@@ -22,6 +22,7 @@ from attacks.base import Attack, check_adversarial, parse_eps
 from attacks.errors import ConfigError, choose
 from attacks.transfer import TransferAttack
 from benchmark.cache import Cache, stage_key
+from benchmark.checks import add_flag
 from benchmark.detection import RepresentationDetector, detection_auroc
 from benchmark.metrics import (
     SANITY_TOL,
@@ -33,7 +34,6 @@ from benchmark.metrics import (
     Transferability,
     wilson_interval,
 )
-from benchmark.report import add_flag
 from benchmark.stages import (
     NON_SEMANTIC_DATA_KEYS,
     build,

@@ -21,7 +21,7 @@ import torch
 
 from attacks.errors import ConfigError
 from benchmark import run as runner
-from benchmark.report import FLAG_DOC
+from benchmark.checks import FLAG_DOC
 from benchmark.sweep import AttackEntry, Sweep, flag_metrics, whitebox_vs_transfer
 
 #: A digits sweep with the purifier (trained for 2 epochs from a 2-epoch finetune student) and the attacks a
