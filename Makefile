@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format perf report clean
+.PHONY: help install bench test test-fast lint format perf report clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,14 @@ perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward c
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
 	$(PY) -m benchmark.report results/$(EXPERIMENT)
+
+# Mutation testing with mutmut 3 rather than cosmic-ray: mutmut works on a copy (./mutants, or a scratch folder per
+# module under results/mutation/work) while cosmic-ray's local runner rewrites the source files in place, which is
+# unsafe with anyone else editing or testing the tree; mutmut forks every mutant's run from a process that has
+# already imported torch and runs only the tests that reach the mutated function, where cosmic-ray starts the whole
+# test command afresh per mutant. Modules and their tests: MODULES in tests/mutation/mutate.py. Not part of CI.
+mutate:  ## mutation-test the modules that decide the numbers (ARGS='--only attacks/pgd.py --jobs 1'); results/mutation
+	OMP_NUM_THREADS=1 $(PY) tests/mutation/mutate.py $(ARGS)
 
 clean:  ## remove results, the stage cache and W&B offline runs
 	rm -rf results cache outputs wandb lightning_logs

@@ -1,7 +1,16 @@
 """Attacks: `attack(model, x, y) -> x_adv` on [0, 1] images, checked before they are scored."""
 
 from attacks.autoattack import AutoAttack
-from attacks.base import NORMS, Attack, AttackConstraintError, attack_mode, check_adversarial, eps_label, parse_eps
+from attacks.base import (
+    NORMS,
+    Attack,
+    AttackConstraintError,
+    attack_mode,
+    check_adversarial,
+    eps_label,
+    parse_eps,
+    parse_norm,
+)
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.transfer import TransferAttack
@@ -18,4 +27,5 @@ __all__ = [
     "check_adversarial",
     "eps_label",
     "parse_eps",
+    "parse_norm",
 ]

@@ -22,7 +22,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack
+from attacks.base import Attack, Eps, Norm
 from attacks.errors import ConfigError, choose
 
 VERSIONS = ("standard", "rand")
@@ -90,7 +90,7 @@ class AutoAttack(Attack):
 
     Args:
         eps: the budget.
-        norm: linf or l2.
+        norm: linf or l2 (any case; the authors write Linf, L2).
         version: standard (deterministic models) or rand (randomized models, EOT).
         seed: the attacks' seed.
         draws: fresh forward passes used to pick each example's strongest candidate (rand).
@@ -102,8 +102,8 @@ class AutoAttack(Attack):
 
     def __init__(
         self,
-        eps: float,
-        norm: str = "linf",
+        eps: Eps,
+        norm: Norm = "linf",
         version: str = "standard",
         seed: int = 0,
         draws: int = 8,
@@ -120,14 +120,9 @@ class AutoAttack(Attack):
         self.flags: list[str] = []
         self.messages: list[str] = []
 
-    def config(self) -> dict:
-        return {
-            **super().config(),
-            "version": self.version,
-            "seed": self.seed,
-            "draws": self.draws,
-            "steps": self.steps,
-        }
+    def derived_config(self) -> dict:
+        # The version sets the EOT samples (not an argument); recorded for the results and the sanity checks.
+        return {"eot": self.eot}
 
     @property
     def label(self) -> str:

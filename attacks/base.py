@@ -7,14 +7,24 @@ An attack is built from its hyper-parameters and called as `attack(model, x, y) 
 - the device is the inputs' device;
 - `x_adv` is in [0, 1] and inside the epsilon ball. `check_adversarial` verifies this before scoring,
   and a violation raises `AttackConstraintError`: it is an error, never a number.
+
+An attack's `config()` (its cache key) is made from the arguments it was constructed with, recorded for every
+subclass by the base class (`RecordsArguments`), so a new hyper-parameter cannot be left out of the key;
+`replace(**changes)` builds a new attack from them with some changed.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import numbers
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
-from typing import ClassVar
+from typing import Annotated, ClassVar, Union
 
 import torch
 import torch.nn as nn
@@ -39,6 +49,19 @@ def parse_eps(value) -> float:
     if not math.isfinite(eps) or eps < 0:
         raise ConfigError(f"epsilon must be a finite number >= 0, got {value}")
     return eps
+
+
+def parse_norm(value) -> str:
+    """A norm name, case-insensitive ("Linf", "L2" as AutoAttack and RobustBench write them) -> linf or l2."""
+    norm = value.lower() if isinstance(value, str) else value
+    if norm not in NORMS:
+        choose("norm", value, NORMS)  # the error names the value as written
+    return norm
+
+
+#: Argument types whose parser `config()` applies to the recorded value: the rule the attack itself uses.
+Eps = Annotated[float, parse_eps]
+Norm = Annotated[str, parse_norm]
 
 
 def eps_label(eps: float, norm: str) -> str:
@@ -98,18 +121,112 @@ def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: floa
         raise AttackConstraintError(f"x_adv leaves the {norm} ball: distance {dist:.6g} > eps {eps:.6g}")
 
 
-class Attack:
-    """Base of every attack: validation of the threat model, the call contract, pass counting.
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    """The constructor's signature without `self`."""
+    sig = inspect.signature(cls.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+@functools.cache
+def _parsers(cls: type) -> dict[str, list]:
+    """Per constructor argument, the parsers its annotation carries (`Eps`, `Norm`, also inside `X | None`)."""
+
+    def found(hint) -> list:
+        if typing.get_origin(hint) is Annotated:
+            return [m for m in hint.__metadata__ if callable(m)]
+        if typing.get_origin(hint) in (Union, types.UnionType):
+            return [p for arg in typing.get_args(hint) for p in found(arg)]
+        return []
+
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    return {name: found(hint) for name, hint in hints.items()}
+
+
+def _bind(cls: type, args: tuple, kwargs: dict, partial: bool = False) -> dict:
+    """The named arguments of a call of `cls`, defaults applied (`partial`: arguments may be missing)."""
+    sig = _signature(cls)
+    bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = {}
+    for name, value in bound.arguments.items():
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"{cls.__name__}: an attack's arguments need names (they are its cache key), not *{name}")
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def normalized(cls: type, arguments: Mapping) -> dict:
+    """Recorded arguments of `cls` as JSON values, each parsed by its annotation's rule ("8/255" -> 0.0313...)."""
+    parsers = _parsers(cls)
+    out = {}
+    for name, value in arguments.items():
+        for parse in parsers.get(name, ()) if value is not None else ():
+            value = parse(value)
+        out[name] = jsonable(value, name)
+    return out
+
+
+def jsonable(value, name: str = "value"):
+    """A config value as JSON: an attack -> its config, an attack factory (`functools.partial` of an attack
+    class, a Hydra `_partial_`) -> the config its arguments give (without those the caller adds, e.g. eps),
+    mappings and sequences (OmegaConf's included) element-wise. Anything else cannot be a cache key: an error."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Attack):
+        return value.config()
+    partial = isinstance(value, functools.partial)
+    func, args, kwargs = (value.func, value.args, value.keywords) if partial else (value, (), {})
+    if isinstance(func, type) and issubclass(func, Attack):
+        return {"name": func.name, **normalized(func, _bind(func, args, kwargs, partial=True))}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return [jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    raise ConfigError(
+        f"argument {name}={value!r} cannot go into an attack's config; valid: numbers, strings, booleans, None, "
+        "lists, mappings, attacks, attack classes and functools.partial of them"
+    )
+
+
+class RecordsArguments(type):
+    """Metaclass of `Attack`: records the arguments of every construction, defaults applied, once the constructor
+    succeeded, and checks that they can go into the config. Copies (`copy.deepcopy`, pickle) keep the record."""
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # What `inspect.signature(PGD)` shows: the constructor's, not this metaclass's `__call__(*args, **kwargs)`.
+        return _signature(cls)
+
+    def __call__(cls, *args, **kwargs):
+        attack = super().__call__(*args, **kwargs)
+        attack._arguments = _bind(cls, args, kwargs)
+        attack.config()  # a value that cannot be a cache key fails at construction, not when the cell is cached
+        return attack
+
+
+class Attack(metaclass=RecordsArguments):
+    """Base of every attack: validation of the threat model, the call contract, pass counting, the config.
 
     Args:
-        eps: the perturbation budget (>= 0).
-        norm: linf or l2.
+        eps: the perturbation budget (>= 0; a number or a fraction string such as "8/255").
+        norm: linf or l2 (any case).
+        eot: gradient samples per step (expectation over transformation); see `loss_and_grad`.
+        bpda: take gradients through the model's BPDA view; see `gradient_model`.
     """
 
     name: ClassVar[str] = "attack"
 
-    def __init__(self, eps: float, norm: str = "linf", eot: int = 1, bpda: bool = False):
-        choose("norm", norm, NORMS)
+    def __init__(self, eps: Eps, norm: Norm = "linf", eot: int = 1, bpda: bool = False):
+        norm = parse_norm(norm)
         if int(eot) != eot or eot < 1:
             raise ConfigError(f"eot must be an integer >= 1, got {eot}")
         self.eps = parse_eps(eps)
@@ -129,9 +246,34 @@ class Attack:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def arguments(self) -> dict:
+        """The arguments the attack was constructed with, defaults included, as given."""
+        return dict(self._arguments)
+
     def config(self) -> dict:
-        """Everything that determines the attack's result: used in cache keys and in the results."""
-        return {"name": self.name, "norm": self.norm, "eps": self.eps, "eot": self.eot, "bpda": self.bpda}
+        """Everything that determines the attack's result, for cache keys and the results: `name`, then the
+        constructor's arguments (defaults included, JSON values, see `jsonable`), then
+        `derived_config()`."""
+        return {"name": self.name, **normalized(type(self), self._arguments), **jsonable(self.derived_config())}
+
+    def derived_config(self) -> dict:
+        """Values the constructor derives from its arguments, recorded in `config()` over them. A subclass lists
+        a `None` default resolved to the value it stands for (PGD's step size), so that two spellings of the same
+        attack share a cache key; never anything that is not a function of the arguments."""
+        return {}
+
+    def replace(self, **changes) -> Attack:
+        """A new attack built from this one's constructor arguments with `changes` applied (this one is untouched).
+
+        Derived values follow the new arguments (PGD's default step size follows a new eps). Run-time state
+        (pass counts, a transfer attack's surrogate) is not carried over.
+        """
+        unknown = sorted(set(changes) - set(self._arguments))
+        if unknown:
+            valid = ", ".join(self._arguments)
+            raise ConfigError(f"{type(self).__name__} has no argument '{unknown[0]}'; valid: {valid}")
+        return type(self)(**{**self._arguments, **changes})
 
     @property
     def label(self) -> str:

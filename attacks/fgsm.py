@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attacks.base import LOSSES, Attack
+from attacks.base import LOSSES, Attack, Eps, Norm
 from attacks.errors import choose
 
 
@@ -18,7 +18,7 @@ class FGSM(Attack):
 
     name = "fgsm"
 
-    def __init__(self, eps: float, norm: str = "linf", loss: str = "ce", eot: int = 1, bpda: bool = False):
+    def __init__(self, eps: Eps, norm: Norm = "linf", loss: str = "ce", eot: int = 1, bpda: bool = False):
         super().__init__(eps, norm, eot=eot, bpda=bpda)
         choose("loss", loss, LOSSES)
         self.loss = loss
@@ -26,6 +26,3 @@ class FGSM(Attack):
     def perturb(self, model, x, y):
         _, grad = self.loss_and_grad(model, x, y, self.loss)
         return self.project(self.step(x, grad, self.eps), x)
-
-    def config(self) -> dict:
-        return {**super().config(), "loss": self.loss}

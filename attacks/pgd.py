@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import LOSSES, Attack, parse_eps
+from attacks.base import LOSSES, Attack, Eps, Norm, parse_eps
 from attacks.errors import ConfigError, choose
 
 
@@ -18,8 +18,8 @@ class PGD(Attack):
     needs the full budget instead, so `TransferAttack` turns early stopping off.
 
     Args:
-        eps: the budget.
-        norm: linf or l2.
+        eps: the budget (a number or a fraction string such as "8/255").
+        norm: linf or l2 (any case).
         steps: gradient steps per restart (>= 1).
         step_size: step length; default 2.5 * eps / steps (Madry et al.).
         random_start: start from a uniform point of the ball (L-inf) or a random direction and radius (L2).
@@ -35,10 +35,10 @@ class PGD(Attack):
 
     def __init__(
         self,
-        eps: float,
-        norm: str = "linf",
+        eps: Eps,
+        norm: Norm = "linf",
         steps: int = 10,
-        step_size: float | None = None,
+        step_size: Eps | None = None,
         random_start: bool = True,
         restarts: int = 1,
         loss: str = "ce",
@@ -63,16 +63,9 @@ class PGD(Attack):
         self.loss = loss
         self.early_stop = self.eot == 1 if early_stop is None else bool(early_stop)
 
-    def config(self) -> dict:
-        return {
-            **super().config(),
-            "steps": self.steps,
-            "step_size": self.step_size,
-            "random_start": self.random_start,
-            "restarts": self.restarts,
-            "loss": self.loss,
-            "early_stop": self.early_stop,
-        }
+    def derived_config(self) -> dict:
+        # The defaults that stand for a value: PGD(eps) and PGD(eps, step_size=2.5 * eps / 10) are one attack.
+        return {"step_size": self.step_size, "early_stop": self.early_stop}
 
     def random_init(self, x: torch.Tensor) -> torch.Tensor:
         if not self.random_start or self.eps == 0:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack
-from attacks.errors import choose
+from attacks.base import Attack, Eps
+from attacks.errors import ConfigError, choose
 
 SURROGATES = ("teacher",)
 
@@ -30,13 +30,16 @@ class TransferAttack(Attack):
 
     name = "transfer"
 
-    def __init__(self, eps: float, attack: Callable[..., Attack], surrogate: str = "teacher"):
+    def __init__(self, eps: Eps, attack: Callable[..., Attack], surrogate: str = "teacher"):
         choose("surrogate", surrogate, SURROGATES)
         self.factory = attack
-        self.base = attack(eps=eps)
-        if hasattr(self.base, "early_stop"):
-            self.base.early_stop = False
-        super().__init__(eps, self.base.norm)
+        base = attack(eps=eps)
+        if not isinstance(base, Attack):
+            raise ConfigError(f"the inner attack must be an Attack factory; got {type(base).__name__}")
+        if "early_stop" in base.arguments:
+            base = base.replace(early_stop=False)
+        self.base = base
+        super().__init__(eps, base.norm)
         self.surrogate_name = surrogate
         self.surrogate: nn.Module | None = None
 
@@ -44,8 +47,9 @@ class TransferAttack(Attack):
         """The same attack run white-box on the target model (for the transferability ratio)."""
         return self.factory(eps=self.eps)
 
-    def config(self) -> dict:
-        return {**super().config(), "surrogate": self.surrogate_name, "base": self.base.config()}
+    def derived_config(self) -> dict:
+        # The inner attack as it runs (eps given, early stopping off), which its factory alone does not show.
+        return {"attack": self.base.config()}
 
     @property
     def label(self) -> str:

@@ -49,13 +49,17 @@ class RepresentationDetector:
         return dist.masked_fill(other_class, float("inf")).amin(1).cpu()
 
 
-def detection_auroc(flags: dict) -> float:
-    """AUROC of clean (clean-correct examples) vs successful adversarial examples, from cached scores."""
-    if "score_clean" not in flags:
+def detection_auroc(out: dict) -> float:
+    """AUROC of clean (clean-correct examples) vs successful adversarial examples, from a cell's outcome.
+
+    Randomized models: everything comes from draw 0 (the draw the scores were computed with): the clean-correct
+    examples of draw 0 against the adversarial examples that fool draw 0.
+    """
+    if "score_clean" not in out:
         return float("nan")
-    clean = flags["clean_correct"]
-    fooled = clean & ~flags["adv_correct"]
-    neg, pos = flags["score_clean"][clean], flags["score_adv"][fooled]
+    clean = out["clean"][0]
+    fooled = clean & ~out["adv"][0]
+    neg, pos = out["score_clean"][clean], out["score_adv"][fooled]
     if len(neg) == 0 or len(pos) == 0:
         return float("nan")
     scores = torch.cat([neg, pos]).nan_to_num(posinf=1e6)

@@ -10,9 +10,10 @@ in the source domain, the rest in the target domain. Source: 80/10/10 % train/va
 default only 10 labelled training and 10 validation images per class (the few-label transfer setting);
 the remaining target images are its test split.
 
-With the defaults the shift is a real transfer problem: a teacher trained on the source alone reaches
-about 55-60 % on the target test split (chance is 10 %), a student fine-tuned on the 100 target labels
-about 95 % (see `tests/datamodules/test_digits.py`, which checks both).
+With the defaults the shift is a real transfer problem: a `small_cnn` teacher trained on the source alone
+(8 epochs) reaches about 60-65 % on the target test split (chance is 10 %), a student fine-tuned from it on
+the 100 target labels (30 epochs) about 90-93 % (`test_the_shift_is_a_transfer_problem` in
+`tests/datamodules/test_digits.py` checks both, with margin).
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from attacks.base import attack_mode, parse_eps
+from attacks.base import attack_mode
 from attacks.errors import ConfigError, choose
 from attacks.fgsm import FGSM
-from lightning_modules.modules import StudentModule
+from defenses.base import AdversarialStudent
 
 TRANSFORMS = ("rt1", "rt2", "rt3")
 
@@ -208,7 +208,7 @@ class _BPDAView(nn.Module):
         return self.model.classifier(x + (purified - x).detach())
 
 
-class AToP(StudentModule):
+class AToP(AdversarialStudent):
     """AToP's purifier training around a frozen classifier; see the module docstring.
 
     Args:
@@ -223,7 +223,8 @@ class AToP(StudentModule):
         attack_steps: 1 for FGSM; more for PGD on the classifier alone.
         gan_weight, l1_weight: weights of the hinge GAN and L1 terms (1 and 1).
         lr, betas: Adam for generator and discriminator (1e-4, (0.5, 0.999)).
-        **kwargs: see `StudentModule` (selection on val/acc in stage 1, on val/robust_acc in stage 2).
+        **kwargs: see `AdversarialStudent` and `StudentModule` (stage 1: no validation attack, selection on
+            val/acc; stage 2: the training attack on the classifier alone, selection on val/robust_acc).
     """
 
     randomized = True
@@ -249,13 +250,10 @@ class AToP(StudentModule):
         betas: tuple[float, float] = (0.5, 0.999),
         **kwargs,
     ):
-        attack_eps = parse_eps(attack_eps)
-        train_attack = FGSM(attack_eps) if attack_steps == 1 else _pgd(attack_eps, attack_steps)
-        if adversarial:
-            kwargs.setdefault("val_attack", train_attack)
-            kwargs.setdefault("selection_metric", "val/robust_acc")
+        if not adversarial:
+            kwargs.setdefault("val_attack", None)
         kwargs["mode"] = "finetune"
-        super().__init__(model, lr=lr, **kwargs)
+        super().__init__(model, eps=attack_eps, steps=attack_steps, lr=lr, **kwargs)
         for p in self.model.parameters():
             p.requires_grad_(False)
         channels = self.model.mean.shape[1]
@@ -263,9 +261,12 @@ class AToP(StudentModule):
         self.purifier = _network(generator) or GatedGenerator(channels)
         self.discriminator = _network(discriminator) or PatchDiscriminator(channels)
         self.adversarial, self.cls_weight, self.cls_start_epoch = adversarial, cls_weight, cls_start_epoch
-        self.train_attack = train_attack
         self.gan_weight, self.l1_weight, self.betas = gan_weight, l1_weight, tuple(betas)
         self.automatic_optimization = False  # the discriminator steps, then the generator
+
+    def training_attack(self, eps, norm, steps, step_size, random_start):
+        # The code's FGSM, or PGD (full budget) for more steps; both on the classifier alone.
+        return FGSM(eps, norm) if steps == 1 else super().training_attack(eps, norm, steps, step_size, random_start)
 
     def deployed_model(self) -> PurifiedClassifier:
         return PurifiedClassifier(self.transform, self.purifier, self.model)
@@ -290,7 +291,7 @@ class AToP(StudentModule):
         opt_g, opt_d = self.optimizers()
         if self.adversarial:
             with attack_mode(self.model):
-                x = self.train_attack(self.model, x, y)
+                x = self.attack(self.model, x, y)
         deployed = self.deployed_model()
         fake, mask = deployed.purify(x)  # the reference ("real") is the input itself: clean, or adversarial
         d_real, d_fake = self.discriminator(x, mask), self.discriminator(fake.detach(), mask)
@@ -318,9 +319,3 @@ def _network(spec) -> nn.Module | None:
     if spec is None or isinstance(spec, nn.Module):
         return spec
     return instantiate(spec)
-
-
-def _pgd(eps: float, steps: int):
-    from attacks.pgd import PGD
-
-    return PGD(eps, steps=steps, early_stop=False)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from attacks.base import attack_mode, parse_eps
 from attacks.errors import choose
 from attacks.pgd import PGD
+from defenses.base import AdversarialStudent
 from lightning_modules.classifier import replace_head
 from lightning_modules.modules import StudentModule
 
@@ -99,7 +100,7 @@ def _set_head(module: StudentModule, head: str, hidden: int) -> None:
         replace_head(module.model, NonLinearClassifier(features, module.num_classes, hidden))
 
 
-class GenAFDualTrack(StudentModule):
+class GenAFDualTrack(AdversarialStudent):
     """Gen-AF stage 1: genetic-directed dual-track adversarial fine-tuning.
 
     The encoder (everything but the head) and the head have their own Adam optimizers (lr 1e-4 and 5e-3,
@@ -115,7 +116,7 @@ class GenAFDualTrack(StudentModule):
         gr_weight: weight of the genetic regularizer (20).
         encoder_lr, head_lr, weight_decay, gamma: the two optimizers and their schedules.
         head: mlp or linear; head_hidden: the MLP's width (512).
-        **kwargs: see `StudentModule`.
+        **kwargs: see `AdversarialStudent` and `StudentModule`.
     """
 
     def __init__(
@@ -134,14 +135,8 @@ class GenAFDualTrack(StudentModule):
         head_hidden: int = 512,
         **kwargs,
     ):
-        eps = parse_eps(eps)
-        kwargs.setdefault(
-            "val_attack", PGD(eps, steps=steps, step_size=step_size, random_start=random_start, early_stop=False)
-        )
-        kwargs.setdefault("selection_metric", "val/robust_acc")
-        super().__init__(model, **kwargs)
+        super().__init__(model, eps=eps, steps=steps, step_size=step_size, random_start=random_start, **kwargs)
         _set_head(self, head, head_hidden)
-        self.attack = PGD(eps, steps=steps, step_size=step_size, random_start=random_start, early_stop=False)
         self.gr_weight = gr_weight
         self.encoder_lr, self.head_lr, self.weight_decay, self.gamma = encoder_lr, head_lr, weight_decay, gamma
         self.automatic_optimization = False  # two optimizers step on one loss

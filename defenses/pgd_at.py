@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from attacks.pgd import PGD
-from lightning_modules.modules import StudentModule
+from defenses.base import AdversarialStudent
 
 
-class PGDAT(StudentModule):
+class PGDAT(AdversarialStudent):
     """Fine-tunes the student on PGD examples crafted against its current weights.
 
     Loss: (1 - clean_weight) * CE(f(x'), y) + clean_weight * CE(f(x), y), with x' from L-inf or L2 PGD
@@ -23,7 +22,7 @@ class PGDAT(StudentModule):
         steps: PGD steps.
         step_size: PGD step; default 2.5 * eps / steps.
         clean_weight: weight of the clean cross-entropy term (0: pure Madry).
-        **kwargs: see `StudentModule`.
+        **kwargs: see `AdversarialStudent` and `StudentModule`.
     """
 
     def __init__(
@@ -36,11 +35,7 @@ class PGDAT(StudentModule):
         clean_weight: float = 0.0,
         **kwargs,
     ):
-        attack = PGD(eps, norm=norm, steps=steps, step_size=step_size, early_stop=False)
-        kwargs.setdefault("val_attack", attack)
-        kwargs.setdefault("selection_metric", "val/robust_acc")
-        super().__init__(model, **kwargs)
-        self.attack = attack
+        super().__init__(model, eps=eps, norm=norm, steps=steps, step_size=step_size, **kwargs)
         self.clean_weight = clean_weight
 
     def training_loss(self, x, y):

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import attack_mode, parse_eps
-from attacks.errors import choose
-from attacks.pgd import PGD
-from lightning_modules.modules import StudentModule
+from attacks.errors import ConfigError, choose
+from defenses.base import AdversarialStudent
 
 NEGATIVES = ("hard", "random")
 
@@ -19,7 +18,7 @@ def cos_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(u.flatten(1), v.flatten(1), dim=1).abs()
 
 
-class TLA(StudentModule):
+class TLA(AdversarialStudent):
     """Fine-tunes on CE(f(x'_a), y) + lambda1 * triplet + lambda2 * feature norm, in the penultimate space h.
 
     - Anchor: the PGD example x'_a of a clean training example x_a (CE is on adversarial examples only).
@@ -52,7 +51,7 @@ class TLA(StudentModule):
         positive_other: use another clean example of the anchor's class as a positive.
         negative: hard (nearest other-class example) or random.
         clean_noise: L-inf size of the uniform noise added to clean inputs.
-        **kwargs: see `StudentModule`.
+        **kwargs: see `AdversarialStudent` and `StudentModule`.
     """
 
     def __init__(
@@ -72,15 +71,11 @@ class TLA(StudentModule):
         **kwargs,
     ):
         choose("negative", negative, NEGATIVES)
-        eps = parse_eps(eps)
-        kwargs.setdefault("val_attack", PGD(eps, steps=steps, step_size=step_size, early_stop=False))
-        kwargs.setdefault("selection_metric", "val/robust_acc")
-        super().__init__(model, **kwargs)
+        super().__init__(model, eps=eps, steps=steps, step_size=step_size, **kwargs)
         if dictionary_size < 2:
-            raise ValueError(f"dictionary_size must be >= 2, got {dictionary_size}")
+            raise ConfigError(f"dictionary_size must be >= 2, got {dictionary_size}")
         if not (positive_clean or positive_other):
-            raise ValueError("at least one of positive_clean and positive_other must be on")
-        self.attack = PGD(eps, steps=steps, step_size=step_size, early_stop=False)
+            raise ConfigError("at least one of positive_clean and positive_other must be on")
         self.margin, self.lambda_triplet, self.lambda_norm = margin, lambda_triplet, lambda_norm
         self.dictionary_size = dictionary_size
         self.positive_clean, self.positive_other, self.negative = positive_clean, positive_other, negative

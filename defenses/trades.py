@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import attack_mode, parse_eps
-from attacks.pgd import PGD
-from lightning_modules.modules import StudentModule
+from defenses.base import AdversarialStudent
 
 
-class TRADES(StudentModule):
+class TRADES(AdversarialStudent):
     """Fine-tunes on CE(f(x), y) + beta * KL(f(x) || f(x')), with x' maximizing that KL inside the eps ball.
 
     As in the authors' code: x' starts at x + 0.001 * N(0, I) (the KL's gradient vanishes at x itself) and takes
@@ -23,18 +22,22 @@ class TRADES(StudentModule):
         eps: L-inf budget of the inner maximization.
         steps: its steps (10 in the paper).
         step_size: its step (default eps / 4, the paper's 0.007 for 0.031).
-        **kwargs: see `StudentModule`.
+        **kwargs: see `AdversarialStudent` and `StudentModule`.
     """
 
     def __init__(
         self, model, beta: float = 6.0, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None, **kwargs
     ):
-        eps = parse_eps(eps)
-        kwargs.setdefault("val_attack", PGD(eps, steps=steps, early_stop=False))
-        kwargs.setdefault("selection_metric", "val/robust_acc")
-        super().__init__(model, **kwargs)
-        self.attack = PGD(eps, steps=steps, step_size=step_size or eps / 4, early_stop=False)
+        super().__init__(model, eps=eps, steps=steps, step_size=step_size, **kwargs)
         self.beta = beta
+
+    def training_attack(self, eps, norm, steps, step_size, random_start):
+        # Its projection, step and step size drive the KL maximization of `adversary` (which starts from x plus
+        # small Gaussian noise, so random_start is not used).
+        return super().training_attack(eps, norm, steps, step_size or parse_eps(eps) / 4, random_start)
+
+    def validation_attack(self, attack):
+        return attack.replace(step_size=None)  # PGD with its default step, not the KL maximization's eps / 4
 
     def adversary(self, x: torch.Tensor) -> torch.Tensor:
         """The TRADES inner maximization of KL(f(x) || f(x')) over the eps ball."""

@@ -38,6 +38,8 @@ class ClassifierModule(L.LightningModule):
         nesterov: Nesterov momentum for SGD.
         scheduler: none, cosine (over the trainer's max_epochs) or step (x `gamma` every `step_size` epochs).
         step_size: epochs between learning-rate drops for the step scheduler.
+        lr_step_size: the same, under the name to use where a defense's `step_size` is its attack's step
+            (`AdversarialStudent`); overrides `step_size`.
         gamma: learning-rate factor of the step scheduler.
         label_smoothing: cross-entropy label smoothing.
         val_attack: an attack run on the validation split; logs `val/robust_acc`.
@@ -59,6 +61,7 @@ class ClassifierModule(L.LightningModule):
         nesterov: bool = False,
         scheduler: str = "cosine",
         step_size: int = 50,
+        lr_step_size: int | None = None,
         gamma: float = 0.5,
         label_smoothing: float = 0.0,
         val_attack: Attack | None = None,
@@ -69,10 +72,26 @@ class ClassifierModule(L.LightningModule):
         choose("scheduler", scheduler, SCHEDULERS)
         if lr <= 0:
             raise ConfigError(f"lr must be > 0, got {lr}")
+        step_size = step_size if lr_step_size is None else lr_step_size
+        if scheduler == "step" and (isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1):
+            raise ConfigError(f"the step scheduler's step_size must be an integer >= 1 (epochs), got {step_size!r}")
         choose("selection_metric", selection_metric, ("val/acc", "val/robust_acc"))
         if selection_metric == "val/robust_acc" and val_attack is None:
             raise ConfigError("selection_metric 'val/robust_acc' needs a val_attack")
         self.save_hyperparameters(ignore=["model", "val_attack", "teacher_state"])
+        # The optimizer's own settings, kept apart from `hparams`, which merges the arguments of every class in the
+        # hierarchy: a defense's `step_size` (its attack's step) or `gamma` would shadow the scheduler's there.
+        self.optimizer_settings = {
+            "optimizer": optimizer,
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "scheduler": scheduler,
+            "step_size": step_size,
+            "gamma": gamma,
+        }
+        self.label_smoothing = label_smoothing
         self.model = model
         self.val_attack = val_attack
         self.selection_metric = selection_metric
@@ -86,7 +105,7 @@ class ClassifierModule(L.LightningModule):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (loss, logits used for the training accuracy). Defenses override this."""
         logits = self.model(x)
-        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing), logits
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
 
     def deployed_model(self) -> nn.Module:
         """The model an attacker faces: [0, 1] images in, logits out (purifiers, rejectors included)."""
@@ -182,21 +201,21 @@ class ClassifierModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("nothing to train: every parameter is frozen")
-        h = self.hparams
-        if h.optimizer == "sgd":
+        h = self.optimizer_settings
+        if h["optimizer"] == "sgd":
             opt = torch.optim.SGD(
-                params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay, nesterov=h.nesterov
+                params, lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"], nesterov=h["nesterov"]
             )
-        elif h.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
+        elif h["optimizer"] == "adam":
+            opt = torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
         else:
-            opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
-        if h.scheduler == "none":
+            opt = torch.optim.AdamW(params, lr=h["lr"], weight_decay=h["weight_decay"])
+        if h["scheduler"] == "none":
             return opt
-        if h.scheduler == "cosine":
+        if h["scheduler"] == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
         else:
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h.step_size, gamma=h.gamma)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=h["step_size"], gamma=h["gamma"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 

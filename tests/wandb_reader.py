@@ -49,27 +49,41 @@ def _value(item) -> object:
     return json.loads(item.value_json)
 
 
+def _set_config(config: dict, item) -> None:
+    """A config update: a top-level key, or a nested one (W&B files a logged chart under _wandb/visualize/<key>)."""
+    if item.key:
+        config[item.key] = _value(item)
+        return
+    *parents, last = item.nested_key
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = _value(item)
+
+
 def read_run(path: Path) -> dict:
-    """name, group, job_type, config, summary (last values), history_keys, tables {key: {nrows, ncols}}."""
-    run: dict = {"config": {}, "summary": {}, "history_keys": [], "tables": {}}
+    """id, name, group, job_type, config, summary (last values), history (every logged step, media as their
+    metadata), history_keys, tables {key: {nrows, ncols, path}}, charts {key: panel config} (`wandb.plot.*`: the
+    Vega spec `panelDefId`, `fieldSettings`, `stringSettings`, the table it reads)."""
+    run: dict = {"config": {}, "summary": {}, "history": [], "history_keys": [], "tables": {}}
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            run.update(name=r.display_name, group=r.run_group, job_type=r.job_type)
+            run.update(id=r.run_id, name=r.display_name, group=r.run_group, job_type=r.job_type)
             for item in r.config.update:
-                run["config"][item.key] = _value(item)
+                _set_config(run["config"], item)
         elif kind == "config":
             for item in rec.config.update:
-                run["config"][item.key] = _value(item)
+                _set_config(run["config"], item)
         elif kind == "history":
             # Nested values (a table's or an image's metadata) arrive flattened: results/_type, results/nrows, ...
             row = {i.key or "/".join(i.nested_key): _value(i) for i in rec.history.item}
+            run["history"].append(row)
             run["history_keys"].append(list(row))
             for key, v in row.items():
                 if key.endswith("/_type") and str(v).startswith("table"):
                     name = key[: -len("/_type")]
-                    run["tables"][name] = {"nrows": row.get(f"{name}/nrows"), "ncols": row.get(f"{name}/ncols")}
+                    run["tables"][name] = {k: row.get(f"{name}/{k}") for k in ("nrows", "ncols", "path")}
         elif kind == "summary":
             for item in rec.summary.update:
                 key = item.key or "/".join(item.nested_key)
@@ -78,4 +92,18 @@ def read_run(path: Path) -> dict:
     run["config"] = {
         k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in run["config"].items()
     }
+    visualize = (run["config"].get("_wandb") or {}).get("visualize") or {}
+    run["charts"] = {key: spec["panel_config"] for key, spec in visualize.items()}
     return run
+
+
+def read_table(path: Path, run: dict, key: str) -> tuple[list[str], list[list]]:
+    """The columns and rows of the table `key` that the run of `path` (its .wandb file) logged."""
+    table = json.loads((Path(path).parent / "files" / run["tables"][key]["path"]).read_text())
+    return table["columns"], table["data"]
+
+
+def chart_table_key(chart: dict) -> str:
+    """The table a logged chart reads (`summaryTable` in its query)."""
+    fields = chart["userQuery"]["queryFields"][0]["fields"]
+    return next(f["args"][0]["value"] for f in fields if f["name"] == "summaryTable")

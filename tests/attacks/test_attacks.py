@@ -704,7 +704,7 @@ def test_transfer_inner_attack_runs_full_budget(digits_classifier, digits_source
     transfer = TransferAttack(16 / 255, factory)
     assert factory(eps=16 / 255).early_stop is True
     assert transfer.base.early_stop is False
-    assert transfer.config()["base"]["early_stop"] is False
+    assert transfer.config()["attack"]["early_stop"] is False
     transfer.surrogate = digits_classifier
     transfer(_UnqueryableTarget(), x, y)
     # Many examples are fooled within 10 steps at 16/255; with early stopping the pass count would be lower.
@@ -727,7 +727,7 @@ def test_transfer_whitebox_counterpart_has_default_config(factory):
     if isinstance(counterpart, PGD):
         assert counterpart.early_stop is True and transfer.base.early_stop is False
     # The crafted examples differ from the white-box run only by the early-stopping switch.
-    differ = {k for k, v in counterpart.config().items() if transfer.config()["base"][k] != v}
+    differ = {k for k, v in counterpart.config().items() if transfer.config()["attack"][k] != v}
     assert differ <= {"early_stop"}
     assert transfer.norm == counterpart.norm and transfer.eps == counterpart.eps
 

@@ -26,15 +26,15 @@ def test_score_is_the_distance_to_the_nearest_clean_example_of_the_predicted_cla
 
 
 def test_auroc_counts_clean_correct_against_successful_adversarial_examples():
-    flags = {
-        "clean_correct": torch.tensor([True, True, True, False]),
-        "adv_correct": torch.tensor([True, False, False, False]),
+    flags = {  # a deterministic model's outcome: one draw
+        "clean": torch.tensor([[True, True, True, False]]),
+        "adv": torch.tensor([[True, False, False, False]]),
         "score_clean": torch.tensor([0.1, 0.2, 0.3, 9.0]),
         "score_adv": torch.tensor([5.0, 0.5, 0.6, 0.0]),
     }
     assert detection_auroc(flags) == pytest.approx(1.0)  # fooled examples (0.5, 0.6) score above every clean one
     flags["score_adv"] = torch.tensor([5.0, 0.15, 0.25, 0.0])
     assert detection_auroc(flags) == pytest.approx(3 / 6)  # pairs with pos > neg: 0.15 > 0.1; 0.25 > 0.1, 0.2
-    flags["adv_correct"] = flags["clean_correct"]
+    flags["adv"] = flags["clean"]
     assert math.isnan(detection_auroc(flags)), "nothing fooled: undefined"
-    assert math.isnan(detection_auroc({"clean_correct": flags["clean_correct"], "adv_correct": flags["adv_correct"]}))
+    assert math.isnan(detection_auroc({"clean": flags["clean"], "adv": flags["adv"]}))

@@ -6,10 +6,13 @@ import math
 
 import pytest
 import torch
+from scipy.stats import norm
+from statsmodels.stats.proportion import proportion_confint
 
 from benchmark.metrics import (
     AttackSuccessRate,
     CleanAccuracy,
+    ExpectedAccuracy,
     RobustAccuracy,
     Transferability,
     TransferAccuracy,
@@ -66,11 +69,95 @@ def test_updates_accumulate_like_one_update_and_states_sum_across_processes():
 def test_mismatched_flags_are_rejected():
     with pytest.raises(ValueError, match="different lengths"):
         RobustAccuracy().update(CLEAN, WB[:3])
-    with pytest.raises(ValueError, match="valid: accuracy_drop, success_ratio"):
+    with pytest.raises(ValueError, match="transferability form 'ratio'.*valid: accuracy_drop, success_ratio"):
         Transferability("ratio")
 
 
-def test_wilson_interval():
-    lo, hi = wilson_interval(50, 100)
-    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+#: (successes, n) pairs: the extremes 0 and n, small n (where the interval is wide and asymmetric), large n.
+WILSON_CASES = [(0, 1), (1, 1), (0, 5), (5, 5), (1, 3), (2, 7), (0, 100), (100, 100), (37, 50), (50, 100), (999, 1000)]
+
+
+@pytest.mark.parametrize(("k", "n"), WILSON_CASES)
+def test_wilson_interval_matches_statsmodels(k, n):
+    expected = proportion_confint(k, n, alpha=0.05, method="wilson")
+    # With statsmodels' exact normal quantile the two computations agree to round-off ...
+    assert wilson_interval(k, n, z=norm.ppf(0.975)) == pytest.approx(expected, abs=1e-12)
+    # ... and the default z = 1.96 is the usual rounding of it.
+    assert wilson_interval(k, n) == pytest.approx(expected, abs=2e-5)
+
+
+def test_wilson_interval_stays_in_the_unit_interval():
+    """At k = 0 and k = n the bounds are 0 and 1 up to round-off, never past them (centre -/+ half can round
+    to -3e-17 or 1 + 2e-16, e.g. at n = 5)."""
+    for n in range(1, 200):
+        lo0, hi0 = wilson_interval(0, n)
+        lon, hin = wilson_interval(n, n)
+        assert 0.0 <= lo0 <= 1e-12 and 1.0 - 1e-12 <= hin <= 1.0
+        assert 0.0 < hi0 < 1.0 and 0.0 < lon < 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0)), "no examples: no interval"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Accumulation: a metric updated batch by batch counts every batch (and never forgets the earlier ones).
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Three batches of (clean, white-box, transfer) flags with different sizes and mixes.
+BATCHES = [
+    (torch.tensor([T, T, F]), torch.tensor([F, T, F]), torch.tensor([T, T, T])),
+    (torch.tensor([T, F, T, T, F]), torch.tensor([T, F, F, F, F]), torch.tensor([F, F, T, T, T])),
+    (torch.tensor([T, T]), torch.tensor([F, F]), torch.tensor([T, F])),
+]
+
+
+def accumulated(metric, pick):
+    for batch in BATCHES:
+        metric.update(*pick(batch))
+    return float(metric.compute())
+
+
+def test_every_metric_accumulates_over_updates():
+    c, w, t = (torch.cat([b[i] for b in BATCHES]) for i in range(3))
+    n = len(c)
+    assert accumulated(CleanAccuracy(), lambda b: b[:1]) == pytest.approx(c.sum().item() / n)
+    assert accumulated(RobustAccuracy(), lambda b: b[:2]) == pytest.approx((c & w).sum().item() / n)
+    assert accumulated(TransferAccuracy(), lambda b: (b[0], b[2])) == pytest.approx((c & t).sum().item() / n)
+    asr = (c & ~w).sum().item() / c.sum().item()
+    assert accumulated(AttackSuccessRate(), lambda b: b[:2]) == pytest.approx(asr)
+    ratio = (c & ~t).sum().item() / (c & ~w).sum().item()
+    assert accumulated(Transferability("success_ratio"), lambda b: b) == pytest.approx(ratio)
+    drop = (c.sum() - t.sum()).item() / (c.sum() - w.sum()).item()
+    assert accumulated(Transferability("accuracy_drop"), lambda b: b) == pytest.approx(drop)
+    fractions = [torch.tensor([1.0, 0.5]), torch.tensor([0.25, 0.0, 1.0])]
+    expected = ExpectedAccuracy()
+    for f in fractions:
+        expected.update(f)
+    assert float(expected.compute()) == pytest.approx(2.75 / 5)
+
+
+def test_accuracy_drop_uses_raw_accuracies():
+    """Every example counts as scored on its perturbed version, including clean-wrong ones made correct."""
+    clean = torch.tensor([T, T, T, F, F])
+    wb = torch.tensor([F, F, F, T, T])  # raw accuracy 2/5; clean-counted it fools all 3
+    tr = torch.tensor([T, F, F, F, F])  # raw accuracy 1/5; fools 2
+    drop = (3 / 5 - 1 / 5) / (3 / 5 - 2 / 5)
+    assert value(Transferability("accuracy_drop"), clean, wb, tr) == pytest.approx(drop)
+    assert value(Transferability("success_ratio"), clean, wb, tr) == pytest.approx(2 / 3)
+
+
+def test_expected_accuracy_averages_fractions_and_counts_exactly():
+    m = ExpectedAccuracy()
+    m.update([0.1, 0.2, 0.3])  # a plain sequence is accepted; the sum is kept in float64
+    assert float(m.clone().compute()) == pytest.approx(0.2, rel=1e-6)
+    assert m.correct.dtype == torch.float64 and m.total.dtype == torch.long
+    assert math.isnan(float(ExpectedAccuracy().compute()))
+    other = ExpectedAccuracy()
+    other.update(torch.tensor([[1.0], [1.0]]))  # any shape: one fraction per example
+    m.merge_state(other)  # what the sum-reduction across DDP ranks does
+    assert float(m.compute()) == pytest.approx((0.6 + 2) / 5)
+    assert all(fx is torch.sum or getattr(fx, "__name__", "") == "dim_zero_sum" for fx in m._reductions.values())
+
+
+def test_count_states_are_integers():
+    for m in (CleanAccuracy(), RobustAccuracy(), AttackSuccessRate(), Transferability(), ExpectedAccuracy()):
+        for name in m.counts:
+            assert getattr(m, name).dtype == torch.long, f"{type(m).__name__}.{name}"

@@ -17,12 +17,13 @@ What is checked, and why it matters for an honest number on a randomized (purify
 from __future__ import annotations
 
 import pytest
-import torch
 
 from attacks.errors import ConfigError
+from benchmark import config
 from benchmark import run as runner
 from benchmark.checks import FLAG_DOC
-from benchmark.sweep import AttackEntry, Sweep, flag_metrics, whitebox_vs_transfer
+from benchmark.config import AttackEntry
+from benchmark.plan import make_plan
 
 #: A digits sweep with the purifier (trained for 2 epochs from a 2-epoch finetune student) and the attacks a
 #: randomized model gets, shortened; finetune is the deterministic reference. AutoAttack-rand (4,000 passes per
@@ -52,7 +53,7 @@ RANDOMIZED = [
 
 
 def compose(tmp, *extra):
-    return runner.compose([*RANDOMIZED, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'r'}", *extra])
+    return config.compose([*RANDOMIZED, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'r'}", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -118,75 +119,15 @@ def test_rerun_is_cached(swept):
     assert {key(r): r["robust_acc"] for r in again["rows"]} == {key(r): r["robust_acc"] for r in out["rows"]}
 
 
-def test_progress_counts_only_the_cells_that_run(tmp_path):
-    sweep = Sweep(compose(tmp_path, "++attack.bpda_eot_pgd_linf.defenses=[atop]"))
-    # teacher and finetune: pgd_linf + transfer; purifier: transfer, eot (bpda: atop only)
-    assert sweep.total_cells() == 2 + 2 + 2
-
-
 def test_attack_selection_options_are_validated(tmp_path):
     with pytest.raises(
         ConfigError, match="applies_to .sometimes.; valid: adaptive, all, deterministic, nondifferentiable, randomized"
     ):
-        Sweep(compose(tmp_path, "attack.eot_pgd_linf.applies_to=sometimes"))
+        make_plan(compose(tmp_path, "attack.eot_pgd_linf.applies_to=sometimes"))
     with pytest.raises(ConfigError, match="n_examples must be an integer >= 1"):
-        Sweep(compose(tmp_path, "attack.eot_pgd_linf.n_examples=0"))
+        make_plan(compose(tmp_path, "attack.eot_pgd_linf.n_examples=0"))
     with pytest.raises(ConfigError, match="unknown attack.eot_pgd_linf.defenses entry 'nope'"):
-        Sweep(compose(tmp_path, "++attack.eot_pgd_linf.defenses=[nope]"))
-
-
-def _flags(adv: list[bool], clean: list[bool] | None = None) -> dict:
-    adv_t = torch.tensor(adv)
-    clean_t = torch.ones_like(adv_t) if clean is None else torch.tensor(clean)
-    return {"clean_correct": clean_t, "adv_correct": adv_t}
-
-
-def _row(attack: str, threat: str, n: int) -> dict:
-    return {
-        "attack": attack,
-        "threat_model": threat,
-        "norm": "linf",
-        "eps": 16 / 255,
-        "flags": "",
-        "cached": True,
-        "n_examples": n,
-    }
-
-
-def test_transfer_beating_whitebox_is_flagged_on_common_examples():
-    # white-box on the first 4 examples breaks 1 of 4; transfer breaks all 4 of them (and none of the rest)
-    wb = (_row("eot", "white-box", 4), _flags([False, True, True, True]))
-    tr = (_row("transfer", "transfer", 8), _flags([False] * 4 + [True] * 4))
-    whitebox_vs_transfer([wb, tr])
-    assert tr[0]["flags"] == "transfer_stronger_than_whitebox"
-    fine = (_row("transfer", "transfer", 8), _flags([False, True, True, True] + [False] * 4))
-    whitebox_vs_transfer([wb, fine])
-    assert fine[0]["flags"] == "", "on the common examples the transfer attack is not stronger"
-
-
-def test_worst_case_covers_the_whitebox_examples_and_pads_shorter_attacks():
-    eot = (_row("eot", "white-box", 6), _flags([True, True, True, False, True, True]))
-    aa = (_row("aa", "white-box", 2), _flags([False, True]))
-    transfer = (_row("transfer", "transfer", 8), _flags([True] * 5 + [False] + [True] * 2))
-    (row,) = Sweep._worst_case_rows([transfer, eot, aa])
-    assert row["n_examples"] == 6, "examples only the transfer attack reached are not in the worst case"
-    assert row["robust_acc"] == pytest.approx(3 / 6), "example 0 by aa, 3 by eot, 5 by the transfer attack"
-
-
-def test_k_draw_metrics():
-    flags = {
-        "clean_correct": torch.tensor([True, False, True]),
-        "adv_correct": torch.tensor([False, False, True]),
-        "clean_frac": torch.tensor([1.0, 0.5, 1.0]),
-        "adv_frac": torch.tensor([0.5, 0.0, 1.0]),
-        "draws": torch.tensor(2),
-    }
-    m = flag_metrics(flags)
-    assert m["clean_acc"] == pytest.approx(2.5 / 3)
-    assert m["robust_acc"] == pytest.approx(1.5 / 3), "mean over draws, every example counted"
-    assert m["robust_acc_worst_of_k"] == pytest.approx(1 / 3), "right in every draw"
-    assert m["success_rate"] == pytest.approx(1 - 1.5 / 2.5)
-    assert m["draws"] == 2 and m["n_examples"] == 3
+        make_plan(compose(tmp_path, "++attack.eot_pgd_linf.defenses=[nope]"))
 
 
 def test_attack_entries_match_what_models_declare():

@@ -13,8 +13,10 @@ import pytest
 from fake_data import skip_md5, write_all
 from wandb_reader import read_run
 
+from benchmark import config
 from benchmark import run as runner
-from benchmark.sweep import Sweep
+from benchmark.config import compose
+from benchmark.execute import Executor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +51,7 @@ def tiny(tmp: Path, *extra: str) -> list[str]:
 
 
 def run(overrides: list[str]) -> dict:
-    return runner.run(runner.compose(overrides))
+    return runner.run(compose(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -146,25 +148,25 @@ def test_narrowing_the_sweep_reuses_the_cache(first):
 
 
 def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
-    real = Sweep._cell
+    real = Executor._cell
     calls = {"n": 0}
 
-    # The teacher's evaluation makes 8 cell calls (6 cells + 2 white-box counterparts of the transfer cells);
-    # then the student is trained; stop in the middle of the student's evaluation, after 2 of its 6 cells.
+    # The teacher's evaluation is 6 cells (the transfer attack's white-box reference is the pgd_linf cell);
+    # then the student is trained; stop in the middle of the student's evaluation, after 4 of its 6 cells.
     def interrupt_after_ten(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 10:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Sweep, "_cell", interrupt_after_ten)
+    monkeypatch.setattr(Executor, "_cell", interrupt_after_ten)
     assert runner.main(tiny(tmp_path, "defense=finetune")) == 130
     assert "run the same command again to continue" in capsys.readouterr().err
-    monkeypatch.setattr(Sweep, "_cell", real)
+    monkeypatch.setattr(Executor, "_cell", real)
     resumed = run(tiny(tmp_path, "defense=finetune"))
     assert resumed["stats"]["teacher_trained"] == 0, "the finished teacher was lost"
     assert resumed["stats"]["student_trained"] == 0, "the finished student was lost"
-    assert resumed["stats"]["attacks_run"] == 4, "only the student's 4 unfinished cells run again"
+    assert resumed["stats"]["attacks_run"] == 2, "only the student's 2 unfinished cells run again"
 
 
 def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
@@ -250,7 +252,7 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 
 # ---- every shipped experiment config ----------------------------------------------------------------
-EXPERIMENTS = runner.options("experiment")
+EXPERIMENTS = config.options("experiment")
 #: What makes each experiment fast here: tiny fake data, one epoch, a few examples, short attacks.
 FAST = [
     "logger=none",
@@ -269,7 +271,7 @@ FAST = [
 def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
     skip_md5(monkeypatch)
     write_all(str(tmp_path / "data"))
-    cfg = runner.compose([f"experiment={experiment}"])
+    cfg = compose([f"experiment={experiment}"])
     overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
     for name in cfg["data"]:
         if name != "digits":
@@ -295,13 +297,13 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
 
 
 def test_every_config_group_option_composes():
-    for group in runner.GROUPS:
-        for name in runner.options(group):
+    for group in config.GROUPS:
+        for name in config.options(group):
             if group in ("data", "defense", "attack"):
-                cfg = runner.compose([f"{group}=[{name}]"])
+                cfg = compose([f"{group}=[{name}]"])
                 assert list(cfg[group]) == [name], f"{group}/{name}.yaml must hold one top-level key '{name}'"
             else:
-                runner.compose([f"{group}={name}"])
+                compose([f"{group}={name}"])
 
 
 # ---- DDP -------------------------------------------------------------------------------------------------

@@ -1,11 +1,21 @@
-"""A new defense is one short subclass: the README's example and the two-optimizer hook train through the base loop."""
+"""A new defense is one short subclass: the README's example, an `AdversarialStudent` and the two-optimizer hook
+train through the base loop; every adversarial defense gets its attacks and model selection from the base class."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from attacks.errors import ConfigError
+from attacks.fgsm import FGSM
 from attacks.pgd import PGD
+from defenses.atop import AToP
+from defenses.base import AdversarialStudent
+from defenses.gen_af import GenAFDualTrack
+from defenses.pgd_at import PGDAT
+from defenses.tla import TLA
+from defenses.trades import TRADES
 from lightning_modules.classifier import build_classifier
 from lightning_modules.modules import StudentModule
 from lightning_modules.training import fit
@@ -59,3 +69,122 @@ def test_two_optimizers_are_both_stepped(digits):
     fit(d, digits.domain("target"), {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2}, progress=False)
     assert not torch.equal(d.model.head.weight, head_before)
     assert not torch.equal(d.model.backbone.features[0].weight, body_before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AdversarialStudent: the training attack, the validation attack and the selection metric, set once
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CleanAndAdversarial(AdversarialStudent):
+    """A new adversarial defense is a loss and nothing else: attacks and selection come from the base."""
+
+    def training_loss(self, x, y):
+        logits = self.model(x)
+        return F.cross_entropy(logits, y) + F.cross_entropy(self.model(self.attack(self.model, x, y)), y), logits
+
+
+def _pgd(eps, **kwargs):
+    return PGD(eps, early_stop=False, **kwargs)
+
+
+#: Each defense's attacks as they were written by hand in each file before the base class: (defense, arguments,
+#: training attack, validation attack, selection metric). The configs hold every constructor argument.
+EXPECTED = {
+    "pgd_at-defaults": (PGDAT, {}, _pgd(8 / 255), _pgd(8 / 255), "val/robust_acc"),
+    "pgd_at-l2": (
+        PGDAT,
+        {"eps": "1/2", "norm": "L2", "steps": 3, "step_size": 0.2},
+        _pgd(0.5, norm="l2", steps=3, step_size=0.2),
+        _pgd(0.5, norm="l2", steps=3, step_size=0.2),
+        "val/robust_acc",
+    ),
+    # TRADES: the KL maximization steps eps / 4; its validation PGD keeps PGD's default step.
+    "trades-defaults": (TRADES, {}, _pgd(8 / 255, step_size=2 / 255), _pgd(8 / 255), "val/robust_acc"),
+    "trades-3-steps": (
+        TRADES,
+        {"eps": 0.1, "steps": 3},
+        _pgd(0.1, steps=3, step_size=0.025),
+        _pgd(0.1, steps=3),
+        "val/robust_acc",
+    ),
+    "trades-step": (
+        TRADES,
+        {"eps": "16/255", "steps": 3, "step_size": "1/255"},
+        _pgd(16 / 255, steps=3, step_size=1 / 255),
+        _pgd(16 / 255, steps=3),
+        "val/robust_acc",
+    ),
+    "tla": (
+        TLA,
+        {"eps": 0.1, "steps": 3, "step_size": 0.02},
+        _pgd(0.1, steps=3, step_size=0.02),
+        _pgd(0.1, steps=3, step_size=0.02),
+        "val/robust_acc",
+    ),
+    "genaf_stage1-defaults": (
+        GenAFDualTrack,
+        {},
+        _pgd(0.03, step_size=0.007, random_start=False),
+        _pgd(0.03, step_size=0.007, random_start=False),
+        "val/robust_acc",
+    ),
+    "atop-fgsm": (
+        AToP,
+        {"adversarial": True, "attack_eps": "16/255"},
+        FGSM(16 / 255),
+        FGSM(16 / 255),
+        "val/robust_acc",
+    ),
+    "atop-pgd": (
+        AToP,
+        {"adversarial": True, "attack_eps": 0.1, "attack_steps": 3},
+        _pgd(0.1, steps=3),
+        _pgd(0.1, steps=3),
+        "val/robust_acc",
+    ),
+    "atop-stage1": (AToP, {"adversarial": False}, FGSM(8 / 255), None, "val/acc"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED))
+def test_each_defense_keeps_its_attacks_and_selection(case, digits):
+    cls, kwargs, train, val, metric = EXPECTED[case]
+    d = _student(cls, digits, **kwargs)
+    assert isinstance(d, AdversarialStudent)
+    assert d.attack.config() == train.config()
+    assert (d.val_attack and d.val_attack.config()) == (val and val.config())
+    assert d.selection_metric == metric
+    assert d.val_attack is not d.attack, "validation must not add to the training attack's pass counts"
+
+
+def test_given_validation_attack_and_metric_win(digits):
+    fgsm = FGSM(0.1)
+    d = _student(PGDAT, digits, val_attack=fgsm)
+    assert d.val_attack is fgsm and d.selection_metric == "val/robust_acc"
+    d = _student(TLA, digits, selection_metric="val/acc")
+    assert d.selection_metric == "val/acc" and d.val_attack is not None
+    d = _student(CleanAndAdversarial, digits, val_attack=None)
+    assert d.val_attack is None and d.selection_metric == "val/acc"
+
+
+def test_a_step_larger_than_the_ball_is_an_error(digits):
+    # The experiments' `step_size: 150` for the learning-rate schedule would silently become PGD-AT's attack step.
+    with pytest.raises(ConfigError, match="PGDAT: the attack's step_size 150 exceeds .* lr_step_size"):
+        _student(PGDAT, digits, eps="8/255", step_size=150, scheduler="step")
+    with pytest.raises(ConfigError, match="exceeds"):
+        _student(TLA, digits, eps=0.1, step_size=0.21)
+    assert _student(TLA, digits, eps=0.1, step_size=0.2).attack.step_size == 0.2
+    d = _student(PGDAT, digits, eps="8/255", step_size="2/255", scheduler="step", lr_step_size=150)
+    assert d.attack.step_size == 2 / 255
+    assert d.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 150
+
+
+def test_new_adversarial_defense_trains_and_selects_on_robust_accuracy(digits):
+    d = _student(CleanAndAdversarial, digits, eps=0.1, steps=2, lr=0.01)
+    assert d.attack.config() == _pgd(0.1, steps=2).config() == d.val_attack.config()
+    short = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2, "limit_val_batches": 1}
+    info = fit(d, digits.domain("target"), short, progress=False)
+    assert info["selection_metric"] == "val/robust_acc"
+    assert "val/robust_acc" in info["trainer"].callback_metrics
+    assert d.attack.forward_passes > 0 and d.val_attack.forward_passes > 0

@@ -129,5 +129,18 @@ def test_pgd_at_trains_on_adversarial_examples(teacher_state):
     assert adv_loss > clean_loss
     assert not any(p.grad is not None for p in d.parameters()), "crafting left gradients on the weights"
     zero = copy.deepcopy(d)
-    zero.attack.eps = 0.0
+    zero.attack = zero.attack.replace(eps=0.0)
     assert torch.allclose(zero.training_loss(x, y)[0], clean_loss, atol=1e-6)
+
+
+def test_step_scheduler_takes_its_own_step_size(teacher_state):
+    # `hparams` merges every class's arguments; the scheduler reads the ClassifierModule's own.
+    s = StudentModule(make(), teacher_state, scheduler="step", step_size=7, gamma=0.3)
+    sched = s.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert (sched.step_size, sched.gamma) == (7, 0.3)
+    renamed = StudentModule(make(), teacher_state, scheduler="step", step_size=7, lr_step_size=9)
+    assert renamed.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 9
+    d = PGDAT(make(), teacher_state=teacher_state, scheduler="step", step_size="2/255")  # the attack's step
+    assert d.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 50 and d.attack.step_size == 2 / 255
+    with pytest.raises(ConfigError, match="step scheduler's step_size must be an integer >= 1"):
+        StudentModule(make(), teacher_state, scheduler="step", step_size=0)

@@ -1,0 +1,199 @@
+"""The composed config: Hydra composition with one-line errors, and the validation of every name and value.
+
+Nothing here trains or attacks: `validate` builds every data pair, model and defense module once (cheap) to
+check their arguments and to learn what each defense declares (randomized, non-differentiable).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from attacks.base import Attack, parse_eps
+from attacks.errors import ConfigError, choose
+from benchmark.metrics import TRANSFERABILITY_FORMS
+from benchmark.stages.build import build, build_datamodule, build_model, declared, teacher_module_cfg
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_choices(overrides: list[str]) -> None:
+    """Reject unknown config-group options with one line that names the valid ones."""
+    for o in overrides:
+        m = re.fullmatch(r"[+~]?([a-z_]+)=(.*)", o)
+        if not m or m.group(1) not in GROUPS:
+            continue
+        group, value = m.groups()
+        names = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        for name in names:
+            if name not in ("null",) and name not in options(group):
+                raise ConfigError(f"unknown {group} '{name}'; valid: {', '.join(options(group))}")
+
+
+def compose(overrides: list[str]) -> dict:
+    """The composed, resolved config as a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_choices(overrides)
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(f"{first} (see `python -m benchmark.run --help`)") from None
+    # An experiment may set values for members it selects (defense.freeze...); when the command line narrows
+    # the selection, those values would remain as entries without a target: they are not part of the sweep.
+    for group, target in (("data", ()), ("defense", ("module",)), ("attack", ("attack",))):
+        for name in [n for n, entry in cfg[group].items() if "_target_" not in _get(entry, target)]:
+            del cfg[group][name]
+    cfg["stages"] = earlier_stages(cfg, overrides)
+    return cfg
+
+
+def earlier_stages(cfg: dict, overrides: list[str]) -> dict:
+    """The defenses that selected ones start from (`init_from`) but the sweep does not evaluate.
+
+    Each is composed from its own config file with the same experiment and overrides (minus the ones that
+    select or set other defenses), so it is exactly what `defense=<name>` would train.
+    """
+    stages: dict = {}
+    todo = [d["init_from"] for d in cfg["defense"].values() if d.get("init_from")]
+    while todo:
+        name = todo.pop()
+        if name in cfg["defense"] or name in stages:
+            continue
+        if name not in options("defense"):
+            raise ConfigError(f"init_from names unknown defense '{name}'; valid: {', '.join(options('defense'))}")
+        keep = [
+            o
+            for o in overrides
+            if not re.match(r"[+~]*defense[=.]", o) or o.lstrip("+~").startswith(f"defense.{name}.")
+        ]
+        stages[name] = compose([*keep, f"defense=[{name}]"])["defense"][name]
+        if stages[name].get("init_from"):
+            todo.append(stages[name]["init_from"])
+    return stages
+
+
+def _get(entry: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        entry = entry.get(key) or {}
+    return entry
+
+
+def usage(doc: str) -> str:
+    """`doc` (the command's docstring) and every config group with its options."""
+    lines = [doc.strip(), "", "Config groups and their options:"]
+    lines += [f"  {g:<11} {', '.join(options(g))}" for g in GROUPS]
+    return "\n".join(lines)
+
+
+#: Which models an attack entry runs on, by what the model declares (`randomized`, `nondifferentiable`):
+#: every model; models declaring neither (plain gradients suffice); randomized ones (EOT); ones with
+#: non-differentiable steps (BPDA); ones declaring either (adaptive attacks such as BPDA + EOT).
+APPLIES_TO = ("all", "deterministic", "randomized", "nondifferentiable", "adaptive")
+
+
+@dataclass
+class AttackEntry:
+    """An attack config of the sweep, instantiated once per epsilon (which validates its values).
+
+    `applies_to`: one of APPLIES_TO, matched against what the model declares.
+    `n_examples`: run on the first n evaluation examples only (expensive attacks); None: all of them.
+    `defenses`: run only on these models (defense names, `teacher`); None: on every model.
+    """
+
+    name: str
+    cfg: dict
+    eps_labels: list[str]
+    attacks: list[Attack]
+    applies_to: str = "all"
+    n_examples: int | None = None
+    defenses: list[str] | None = None
+
+    def applies(self, kinds: frozenset[str], defense: str) -> bool:
+        if self.defenses is not None and defense not in self.defenses:
+            return False
+        if self.applies_to in ("randomized", "nondifferentiable"):
+            return self.applies_to in kinds
+        return {"all": True, "deterministic": not kinds, "adaptive": bool(kinds)}[self.applies_to]
+
+
+@dataclass
+class Declared:
+    """What a defense's module declares: `kinds` (randomized, nondifferentiable) and whether its deployed model
+    can freeze its randomness (`frozen(seed)`, for the sanity check)."""
+
+    kinds: frozenset[str]
+    freezable: bool
+
+
+def _check_trainer(name: str, trainer: dict) -> None:
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"{name}: trainer.max_epochs must be an integer >= 1, got {epochs}")
+
+
+def seeds_of(cfg: dict) -> list[int]:
+    seeds = cfg["seeds"] if isinstance(cfg["seeds"], list) else [cfg["seeds"]]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a list of integers, got {cfg['seeds']}")
+    return seeds
+
+
+def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
+    """Check every name and value of a composed config before any work; return the attack entries and what each
+    defense (and earlier stage) declares."""
+    for key in ("data", "defense", "attack"):
+        if not cfg.get(key):
+            raise ConfigError(f"the sweep has no {key}; select at least one, e.g. {key}=<name>")
+    seeds_of(cfg)
+    ev = cfg["eval"]
+    if ev.get("n_examples") is not None and ev["n_examples"] < 1:
+        raise ConfigError(f"eval.n_examples must be >= 1 or null, got {ev['n_examples']}")
+    for key in ("batch_size", "draws", "sanity_examples"):
+        if not isinstance(ev[key], int) or ev[key] < 1:
+            raise ConfigError(f"eval.{key} must be an integer >= 1, got {ev[key]}")
+    choose("report.transferability", cfg["report"]["transferability"], TRANSFERABILITY_FORMS)
+    for norm, value in cfg["report"]["headline"].items():
+        choose("report.headline norm", norm.lower(), ("linf", "l2"))
+        parse_eps(value)
+    found: dict[str, Declared] = {}
+    for dcfg in cfg["data"].values():
+        dm = build_datamodule(dcfg)
+        model = build_model(cfg["model"], dm)
+        build(teacher_module_cfg(cfg["teacher"]), model=model)
+        for dname, dfn in {**(cfg.get("stages") or {}), **cfg["defense"]}.items():
+            _check_trainer(dname, dfn.get("trainer") or {})
+            module = build(dfn["module"], model=build_model(cfg["model"], dm), teacher_state=model.state_dict())
+            found[dname] = Declared(declared(module), hasattr(module.deployed_model(), "frozen"))
+    _check_trainer("teacher", cfg["teacher"].get("trainer") or {})
+    entries = []
+    for name, acfg in cfg["attack"].items():
+        labels = [str(e) for e in acfg.get("epsilons") or []]
+        if not labels:
+            raise ConfigError(f"attack '{name}' has no epsilons")
+        applies_to = acfg.get("applies_to", "all")
+        choose(f"attack.{name}.applies_to", applies_to, APPLIES_TO)
+        n = acfg.get("n_examples")
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ConfigError(f"attack.{name}.n_examples must be an integer >= 1 or null, got {n}")
+        defenses = acfg.get("defenses")
+        for d in defenses or []:  # names of any defense config: narrowing the sweep must not break it
+            choose(f"attack.{name}.defenses entry", d, ["teacher", *options("defense")])
+        attacks = [build(acfg["attack"], eps=parse_eps(e)) for e in labels]
+        entries.append(
+            AttackEntry(name, acfg["attack"], labels, attacks, applies_to, n, list(defenses) if defenses else None)
+        )
+    return entries, found

@@ -1,0 +1,236 @@
+"""The sweep's figures, per dataset pair: robust accuracy against epsilon, the attack x defense heatmap, and the
+clean-versus-robust trade-off.
+
+One colour per defense in every figure (`defense_colors`, fixed by the order of the defenses in the rows) and
+one legend per figure for all of its panels. With several seeds a point is the mean over seeds and its error bar
+the 95 % t interval. Sanity-check rows are left out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import textwrap
+from pathlib import Path
+
+from benchmark.findings import eps_str, headline_eps, t_interval
+from benchmark.results import PairResults
+
+WORST = "worst_case"
+
+
+def defense_colors(defenses: list[str]) -> dict[str, tuple]:
+    """A fixed colour per defense from the ordered list: tab10 up to 10 defenses, tab20 up to 20, then turbo."""
+    import matplotlib
+
+    n = len(defenses)
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return {d: cmap(i) for i, d in enumerate(defenses)}
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return {d: cmap(i) for i, d in enumerate(defenses)}
+    cmap = matplotlib.colormaps["turbo"]
+    return {d: cmap(i / (n - 1)) for i, d in enumerate(defenses)}
+
+
+#: A marker per defense besides its colour (in the same order), for readers who cannot tell colours apart.
+MARKERS = "osD^vP*X<>ph"
+
+
+def defense_markers(colors: dict[str, tuple]) -> dict[str, str]:
+    return {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(colors)}
+
+
+def _stat(values: list[float]) -> tuple[float, float, float] | None:
+    """Mean and 95 % t interval in percent (the interval collapses to the mean for one seed)."""
+    if not values:
+        return None
+    mean = 100 * statistics.mean(values)
+    low, high = t_interval(values)
+    return (mean, mean, mean) if math.isnan(low) else (mean, 100 * low, 100 * high)
+
+
+def _bar(stat: tuple[float, float, float]) -> list[list[float]] | None:
+    """Error bar extents, or None for a single seed (no interval to draw)."""
+    return None if stat[1] == stat[2] == stat[0] else [[stat[0] - stat[1]], [stat[2] - stat[0]]]
+
+
+def _legend(fig, colors: dict[str, tuple], shown: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    markers = defense_markers(colors)
+    handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=d) for d in shown]
+    fig.legend(handles=handles, loc="outside right upper", title="defense", frameon=False)
+
+
+def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple]):
+    """One panel per (attack, norm): a line per defense over the swept budgets, or, for an attack with a single
+    budget, a horizontal bar per defense."""
+    import matplotlib.pyplot as plt
+
+    attacks = sorted(res.attacks, key=lambda an: len(res.epsilons(*an)) == 1)  # the sweeps first, then the bars
+    ncol = min(3, len(attacks))
+    nrow = math.ceil(len(attacks) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 1.6, 3.6 * nrow), squeeze=False, layout="constrained")
+    shown: set[str] = set()
+    markers = defense_markers(colors)
+    for ax, (attack, norm) in zip(axes.flat, attacks):
+        epss = res.epsilons(attack, norm)
+        scale = 255 if norm == "linf" else 1
+        if len(epss) > 1:
+            for d in res.defenses:
+                pts = [(e * scale, s) for e in epss if (s := _stat(res.values(d, attack, norm, e)))]
+                if not pts:
+                    continue
+                xs, stats = zip(*pts)
+                ax.plot(xs, [s[0] for s in stats], color=colors[d], marker=markers[d], markersize=5, label=d)
+                if any(s[1] != s[2] for s in stats):  # several seeds: the 95 % t interval as a band
+                    ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=colors[d], alpha=0.12)
+                shown.add(d)
+            ax.set_xticks([e * scale for e in epss], [eps_str(norm, e).replace("/255", "") for e in epss])
+            ax.set(xlabel="epsilon (x/255)" if norm == "linf" else "epsilon (L2)", ylabel="robust accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{attack} ({norm})", fontsize=10)
+        else:
+            bars = [(d, s) for d in res.defenses if (s := _stat(res.values(d, attack, norm, epss[0])))]
+            ys = range(len(bars))
+            for y, (d, s) in zip(ys, bars):
+                ax.barh(y, s[0], height=0.6, xerr=_bar(s), color=colors[d], capsize=2, label=d)
+                ax.text(s[2] + 1.5, y, f"{s[0]:.0f}", va="center", fontsize=8)
+                shown.add(d)
+            ax.set_yticks(list(ys), [d for d, _ in bars], fontsize=8)
+            ax.set_ylim(len(bars) - 0.5 + max(0, 3 - len(bars)) / 2, -0.5 - max(0, 3 - len(bars)) / 2)
+            ax.set_xlim(0, 108)
+            ax.set_xlabel("robust accuracy (%)")
+            ax.set_title(f"{attack} ({norm} {eps_str(norm, epss[0])}, one budget)", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(attacks) :]:
+        ax.axis("off")
+    _legend(fig, colors, [d for d in colors if d in shown])
+    seeds = len({str(r["seed"]) for r in res.rows})
+    spread = f" (mean over {seeds} seeds; band or bar: 95 % t interval)" if seeds > 1 else ""
+    fig.suptitle(f"{pair}: robust accuracy against the attack budget{spread}", fontsize=12)
+    return fig
+
+
+def heatmap_columns(res: PairResults, hl: dict[str, float]) -> list[tuple[str, str, float]]:
+    """Every (attack, norm) of the pair, each at its norm's headline budget, or at the swept budget nearest it;
+    the worst cases last."""
+    cols = []
+    for attack, norm in res.attacks:
+        epss = res.epsilons(attack, norm)
+        cols.append((attack, norm, min(epss, key=lambda e: abs(e - hl[norm]))))
+    return sorted(cols, key=lambda c: c[0] == WORST)
+
+
+def heatmap(res: PairResults, pair: str, hl: dict[str, float]):
+    """Robust accuracy (%) of every defense (rows, ranked) under every attack (columns)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = heatmap_columns(res, hl)
+    defenses = res.ranked(hl)
+    grid = np.full((len(defenses), len(cols)), math.nan)
+    for i, d in enumerate(defenses):
+        for j, (a, n, e) in enumerate(cols):
+            if s := _stat(res.values(d, a, n, e)):
+                grid[i, j] = s[0]
+    fig, ax = plt.subplots(figsize=(2.6 + 1.05 * len(cols), 1.4 + 0.42 * len(defenses)), layout="constrained")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap=cmap, aspect="auto")
+    off = any(abs(e - hl[n]) > 1e-9 for _, n, e in cols)
+    labels = [f"{a}\n{n} {eps_str(n, e)}" + ("*" if abs(e - hl[n]) > 1e-9 else "") for a, n, e in cols]
+    ax.set_xticks(range(len(cols)), labels, fontsize=8, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(defenses)), defenses, fontsize=9)
+    if any(a == WORST for a, _, _ in cols):  # a rule between the single attacks and the worst cases
+        ax.axvline(next(i for i, c in enumerate(cols) if c[0] == WORST) - 0.5, color="w", linewidth=3)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            text, color = ("n/a", "0.4") if math.isnan(v) else (f"{v:.0f}", "w" if v < 60 else "k")
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+    fig.colorbar(im, ax=ax, label="robust accuracy (%)", shrink=0.9)
+    budgets = ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
+    title = f"{pair}: robust accuracy (%) by attack and defense at the headline budget ({budgets})"
+    if off:
+        title += "; * the attack's only budget, the nearest to the headline"
+    ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(9 * len(cols))))), fontsize=10)
+    ax.set_xlabel("n/a: the attack does not apply to the defense", fontsize=8)
+    return fig
+
+
+def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str, tuple]):
+    """Clean accuracy against per-example worst-case robust accuracy at the headline L-inf budget (or, without a
+    worst case, the strongest attack there), a dot per defense."""
+    import matplotlib.pyplot as plt
+
+    norm = "linf" if "linf" in hl else next(iter(hl))
+    at = [(a, n) for a, n in res.attacks if n == norm]
+    attack = WORST if (WORST, norm) in at else None
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+    markers = defense_markers(colors)
+    shown, xs, ys = [], [], []
+    for d in res.defenses:
+        robust = res.values(d, attack, norm, hl[norm]) if attack else []
+        if not attack:  # the strongest attack there, per seed
+            per_attack = [res.values(d, a, norm, hl[norm]) for a, _ in at]
+            robust = min((v for v in per_attack if v), key=statistics.mean, default=[])
+        x, y = _stat(res.clean(d)), _stat(robust)
+        if x is None or y is None:
+            continue
+        ax.errorbar(
+            x[0], y[0], xerr=_bar(x), yerr=_bar(y), color=colors[d], marker=markers[d], markersize=9, capsize=2,
+            markeredgecolor="k", markeredgewidth=0.5,
+        )  # fmt: skip
+        shown.append(d)
+        xs += [x[1], x[2]]
+        ys += [y[1], y[2]]
+    what = "per-example worst case" if attack else "strongest attack"
+    # Zoomed to the points (names by colour and marker in the legend: labels beside clustered points collide).
+    pad = 5
+    ax.set(
+        xlabel="clean accuracy (%)",
+        ylabel=f"robust accuracy (%), {what}, {norm} {eps_str(norm, hl[norm])}",
+        xlim=(max(0, min(xs, default=0) - pad), min(100, max(xs, default=100) + pad)),
+        ylim=(max(0, min(ys, default=0) - pad), min(100, max(ys, default=100) + pad)),
+    )
+    ax.grid(alpha=0.3)
+    _legend(fig, colors, [d for d in colors if d in shown])
+    ax.set_title(f"{pair}: clean against robust accuracy", fontsize=11)
+    return fig
+
+
+def figures(rows: list[dict], headline: dict[str, float]) -> tuple[dict[str, object], dict[str, tuple]]:
+    """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
+    defense colours they share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plain = [r for r in rows if r["threat_model"] != "sanity"]
+    colors = defense_colors(list(dict.fromkeys(r["defense"] for r in plain)))
+    pairs = list(dict.fromkeys(r["pair"] for r in plain))
+    out = {}
+    for pair in pairs:
+        res = PairResults([r for r in rows if r["pair"] == pair])
+        hl = headline_eps(res.rows, headline)
+        suffix = "" if len(pairs) == 1 else f"_{pair}"
+        out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors)
+        out[f"heatmap{suffix}"] = heatmap(res, pair, hl)
+        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors)
+    return out, colors
+
+
+def plots(rows: list[dict], out_dir: Path, headline: dict[str, float]) -> dict[str, Path]:
+    """Draw every figure into `out_dir` as PNG; returns {stem: path}."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    figs, _ = figures(rows, headline)
+    for stem, fig in figs.items():
+        paths[stem] = out_dir / f"{stem}.png"
+        fig.savefig(paths[stem], dpi=120)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,95 @@
+"""The results of a finished sweep as files and lookups: results.csv in and out, and one pair's rows.
+
+Shared by the report (`benchmark.report`), the plots (`benchmark.plots`) and W&B tracking, which read rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0]) if rows else []
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return list(csv.DictReader(f))
+
+
+def number(v) -> float | None:
+    try:
+        x = None if v in (None, "", "None") else float(v)
+    except ValueError:
+        return None
+    return None if x is None or math.isnan(x) else x
+
+
+class PairResults:
+    """The rows of one dataset pair, with the lookups the leaderboard and the plots need."""
+
+    def __init__(self, rows: list[dict]):
+        self.sanity = [r for r in rows if r["threat_model"] == "sanity"]
+        self.rows = [r for r in rows if r["threat_model"] != "sanity"]
+        self.first = self.rows[0]
+        self.defenses = list(dict.fromkeys(r["defense"] for r in self.rows))
+        self.attacks = list(dict.fromkeys((r["attack"], r["norm"]) for r in self.rows))
+
+    def values(self, defense: str, attack: str, norm: str, eps: float, field: str = "robust_acc") -> list[float]:
+        """One value per seed (absent and NaN values left out)."""
+        vals = (
+            number(r[field])
+            for r in self.rows
+            if r["defense"] == defense
+            and r["attack"] == attack
+            and r["norm"] == norm
+            and abs(float(r["eps"]) - eps) < 1e-9
+        )
+        return [v for v in vals if v is not None]
+
+    def clean_by_seed(self, defense: str) -> dict[str, float]:
+        """Clean accuracy per seed, from the row with the most examples (attacks may run on the first n only)."""
+        best: dict = {}
+        for r in self.rows:
+            seed = str(r["seed"])
+            if r["defense"] == defense and int(r["n_examples"]) > int(best.get(seed, {}).get("n_examples", -1)):
+                best[seed] = r
+        vals = {s: number(r["clean_acc"]) for s, r in best.items()}
+        return {s: v for s, v in vals.items() if v is not None}
+
+    def clean(self, defense: str) -> list[float]:
+        return list(self.clean_by_seed(defense).values())
+
+    def clean_cost(self, defense: str, base: str = "finetune") -> list[float]:
+        """Clean accuracy minus `base`'s, per seed both have."""
+        own, ref = self.clean_by_seed(defense), self.clean_by_seed(base)
+        return [own[s] - ref[s] for s in own if s in ref]
+
+    def field(self, defense: str, field: str) -> list[float]:
+        """A per-model field (one value per seed)."""
+        by_seed = {r["seed"]: number(r.get(field)) for r in self.rows if r["defense"] == defense}
+        return [v for v in by_seed.values() if v is not None]
+
+    def epsilons(self, attack: str, norm: str) -> list[float]:
+        return sorted({round(float(r["eps"]), 10) for r in self.rows if r["attack"] == attack and r["norm"] == norm})
+
+    def ranked(self, headline: dict[str, float]) -> list[str]:
+        """Defenses by per-example worst-case robust accuracy at the headline budgets (else the weakest attack)."""
+
+        def score(defense: str) -> float:
+            at = [(a, n, headline[n]) for a, n in self.attacks if n in headline]
+            worst = [v for a, n, e in at if a == "worst_case" for v in self.values(defense, a, n, e)]
+            vals = worst or [min((v for a, n, e in at for v in self.values(defense, a, n, e)), default=0.0)]
+            return -statistics.mean(vals)
+
+        return sorted(self.defenses, key=score)

@@ -1,0 +1,1 @@
+"""The stages the executor runs: build (configs -> objects), train, attack (craft and cells), score."""

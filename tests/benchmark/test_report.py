@@ -1,0 +1,307 @@
+"""The report (leaderboard.md, plots) and W&B tracking, from results a run could have written.
+
+`fake_run` builds a plausible results.csv + per_example.json: 9 defenses and the teacher, 7 attacks (4 budgets for
+the swept ones, 1 for the randomized-only ones), the per-example worst case, randomized sanity rows, flags.
+Outcomes are drawn per example from a latent difficulty, so every row's robust_acc is the mean of its outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from wandb_reader import read_run
+
+from benchmark import report
+from benchmark.checks import FLAG_DOC, flag_warnings
+from benchmark.findings import t_interval
+
+N, K, HEADLINE = 200, 8, {"linf": 16 / 255, "l2": 1.0}
+#: (defense, randomized, robustness): the share of clean-correct examples that survive a mid-size attack
+DEFENSES = [
+    ("teacher", False, 0.05),
+    ("scratch", False, 0.10),
+    ("finetune", False, 0.15),
+    ("freeze", False, 0.12),
+    ("pgd_at", False, 0.55),
+    ("trades", False, 0.60),
+    ("tla", False, 0.58),
+    ("genaf", False, 0.50),
+    ("purifier", True, 0.30),
+    ("atop", True, 0.60),
+]
+LINF = [4 / 255, 8 / 255, 16 / 255, 32 / 255]
+#: (attack, norm, threat model, budgets, applies to randomized models?, strength, examples)
+ATTACKS = [
+    ("fgsm", "linf", "white-box", LINF, False, 0.7, N),
+    ("pgd_linf", "linf", "white-box", LINF, False, 1.0, N),
+    ("pgd_l2", "l2", "white-box", [0.25, 0.5, 1.0, 2.0], False, 1.0, N),
+    ("transfer_pgd_linf", "linf", "transfer", LINF, None, 0.5, N),
+    ("eot_pgd_linf", "linf", "white-box", [16 / 255], True, 1.0, 128),
+    ("bpda_eot_pgd_linf", "linf", "white-box", [16 / 255], True, 0.9, 128),
+    ("autoattack_rand", "linf", "white-box", [16 / 255], True, 1.1, 8),
+]
+
+
+def _label(norm: str, eps: float) -> str:
+    return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
+
+
+def _row(pair, defense, seed, attack, norm, eps, threat, clean, robust, randomized, **extra) -> dict:
+    label = _label(norm, eps)
+    return {
+        "experiment": "fake",
+        "pair": pair,
+        "source": "svhn",
+        "target": "mnist",
+        "model": "small_cnn",
+        "defense": defense,
+        "mode": "pretrain",
+        "seed": seed,
+        "attack": attack,
+        "threat_model": threat,
+        "surrogate": "teacher" if threat == "transfer" else "",
+        "norm": norm,
+        "eps": eps,
+        "eps_label": label,
+        "steps": 1 if attack == "fgsm" else 20,
+        "clean_acc": float(np.mean(clean)),
+        "robust_acc": float(np.mean(robust)),
+        "robust_acc_worst_of_k": float(np.mean(np.asarray(robust) == 1)),
+        "success_rate": 1 - float(np.mean(robust)) / max(float(np.mean(clean)), 1e-9),
+        "n_examples": len(robust),
+        "draws": K if randomized else 1,
+        "transferability": 0.6 if threat == "transfer" else None,
+        "detection_auroc": 0.7 if threat == "white-box" else None,
+        "train_seconds": 12.5 + seed,
+        "prep_seconds": None,
+        "randomized_defense": randomized,
+        "cached": False,
+        "flags": "",
+        "row_id": f"{pair}/{defense}/seed{seed}/{attack}/{norm}/{label}",
+        "model_key": f"key-{pair}-{defense}-{seed}",
+        "examples": f"first {len(robust)} target test examples",
+        **extra,
+    }
+
+
+def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTACKS) -> tuple[list[dict], dict]:
+    """Rows and per-example outcomes of a plausible sweep (see the module docstring)."""
+    rows, per_example = [], {}
+    for pair in pairs:
+        for seed in seeds:
+            rng = np.random.default_rng([zlib.crc32(pair.encode()), seed])
+            hardness = rng.random(N)  # one latent difficulty per example, shared by every model
+            for defense, randomized, level in defenses:
+                clean_p = np.clip(0.97 - 0.3 * level - 0.4 * hardness, 0.02, 1)
+                resolve = rng.random(N)  # how hard each example is to attack on this model, for every attack
+                # randomized: the fraction of K draws that are right; deterministic: 0/1
+                model_clean = rng.binomial(K, clean_p) / K if randomized else (rng.random(N) < clean_p) * 1.0
+                by_budget: dict = {}
+                for attack, norm, threat, budgets, rand_only, strength, n in attacks:
+                    if rand_only is not None and rand_only != randomized:
+                        continue
+                    for eps in budgets:
+                        size = eps * 255 / 16 if norm == "linf" else eps
+                        survive = np.clip(level * 2.2 * np.exp(-0.6 * strength * size) * (1.2 - hardness), 0, 1)
+                        clean = model_clean
+                        if randomized:
+                            robust = np.minimum(clean, rng.binomial(K, clean_p * survive) / K)
+                        else:
+                            robust = clean * (resolve + 0.05 * rng.standard_normal(N) < survive)
+                        clean, robust = clean[:n], robust[:n]
+                        row = _row(pair, defense, seed, attack, norm, eps, threat, clean, robust, randomized)
+                        rows.append(row)
+                        per_example[row["row_id"]] = {"clean": clean.tolist(), "robust": robust.tolist()}
+                        if threat == "white-box" or attack.startswith("transfer"):
+                            by_budget.setdefault((norm, eps), []).append((attack, clean, robust))
+                for (norm, eps), members in by_budget.items():
+                    if len(members) < 2:
+                        continue
+                    n = max(len(r) for _, _, r in members)
+                    clean = next(c for _, c, r in members if len(r) == n)
+                    stacked = np.stack([np.concatenate([r, clean[len(r) :]]) for _, _, r in members])
+                    robust = stacked.min(0)
+                    union = "union: " + "+".join(a for a, _, _ in members)
+                    row = _row(pair, defense, seed, "worst_case", norm, eps, union, clean, robust, randomized)
+                    rows.append(row)
+                    per_example[row["row_id"]] = {"clean": clean.tolist(), "robust": robust.tolist()}
+                if randomized:
+                    for check, eps, flag in (
+                        ("sanity_frozen_randomness", 16 / 255, "frozen_randomness_attack_fails"),
+                        ("sanity_unbounded", 1.0, ""),
+                    ):
+                        c = np.ones(32)
+                        rows.append(
+                            _row(pair, defense, seed, check, "linf", eps, "sanity", c, c * 0.5, True, flags=flag)
+                        )
+    return rows, per_example
+
+
+def write_run(tmp: Path, rows: list[dict], per_example: dict, run_warnings: list[str]) -> Path:
+    report.write_csv(rows, tmp / "results.csv")
+    (tmp / "per_example.json").write_text(json.dumps(per_example))
+    (tmp / "run_warnings.json").write_text(json.dumps(run_warnings))
+    (tmp / "report_config.json").write_text(json.dumps({"headline": HEADLINE, "transferability": "success_ratio"}))
+    return tmp
+
+
+def _find(rows, defense, attack, eps=16 / 255, norm="linf") -> dict:
+    return next(
+        r
+        for r in rows
+        if r["defense"] == defense and r["attack"] == attack and r["norm"] == norm and abs(r["eps"] - eps) < 1e-9
+    )
+
+
+# ---- leaderboard -------------------------------------------------------------------------------------------
+def test_rebuild_reads_every_flag_and_run_warning_and_leaves_results_csv_alone(tmp_path):
+    rows, per_example = fake_run()
+    _find(rows, "atop", "eot_pgd_linf")["flags"] = "eot_attack_not_converged"
+    _find(rows, "finetune", "pgd_linf", 8 / 255)["flags"] = "autoattack_softmax_output;autoattack_zero_gradients"
+    _find(rows, "pgd_at", "transfer_pgd_linf")["flags"] = "transfer_stronger_than_whitebox"
+    # A series that sanity_flags would flag (robust accuracy rising with epsilon) but the runner did not: the
+    # report must not raise flags of its own.
+    _find(rows, "scratch", "fgsm", 32 / 255)["robust_acc"] = 0.99
+    run_warnings = ["atop: randomness sanity checks not run: needs `frozen(seed)` on the deployed model"]
+    out = write_run(tmp_path, rows, per_example, run_warnings)
+    before = (out / "results.csv").read_bytes()
+
+    assert report.main([str(out)]) == 0
+
+    board = (out / "leaderboard.md").read_text()
+    raised = flag_warnings(report.read_csv(out / "results.csv"))
+    expected = {"frozen_randomness_attack_fails", "eot_attack_not_converged", "autoattack_softmax_output",
+                "autoattack_zero_gradients", "transfer_stronger_than_whitebox"}  # fmt: skip
+    assert len(raised) == 2 * 1 + 1 + 2 + 1, "two randomized sanity flags, eot, two autoattack, one transfer"
+    for line in [*raised, *run_warnings]:
+        assert f"- WARNING: {line}" in board
+    assert all(FLAG_DOC[f] in board for f in expected)
+    assert FLAG_DOC["non_monotone_in_eps"] not in board, "the report raised a flag the runner did not"
+    assert f"**{len(raised) + 1} warning(s)**" in board
+    assert (out / "results.csv").read_bytes() == before, "the rebuild changed results.csv"
+    assert {"robust_vs_eps.png", "heatmap.png", "tradeoff.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_rebuild_without_per_example_data_still_reports(tmp_path):
+    """An older run (no per_example.json, no run_warnings.json): the findings say they could not be tested."""
+    rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    report.write_csv(rows, tmp_path / "results.csv")
+    paths = report.rebuild(tmp_path)
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "not tested (no per-example outcomes for its rows)" in board
+    assert "not in this run" in board, "the TLA claim: no tla rows"
+    assert all(p.exists() for p in paths.values())
+
+
+def test_means_over_seeds_carry_a_t_interval(tmp_path):
+    rows, per_example = fake_run(seeds=(0, 1, 2), defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    board = report.leaderboard(rows, HEADLINE, "success_ratio", [])
+    values = [r["robust_acc"] for r in rows if r["defense"] == "finetune" and r["attack"] == "pgd_linf"
+              and abs(r["eps"] - 16 / 255) < 1e-9]  # fmt: skip
+    low, high = t_interval(values)
+    assert len(values) == 3 and low < statistics.mean(values) < high
+    cell = f"{100 * statistics.mean(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    assert cell in board
+    assert "±" not in board
+
+
+def test_findings_section_in_the_leaderboard(tmp_path):
+    rows, per_example = fake_run()
+    out = write_run(tmp_path, rows, per_example, [])
+    report.main([str(out)])
+    board = (out / "leaderboard.md").read_text()
+    section = board[board.index("\n## Findings") : board.index("\n## Sanity checks")]
+    assert "Fine-tuning is more robust than training from scratch under white-box FGSM" in section
+    assert "exact McNemar" in section and "paired bootstrap" in section  # atop vs purifier: draw fractions
+    assert "not in this run" not in section, "every seed claim has its rows in this run"
+
+
+# ---- plots -------------------------------------------------------------------------------------------------
+def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from benchmark.plots import figures
+
+    rows, _ = fake_run(pairs=("svhn_mnist",))
+    fewer = [(d, r, lv) for d, r, lv in DEFENSES if d not in ("scratch", "tla")]  # another pair, fewer defenses
+    rows += fake_run(pairs=("mnist_usps",), defenses=fewer)[0]
+    figs, colors = figures(rows, HEADLINE)
+    try:
+        assert set(figs) == {
+            f"{k}_{p}" for k in ("robust_vs_eps", "heatmap", "tradeoff") for p in ("svhn_mnist", "mnist_usps")
+        }
+        assert len(set(colors.values())) == len(colors) == len(DEFENSES)
+        seen: dict[str, set] = {}
+        for stem, fig in figs.items():
+            if stem.startswith("heatmap"):
+                continue
+            legend = fig.legends[0]
+            for handle, text in zip(legend.legend_handles, legend.get_texts()):
+                seen.setdefault(text.get_text(), set()).add(to_rgba(handle.get_color()))
+            for ax in fig.axes:
+                for line in ax.get_lines():
+                    if not line.get_label().startswith("_"):
+                        seen.setdefault(line.get_label(), set()).add(to_rgba(line.get_color()))
+                for patch in ax.patches:
+                    if not patch.get_label().startswith("_"):
+                        seen.setdefault(patch.get_label(), set()).add(to_rgba(patch.get_facecolor()))
+        assert set(seen) == set(colors)
+        assert all(c == {to_rgba(colors[d])} for d, c in seen.items()), seen
+
+        for pair in ("svhn_mnist", "mnist_usps"):
+            ax = figs[f"heatmap_{pair}"].axes[0]
+            labels = {t.get_text().split("\n")[0] + "/" + t.get_text().split("\n")[1].split()[0]
+                      for t in ax.get_xticklabels()}  # fmt: skip
+            wanted = {f"{r['attack']}/{r['norm']}" for r in rows if r["pair"] == pair and r["threat_model"] != "sanity"}
+            assert labels == wanted, "every attack (and the worst case) once, no sanity check"
+            assert {"worst_case/linf", "pgd_l2/l2", "autoattack_rand/linf"} <= labels
+
+        # A single-budget attack is a bar chart: its panel has no line over a one-point axis.
+        panels = {ax.get_title().split(" ")[0]: ax for ax in figs["robust_vs_eps_svhn_mnist"].axes if ax.get_title()}
+        assert not [ln for ln in panels["eot_pgd_linf"].get_lines() if not ln.get_label().startswith("_")]
+        assert len(panels["eot_pgd_linf"].patches) >= 2
+        assert len(panels["pgd_linf"].get_xticks()) == len(LINF)
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+# ---- W&B ---------------------------------------------------------------------------------------------------
+def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
+    from benchmark.tracking import track
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    rows, per_example = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    out = write_run(tmp_path / "results", rows, per_example, [])
+    cfg = {
+        "name": "fake",
+        "results_dir": str(out),
+        "report": {"headline": {"linf": "16/255", "l2": 1.0}, "transferability": "success_ratio"},
+        "logger": {"project": "test", "mode": "offline", "dir": str(out)},
+    }
+    stats = {"attacks_run": 1}
+
+    def logged() -> dict[str, dict]:
+        files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+        return {p.parent.name: read_run(p) for p in files}
+
+    assert track(cfg, rows, {}, [], stats) == []
+    first = logged()
+    ids = {r["id"] for r in first.values()}
+    assert len(ids) == len(first) == 2 + 1, "an eval run per model and the sweep run"
+    # W&B names an offline directory by the second and the id: a rerun within the same second would write into
+    # the first run's directory (a sweep's rerun never comes that fast).
+    time.sleep(1.1)
+    assert track(cfg, rows, {}, [], stats) == []
+    second = logged()
+    assert len(second) == 2 * len(first), "offline, each rerun writes its own fragment of the runs"
+    assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
+    (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
+    assert sweep["tables"]["findings"]["nrows"] == 6, "the six seed claims"
+    assert sweep["tables"]["results"]["nrows"] == len(rows)
