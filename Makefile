@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format perf report clean mutate
+.PHONY: help install bench test test-fast lint format perf report dashboard clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward c
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
 	$(PY) -m benchmark.report results/$(EXPERIMENT)
+
+dashboard:  ## save a W&B workspace per pair of results/$(EXPERIMENT) (needs `wandb login`; ARGS='--pair P --seed 0')
+	$(PY) -m benchmark.dashboard results/$(EXPERIMENT) $(ARGS)
 
 # Mutation testing with mutmut 3 rather than cosmic-ray: mutmut works on a copy (./mutants, or a scratch folder per
 # module under results/mutation/work) while cosmic-ray's local runner rewrites the source files in place, which is

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks.errors import ConfigError, choose
+from attacks.ms_ssim import dssim
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -107,8 +108,21 @@ def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
+#: Budgets `check_adversarial` knows besides the L-p balls: `dssim`, the structural dissimilarity (1 - MS-SSIM) / 2
+#: of the mimicry attack (Wang et al. 2018), eps being its threshold P.
+BUDGETS = (*NORMS, "dssim")
+#: Absolute slack of the DSSIM check: the attack keeps iterates with D < P computed in float32, the check recomputes
+#: D in float64; the two differ by about 1e-7 on [0, 1] images.
+DSSIM_ATOL = 1e-5
+
+
 def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float, atol: float = 1e-6) -> None:
-    """Raise `AttackConstraintError` unless x_adv is finite, in [0, 1] and within eps of x (float round-off allowed)."""
+    """Raise `AttackConstraintError` unless x_adv is finite, in [0, 1] and within eps of x (float round-off allowed).
+
+    `norm` is linf, l2 or dssim (eps is then the DSSIM threshold P; `attacks.ms_ssim.dssim`, per example).
+    """
+    if norm not in BUDGETS:
+        choose("budget", norm, BUDGETS)
     if x_adv.shape != x.shape:
         raise AttackConstraintError(f"x_adv has shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     if not torch.isfinite(x_adv).all():
@@ -116,6 +130,11 @@ def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: floa
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < -atol or hi > 1 + atol:
         raise AttackConstraintError(f"x_adv leaves [0, 1]: min {lo:.3g}, max {hi:.3g}")
+    if norm == "dssim":
+        dist = float(dssim(x_adv.double(), x.double()).max()) if len(x) else 0.0
+        if not dist <= eps + DSSIM_ATOL:  # `not <=`: a NaN distance fails too
+            raise AttackConstraintError(f"x_adv leaves the DSSIM budget: DSSIM {dist:.6g} > P {eps:.6g}")
+        return
     dist = float(lp_norm((x_adv - x).double(), norm).max())
     if dist > eps * (1 + 1e-5) + atol:
         raise AttackConstraintError(f"x_adv leaves the {norm} ball: distance {dist:.6g} > eps {eps:.6g}")
@@ -224,6 +243,12 @@ class Attack(metaclass=RecordsArguments):
     """
 
     name: ClassVar[str] = "attack"
+    #: Crafted once on a surrogate the attacker holds (the public teacher or encoder) and scored on every student:
+    #: the runner sets `surrogate` (and `attacker_data`, the (x, y) the attacker may fit on: never the test split),
+    #: then calls the attack with the surrogate as its model. Transfer, mimicry, universal perturbations.
+    crafted: ClassVar[bool] = False
+    #: The threat model a crafted attack's rows report (white-box attacks: "white-box").
+    threat_model: ClassVar[str] = "white-box"
 
     def __init__(self, eps: Eps, norm: Norm = "linf", eot: int = 1, bpda: bool = False):
         norm = parse_norm(norm)

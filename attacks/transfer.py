@@ -29,6 +29,8 @@ class TransferAttack(Attack):
     """
 
     name = "transfer"
+    crafted = True
+    threat_model = "transfer"
 
     def __init__(self, eps: Eps, attack: Callable[..., Attack], surrogate: str = "teacher"):
         choose("surrogate", surrogate, SURROGATES)

@@ -5,7 +5,8 @@ models; its length is the progress total, and each stage names the stages it nee
 handed to another process or cluster job. Stage kinds:
 
 - `teacher`, `student`: training jobs (`job`: what `benchmark.stages.train` runs);
-- `craft`: adversarial examples crafted once on the teacher (transfer attacks), scored on every student;
+- `craft`: adversarial examples crafted once on the teacher (`Attack.crafted`: transfer attacks), scored on every
+  student;
 - `cell`: one attack at one epsilon on one model. `role` says what it is for: `attack` (a row), `reference`
   (the white-box counterpart of a transfer attack, for transferability), and the sanity checks of a randomized
   model: `frozen` (randomness fixed), `x2` (twice the steps and EOT samples; a row that joins the worst case),
@@ -224,7 +225,7 @@ class Planner:
         n = info["n"] if n is None else min(n, info["n"])
         attack = make_attack(spec)
         deps, craft = [model["id"]], None
-        if attack.name == "transfer":
+        if attack.crafted:
             craft = self._craft(pair, entry, spec, teacher, attack)
             deps.append(craft["id"])
         key_spec = {
@@ -253,7 +254,7 @@ class Planner:
             "reference": None,
         }
         cell["id"] = self.plan.add(cell)
-        if craft and not randomized and role == "attack":
+        if craft and attack.name == "transfer" and not randomized and role == "attack":
             # The white-box counterpart of the transfer attack on the same student, for transferability. (A
             # randomized model's white-box reference is an EOT attack on fewer examples: accuracy only.)
             inner = {k: v for k, v in spec["cfg"]["attack"].items() if k != "_partial_"}
@@ -264,7 +265,8 @@ class Planner:
 
     def _craft(self, pair: str, entry: AttackEntry, spec: dict, teacher: dict, attack: Attack) -> dict:
         info = self.plan.pairs[pair]
-        key_spec = {"teacher": teacher["key"], "attack": attack.config(), "eval": {**info["eval"], "n": info["n"]}}
+        n = info["n"] if entry.n_examples is None else min(entry.n_examples, info["n"])  # what its cells score
+        key_spec = {"teacher": teacher["key"], "attack": attack.config(), "eval": {**info["eval"], "n": n}}
         craft = {
             "id": f"{teacher['id']}/craft/{entry.name}/{spec['eps']}",
             "kind": "craft",
@@ -273,7 +275,7 @@ class Planner:
             "pair": pair,
             "teacher": teacher["id"],
             "attack": spec,
-            "n": info["n"],
+            "n": n,
         }
         craft["id"] = self.plan.add(craft)
         return self.plan.stage(craft["id"])

@@ -13,7 +13,7 @@ from benchmark import checks
 from benchmark.detection import detection_auroc
 from benchmark.execute import Executed
 from benchmark.plan import Plan, make_attack
-from benchmark.stages.score import metrics, per_example, transferability, worst_case
+from benchmark.stages.score import metrics, per_example, targeted_success, transferability, worst_case
 
 
 @dataclass
@@ -44,6 +44,13 @@ class Row:
     draws: int
     robust_acc_ci_low: float
     robust_acc_ci_high: float
+    # a targeted attack (mimicry): the share of clean-correct examples assigned to their target class under attack
+    targeted_success: float | None = None
+    # a model that may reject (`benchmark.stages.score.abstention`): empty for the others
+    clean_acc_accepted: float | None = None
+    false_rejection_rate: float | None = None
+    defense_rate: float | None = None
+    adv_rejection_rate: float | None = None
     transfer_acc: float | None = None
     transferability: float | None = None
     transferability_form: str | None = None
@@ -134,6 +141,7 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[dict], dict[s
             out, meta = done.outcomes[cell["id"]], done.metas[cell["id"]]
             attack = make_attack(cell["attack"])
             transfer = attack.name == "transfer"
+            crafted = attack.crafted
             name = ROW_NAMES[cell["role"]] or cell["entry"]
             label = "1" if cell["role"] == "unbounded" else cell["attack"]["eps"]
             row = {
@@ -142,10 +150,8 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[dict], dict[s
                     base["pair"], base["defense"], base["seed"], name.format(entry=cell["entry"]), attack.norm, label
                 ),
                 "attack": name.format(entry=cell["entry"]),
-                "threat_model": "sanity"
-                if cell["role"] in ("frozen", "unbounded")
-                else ("transfer" if transfer else "white-box"),
-                "surrogate": attack.surrogate_name if transfer else "",
+                "threat_model": "sanity" if cell["role"] in ("frozen", "unbounded") else attack.threat_model,
+                "surrogate": getattr(attack, "surrogate_name", "") if crafted else "",
                 "norm": attack.norm,
                 "eps": attack.eps,
                 "eps_label": label,
@@ -157,20 +163,38 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[dict], dict[s
                 "cached": meta["cached"],
                 "flags": ";".join(meta.get("attack_flags") or []),  # the attack's own checks (AutoAttack's)
             }
+            if getattr(attack, "targeted", False) and hasattr(attack, "target_classes"):
+                row["targeted_success"] = _targeted(attack, plan, done, cell, out)
             if transfer and cell["reference"]:
                 row.update(transferability(out, done.outcomes[cell["reference"]], form))
             elif transfer:  # randomized: no white-box counterpart of the same attack; the accuracy only
                 row["transfer_acc"] = row["robust_acc"]
             made.append((row, out, cell))
         _checks(made, done)
+        worst = _worst_case(made, base)
+        checks.abstaining_without_adaptive_attack(
+            [(r, o, make_attack(c["attack"])) for r, o, c in made], [r for r, _ in worst]
+        )
         rows += [r for r, _, _ in made]
         examples.update({r["row_id"]: _lists(o) for r, o, _ in made})
-        for row, out in _worst_case(made, base):
+        for row, out in worst:
             rows.append(row)
             examples[row["row_id"]] = _lists(out)
     checks.cross_row_flags(rows)
     rows = [asdict(Row(**{k: r.get(k) for k in COLUMNS if k in r})) for r in rows]
     return rows, examples
+
+
+def _targeted(attack, plan: Plan, done: Executed, cell: dict, out: dict) -> float | None:
+    """A targeted crafted attack's success rate on this model: the target classes are recomputed from the
+    evaluation examples (`MimicryAttack.target_classes`: keyed on each example's pixels, as when it was crafted)."""
+    data = done.data.get(cell["pair"])
+    if data is None or "pred_adv" not in out:
+        return None
+    x, y = data
+    n = cell["n"]
+    targets = attack.target_classes(x[:n], y[:n], plan.pairs[cell["pair"]]["num_classes"])
+    return targeted_success(out, targets)
 
 
 def _lists(out: dict) -> dict:

@@ -7,11 +7,14 @@ Examples:
     python -m benchmark.run 'defense=[finetune,pgd_at]' seeds=[0,1,2] logger=none
     python -m benchmark.run --cfg                             # print the composed config and stop
     python -m benchmark.run --plan                            # print the plan (stages, cells, keys) and stop
+    python -m benchmark.run launcher=workers                  # one worker process per GPU (or CPU core)
+    python -m benchmark.run launcher=slurm launcher.partition=gpu cache_dir=/shared/cache   # SLURM jobs
 
 Bad input stops with one line naming what is valid and exit code 2; an interrupted sweep keeps every
-finished stage, and the same command continues from there.
+finished stage, and the same command continues from there. With `launcher=workers|slurm` a failed stage is one
+line with its log (exit code 1) and the rest of the sweep goes on; the results come from the cache afterwards.
 
-config -> plan -> execute -> rows (scores and checks) -> results files -> report and W&B.
+config -> plan -> [launch: workers or jobs] -> execute -> rows (scores and checks) -> results files -> report and W&B.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -66,6 +70,7 @@ def run(cfg: dict) -> dict:
 
     quiet_lightning()
     from benchmark.execute import Executor
+    from benchmark.launchers import launch
     from benchmark.plan import make_plan
     from benchmark.report import rebuild
     from benchmark.rows import make_rows
@@ -77,8 +82,12 @@ def run(cfg: dict) -> dict:
     console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
     for note in notes:
         console.log(note)
-    done = Executor(cfg, plan, console).run()
-    rows, examples = make_rows(cfg, plan, done)
+    launched = launch(cfg, plan, console)  # None: inline, this process computes; else merge from the cache
+    done = Executor(cfg, launched.plan if launched else plan, console).run()
+    if launched:
+        done.stats = launched.stats + Counter({k: v for k, v in done.stats.items() if k != "cache_hits"})
+        plan_warnings = [*plan_warnings, *launched.failures]
+    rows, examples = make_rows(cfg, launched.plan if launched else plan, done)
     out = Path(cfg["results_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(plan.to_json())
@@ -111,6 +120,7 @@ def run(cfg: dict) -> dict:
         )
     return {
         "rows": rows,
+        "failed": launched.failures + launched.skipped if launched else [],
         "stats": stats,
         "warnings": warnings,
         "plots": plots,
@@ -137,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_plan(cfg)[0].to_json())
             return 0
-        run(cfg)
+        if run(cfg)["failed"]:
+            return 1
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

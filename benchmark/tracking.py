@@ -1,6 +1,12 @@
 """Weights & Biases tracking: a run per stage, grouped by the sweep, and a sweep run with the results and
 findings tables.
 
+An evaluation run (job type `evaluate`) holds its model's metrics (`eval_metrics`: `test/robust_acc/pgd_linf_8`,
+`test/detection_auroc/...`, `cost/...`) in its summary, and robust accuracy against epsilon as logged steps
+(`eval_curves`) that W&B draws as lines. The sweep run (job type `sweep`) adds W&B's native charts and the
+attack x defense table in long format (`benchmark.dashboard`); `make dashboard` saves a workspace over the
+evaluation runs.
+
 Offline by default: runs are written under `<results_dir>/wandb/` with no account needed, and `wandb sync`
 uploads them later. `logger.mode=online` (after `wandb login`) logs live. Tracking never loses a result:
 the runner writes results.csv before W&B is touched, and any W&B failure becomes a warning.
@@ -11,6 +17,7 @@ a run of that id online. Offline (wandb 0.31), each rerun writes a new `offline-
 the same id: `wandb sync` files the fragments under that one run (a later fragment may need `wandb sync --append`,
 or `wandb beta sync`, which syncs fragments of one id in order). The directory is named by the second: two
 fragments of one id within the same second would share (and spoil) one directory; a rerun is never that fast.
+A resumed run logs its curve steps again after the first ones: the same points unless a cell was recomputed.
 """
 
 from __future__ import annotations

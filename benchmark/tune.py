@@ -86,12 +86,12 @@ def markdown(t: dict) -> str:
         f"Selected on the target **validation** split ({t['results'][0]['n_val']} examples) by robust accuracy under "
         f"{t['attack']}; the test split was not read. Chosen: **{t['chosen']}**.",
         "",
-        "| value | val clean % | val robust % |",
-        "|---|---|---|",
+        "| value | val clean % | val robust % | |",
+        "|---|---|---|---|",
     ]
     lines += [
         f"| {r['value']} | {100 * r['val_clean']:.1f} | {100 * r['val_robust']:.1f} |"
-        + (" chosen" if r["value"] == t["chosen"] else "")
+        + (" chosen |" if r["value"] == t["chosen"] else " |")
         for r in t["results"]
     ]
     return "\n".join(lines) + "\n"

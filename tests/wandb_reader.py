@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -45,6 +46,25 @@ def records(path: Path) -> list[pb.Record]:
     return out
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list[pb.Record]:
+    """The records of a finished run, once its file holds them all (the `exit` record).
+
+    `run.finish()` can return before W&B's service has written an offline run's file (seen on a loaded machine:
+    the file still held its header only), so a reader right after `finish` waits for the rest.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            recs = records(path)
+            if any(r.WhichOneof("record_type") == "exit" for r in recs):
+                return recs
+        except Exception:  # noqa: BLE001 - a record still being written does not parse yet
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout:g} s; the run did not finish")
+        time.sleep(0.1)
+
+
 def _value(item) -> object:
     return json.loads(item.value_json)
 
@@ -65,7 +85,7 @@ def read_run(path: Path) -> dict:
     metadata), history_keys, tables {key: {nrows, ncols, path}}, charts {key: panel config} (`wandb.plot.*`: the
     Vega spec `panelDefId`, `fieldSettings`, `stringSettings`, the table it reads)."""
     run: dict = {"config": {}, "summary": {}, "history": [], "history_keys": [], "tables": {}}
-    for rec in records(path):
+    for rec in finished_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run

@@ -19,6 +19,7 @@ from wandb_reader import read_run
 from benchmark import report
 from benchmark.checks import FLAG_DOC, flag_warnings
 from benchmark.findings import t_interval
+from benchmark.results import read_csv, write_csv
 
 N, K, HEADLINE = 200, 8, {"linf": 16 / 255, "l2": 1.0}
 #: (defense, randomized, robustness): the share of clean-correct examples that survive a mid-size attack
@@ -143,7 +144,7 @@ def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTAC
 
 
 def write_run(tmp: Path, rows: list[dict], per_example: dict, run_warnings: list[str]) -> Path:
-    report.write_csv(rows, tmp / "results.csv")
+    write_csv(rows, tmp / "results.csv")
     (tmp / "per_example.json").write_text(json.dumps(per_example))
     (tmp / "run_warnings.json").write_text(json.dumps(run_warnings))
     (tmp / "report_config.json").write_text(json.dumps({"headline": HEADLINE, "transferability": "success_ratio"}))
@@ -174,7 +175,7 @@ def test_rebuild_reads_every_flag_and_run_warning_and_leaves_results_csv_alone(t
     assert report.main([str(out)]) == 0
 
     board = (out / "leaderboard.md").read_text()
-    raised = flag_warnings(report.read_csv(out / "results.csv"))
+    raised = flag_warnings(read_csv(out / "results.csv"))
     expected = {"frozen_randomness_attack_fails", "eot_attack_not_converged", "autoattack_softmax_output",
                 "autoattack_zero_gradients", "transfer_stronger_than_whitebox"}  # fmt: skip
     assert len(raised) == 2 * 1 + 1 + 2 + 1, "two randomized sanity flags, eot, two autoattack, one transfer"
@@ -190,7 +191,7 @@ def test_rebuild_reads_every_flag_and_run_warning_and_leaves_results_csv_alone(t
 def test_rebuild_without_per_example_data_still_reports(tmp_path):
     """An older run (no per_example.json, no run_warnings.json): the findings say they could not be tested."""
     rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
-    report.write_csv(rows, tmp_path / "results.csv")
+    write_csv(rows, tmp_path / "results.csv")
     paths = report.rebuild(tmp_path)
     board = (tmp_path / "leaderboard.md").read_text()
     assert "not tested (no per-example outcomes for its rows)" in board
