@@ -10,7 +10,11 @@ A stage's key is a hash of everything that determines its result (`stage_key`):
 `CACHE_VERSION` is bumped only for changes of the entry format.
 
 An entry is written to a temporary folder and renamed into place when complete, so an interrupted run leaves
-either a whole entry or none, and a rerun continues.
+either a whole entry or none, and a rerun continues. Its meta.json keeps the sha256 of every file and of the meta
+itself (`_checksums`): an entry damaged later (a truncated or altered file, a hand-edited meta.json) is reported in
+one line, removed and computed again. A stage is claimed (`Cache.claim`, a kernel lock on a file beside the entry)
+while it is computed, so processes sharing the cache compute each stage once; a dead process's claim is released
+with it, and the next run computes its stage.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ import ast
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +38,7 @@ from typing import Any
 import torch
 
 #: Bump when the format of a cache entry changes (not for code changes: the code fingerprint covers those).
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 #: The suite's packages: their source is fingerprinted into the keys of the stages that run it.
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("attacks", "benchmark", "datamodules", "defenses", "lightning_modules")
@@ -129,8 +138,38 @@ def stage_key(kind: str, spec: dict, modules: tuple[str, ...] | list[str] = ()) 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+#: The key in meta.json that holds the entry's checksums (left out of what `Cache.meta` returns).
+CHECKSUMS = "_checksums"
+log = logging.getLogger(__name__)
+
+
+class DamagedEntry(RuntimeError):
+    """A cache entry that fails its checksums (it has been removed; the stage is computed again)."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_sha256(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+#: Entries verified by this process, with the (size, mtime) of their files then: a file is hashed again only
+#: when it changed, so repeated lookups of a large model state cost a stat, not a read.
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def _signature(folder: Path) -> tuple:
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()))
+
+
 class Cache:
-    """Stage results on disk: `<root>/<kind>/<key>/{meta.json, *.pt}`."""
+    """Stage results on disk: `<root>/<kind>/<key>/{meta.json, *.pt}`; claims in `<root>/<kind>/.<key>.claim`."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -138,23 +177,72 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def exists(self, kind: str, key: str) -> bool:
+        """Whether the entry is there, without verifying it (cheap: for progress counts)."""
+        return (self.path(kind, key) / "meta.json").exists()
+
     def meta(self, kind: str, key: str) -> dict | None:
-        """The entry's metadata, or None if the stage has not finished."""
-        f = self.path(kind, key) / "meta.json"
-        return json.loads(f.read_text()) if f.exists() else None
+        """The entry's metadata, or None if the stage has not finished or its entry was damaged (then removed)."""
+        try:
+            return self._verified(kind, key)
+        except DamagedEntry:
+            return None
 
     def tensors(self, kind: str, key: str, name: str) -> Any:
+        if self._verified(kind, key) is None:
+            raise FileNotFoundError(f"cache entry {kind}/{key} is missing: its stage has not finished")
         return torch.load(self.path(kind, key) / f"{name}.pt", map_location="cpu", weights_only=True)
 
+    def _verified(self, kind: str, key: str) -> dict | None:
+        """The meta of an entry whose checksums hold; None if absent. A damaged entry is reported in one line,
+        removed (so that the stage is computed again) and raised as `DamagedEntry`."""
+        folder = self.path(kind, key)
+        try:
+            record = json.loads((folder / "meta.json").read_text())
+            signature = _signature(folder)
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._damaged(kind, key, "meta.json is not valid JSON")
+        sums = record.pop(CHECKSUMS, None) if isinstance(record, dict) else None
+        if not isinstance(sums, dict) or sums.get("meta") != _meta_sha256(record):
+            self._damaged(kind, key, "meta.json was altered (its checksum does not match)")
+        if _VERIFIED.get(folder) != signature:
+            for name, expected in sorted(sums.get("files", {}).items()):
+                f = folder / name
+                if not f.exists():
+                    self._damaged(kind, key, f"{name} is missing")
+                if file_sha256(f) != expected:
+                    size = f.stat().st_size
+                    self._damaged(kind, key, f"{name} is truncated or altered (sha256 mismatch, {size} bytes)")
+            _VERIFIED[folder] = signature
+        return record
+
+    def _damaged(self, kind: str, key: str, why: str):
+        folder = self.path(kind, key)
+        _VERIFIED.pop(folder, None)
+        aside = folder.parent / f".{key}.damaged.{uuid.uuid4().hex[:8]}"
+        try:  # rename first: atomic, so two processes that find it damaged do not delete each other's new entry
+            os.replace(folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it first
+            pass
+        log.warning("cache: damaged entry %s/%s removed (%s); its stage is computed again", kind, key, why)
+        raise DamagedEntry(f"cache entry {kind}/{key}: {why}")
+
     def put(self, kind: str, key: str, meta: dict, tensors: dict[str, Any] | None = None) -> Path:
-        """Write an entry atomically (temporary folder, then rename)."""
+        """Write an entry atomically (temporary folder, then rename), with the sha256 of each file and of the meta."""
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         try:
+            files = {}
             for name, value in (tensors or {}).items():
                 torch.save(value, tmp / f"{name}.pt")
-            (tmp / "meta.json").write_text(json.dumps(_plain(meta), indent=1))
+                files[f"{name}.pt"] = file_sha256(tmp / f"{name}.pt")
+            plain = _plain(meta)
+            record = {**plain, CHECKSUMS: {"meta": _meta_sha256(plain), "files": files}}
+            (tmp / "meta.json").write_text(json.dumps(record, indent=1))
             if final.exists():  # a concurrent writer finished first; both computed the same thing
                 shutil.rmtree(tmp)
             else:
@@ -163,3 +251,41 @@ class Cache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def claim_path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f".{key}.claim"
+
+    @contextmanager
+    def claim(self, kind: str, key: str, wait: bool = True, on_wait=None) -> Iterator[bool]:
+        """Hold the claim on a stage while computing it: yields True once held, or False at once when another
+        process holds it and `wait` is False. `on_wait()` is called once if the claim has to be waited for.
+
+        The claim is a kernel lock (`filelock.FileLock`, flock) on a file beside the entry: it is released when its
+        holder ends, even by SIGKILL, so a dead worker's stage is free for the next one. On a filesystem without
+        flock, filelock falls back to a marker file whose holder is checked by pid. The caller checks the cache
+        again once it holds the claim: the stage may have finished while it waited.
+        """
+        from filelock import FileLock, Timeout
+
+        path = self.claim_path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            while True:
+                time.sleep(0.2)
+                try:
+                    lock.acquire()
+                    break
+                except Timeout:
+                    continue
+        try:
+            yield True
+        finally:
+            lock.release()

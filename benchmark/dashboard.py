@@ -8,7 +8,7 @@ table in long format (`attack_defense`).
 
 `make dashboard` saves a workspace per dataset pair into the sweep's project with `wandb-workspaces`: its run set
 is the sweep's group without the training runs (`job_type != train`), filtered by pair and seed, grouped by
-defense; its panels read the evaluation runs' metrics (`benchmark.tracking.eval_metrics`, `eval_curves`), and
+defense; its panels read the evaluation runs' metrics (`benchmark.charts.eval_metrics`, `eval_curves`), and
 only metrics that the sweep's rows give are put in a panel. Building a workspace needs no network; saving it
 needs a W&B login.
 """
@@ -19,24 +19,13 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
+from benchmark.charts import WORST, evaluated_models, metric_tag
 from benchmark.findings import eps_str, headline_eps
-from benchmark.results import PairResults, number
-from benchmark.tracking import CLEAN_BASE, curve_tag, evaluated_models, metric_tag
+from benchmark.results import PairResults
 
-WORST = "worst_case"
-#: The columns of the `attack_defense` table (one row per model, attack, norm and budget; no sanity check).
-LONG_COLUMNS = (
-    "pair", "defense", "seed", "attack", "threat_model", "norm", "eps", "eps_label", "robust_acc",
-    "robust_acc_worst_of_k", "clean_acc", "clean_cost", "success_rate", "transferability", "detection_auroc",
-    "attack_seconds", "train_seconds", "n_examples", "draws", "flags",
-)  # fmt: skip
-_INTS = ("seed", "n_examples", "draws")
-_TEXT = ("pair", "defense", "attack", "threat_model", "norm", "eps_label", "flags")
 #: How a panel aggregates the runs of a defense (its seeds): their mean, with the range from the lowest to the
 #: highest as the band or error bar.
 GROUPING = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
@@ -47,99 +36,12 @@ NO_LOGIN = (
 )
 
 
-# ---- the sweep run's native charts ----------------------------------------------------------------------
-def _mean(values: list[float]) -> float | None:
-    return statistics.mean(values) if values else None
 
 
-def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]:
-    """W&B charts by log key, per pair: `charts/<pair>/robust_vs_eps/<attack>` (`wandb.plot.line_series`, a line
-    per defense, attacks with two or more budgets), `charts/<pair>/worst_case_<norm>` (`wandb.plot.bar` at the
-    headline budget, defenses ranked as in the leaderboard) and `charts/<pair>/clean_cost_vs_robust`
-    (`wandb.plot.scatter`: clean accuracy minus plain fine-tuning's, or the clean accuracy without fine-tuning,
-    against the worst case at the headline L-inf budget). Values are means over seeds, accuracies in [0, 1]."""
-    import wandb
-
-    charts: dict[str, Any] = {}
-    for pair in dict.fromkeys(r["pair"] for r in rows if r["threat_model"] != "sanity"):
-        res = PairResults([r for r in rows if r["pair"] == pair])
-        hl = headline_eps(res.rows, headline)
-        for attack, norm in res.attacks:
-            epss = res.epsilons(attack, norm)
-            scale = 255 if norm == "linf" else 1
-            lines: dict[str, list[tuple[float, float]]] = {}
-            for d in res.defenses:
-                for e in epss:
-                    if (v := _mean(res.values(d, attack, norm, e))) is not None:
-                        lines.setdefault(d, []).append((round(e * scale, 3), v))
-            if len(epss) < 2 or not lines:
-                continue
-            charts[f"charts/{pair}/robust_vs_eps/{curve_tag({'attack': attack, 'norm': norm})}"] = (
-                wandb.plot.line_series(
-                    xs=[[x for x, _ in pts] for pts in lines.values()],
-                    ys=[[y for _, y in pts] for pts in lines.values()],
-                    keys=list(lines),
-                    title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon",
-                    xname="epsilon (x/255)" if norm == "linf" else "epsilon (L2)",
-                )
-            )
-        for norm, eps in hl.items():
-            if (WORST, norm) not in res.attacks:
-                continue
-            e = min(res.epsilons(WORST, norm), key=lambda x: abs(x - eps))
-            data = [[d, statistics.mean(v), len(v)] for d in res.ranked(hl) if (v := res.values(d, WORST, norm, e))]
-            charts[f"charts/{pair}/worst_case_{norm}"] = wandb.plot.bar(
-                wandb.Table(columns=["defense", "robust_acc", "seeds"], data=data),
-                "defense",
-                "robust_acc",
-                title=f"{pair}: per-example worst-case robust accuracy at {norm} {eps_str(norm, e)}",
-            )
-        if (scatter := _tradeoff(res, hl)) is not None:
-            charts[f"charts/{pair}/clean_cost_vs_robust"] = scatter
-    return charts
 
 
-def _tradeoff(res, hl: dict[str, float]):
-    """The clean cost against the worst case at the headline L-inf budget (else the first norm's), or None."""
-    import wandb
-
-    norm = "linf" if "linf" in hl else next(iter(hl))
-    if (WORST, norm) not in res.attacks:
-        return None
-    e = min(res.epsilons(WORST, norm), key=lambda x: abs(x - hl[norm]))
-    x_name = "clean_cost" if CLEAN_BASE in res.defenses else "clean_acc"
-    data = []
-    for d in res.defenses:
-        x = _mean(res.clean_cost(d, CLEAN_BASE) if x_name == "clean_cost" else res.clean(d))
-        y = _mean(res.values(d, WORST, norm, e))
-        if x is not None and y is not None:
-            data.append([d, x, y])
-    what = f"clean accuracy minus {CLEAN_BASE}'s" if x_name == "clean_cost" else "clean accuracy"
-    return wandb.plot.scatter(
-        wandb.Table(columns=["defense", x_name, "robust_acc"], data=data),
-        x_name,
-        "robust_acc",
-        title=f"{res.first['pair']}: {what} against worst-case robust accuracy ({norm} {eps_str(norm, e)})",
-    )
 
 
-def long_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """The `attack_defense` table: `LONG_COLUMNS`, one row per non-sanity row, typed (numbers as floats, blanks
-    as None) so that W&B can group and aggregate every column; `clean_cost` is the model's `test/clean_cost`."""
-    costs = {
-        (m["pair"], m["defense"], m["seed"], m["key"]): m["metrics"].get("test/clean_cost")
-        for m in evaluated_models(rows)
-    }
-    data = []
-    for r in rows:
-        if r["threat_model"] == "sanity":
-            continue
-        cell = {c: number(r.get(c)) for c in LONG_COLUMNS}
-        cell.update({c: str(r.get(c) or "") for c in _TEXT})
-        cell.update({c: int(cell[c]) if cell[c] is not None else None for c in _INTS})
-        cell["clean_cost"] = costs[(r["pair"], r["defense"], str(r["seed"]), r.get("model_key") or "")]
-        data.append([cell[c] for c in LONG_COLUMNS])
-    return list(LONG_COLUMNS), data
 
 
 # ---- the saved workspace --------------------------------------------------------------------------------

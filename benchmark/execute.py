@@ -3,12 +3,20 @@
 The executor only computes; what the numbers mean is decided downstream (`benchmark.stages.score`,
 `benchmark.checks`, `benchmark.rows`). A model is loaded only when one of its cells is not cached, so a rerun
 of a finished sweep loads nothing and computes nothing.
+
+`Executor.run_stage` runs one stage alone: what it consumes (models, crafted sets) is read from the cache, so a
+worker process or a cluster job can run any stage whose dependencies are finished (`benchmark.launchers`). A
+stage is computed under its claim (`Cache.claim`), so processes sharing the cache compute it once. Nothing a
+stage computes depends on the order the stages run in (a model's clean draws are seeded), so a sweep run by
+several workers gives the same cache entries as one run in a single process.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,19 +26,62 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks.base import check_adversarial
+from attacks.errors import ConfigError
 from benchmark.cache import Cache
 from benchmark.detection import RepresentationDetector
 from benchmark.plan import Plan, make_attack
-from benchmark.stages.attack import compute_cell, predict_draws, run_attack
+from benchmark.stages.attack import compute_cell, fast_layout, precision, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained, train_stage
+
+#: `eval.batch_size=auto` off CUDA (no memory to fill), and the first size the CUDA search tries.
+AUTO_BATCH_CPU, AUTO_BATCH_START = 256, 32
 
 
 def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def stage_entry(stage: dict) -> tuple[str, str]:
+    """The cache entry (kind, key) a plan stage writes."""
+    kind = stage["job"]["kind"] if stage["kind"] in ("teacher", "student") else stage["kind"]
+    return ("attack" if kind == "cell" else kind), stage["key"]
+
+
+def find_batch_size(fits: Callable[[int], bool], start: int, limit: int) -> int:
+    """The batch size to evaluate with: double from `start` while `fits(size)` (one forward and input-gradient
+    pass at that size does not run out of memory), up to `limit`; then half the largest that fits, which leaves
+    the attack's own buffers their room. At least 1."""
+    size, best = max(1, min(start, limit)), 0
+    while True:
+        if not fits(size):
+            break
+        best = size
+        if size >= limit:
+            return size  # every example fits in one batch: no headroom needed beyond it
+        size = min(2 * size, limit)
+    return max(1, best // 2) if best else 1
+
+
+def cuda_fits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision_name: str):
+    """`fits(size)` for `find_batch_size`: one attack-like pass of `model` on `size` examples like `x`."""
+
+    def fits(size: int) -> bool:
+        xb = x[:1].expand(size, *x.shape[1:]).contiguous().to(device).requires_grad_(True)
+        try:
+            with precision(model, device, precision_name):
+                torch.autograd.grad(model(xb).float().sum(), xb)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            del xb
+            torch.cuda.empty_cache()
+
+    return fits
 
 
 @dataclass
@@ -51,6 +102,7 @@ class _Model:
     module: Any
     model: torch.nn.Module
     pred_clean: torch.Tensor
+    batch_size: int
     detector: RepresentationDetector | None = None
     score_clean: torch.Tensor | None = None
 
@@ -61,6 +113,10 @@ class Executor:
         self.console = console or Console(stderr=True)
         self.cache = Cache(cfg["cache_dir"])
         self.device = device_of(cfg["eval"]["device"])
+        self.precision = cfg["eval"].get("precision", "fp32")
+        if self.precision != "fp32" and any("precision" not in p["eval"] for p in plan.pairs.values()):
+            # cells crafted in another precision must not share a cache entry with fp32 ones
+            raise ConfigError(f"eval.precision={self.precision} needs a plan whose cell keys include the precision")
         self.done = Executed()
         self._models: dict[str, _Model] = {}
         self._dms: dict[str, Any] = {}
@@ -88,13 +144,26 @@ class Executor:
             task = progress.add_task("sweep stages", total=len(self.plan))
             try:
                 for stage in self.plan.stages:
-                    {"teacher": self._train, "student": self._train, "craft": self._craft, "cell": self._cell}[
-                        stage["kind"]
-                    ](stage)
+                    self.run_stage(stage)
                     progress.advance(task)
             finally:
                 self._progress = None
         return self.done
+
+    def run_stage(self, stage: dict, wait: bool = True) -> bool:
+        """Run one stage (its dependencies must be finished: they are read from the cache). A stage that is not
+        cached is computed under its claim; returns False, without waiting, when another process holds the claim
+        and `wait` is False."""
+        run = {"teacher": self._train, "student": self._train, "craft": self._craft, "cell": self._cell}
+        kind, key = stage_entry(stage)
+        if self.cache.meta(kind, key) is not None:
+            run[stage["kind"]](stage)
+            return True
+        waiting = lambda: self.log(f"waiting: another process is computing {stage['id']}")  # noqa: E731
+        with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
+            if held:
+                run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
+        return held
 
     # ---- data and models -------------------------------------------------------------------------
     def _dm(self, pair: str):
@@ -117,10 +186,11 @@ class Executor:
         pair = stage["job"]["data_name"]
         dm = self._dm(pair)
         module = load_trained(stage["job"]).to(self.device)
-        model = module.deployed_model()
+        model = fast_layout(module.deployed_model(), self.device, self.precision)
         x, _ = self._xy(pair, self.plan.pairs[pair]["n"])
-        bs = self.cfg["eval"]["batch_size"]
-        loaded = _Model(module, model, predict_draws(model, x, draws, bs, self.device))
+        bs = self._batch_size(model, x)
+        torch.manual_seed(self.cfg["eval"]["seed"])  # a randomized model's clean draws: not the order stages ran in
+        loaded = _Model(module, model, predict_draws(model, x, draws, bs, self.device), bs)
         if self.cfg["eval"]["detection"]:
             ref_x, ref_y = dm.tensors("target", "train", self.cfg["eval"]["detection_reference"])
             loaded.detector = RepresentationDetector(module.representation, ref_x, ref_y, bs, self.device)
@@ -128,12 +198,30 @@ class Executor:
         self._models[stage_id] = loaded
         return loaded
 
+    def _batch_size(self, model: torch.nn.Module, x: torch.Tensor) -> int:
+        bs = self.cfg["eval"]["batch_size"]
+        if bs != "auto":
+            return bs
+        if self.device.type != "cuda":
+            return AUTO_BATCH_CPU
+        found = find_batch_size(cuda_fits(model, x, self.device, self.precision), AUTO_BATCH_START, len(x))
+        self.log(f"  eval batch size {found} (eval.batch_size=auto, {self.precision})")
+        return found
+
+    def _crafted_set(self, stage_id: str) -> tuple[torch.Tensor, dict]:
+        """A crafted set and its meta: from this process, or from the cache (crafted by another process)."""
+        if stage_id not in self._crafted:
+            key = self.plan.stage(stage_id)["key"]
+            self._crafted[stage_id] = self.cache.tensors("craft", key, "x_adv")
+            self.done.metas[stage_id] = self.cache.meta("craft", key)
+        return self._crafted[stage_id], self.done.metas[stage_id]
+
     # ---- stages ----------------------------------------------------------------------------------
     def _train(self, stage: dict) -> None:
         job = stage["job"]
         if self.cache.meta(job["kind"], job["key"]) is None:
             self.log(f"training {job['kind']} [bold]{job['name']}[/] seed {job['seed']} ({job['data_name']})")
-            with self._paused():
+            with self._paused(), _all_devices(job):
                 meta = train_stage(job, progress=self.cfg.get("progress", True))
             self.done.stats[f"{job['kind']}_trained"] += 1
             prep = meta.get("prep")
@@ -153,9 +241,13 @@ class Executor:
         attack = make_attack(stage["attack"])
         meta = self.cache.meta("craft", stage["key"])
         if meta is None:
-            attack.surrogate = self._model(stage["teacher"], 1).model
+            teacher = self._model(stage["teacher"], 1)
+            attack.surrogate = teacher.model
+            attack.attacker_data = self._dm(stage["pair"]).tensors("target", "train")  # never the test split
             torch.manual_seed(self.cfg["eval"]["seed"])
-            x_adv, cost = run_attack(attack, attack.surrogate, x, y, self.cfg["eval"]["batch_size"], self.device)
+            x_adv, cost = run_attack(
+                attack, teacher.model, x, y, teacher.batch_size, self.device, precision_name=self.precision
+            )
             meta = {**cost, "plan_id": stage["id"]}
             self.cache.put("craft", stage["key"], meta, {"x_adv": x_adv})
             self.done.stats["crafted"] += 1
@@ -191,13 +283,15 @@ class Executor:
         start = time.perf_counter()
         x, y = self._xy(stage["pair"], stage["n"])
         attack = make_attack(stage["attack"])
-        ev, bs = self.cfg["eval"], self.cfg["eval"]["batch_size"]
+        ev = self.cfg["eval"]
         # every cell of a randomized model (the frozen one too) shares the model's K clean draws
         loaded = self._model(stage["model"], ev["draws"] if stage["randomized"] else 1)
-        crafted = self._crafted[stage["craft"]][: stage["n"]] if stage["craft"] else None
+        bs = loaded.batch_size
+        crafted = self._crafted_set(stage["craft"])[0][: stage["n"]] if stage["craft"] else None
         task = self._progress.add_task(f"  {attack.label}", total=stage["n"]) if self._progress else None
         on_batch = (lambda k: self._progress.advance(task, k)) if task is not None else None
         common = {"batch_size": bs, "device": self.device, "seed": ev["seed"], "on_batch": on_batch}
+        common["precision_name"] = self.precision
         try:
             if stage["role"] == "frozen":  # a deterministic stand-in with its randomness fixed: one pass decides
                 with loaded.model.frozen(ev["seed"]) as fixed:
@@ -220,9 +314,29 @@ class Executor:
             if task is not None:
                 self._progress.remove_task(task)
         if crafted is not None:
-            cost = {
-                k: self.done.metas[stage["craft"]][k] for k in ("attack_seconds", "forward_passes", "backward_passes")
-            }
+            craft_meta = self._crafted_set(stage["craft"])[1]
+            cost = {k: craft_meta[k] for k in ("attack_seconds", "forward_passes", "backward_passes")}
         meta = {**cost, "wall_seconds": time.perf_counter() - start, "plan_id": stage["id"]}
+        meta.update(precision=self.precision, batch_size=bs)
         meta["attack_flags"] = list(getattr(attack, "flags", []))
         return out, meta
+
+
+@contextmanager
+def _all_devices(job: dict):
+    """A worker pinned to one GPU lets a multi-device (DDP) training stage's processes see every GPU of the node
+    (`BENCH_ALL_DEVICES`, set by `benchmark.launchers.workers`); nothing changes elsewhere."""
+    devices = job["trainer"].get("devices", 1)
+    every = os.environ.get("BENCH_ALL_DEVICES")
+    if every is None or not (isinstance(devices, int) and devices > 1):
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = every
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before

@@ -7,6 +7,11 @@ own predictions, so every example starts correctly classified and the attack has
 Targets (the spine issue): ours (full budget, no early stop) <= 1.05 x torchattacks and <= 1.15 x the bare
 cost of `steps` forward+backward passes. Early stopping is reported beside it: it only removes work.
 Exit code 1 if a target is missed. Results are also written to results/perf.json.
+
+Precision (`eval.precision`): ours is also timed under autocast in each of `--precisions` (default: bf16 and
+fp16 on CUDA, bf16 on the CPU, where fp16 autocast has few kernels), with the speed-up over fp32 and the share
+of examples whose prediction on x_adv differs from fp32's (same random start). The targets apply to fp32 only;
+the model keeps its default memory layout here (the executor adds channels_last under bf16/fp16 on CUDA).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import PGD
+from benchmark.stages.attack import precision
 from lightning_modules.classifier import build_classifier
 
 SETUPS = {
@@ -38,13 +44,14 @@ def bare_cost(model, x, y, steps: int) -> None:
         (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
 
 
-def measure(name: str, steps: int, rounds: int, eps: float, seed: int = 0) -> dict:
+def measure(name: str, steps: int, rounds: int, eps: float, seed: int = 0, precisions=(), device="cpu") -> dict:
     import torchattacks
 
+    device = torch.device(device)
     backbone, shape, batch = SETUPS[name]
     torch.manual_seed(seed)
-    model = build_classifier(backbone, 10, shape[0], [0.5] * shape[0], [0.5] * shape[0]).eval()
-    x = torch.rand(batch, *shape)
+    model = build_classifier(backbone, 10, shape[0], [0.5] * shape[0], [0.5] * shape[0]).eval().to(device)
+    x = torch.rand(batch, *shape, device=device)
     with torch.no_grad():
         y = model(x).argmax(1)  # every example starts correctly classified
     alpha = 2.5 * eps / steps
@@ -60,11 +67,20 @@ def measure(name: str, steps: int, rounds: int, eps: float, seed: int = 0) -> di
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
 
+    def autocast(prec: str):
+        def attack():
+            torch.manual_seed(seed)
+            with precision(model, device, prec):
+                return ours(model, x, y)
+
+        return attack
+
     variants = {
         "torchattacks": lambda: ta(x, y),
         "ours": lambda: ours(model, x, y),
         "ours_early_stop": lambda: ours_es(model, x, y),
         "bare": frozen_bare,
+        **{f"ours_{p}": autocast(p) for p in precisions},
     }
     for fn in variants.values():  # warm-up (allocator, first-call costs)
         fn()
@@ -75,7 +91,16 @@ def measure(name: str, steps: int, rounds: int, eps: float, seed: int = 0) -> di
             fn()
             times[k].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
+    reference = autocast("fp32")()
+    with torch.no_grad():
+        ref_pred = model(reference).argmax(1)
+        changed = {p: float((model(autocast(p)()).argmax(1) != ref_pred).float().mean()) for p in precisions}
     return {
+        "device": str(device),
+        "precisions": {
+            p: {"seconds": med[f"ours_{p}"], "speedup_over_fp32": med["ours"] / med[f"ours_{p}"], "changed": changed[p]}
+            for p in precisions
+        },
         "setup": name,
         "batch": batch,
         "shape": shape,
@@ -97,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--out", default="results/perf.json")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precisions", nargs="*", choices=("bf16", "fp16"), default=None, help="autocast precisions")
     args = p.parse_args(argv)
+    if args.precisions is None:
+        args.precisions = ["bf16", "fp16"] if args.device.startswith("cuda") else ["bf16"]
     from rich.console import Console
     from rich.table import Table
 
-    results = [measure(s, args.steps, args.rounds, args.eps) for s in args.setups]
+    results = [measure(s, args.steps, args.rounds, args.eps, 0, args.precisions, args.device) for s in args.setups]
     table = Table(title=f"PGD-{args.steps}, L-inf eps {args.eps:.4f}, median of {args.rounds} interleaved rounds")
     for col in ("setup", "torchattacks s", "ours s", "ours+early stop s", "bare s", "ours/TA", "ours/bare", "ok"):
         table.add_column(col)
@@ -122,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     Console(width=120).print(table)
     print("targets: ours/TA <= 1.05 and ours/bare <= 1.15 (ours = full budget, no early stop)")
+    prec = Table(title=f"ours under autocast on {args.device} (eval.precision): no target, for information")
+    for col in ("setup", "precision", "ours s", "speed-up over fp32", "x_adv predictions that differ from fp32"):
+        prec.add_column(col)
+    for r in results:
+        prec.add_row(f"{r['setup']} (batch {r['batch']})", "fp32", f"{r['median_seconds']['ours']:.3f}", "1.00", "-")
+        for name, v in r["precisions"].items():
+            prec.add_row("", name, f"{v['seconds']:.3f}", f"{v['speedup_over_fp32']:.2f}", f"{v['changed']:.1%}")
+    Console(width=120).print(prec)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     return 0 if ok_all else 1

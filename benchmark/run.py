@@ -33,16 +33,6 @@ from benchmark.checks import flag_warnings
 from benchmark.config import compose, usage
 
 
-def quiet_lightning() -> None:
-    """Keep the console for the sweep: no hardware banners or tips, no warnings about tiny datasets."""
-    import logging
-    import warnings
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    for pattern in ("does not have many workers", "smaller than the logging interval", r"isinstance\(treespec"):
-        warnings.filterwarnings("ignore", f".*{pattern}.*")
-
-
 def write_results(out: Path, cfg: dict, rows: list[dict], examples: dict, warnings: list[str]) -> None:
     """results.csv first (nothing after it can lose a result), then the per-example data, the run's warnings
     that are not row flags, and what the report needs to rebuild itself (`make report`)."""
@@ -68,6 +58,8 @@ def run(cfg: dict) -> dict:
     """Run a composed config; returns what was done (rows, stats, warnings, paths)."""
     from rich.console import Console
 
+    from benchmark.launchers.common import quiet_lightning
+
     quiet_lightning()
     from benchmark.execute import Executor
     from benchmark.launchers import launch
@@ -84,17 +76,17 @@ def run(cfg: dict) -> dict:
         console.log(note)
     launched = launch(cfg, plan, console)  # None: inline, this process computes; else merge from the cache
     done = Executor(cfg, launched.plan if launched else plan, console).run()
+    failed = launched.failures if launched else []  # already shown, one line each; kept for the report
     if launched:
         done.stats = launched.stats + Counter({k: v for k, v in done.stats.items() if k != "cache_hits"})
-        plan_warnings = [*plan_warnings, *launched.failures]
     rows, examples = make_rows(cfg, launched.plan if launched else plan, done)
     out = Path(cfg["results_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(plan.to_json())
-    write_results(out, cfg, rows, examples, plan_warnings)
+    write_results(out, cfg, rows, examples, [*plan_warnings, *failed])
     report_start = time.perf_counter()
     plots = rebuild(out)
-    warnings = [*flag_warnings(rows), *plan_warnings]
+    warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
     stats.update(done.stats)
     timings = {"report_seconds": time.perf_counter() - report_start}
@@ -120,9 +112,9 @@ def run(cfg: dict) -> dict:
         )
     return {
         "rows": rows,
-        "failed": launched.failures + launched.skipped if launched else [],
+        "failed": failed + launched.skipped if launched else [],
         "stats": stats,
-        "warnings": warnings,
+        "warnings": [*warnings, *failed],
         "plots": plots,
         "wandb_failures": failures,
         "seconds": elapsed,

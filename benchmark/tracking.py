@@ -30,11 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.results import number
+from benchmark.charts import evaluated_models
 
 MODES = ("offline", "online", "disabled")
-#: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
-CLEAN_BASE = "finetune"
 
 
 def run_id(kind: str, *parts) -> str:
@@ -186,7 +184,7 @@ class Tracker:
             self.fail(f"W&B table failed ({type(e).__name__}: {e}); the results are in results.csv")
             return
         try:
-            from benchmark.dashboard import long_table, sweep_charts
+            from benchmark.charts import long_table, sweep_charts
 
             columns, data = long_table(rows)
             log["attack_defense"] = wandb.Table(columns=columns, data=data)
@@ -211,92 +209,16 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def metric_tag(row: dict) -> str:
-    """A row's name in metric keys: `pgd_linf_8` (8/255), `pgd_l2_0.5`, `worst_case_linf_16`."""
-    from attacks.base import eps_label
-
-    return f"{curve_tag(row)}_{eps_label(float(row['eps']), row['norm'])}"
 
 
-def curve_tag(row: dict) -> str:
-    """A row's attack in metric keys; the worst case, which spans the attacks of a norm, with its norm."""
-    return f"worst_case_{row['norm']}" if row["attack"] == "worst_case" else row["attack"]
 
 
-def model_clean(rows: list[dict]) -> float | None:
-    """A model's clean accuracy: from its row with the most examples (attacks may run on the first n only)."""
-    return number(max(rows, key=lambda r: int(number(r["n_examples"]) or 0))["clean_acc"])
 
 
-def eval_metrics(rows: list[dict], clean_base: float | None = None) -> dict[str, float]:
-    """W&B metric names of one evaluated model and their values (blanks left out):
-
-    - `test/clean_acc`; `test/clean_cost` (clean accuracy minus `clean_base`, plain fine-tuning's) when given;
-    - per row: `test/robust_acc/<tag>`, `test/success_rate/<tag>`, `test/robust_acc_worst_of_k/<tag>` (a
-      randomized model), `test/transfer/<tag>/acc` and `.../transferability` (a transfer attack),
-      `test/detection_auroc/<tag>`, `cost/attack_seconds/<tag>`, `cost/forward_passes/<tag>`,
-      `cost/backward_passes/<tag>`; `<tag>` as in `metric_tag` (`pgd_linf_8`);
-    - per model: `cost/train_seconds`, `cost/prep_seconds`.
-    """
-    clean = model_clean(rows)
-    out = {"test/clean_acc": clean}
-    if clean_base is not None and clean is not None:
-        out["test/clean_cost"] = clean - clean_base
-    for r in rows:
-        tag = metric_tag(r)
-        out[f"test/robust_acc/{tag}"] = number(r["robust_acc"])
-        out[f"test/success_rate/{tag}"] = number(r["success_rate"])
-        if int(number(r.get("draws")) or 1) > 1:  # a randomized model: the worst of K draws beside their mean
-            out[f"test/robust_acc_worst_of_k/{tag}"] = number(r["robust_acc_worst_of_k"])
-        if r["threat_model"] == "transfer":
-            out[f"test/transfer/{tag}/acc"] = number(r.get("transfer_acc"))
-            out[f"test/transfer/{tag}/transferability"] = number(r.get("transferability"))
-        out[f"test/detection_auroc/{tag}"] = number(r.get("detection_auroc"))
-        for field in ("attack_seconds", "forward_passes", "backward_passes"):
-            out[f"cost/{field}/{tag}"] = number(r.get(field))
-    for field in ("train_seconds", "prep_seconds"):
-        out[f"cost/{field}"] = number(rows[0].get(field))
-    return {k: v for k, v in out.items() if v is not None}
 
 
-def eval_curves(rows: list[dict]) -> list[dict[str, float]]:
-    """History rows that draw robust accuracy against epsilon in W&B (the metric values are single numbers in
-    the summary; a line over epsilon needs one logged step per budget): per norm and budget, in increasing
-    order, `curve/eps_<norm>` (L-inf in 1/255 units, L2 as is) and `curve/robust_acc/<attack>` of every attack
-    of that norm with two or more budgets (the worst case as `worst_case_<norm>`; no sanity check)."""
-    swept: dict[tuple[str, str], dict[float, float]] = {}
-    for r in rows:
-        if r["threat_model"] != "sanity" and (acc := number(r["robust_acc"])) is not None:
-            swept.setdefault((r["norm"], curve_tag(r)), {})[round(float(r["eps"]), 10)] = acc
-    out = []
-    for norm in sorted({n for n, _ in swept}, key=lambda n: n != "linf"):
-        lines = {tag: pts for (n, tag), pts in swept.items() if n == norm and len(pts) > 1}
-        for eps in sorted({e for pts in lines.values() for e in pts}):
-            step = {f"curve/robust_acc/{tag}": pts[eps] for tag, pts in lines.items() if eps in pts}
-            if step:
-                out.append({f"curve/eps_{norm}": round(eps * 255, 3) if norm == "linf" else eps, **step})
-    return out
 
 
-def evaluated_models(rows: list[dict]) -> list[dict]:
-    """The models of a sweep, one per (pair, defense, seed, model key): their rows, W&B metrics (`eval_metrics`,
-    the clean cost against plain fine-tuning of the same pair and seed) and curves (`eval_curves`)."""
-    models: dict[tuple, list[dict]] = {}
-    for r in rows:
-        models.setdefault((r["pair"], r["defense"], str(r["seed"]), r.get("model_key") or ""), []).append(r)
-    base = {(p, s): model_clean(rs) for (p, d, s, _), rs in models.items() if d == CLEAN_BASE}
-    return [
-        {
-            "pair": pair,
-            "defense": defense,
-            "seed": seed,
-            "key": key,
-            "rows": rs,
-            "metrics": eval_metrics(rs, base.get((pair, seed))),
-            "curves": eval_curves(rs),
-        }
-        for (pair, defense, seed, key), rs in models.items()
-    ]
 
 
 def sweep_headline(cfg: dict, out_dir: os.PathLike | None = None) -> dict[str, float]:

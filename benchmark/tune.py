@@ -62,7 +62,8 @@ def tune(param: str, values: list[str], overrides: list[str], attack_name: str =
         raise ConfigError(f"the tuned parameter must be a defense's (defense.<name>.module.<arg>), got '{param}'")
     results = []
     for value in values:
-        cfg = compose([*overrides, f"attack=[{attack_name}]", "logger=none", f"{param}={value}"])
+        # `++`: the parameter may belong to an earlier stage (init_from) that the sweep does not select
+        cfg = compose([*overrides, f"attack=[{attack_name}]", "logger=none", f"++{param}={value}"])
         if len(cfg["defense"]) != 1:
             raise ConfigError(f"tune one defense at a time (defense=<name>), got {', '.join(cfg['defense'])}")
         results.append({"value": value, **validation_robustness(cfg, attack_name)})

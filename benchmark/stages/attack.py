@@ -3,17 +3,87 @@
 Deterministic models: white-box attacks run on the clean-correct examples only (the others keep x' = x),
 with early stopping. Randomized models: every example is attacked without early stopping, and the final x'
 is scored over K fresh draws afterwards (evaluate after optimizing; `benchmark.stages.score`).
+
+Precision (`eval.precision`): the attack's forward and backward passes may run under autocast (bf16, fp16); the
+input, its gradient, the projection and the threat-model check stay in fp32, the model's logits are handed to the
+attack's loss in fp32, and every scoring pass (clean and adversarial predictions) runs in fp32.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
 from attacks.base import Attack, attack_mode, check_adversarial
+from attacks.errors import choose
+
+#: eval.precision -> the autocast dtype of the attack's passes (None: no autocast).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp16's static gradient scale: fp16 underflows below 6e-8, and the gradient of a confidently classified
+#: example's loss is that small, so an unscaled backward pass would give it a zero gradient (sign 0: no step).
+#: The scale is applied at the logits and removed, in fp32, at the input. bf16 has fp32's range: no scale.
+FP16_GRAD_SCALE = 2.0**10
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+@contextmanager
+def precision(model: nn.Module, device: torch.device, name: str = "fp32") -> Iterator[None]:
+    """Run the attack passes of `model` under autocast in `name` (fp32: unchanged).
+
+    Hooks on `model` hand its logits back in fp32 (so the attack's loss, margins and early-stop checks are fp32)
+    and, for fp16, scale the gradient on its way into the network and back out at the input (`FP16_GRAD_SCALE`).
+    """
+    choose("eval.precision", name, PRECISIONS)
+    dtype = PRECISIONS[name]
+    if dtype is None:
+        yield
+        return
+    scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+
+    def inputs(module, args):
+        x = args[0]
+        if scale != 1.0 and isinstance(x, torch.Tensor) and x.requires_grad:
+            return (_ScaleGrad.apply(x, 1.0 / scale), *args[1:])
+        return None
+
+    def logits(module, args, out):
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        out = out.float()
+        return _ScaleGrad.apply(out, scale) if scale != 1.0 and out.requires_grad else out
+
+    handles = [model.register_forward_pre_hook(inputs), model.register_forward_hook(logits)]
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fast_layout(model: nn.Module, device: torch.device, name: str) -> nn.Module:
+    """channels_last weights for a convolutional model attacked in bf16/fp16 on CUDA, where tensor cores want
+    that layout; unchanged elsewhere (on the CPU, and in fp32, it does not help)."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if device.type == "cuda" and PRECISIONS.get(name) is not None and has_conv:
+        return model.to(memory_format=torch.channels_last)
+    return model
 
 
 @torch.no_grad()
@@ -39,10 +109,12 @@ def run_attack(
     device: torch.device,
     only: torch.Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
+    precision_name: str = "fp32",
 ) -> tuple[torch.Tensor, dict]:
-    """Craft x_adv on `model` for the examples in `only` (all if None; the others keep x' = x).
+    """Craft x_adv on `model` for the examples in `only` (all if None; the others keep x' = x), its passes in
+    `precision_name` (`precision`).
 
-    Every batch is checked against the threat model before anything is scored.
+    Every batch is checked against the threat model, in fp32, before anything is scored.
     """
     x_adv = x.clone()
     idx = torch.arange(len(x)) if only is None else only.nonzero().flatten()
@@ -51,7 +123,9 @@ def run_attack(
     for i in range(0, len(idx), batch_size):
         b = idx[i : i + batch_size]
         xb, yb = x[b].to(device), y[b].to(device)
-        xb_adv = attack(model, xb, yb)
+        with precision(model, device, precision_name):
+            xb_adv = attack(model, xb, yb)
+        xb_adv = xb_adv.float()
         check_adversarial(xb, xb_adv, attack.norm, attack.eps)
         x_adv[b] = xb_adv.cpu()
         if on_batch:
@@ -75,11 +149,12 @@ def attack_model(
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    precision_name: str = "fp32",
 ) -> tuple[torch.Tensor, dict]:
     """A white-box cell's adversarial examples: every example of a randomized model, else the clean-correct ones
     (`clean_pred`: the model's (K, n) clean predictions)."""
     only = None if randomized else clean_pred[0] == y
-    return run_attack(attack, model, x, y, batch_size, device, only=only, on_batch=on_batch)
+    return run_attack(attack, model, x, y, batch_size, device, only, on_batch, precision_name)
 
 
 def compute_cell(
@@ -97,21 +172,25 @@ def compute_cell(
     detector=None,
     score_clean: torch.Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
+    precision_name: str = "fp32",
 ) -> tuple[dict, dict]:
     """One cell: attack `model` (or take the crafted `x_adv` of a transfer attack), then score the final
-    examples over as many fresh draws as `pred_clean` has rows. Returns the outcome (`score.outcome`, with the
-    detection scores of draw 0 when a detector is given) and the attack's cost."""
+    examples (in fp32, whatever `precision_name` the attack ran in) over as many fresh draws as `pred_clean` has
+    rows. Returns the outcome (`score.outcome`, with the detection scores of draw 0 when a detector is given) and
+    the attack's cost."""
     from benchmark.stages.score import outcome
 
     draws = len(pred_clean)
     if x_adv is None:
         torch.manual_seed(seed)
-        x_adv, cost = attack_model(attack, model, x, y, pred_clean, randomized, batch_size, device, on_batch)
+        x_adv, cost = attack_model(
+            attack, model, x, y, pred_clean, randomized, batch_size, device, on_batch, precision_name
+        )
     else:
         check_adversarial(x, x_adv, attack.norm, attack.eps)  # crafted examples are re-checked, not trusted
         cost = {}
     pred_adv = predict_draws(model, x_adv, draws, batch_size, device)
-    out = outcome(pred_clean, pred_adv, y)
+    out = outcome(pred_clean, pred_adv, y, getattr(model, "reject_label", None))
     if detector is not None:
         out["score_clean"] = score_clean
         out["score_adv"] = detector.scores(x_adv, pred_adv[0])

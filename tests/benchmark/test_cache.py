@@ -1,12 +1,21 @@
-"""The content-addressed stage cache."""
+"""The content-addressed stage cache: keys, atomic entries, checksums, claims."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import torch
 
-from benchmark.cache import Cache, stage_key
+from benchmark.cache import Cache, DamagedEntry, stage_key
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_key_is_stable_and_order_independent():
@@ -38,3 +47,134 @@ def test_an_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
         cache.put("attack", "k", {"x": 1}, {"flags": {}})
     assert cache.meta("attack", "k") is None
     assert list((tmp_path / "attack").iterdir()) == []
+
+
+# ---- damaged entries: detected by their checksums, reported in one line, computed again -----------------------
+def _entry(tmp_path) -> tuple[Cache, object]:
+    cache = Cache(tmp_path)
+    folder = cache.put("attack", "k", {"seconds": 1.5}, {"outcome": {"adv": torch.arange(1000) % 3 == 0}})
+    assert cache.meta("attack", "k") == {"seconds": 1.5}
+    return cache, folder
+
+
+def _truncate(folder):
+    f = folder / "outcome.pt"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip_a_byte(folder):
+    f = folder / "outcome.pt"
+    data = bytearray(f.read_bytes())
+    data[-40] ^= 0xFF  # same size, one byte changed
+    f.write_bytes(bytes(data))
+
+
+def _garble_meta(folder):
+    (folder / "meta.json").write_text('{"seconds": 1.5, "_checks')
+
+
+def _edit_meta(folder):
+    f = folder / "meta.json"
+    f.write_text(f.read_text().replace("1.5", "2.5"))
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (_truncate, "outcome.pt is truncated or altered"),
+        (_flip_a_byte, "outcome.pt is truncated or altered"),
+        (_garble_meta, "meta.json is not valid JSON"),
+        (_edit_meta, "meta.json was altered"),
+    ],
+)
+def test_a_damaged_entry_is_reported_in_one_line_and_removed(tmp_path, caplog, damage, why):
+    cache, folder = _entry(tmp_path)
+    damage(folder)
+    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+        assert cache.meta("attack", "k") is None, "a damaged entry was taken as finished"
+    (record,) = caplog.records
+    assert why in record.getMessage() and "\n" not in record.getMessage()
+    assert not folder.exists(), "the damaged entry must go, so that the stage is computed again"
+    cache.put("attack", "k", {"seconds": 3.0}, {"outcome": {"adv": torch.ones(3, dtype=torch.bool)}})
+    assert cache.meta("attack", "k") == {"seconds": 3.0}
+
+
+def test_a_file_damaged_after_its_entry_was_read_is_caught_when_loaded(tmp_path):
+    cache, folder = _entry(tmp_path)
+    _truncate(folder)
+    with pytest.raises(DamagedEntry, match="outcome.pt is truncated"):
+        cache.tensors("attack", "k", "outcome")
+
+
+# ---- claims: one process computes a stage; a dead holder's claim is free -----------------------------------
+HOLD = """
+import sys, time
+from benchmark.cache import Cache
+with Cache(sys.argv[1]).claim("attack", "k") as held:
+    print("held", held, flush=True)
+    time.sleep(float(sys.argv[2]))
+print(time.time(), flush=True)  # when it released the claim
+"""
+
+
+def _holder(tmp_path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert proc.stdout.readline().strip() == "held True"
+    return proc
+
+
+def test_a_claim_held_by_another_process_is_refused_then_free(tmp_path):
+    holder = _holder(tmp_path, 60)
+    try:
+        with Cache(tmp_path).claim("attack", "k", wait=False) as held:
+            assert held is False, "two processes hold the same stage's claim"
+    finally:
+        holder.terminate()
+        holder.wait()
+    with Cache(tmp_path).claim("attack", "k", wait=False) as held:
+        assert held is True
+
+
+def test_the_claim_of_a_killed_process_is_taken_over(tmp_path):
+    holder = _holder(tmp_path, 60)
+    holder.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel releases its lock
+    holder.wait()
+    start = time.perf_counter()
+    with Cache(tmp_path).claim("attack", "k", wait=True) as held:
+        assert held is True
+    assert time.perf_counter() - start < 5
+
+
+def test_waiting_for_a_claim_ends_when_its_holder_finishes(tmp_path):
+    holder = _holder(tmp_path, 1.0)
+    waited = []
+    with Cache(tmp_path).claim("attack", "k", wait=True, on_wait=lambda: waited.append(1)) as held:
+        taken = time.time()
+        assert held is True
+    released = float(holder.stdout.readline())
+    holder.wait()
+    assert taken >= released, "the claim was taken while its holder still held it"
+    assert waited == [1]
+
+
+@pytest.mark.slow
+def test_a_truncated_cell_in_a_finished_sweep_is_reported_and_recomputed(tmp_path, caplog, one_thread):
+    """Before checksums, a truncated outcome file stopped the whole sweep with a traceback from torch.load."""
+    from test_runner import read_rows, run, tiny
+
+    overrides = tiny(tmp_path, "defense=finetune", "attack=fgsm")
+    first = run(overrides)
+    rows = read_rows(tmp_path)
+    (victim,) = [p for p in (tmp_path / "cache" / "attack").glob("*/outcome.pt")][:1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+        again = run(overrides)
+    (record,) = [r for r in caplog.records if r.name == "benchmark.cache"]
+    assert "outcome.pt is truncated or altered" in record.getMessage()
+    assert again["stats"]["attacks_run"] == 1 and first["stats"]["attacks_run"] == 4
+    timing = {"attack_seconds", "wall_seconds", "cached"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_rows(tmp_path)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows
+    ]

@@ -15,6 +15,7 @@ from PIL import Image
 from test_report import ATTACKS, DEFENSES, HEADLINE, fake_run
 from wandb_reader import chart_table_key, read_run, read_table
 
+from benchmark import charts as wandb_charts
 from benchmark import dashboard
 from benchmark.results import PairResults, write_csv
 from benchmark.tracking import Tracker, track
@@ -143,7 +144,7 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
 
     long = table("attack_defense")
     plain = [r for r in rows if r["threat_model"] != "sanity"]
-    assert len(long) == len(plain) and set(dashboard.LONG_COLUMNS) == set(long[0])
+    assert len(long) == len(plain) and set(wandb_charts.LONG_COLUMNS) == set(long[0])
     first = long[0]
     assert (type(first["seed"]), type(first["eps"]), type(first["robust_acc"])) == (int, float, float)
     assert [r["robust_acc"] for r in long] == pytest.approx([r["robust_acc"] for r in plain])

@@ -1,0 +1,232 @@
+"""Launchers on this CPU: local workers and submitit jobs give the inline run's rows; the SLURM submission is
+checked without a cluster; a killed worker loses nothing and its stage is taken by the next run; two processes
+reaching one stage compute it once; a failed stage is one line and the rest of the sweep goes on.
+
+Rows are compared on every column but timing and `cached`. The inline reference runs with one torch thread, as
+each worker here does: CPU float reductions depend on the thread count, so a stage computed with 2 threads can
+differ in the last bits (and then in a borderline example) from the same stage computed with 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_runner import tiny
+
+from benchmark import run as runner
+from benchmark.config import compose
+from benchmark.execute import stage_entry
+from benchmark.plan import make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMING = {"attack_seconds", "wall_seconds", "train_seconds", "prep_seconds", "cached"}
+WORKERS = ["launcher=workers", "launcher.workers=2", "launcher.threads=1", "launcher.poll_seconds=0.2"]
+
+
+def read_rows(tmp: Path) -> list[dict]:
+    with (tmp / "results" / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_rows(expected: list[dict], got: list[dict]) -> None:
+    assert [r["row_id"] for r in got] == [r["row_id"] for r in expected]
+    for a, b in zip(expected, got):
+        diff = {k: (a[k], b[k]) for k in a if k not in TIMING and a[k] != b[k]}
+        assert not diff, f"{a['row_id']}: {diff}"
+
+
+@pytest.fixture(scope="module")
+def inline(tmp_path_factory) -> list[dict]:
+    """The narrowed digits sweep run inline, with one torch thread (see the module docstring)."""
+    tmp = tmp_path_factory.mktemp("inline")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner.run(compose(tiny(tmp)))
+    finally:
+        torch.set_num_threads(threads)
+    return read_rows(tmp)
+
+
+def computed(out: dict) -> dict:
+    return {k: out["stats"].get(k, 0) for k in ("teacher_trained", "student_trained", "crafted", "attacks_run")}
+
+
+#: What the narrowed sweep computes: every stage once (a stage computed twice would count twice).
+ONCE = {"teacher_trained": 1, "student_trained": 2, "crafted": 2, "attacks_run": 18}
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_inline_rows(tmp_path, inline):
+    out = runner.run(compose(tiny(tmp_path, *WORKERS)))
+    assert out["failed"] == []
+    assert computed(out) == ONCE
+    assert_same_rows(inline, read_rows(tmp_path))
+    statuses = [json.loads(p.read_text()) for p in (tmp_path / "results" / "launch" / "workers").glob("*.json")]
+    assert len(statuses) == 2 and all(s["state"] == "finished" for s in statuses)
+
+
+@pytest.mark.slow
+def test_submitit_local_jobs_give_the_inline_rows(tmp_path, monkeypatch, one_thread):
+    """Narrower than the other tests (one student, two attacks: 5 jobs in 3 waves): every job is a new process
+    that imports torch, and this machine's 2 cores are shared."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' torch threads, as the reference's
+    narrow = ["defense=finetune", "attack=[fgsm,transfer_pgd_linf]"]
+    reference = runner.run(compose(tiny(tmp_path / "inline", *narrow)))
+    jobs = ["launcher=slurm", "launcher.cluster=local", "launcher.array_limit=4", "launcher.poll_seconds=0.2"]
+    out = runner.run(compose(tiny(tmp_path, *narrow, *jobs, "launcher.gpus_per_job=0")))
+    assert out["failed"] == []
+    assert computed(out) == computed(reference) == {**ONCE, "student_trained": 1, "crafted": 2, "attacks_run": 12}
+    assert_same_rows(read_rows(tmp_path / "inline"), read_rows(tmp_path))
+    assert len(list((tmp_path / "results" / "launch" / "jobs").glob("*/*_result.pkl"))) == 5, "not run as jobs"
+
+
+# ---- SLURM without a cluster: the sbatch scripts submitit writes ---------------------------------------------
+FAKE_SBATCH = """#!/bin/sh
+n=$(cat "$FAKE_SLURM/counter" 2>/dev/null || echo 1000); n=$((n+1)); echo $n > "$FAKE_SLURM/counter"
+cp "$1" "$FAKE_SLURM/$n.sh"
+echo "Submitted batch job $n"
+"""
+
+
+def test_the_slurm_submission(tmp_path, monkeypatch):
+    from benchmark.launchers.common import prepare
+    from benchmark.launchers.slurm import submit, units
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexit 0\n")):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod((bin_ / name).stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(tmp_path))
+    options = ["partition=gpu", "time_min=90", "account=proj", "qos=high", "constraint=a100", "array_limit=1"]
+    cfg = compose(
+        tiny(tmp_path, "launcher=slurm", *(f"launcher.{o}" for o in options), "launcher.cells_per_job=4")
+        + ["trainer=ddp", "+teacher.trainer.devices=1"]  # the students train on 2 GPUs (DDP), the teacher on 1
+    )
+    plan = make_plan(cfg)[0]
+    todo = units(plan, cfg["launcher"], set())
+    jobs = submit(todo, cfg["launcher"], prepare(cfg, plan))
+    scripts = {u: (tmp_path / f"{jobs[u].job_id.split('_')[0]}.sh").read_text() for u in jobs}
+    by_name = {unit.name: u for u, unit in enumerate(todo)}
+    teacher, student = by_name["digits/teacher"], by_name["digits/finetune/seed0"]
+    for u, script in scripts.items():
+        for line in ("--partition=gpu", "--time=90", "--account=proj", "--qos=high", "--constraint=a100"):
+            assert f"#SBATCH {line}\n" in script, (todo[u].name, line)
+        assert "#SBATCH --signal=USR2@" in script, "no preemption signal: the job would not be requeued"
+    assert "--dependency" not in scripts[teacher] and "#SBATCH --gpus-per-node=1\n" in scripts[teacher]
+    assert "#SBATCH --ntasks-per-node=1\n" in scripts[teacher]
+    teacher_id = jobs[teacher].job_id
+    assert f"#SBATCH --dependency=afterok:{teacher_id}\n" in scripts[student]
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in scripts[student]
+    assert "#SBATCH --ntasks-per-node=2\n" in scripts[student] and "#SBATCH --gpus-per-node=2\n" in scripts[student]
+    assert "#SBATCH --array=0-1%1\n" in scripts[student], "the 2 students are one array, 1 task at a time"
+    craft = next(jobs[u].job_id for u, unit in enumerate(todo) if "/craft/" in unit.name)
+    whitebox, transfer = (by_name[f"digits/finetune/seed0/cells/{k}"] for k in (0, 1))
+    assert len(todo[whitebox].stages) == 4 and len(todo[transfer].stages) == 2, "6 cells in jobs of at most 4"
+    assert f"#SBATCH --dependency=afterok:{jobs[student].job_id}\n" in scripts[whitebox]
+    assert f"#SBATCH --dependency=afterok:{jobs[student].job_id}:{craft}\n" in scripts[transfer]
+    covered = sorted(i for unit in todo for i in unit.stages)
+    assert covered == sorted(s["id"] for s in plan.stages), "every stage in exactly one job"
+
+
+# ---- a killed worker, two processes on one stage, a failed stage ---------------------------------------------
+def _wait_for(path: Path, predicate, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in path.glob("*.json"):
+            try:
+                s = json.loads(f.read_text())
+            except (json.JSONDecodeError, FileNotFoundError):
+                continue
+            if predicate(s):
+                return s
+        time.sleep(0.02)
+    raise TimeoutError(f"no worker status in {path} matched")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stage_loses_nothing_and_the_next_run_redoes_nothing_finished(tmp_path, inline, one_thread):
+    args = [*tiny(tmp_path, *WORKERS), "launcher.workers=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.run", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    victim = "digits/pgd_at/seed0"
+    status = _wait_for(tmp_path / "results" / "launch" / "workers", lambda s: s.get("stage") == victim)
+    os.kill(status["pid"], signal.SIGKILL)
+    cache = tmp_path / "cache"
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("*/*/meta.json")}
+    output, _ = proc.communicate(timeout=300)
+    plan = make_plan(compose(tiny(tmp_path)))[0]
+    assert not cache.joinpath(*stage_entry(plan.stage(victim)), "meta.json").exists(), "killed too late"
+    assert proc.returncode == 1 and "worker 0 exited with code -9" in output
+    assert "did not finish" in output and "the same command runs them" in output
+    again = runner.run(compose(tiny(tmp_path)))
+    assert computed(again) == {"teacher_trained": 0, "student_trained": 1, "crafted": 0, "attacks_run": 6}
+    assert {p: p.stat().st_mtime_ns for p in before} == before, "a finished stage was computed again"
+    assert_same_rows(inline, read_rows(tmp_path))
+
+
+RUN_ONE = """
+import json, sys, time
+from pathlib import Path
+from benchmark.launchers.common import StageRunner
+runner = StageRunner(sys.argv[1])
+stage = runner.plan.stage(sys.argv[2])
+Path(sys.argv[3]).touch()
+while len(list(Path(sys.argv[3]).parent.glob("ready-*"))) < 2:  # both start together
+    time.sleep(0.01)
+print(runner.run(stage, wait=True), json.dumps(dict(runner.executor.done.stats)))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_reaching_the_same_stage_compute_it_once(tmp_path):
+    from benchmark.launchers.common import prepare
+
+    cfg = compose(tiny(tmp_path, "launcher=workers"))
+    root = prepare(cfg, make_plan(cfg)[0])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUN_ONE, str(root), "digits/teacher", str(tmp_path / f"ready-{i}")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300)[0].strip().splitlines()[-1].split(" ", 1) for p in procs]
+    assert [r[0] for r in results] == ["ran", "ran"]
+    stats = [json.loads(r[1]) for r in results]
+    assert sorted(s.get("teacher_trained", 0) for s in stats) == [0, 1], "the teacher was trained twice"
+    assert sorted(s.get("cache_hits", 0) for s in stats) == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, inline, capsys):
+    cfg = compose(tiny(tmp_path, *WORKERS))
+    plan = make_plan(cfg)[0]
+    broken = plan.stage("digits/finetune/seed0")
+    # A directory where the stage's claim file goes: claiming it raises, as a real I/O error would.
+    (tmp_path / "cache" / "student" / f".{broken['key']}.claim").mkdir(parents=True)
+    assert runner.main(tiny(tmp_path, *WORKERS)) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "digits/finetune/seed0 failed:" in x]
+    assert "IsADirectoryError" in line and "worker-" in line and ".log" in line
+    assert "skipped 6 stage(s)" in err, "the student's 6 cells need it"
+    rows = read_rows(tmp_path)
+    assert {r["defense"] for r in rows} == {"teacher", "pgd_at"}
+    assert_same_rows([r for r in inline if r["defense"] != "finetune"], rows)
