@@ -18,7 +18,7 @@ from benchmark.metrics import TRANSFERABILITY_FORMS
 from benchmark.stages.build import build, build_datamodule, build_model, declared, teacher_module_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "experiment")
+GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "launcher", "experiment")
 
 
 def options(group: str) -> list[str]:
@@ -163,8 +163,9 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
     if ev.get("n_examples") is not None and ev["n_examples"] < 1:
         raise ConfigError(f"eval.n_examples must be >= 1 or null, got {ev['n_examples']}")
     for key in ("batch_size", "draws", "sanity_examples"):
-        if not isinstance(ev[key], int) or ev[key] < 1:
-            raise ConfigError(f"eval.{key} must be an integer >= 1, got {ev[key]}")
+        if (key, ev[key]) != ("batch_size", "auto") and (not isinstance(ev[key], int) or ev[key] < 1):
+            raise ConfigError(f"eval.{key} must be an integer >= 1{' or auto' * (key == 'batch_size')}, got {ev[key]}")
+    choose("eval.precision", ev.get("precision", "fp32"), ("fp32", "bf16", "fp16"))
     choose("report.transferability", cfg["report"]["transferability"], TRANSFERABILITY_FORMS)
     for norm, value in cfg["report"]["headline"].items():
         choose("report.headline norm", norm.lower(), ("linf", "l2"))
