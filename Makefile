@@ -15,8 +15,17 @@ install:  ## create .venv and install the suite with its test tools (torch from 
 	$(PY) -m pip install --quiet -e '.[test]'
 	@echo "installed into .venv; next: make bench"
 
-bench:  ## run an experiment (EXPERIMENT=digits by default; ARGS='defense=pgd_at ...' for overrides)
+# Without EXPERIMENT on the command line, `make bench` runs every embedded experiment in turn: `digits`, then
+# `digits_ssl` (paper 3's SSL encoder, its students and the downstream-agnostic attacks; paper 1's CommonInit).
+BENCH_EXPERIMENTS ?= digits digits_ssl
+
+bench:  ## run the embedded experiments (digits, digits_ssl), or EXPERIMENT=name; ARGS='defense=pgd_at ...' overrides
+ifeq ($(origin EXPERIMENT),command line)
 	$(PY) -m benchmark.run experiment=$(EXPERIMENT) $(ARGS)
+else
+	@for e in $(BENCH_EXPERIMENTS); do echo "make bench: experiment=$$e"; \
+		$(PY) -m benchmark.run experiment=$$e $(ARGS) || exit $$?; done
+endif
 
 test:  ## run the test suite on the CPU (slow tests included)
 	$(PY) -m pytest

@@ -12,20 +12,34 @@ from attacks.base import (
     parse_norm,
 )
 from attacks.fgsm import FGSM
+from attacks.mimicry import MimicryAttack
+from attacks.ms_ssim import dssim, ms_ssim
 from attacks.pgd import PGD
+from attacks.reject import RejectAwarePGD
 from attacks.transfer import TransferAttack
+from attacks.universal import L4A, SSP, AdvEncoderPER, FeatureUAP, SSPUniversal, UniversalAttack
 
 __all__ = [
+    "L4A",
+    "SSP",
+    "AdvEncoderPER",
+    "FeatureUAP",
+    "SSPUniversal",
+    "UniversalAttack",
     "FGSM",
     "NORMS",
     "PGD",
     "Attack",
     "AttackConstraintError",
     "AutoAttack",
+    "MimicryAttack",
+    "RejectAwarePGD",
     "TransferAttack",
     "attack_mode",
     "check_adversarial",
+    "dssim",
     "eps_label",
+    "ms_ssim",
     "parse_eps",
     "parse_norm",
 ]

@@ -34,6 +34,9 @@ FLAG_DOC = {
     "attacks: the evaluation is likely to overestimate robustness",
     "autoattack_dynamic": "AutoAttack: the forward pass computes gradients (a dynamic defense)",
     "autoattack_n_classes": "AutoAttack: too few classes for its targeted or DLR attacks",
+    "no_adaptive_attack": "the defense may reject its input, and no attack aimed at its reject decision (e.g. "
+    "pgd_reject_aware) ran at this budget: attacks that ignore the reject option overestimate it, so the report "
+    "withholds this number",
 }
 
 
@@ -98,6 +101,20 @@ def unbounded(row: dict, out: dict) -> None:
     """An unbounded attack (eps = 1, the whole image box) must break every example (item 5: success 100 %)."""
     if metrics(out)["robust_acc"] > tolerance(size(out)):
         add_flag(row, "unbounded_attack_not_chance")
+
+
+def abstaining_without_adaptive_attack(made: list[tuple[dict, dict, object]], worst_rows: list[dict]) -> None:
+    """A defense that may reject (its outcomes record rejections) is only as good as its worst case over attacks
+    that include one aimed at the accept/reject pipeline (an attack with `reject_aware`; Carlini & Wagner 2017).
+    Without any, every row of the model is flagged; otherwise the worst-case rows at budgets none of them covered.
+    `made`: (row, outcome, attack) of one model's attack rows; `worst_rows`: its worst-case rows."""
+    if not any("clean_rejected" in out for _, out, _ in made):
+        return
+    covered = {(r["norm"], round(r["eps"], 10)) for r, _, a in made if getattr(a, "reject_aware", False)}
+    flagged = [r for r, _, _ in made] + worst_rows if not covered else worst_rows
+    for row in flagged:
+        if row["threat_model"] != "sanity" and (row["norm"], round(row["eps"], 10)) not in covered:
+            add_flag(row, "no_adaptive_attack")
 
 
 # ---- rules across rows --------------------------------------------------------------------------------

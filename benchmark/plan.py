@@ -4,9 +4,13 @@ config -> **plan** -> execute -> score -> checks -> rows -> report / tracking. T
 models; its length is the progress total, and each stage names the stages it needs (`deps`), so a stage can be
 handed to another process or cluster job. Stage kinds:
 
-- `teacher`, `student`: training jobs (`job`: what `benchmark.stages.train` runs);
-- `craft`: adversarial examples crafted once on the teacher (`Attack.crafted`: transfer attacks), scored on every
-  student;
+- `teacher`, `student`: training jobs (`job`: what `benchmark.stages.train` runs). The teacher may be a public
+  model instead (`teacher.checkpoint=PATH`, a state-dict file loaded with `weights_only=True`, or timm's weights
+  with `model.pretrained=true`): it is then loaded, not trained. With `teacher.common` (paper 1's CommonInit) a
+  `common` stage (an SSL encoder, a supervised model, a checkpoint) comes first, the teacher is fine-tuned on the
+  source from it, and a defense with `start_from: common` starts from it as well;
+- `craft`: adversarial examples crafted once on the teacher (`Attack.crafted`: transfer attacks, universal
+  perturbations; `surrogate: common` crafts on the common model), scored on every student;
 - `cell`: one attack at one epsilon on one model. `role` says what it is for: `attack` (a row), `reference`
   (the white-box counterpart of a transfer attack, for transferability), and the sanity checks of a randomized
   model: `frozen` (randomness fixed), `x2` (twice the steps and EOT samples; a row that joins the worst case),
@@ -28,7 +32,10 @@ from benchmark.stages.build import (
     NON_SEMANTIC_DATA_KEYS,
     build,
     build_datamodule,
+    build_model,
+    checkpoint_spec,
     job_key_spec,
+    load_checkpoint,
     semantic,
     teacher_module_cfg,
 )
@@ -36,6 +43,8 @@ from benchmark.stages.build import (
 #: The code a cell runs besides its attack (its model's code is in the model's key).
 CELL_MODULES = ("benchmark.stages.attack", "benchmark.stages.score", "benchmark.detection")
 ROLES = ("attack", "reference", "frozen", "x2", "unbounded")
+#: Where a student starts (`start_from` in a defense config): the teacher, or the common model of CommonInit.
+STARTS = ("teacher", "common")
 
 
 def module_of(target: str) -> str:
@@ -101,6 +110,8 @@ class Planner:
         self.plan = Plan(cfg["name"])
         self.notes: list[str] = []  # what the plan leaves out by design (the log shows them)
         self.warnings: list[str] = []  # checks the plan cannot run (every report shows them)
+        self.teachers: dict[str, dict] = {}  # pair -> the teacher stage
+        self.commons: dict[str, dict] = {}  # pair -> CommonInit's common model stage (teacher.common)
 
     def make(self) -> Plan:
         for pair in self.cfg["data"]:
@@ -108,7 +119,7 @@ class Planner:
         return self.plan
 
     # ---- training stages -------------------------------------------------------------------------
-    def _job(self, kind, name, pair, module, trainer, seed, teacher_key, init_key=None) -> dict:
+    def _job(self, kind, name, pair, module, trainer, seed, teacher_key, init_key=None, **extra) -> dict:
         cfg = self.cfg
         info = self.plan.pairs[pair]
         job = {
@@ -125,6 +136,7 @@ class Planner:
             "teacher_key": teacher_key,
             "init_key": init_key,
             "cache_dir": str(cfg["cache_dir"]),
+            **extra,
         }
         modules = [module_of(job["data"]["_target_"]), module_of(module["_target_"]), "benchmark.stages.train"]
         job["key"] = stage_key(kind, job_key_spec(job), modules)
@@ -142,21 +154,28 @@ class Planner:
         return found
 
     def _student(self, pair: str, name: str, seed: int, teacher: dict, chain: tuple[str, ...] = ()) -> dict:
-        """The training stage of a defense; a defense with `init_from` first gets the stage it starts from."""
-        from attacks.errors import ConfigError
+        """The training stage of a defense; a defense with `init_from` first gets the stage it starts from, one with
+        `start_from: common` copies the common model instead of the teacher (CommonInit)."""
+        from attacks.errors import ConfigError, choose
 
         sid = f"{pair}/{name}/seed{seed}"
         existing = self.plan._index().get(sid)
         if existing is not None:
             return existing
         dcfg = self._defense_cfg(name)
+        start = dcfg.get("start_from", "teacher")
+        choose(f"defense {name}: start_from", start, STARTS)
+        if start == "common":
+            teacher = self.commons.get(pair)
+            if teacher is None:
+                raise ConfigError(f"defense '{name}' starts from the common model, but teacher.common is not set")
         deps, init_key = [teacher["id"]], None
         if parent := dcfg.get("init_from"):
             if parent in (*chain, name):
                 raise ConfigError(
                     f"defense '{name}' starts from itself: init_from chain {' -> '.join((*chain, name, parent))}"
                 )
-            earlier = self._student(pair, parent, seed, teacher, (*chain, name))
+            earlier = self._student(pair, parent, seed, self.teachers[pair], (*chain, name))
             deps.append(earlier["id"])
             init_key = earlier["key"]
         job = self._job("student", name, pair, dcfg["module"], dcfg.get("trainer"), seed, teacher["key"], init_key)
@@ -184,20 +203,47 @@ class Planner:
                 "fingerprint": dm.fingerprint(),
                 "seed": ev["seed"],
                 "batch_size": ev["batch_size"],
+                "precision": ev.get("precision", "fp32"),  # the attacks' autocast: crafted sets and cells differ
                 "detection": bool(ev["detection"]),
                 "detection_reference": ev["detection_reference"] if ev["detection"] else None,
             },
         }
         tcfg = cfg["teacher"]
-        tseed = tcfg.get("seed", 0)
-        job = self._job("teacher", "teacher", pair, teacher_module_cfg(tcfg), tcfg.get("trainer"), tseed, None)
-        teacher = {"id": f"{pair}/teacher", "kind": "teacher", "key": job["key"], "deps": [], "job": job}
-        teacher.update(defense="teacher", seed=tseed)
-        self.plan.add(teacher)
-        self._cells(pair, teacher, Declared(frozenset(), False), teacher)
+        common = None
+        if tcfg.get("common"):
+            common = self._root(pair, "common", tcfg["common"], dm, None)
+            self.commons[pair] = common
+        teacher = self._root(pair, "teacher", tcfg, dm, common)
+        self.teachers[pair] = teacher
+        for root in (common, teacher) if common else (teacher,):
+            self._cells(pair, root, Declared(frozenset(), False), teacher)
         for seed in self.seeds:
             for name in cfg["defense"]:
                 self._cells(pair, self._student(pair, name, seed, teacher), self.declared[name], teacher)
+
+    def _root(self, pair: str, name: str, tcfg: dict, dm, common: dict | None) -> dict:
+        """The teacher (or CommonInit's common model): trained on the source domain (from the common model when
+        there is one), or a public model loaded as it is: a checkpoint file, or timm's pretrained weights for the
+        first model of the chain (`model.pretrained=true`)."""
+        where = "teacher.checkpoint" if name == "teacher" else "teacher.common.checkpoint"
+        if name == "common":  # the teacher's module is validated with the config; a bad SSL argument fails here
+            build(teacher_module_cfg(tcfg), model=build_model(self.cfg["model"], dm))
+        extra: dict = {}
+        if tcfg.get("checkpoint"):
+            extra = {"public": True, "checkpoint": checkpoint_spec(tcfg["checkpoint"], where)}
+            load_checkpoint(extra["checkpoint"], build_model(self.cfg["model"], dm))  # a misfit fails before work
+        elif self.cfg["model"].get("pretrained") and common is None:
+            extra = {"public": True}
+        if common is not None and not extra:
+            extra.update(init_key=common["key"], init_kind="teacher")
+        seed = tcfg.get("seed", 0)
+        job = self._job("teacher", name, pair, teacher_module_cfg(tcfg), tcfg.get("trainer"), seed, None, **extra)
+        stage = {"id": f"{pair}/{name}", "kind": "teacher", "key": job["key"], "deps": [], "job": job}
+        if extra.get("init_key"):
+            stage["deps"] = [common["id"]]
+        stage.update(defense=name, seed=seed)
+        self.plan.add(stage)
+        return stage
 
     # ---- cells -----------------------------------------------------------------------------------
     def _cells(self, pair: str, model: dict, declared: Declared, teacher: dict) -> None:
@@ -226,7 +272,7 @@ class Planner:
         attack = make_attack(spec)
         deps, craft = [model["id"]], None
         if attack.crafted:
-            craft = self._craft(pair, entry, spec, teacher, attack)
+            craft = self._craft(pair, entry, spec, self._surrogate(pair, entry, attack, teacher), attack)
             deps.append(craft["id"])
         key_spec = {
             "model": model["key"],
@@ -262,6 +308,17 @@ class Planner:
             ref = self._cell(pair, model, entry, counterpart, "reference", n, False, 1, teacher, "/reference")
             self.plan.stage(cell["id"])["reference"] = ref["id"]
         return self.plan.stage(cell["id"])
+
+    def _surrogate(self, pair: str, entry: AttackEntry, attack: Attack, teacher: dict | None) -> dict:
+        """The stage a crafted attack is crafted on: the teacher, or the common model (`surrogate: common`)."""
+        from attacks.errors import ConfigError
+
+        teacher = teacher or self.teachers[pair]
+        if getattr(attack, "surrogate_name", "teacher") != "common":
+            return teacher
+        if pair not in self.commons:
+            raise ConfigError(f"attack '{entry.name}' is crafted on the common model, but teacher.common is not set")
+        return self.commons[pair]
 
     def _craft(self, pair: str, entry: AttackEntry, spec: dict, teacher: dict, attack: Attack) -> dict:
         info = self.plan.pairs[pair]

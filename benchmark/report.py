@@ -53,7 +53,8 @@ def leaderboard(
     found: list[dict] | None = None,
 ) -> str:
     """Markdown: per dataset pair, defenses ranked by per-example worst-case robust accuracy at the headline budget;
-    then the findings (`benchmark.findings`, when given) and every warning of the run."""
+    then the findings (`benchmark.findings`, when given) and every warning of the run. `rows` as `rebuild` passes
+    them: with the numbers of `no_adaptive_attack` rows withheld (`withheld`)."""
     hl = headline_eps(rows, headline)
     lines = [
         f"# Leaderboard: {rows[0]['experiment']}" if rows else "# Leaderboard",
@@ -74,13 +75,16 @@ def leaderboard(
         "over every attack at that norm and epsilon. Attacks may run on fewer examples (see results.csv "
         "`n_examples`). Ranking: worst case at the headline budget ("
         + ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
-        + ").",
+        + "). A defense that may reject its input is ranked by the same rule: a rejected adversarial input counts as "
+        "defended, a rejected clean input as an error; its numbers are withheld (-) at budgets where no attack aimed "
+        "at its reject decision ran.",
         "",
     ]
     for pair in dict.fromkeys(r["pair"] for r in rows):
         res = PairResults([r for r in rows if r["pair"] == pair])
         f = res.first
-        ranked = res.ranked(hl)
+        unranked = _unranked(res, hl)  # its headline number is withheld: listed last, without a rank
+        ranked = [d for d in res.ranked(hl) if d not in unranked] + [d for d in res.ranked(hl) if d in unranked]
         cols = [(a, n, hl[n]) for a, n in res.attacks if any(res.values(d, a, n, hl[n]) for d in ranked)]
         base = res.clean("finetune")
         lines += [
@@ -99,7 +103,7 @@ def leaderboard(
             ],
             [
                 [
-                    str(i),
+                    "-" if d in unranked else str(i),
                     d,
                     _pct(res.clean(d)),
                     *([_signed(res.clean_cost(d))] if base else []),
@@ -126,6 +130,7 @@ def leaderboard(
             ["defense", *(_column(a, n, hl[n]) for a, n in whitebox)],
             [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
         )
+        lines += _mimicry_section(res) + _abstaining_section(res, hl)
         if res.sanity:
             lines += [
                 "",
@@ -234,6 +239,87 @@ def leaderboard(
     return "\n".join(lines)
 
 
+#: Row fields blanked when a defense that may reject lacks an attack on its reject decision (`no_adaptive_attack`).
+WITHHELD_FIELDS = ("robust_acc", "robust_acc_worst_of_k", "success_rate", "robust_acc_ci_low", "robust_acc_ci_high")
+
+
+def withheld(row: dict) -> dict:
+    """The row as the leaderboard shows it: without robustness numbers when the runner flagged it
+    `no_adaptive_attack` (results.csv keeps them, with the flag)."""
+    if "no_adaptive_attack" not in str(row.get("flags") or "").split(";"):
+        return row
+    return {**row, **dict.fromkeys(WITHHELD_FIELDS, "")}
+
+
+def _unranked(res: PairResults, hl: dict[str, float]) -> set[str]:
+    """Defenses whose worst case at a headline budget is withheld (`no_adaptive_attack`)."""
+    return {
+        r["defense"]
+        for r in res.rows
+        if r["attack"] == "worst_case"
+        and "no_adaptive_attack" in str(r.get("flags") or "")
+        and abs(float(r["eps"]) - hl.get(r["norm"], -1)) < 1e-9
+    }
+
+
+def _mimicry_section(res: PairResults) -> list[str]:
+    """Mimicry rows: robust accuracy and, for targeted attacks, the targeted success rate, per budget."""
+    mimicry = {r["attack"] for r in res.rows if r["threat_model"] == "mimicry"}
+    keys = [(a, n, e) for a, n in res.attacks for e in res.epsilons(a, n) if a in mimicry]
+    if not keys:
+        return []
+    lines = [
+        "",
+        "### Mimicry of the teacher's layer K (Wang et al. 2018)",
+        "",
+        "Crafted once on the teacher, scored on every student: robust accuracy % (in brackets, for a targeted attack, "
+        "the targeted success rate %: the share of clean-correct examples the model assigns to the target class). "
+        "The untargeted success rate is results.csv `success_rate`.",
+        "",
+    ]
+
+    def cell(d, a, n, e) -> str:
+        robust, targeted = _pct(res.values(d, a, n, e)), res.values(d, a, n, e, "targeted_success")
+        return robust + (f" ({_pct(targeted)})" if targeted else "")
+
+    return lines + _table(
+        ["defense", *(_column(a, n, e) for a, n, e in keys)],
+        [[d, *(cell(d, a, n, e) for a, n, e in keys)] for d in res.defenses],
+    )
+
+
+def _abstaining_section(res: PairResults, hl: dict[str, float]) -> list[str]:
+    """Defenses that may reject: clean accuracy on accepted inputs, false rejections, defense and rejection rates
+    under every attack at the headline budgets."""
+    rows = [
+        r
+        for r in res.rows
+        if number(r.get("false_rejection_rate")) is not None and abs(float(r["eps"]) - hl.get(r["norm"], -1)) < 1e-9
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Defenses that reject inputs",
+        "",
+        "`clean`: accuracy with a rejected clean input counted as an error; `accepted`: accuracy on the clean inputs "
+        "accepted; `false rej.`: clean inputs rejected; `robust`: the headline rule (a rejected adversarial input "
+        "is defended); `defense rate`: adversarial inputs (of the examples right clean) rejected or classified "
+        "right; `adv rej.`: of those, rejected. At the headline budgets; every attack, including the adaptive one.",
+        "",
+    ]
+    fields = ("clean_acc", "clean_acc_accepted", "false_rejection_rate", "robust_acc", "defense_rate")
+    header = ["defense", "seed", "attack", "budget", "clean", "accepted", "false rej.", "robust", "defense rate"]
+    return lines + _table(
+        [*header, "adv rej."],
+        [
+            [r["defense"], str(r["seed"]), r["attack"], f"{r['norm']} {eps_str(r['norm'], float(r['eps']))}"]
+            + [_pct([v]) if (v := number(r.get(f))) is not None else "-" for f in (*fields, "adv_rejection_rate")]
+            for r in rows
+        ],
+    )
+
+
 FORM_DOC = {
     "success_ratio": "ASR_B(x'_A) / ASR_B(x'_B), the transfer attack's success rate on the student over the "
     "white-box one's; 1 means transfer is as effective as white-box.",
@@ -284,6 +370,7 @@ def rebuild(out_dir: Path) -> dict[str, Path]:
     headline = config.get("headline") or {"linf": 16 / 255, "l2": 1.0}  # config.yaml's default
     form = config.get("transferability", "success_ratio")
     warnings = list(dict.fromkeys([*saved["run_warnings"], *flag_warnings(rows)]))
+    rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
     claims = fnd.claims_from_config(config["claims"]) if config.get("claims") else None
     found = fnd.findings(rows, saved["per_example"], headline, claims)
     (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found))

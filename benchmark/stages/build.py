@@ -1,7 +1,10 @@
-"""Configs -> objects: `_target_` instantiation with one-line errors, data pairs, models, training modules."""
+"""Configs -> objects: `_target_` instantiation with one-line errors, data pairs, models, training modules,
+public checkpoints and pretrained weights."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -48,9 +51,87 @@ def build_datamodule(data_cfg: dict) -> TransferDataModule:
 
 
 def build_model(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
-    return build_classifier(
-        model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **(model_cfg.get("kwargs") or {})
-    )
+    """The classifier of a model config; `pretrained: true` loads timm's pretrained weights of `backbone` (where
+    there is internet) and normalizes with the statistics those weights were trained with, not the data's."""
+    kwargs = model_cfg.get("kwargs") or {}
+    if not model_cfg.get("pretrained"):
+        return build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
+    return pretrained_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], **kwargs)
+
+
+def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    """timm's pretrained `backbone` with a new `num_classes` head, behind the normalization of its weights."""
+    import timm
+
+    from lightning_modules.classifier import ImageClassifier
+
+    build_classifier(backbone, num_classes, in_chans, (0.0,), (1.0,), **kwargs)  # a bad name: the usual one line
+    try:
+        net = timm.create_model(backbone, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except Exception as e:  # no weights for the name, no internet, a hub error: one line, and the local way out
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"model.pretrained=true: no pretrained weights for '{backbone}' ({type(e).__name__}: {first}); "
+            "without internet, give a local file as teacher.checkpoint=PATH"
+        ) from None
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean, std = list(cfg.get("mean", (0.5,))), list(cfg.get("std", (0.5,)))
+    if len(mean) != in_chans:  # grey images into an RGB model (timm sums the first conv's weights): grey stats
+        mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+    return ImageClassifier(net, mean, std)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_spec(path: str, where: str = "teacher.checkpoint") -> dict:
+    """A checkpoint file as a stage input: its absolute path and its sha256 (the cache key follows the file)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{where}: no file at '{path}' (give the path of a state-dict file saved with torch.save)")
+    return {"path": str(p.resolve()), "sha256": file_sha256(p), "where": where}
+
+
+def load_checkpoint(spec: dict, model: nn.Module) -> None:
+    """Load a checkpoint file into an `ImageClassifier` (`weights_only=True`: no code is run from the file).
+
+    Accepted layouts: the classifier's own state dict (`backbone.*`, optionally `mean` / `std`), a module's
+    (`model.*`, as the suite's cache stores; other keys such as projection heads are ignored), a Lightning
+    checkpoint (`state_dict`), or a bare backbone's (timm names). A file that does not fit is one line.
+    """
+    import torch
+
+    where, path = spec.get("where", "teacher.checkpoint"), spec["path"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{where}: '{path}' is not a weights-only state dict ({type(e).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{where}: '{path}' holds no state dict of tensors")
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not any(k.startswith("backbone.") for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k not in ("mean", "std")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+            if v
+        ]
+        backbone = type(getattr(model, "backbone", model)).__name__
+        raise ConfigError(f"{where}: '{path}' does not fit the model ({backbone}): {'; '.join(problems)}")
+    model.load_state_dict(state, strict=False)
 
 
 def semantic(cfg: dict, drop: tuple[str, ...]) -> dict:
@@ -79,6 +160,9 @@ def job_key_spec(job: dict) -> dict:
         "seed": job["seed"],
         "teacher_key": job.get("teacher_key"),
         "init_key": job.get("init_key"),
+        # a public model instead of training: the file's hash (not its path), or timm's weights
+        **({"checkpoint": job["checkpoint"]["sha256"]} if job.get("checkpoint") else {}),
+        **({"init_kind": job["init_kind"]} if job.get("init_kind") else {}),
     }
 
 
@@ -90,6 +174,10 @@ def build_module(job: dict, cache, dm: TransferDataModule) -> L.LightningModule:
         teacher = cache.tensors("teacher", job["teacher_key"], "state")
         kwargs["teacher_state"] = {k[len("model.") :]: v for k, v in teacher.items() if k.startswith("model.")}
     module = build(job["module"], **kwargs)
-    if job.get("init_key"):  # a later stage of a multi-stage defense starts from the earlier stage's weights
-        module.load_init_state(cache.tensors("student", job["init_key"], "state"))
+    if job.get("init_key"):
+        if job.get("init_kind") == "teacher":  # CommonInit: start from the common pre-trained model's classifier
+            state = cache.tensors("teacher", job["init_key"], "state")
+            module.load_init_state({k: v for k, v in state.items() if k.startswith("model.")})
+        else:  # a later stage of a multi-stage defense starts from the earlier stage's weights
+            module.load_init_state(cache.tensors("student", job["init_key"], "state"))
     return module

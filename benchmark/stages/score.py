@@ -2,7 +2,8 @@
 
 One counting rule for every model (Zhang et al. 2020; RobustBench): in each draw d of the model's randomness
 (one draw for a deterministic model), example i counts as robust when the model is right on it clean AND under
-attack: robust_d(i) = clean_d(i) & adv_d(i). Robust accuracy is the mean over examples and draws; the worst of
+attack: robust_d(i) = clean_d(i) & adv_d(i). For a model that may reject, a rejected clean input is an error and a
+rejected adversarial input is defended (`outcome`). Robust accuracy is the mean over examples and draws; the worst of
 K counts an example only if it is robust in every draw. An outcome holds the (K, n) boolean matrices `clean`
 and `adv` (the draws of clean and adversarial passes are paired by index).
 """
@@ -14,9 +15,54 @@ import torch
 from benchmark.metrics import Transferability, wilson_interval
 
 
-def outcome(pred_clean: torch.Tensor, pred_adv: torch.Tensor, y: torch.Tensor) -> dict:
-    """Per-example, per-draw correctness from (K, n) clean and adversarial predictions."""
-    return {"clean": pred_clean == y, "adv": pred_adv == y}
+def outcome(pred_clean: torch.Tensor, pred_adv: torch.Tensor, y: torch.Tensor, reject_label: int | None = None) -> dict:
+    """Per-example, per-draw correctness from (K, n) clean and adversarial predictions, and the adversarial
+    predictions themselves (`pred_adv`: a targeted attack's success is read from them).
+
+    A model that may reject (abstain) answers `reject_label` for a rejection. The counting rule then becomes: a
+    rejected clean input is an error (`clean` False), a rejected adversarial input is defended (`adv` True), so an
+    example is robust when it is accepted and right clean and, under attack, rejected or right. The rejections are
+    kept (`clean_rejected`, `adv_rejected`) for the abstention metrics.
+    """
+    out = {"clean": pred_clean == y, "adv": pred_adv == y, "pred_adv": pred_adv}
+    if reject_label is not None:
+        out["clean_rejected"] = pred_clean == reject_label
+        out["adv_rejected"] = pred_adv == reject_label
+        out["adv"] = out["adv"] | out["adv_rejected"]
+    return out
+
+
+def abstention(out: dict) -> dict:
+    """The metrics of a model that may reject, over examples and draws (None for one that never rejects):
+
+    - `clean_acc_accepted`: accuracy on the clean inputs it accepts;
+    - `false_rejection_rate`: the fraction of clean inputs it rejects;
+    - `defense_rate`: of the adversarial inputs (those of the examples it got right clean, the ones attacked), the
+      fraction rejected or classified right;
+    - `adv_rejection_rate`: of the same, the fraction rejected.
+    """
+    keys = ("clean_acc_accepted", "false_rejection_rate", "defense_rate", "adv_rejection_rate")
+    if "clean_rejected" not in out:
+        return dict.fromkeys(keys)
+    accepted = ~out["clean_rejected"]
+    attacked = out["clean"]
+    n_acc, n_att = int(accepted.sum()), int(attacked.sum())
+    nan = float("nan")
+    return {
+        "clean_acc_accepted": float((out["clean"] & accepted).sum()) / n_acc if n_acc else nan,
+        "false_rejection_rate": float(out["clean_rejected"].float().mean()),
+        "defense_rate": float((attacked & out["adv"]).sum()) / n_att if n_att else nan,
+        "adv_rejection_rate": float((attacked & out["adv_rejected"]).sum()) / n_att if n_att else nan,
+    }
+
+
+def targeted_success(out: dict, targets: torch.Tensor) -> float:
+    """A targeted attack's success rate: the fraction of the clean-correct examples (per draw) that the model
+    assigns to their target class under attack (Wang et al.: "over clean-correct sources")."""
+    n = out["pred_adv"].shape[-1]
+    correct = out["clean"]
+    hit = correct & (out["pred_adv"] == targets[:n].to(out["pred_adv"].device))
+    return float(hit.sum()) / int(correct.sum()) if int(correct.sum()) else float("nan")
 
 
 def robust_draws(out: dict) -> torch.Tensor:
@@ -57,6 +103,7 @@ def metrics(out: dict) -> dict:
         "draws": int(out["clean"].shape[0]) if "adv" in out else int(out.get("draws", 1)),
         "robust_acc_ci_low": lo,
         "robust_acc_ci_high": hi,
+        **abstention(out),
     }
 
 

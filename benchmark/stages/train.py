@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from benchmark.cache import Cache, stage_key
-from benchmark.stages.build import build_datamodule, build_module, job_key_spec
+from benchmark.stages.build import build_datamodule, build_module, job_key_spec, load_checkpoint
 from benchmark.tracking import finish_logger, lightning_logger
 from datamodules.base import TransferDataModule
 from lightning_modules.training import fit
@@ -62,8 +62,50 @@ def _param_checksum(module: nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in module.parameters()))
 
 
+@torch.no_grad()
+def _accuracy(model: nn.Module, dm: TransferDataModule, domain: str, split: str) -> float:
+    x, y = dm.tensors(domain, split)
+    model.eval()
+    pred = torch.cat([model(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+    return float((pred == y).float().mean())
+
+
+def run_public_job(job: dict) -> dict:
+    """A public model as a stage, not trained: a checkpoint file (`checkpoint`) or timm's pretrained weights
+    (`model.pretrained`). Its meta reports its accuracy on the source val split (`best_value`)."""
+    cache = Cache(job["cache_dir"])
+    L.seed_everything(job["seed"], workers=True, verbose=False)
+    dm = build_datamodule(job["data"])
+    start = time.perf_counter()
+    module = build_module(job, cache, dm)
+    if job.get("checkpoint"):
+        load_checkpoint(job["checkpoint"], module.model)
+    meta = {
+        "fit_seconds": time.perf_counter() - start,
+        "selection_metric": "val/acc (public model, not trained)",
+        "best_value": _accuracy(module.model, dm, job["domain"], "val"),
+        "best_epoch": None,
+        "val_history": [],
+        "epochs": 0,
+        "world_size": 1,
+        "global_rank": 0,
+        "kind": job["kind"],
+        "name": job["name"],
+        "key": job["key"],
+        "public": job["checkpoint"]["path"] if job.get("checkpoint") else f"timm:{job['model']['backbone']}",
+        "randomized": False,
+        "nondifferentiable": False,
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "prep": None,
+    }
+    cache.put(job["kind"], job["key"], meta, {"state": {k: v.detach().cpu() for k, v in module.state_dict().items()}})
+    return meta
+
+
 def run_train_job(job: dict, progress: bool = True) -> dict:
     """Train one teacher or student and store it in the cache (on global rank 0). Returns the meta."""
+    if job.get("public"):
+        return run_public_job(job)
     cache = Cache(job["cache_dir"])
     L.seed_everything(job["seed"], workers=True, verbose=False)
     dm = build_datamodule(job["data"])
@@ -104,7 +146,9 @@ def train_stage(job: dict, progress: bool = True) -> dict:
     if (meta := cache.meta(job["kind"], job["key"])) is not None:
         return {**meta, "cached": True}
     devices = job["trainer"].get("devices", 1)
-    if isinstance(devices, int) and devices > 1 or job["trainer"].get("num_nodes", 1) > 1:
+    if job.get("public"):
+        meta = run_public_job(job)
+    elif isinstance(devices, int) and devices > 1 or job["trainer"].get("num_nodes", 1) > 1:
         import subprocess
 
         dm = build_datamodule(job["data"])  # the preparation runs once, here; the ranks find it cached

@@ -36,6 +36,7 @@ from attacks import (
     PGD,
     Attack,
     AttackConstraintError,
+    MimicryAttack,
     TransferAttack,
     attack_mode,
     check_adversarial,
@@ -85,6 +86,14 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
     ],
     # The authors' budgets (100 iterations, 5,000 Square queries, EOT 20) cost minutes per run here; the invariants
     # do not depend on them (tests/attacks/test_adaptive.py compares the full budgets with the authors' code).
+    "MimicryAttack": [
+        ("linf-targeted", "linf", {"steps": 5}),
+        ("l2-untargeted", "l2", {"norm": "l2", "steps": 5, "targeted": False}),
+    ],
+    "RejectAwarePGD": [
+        ("linf", "linf", {"steps": 5}),
+        ("l2-restarts2-margin", "l2", {"norm": "l2", "steps": 5, "restarts": 2, "loss": "margin"}),
+    ],
     "AutoAttack": [
         ("standard-linf", "linf", {"version": "standard", "steps": 2}),
         ("standard-l2", "l2", {"norm": "l2", "version": "standard", "steps": 2}),
@@ -164,6 +173,9 @@ def make_attack(case: Case, eps: float, surrogate: nn.Module) -> Attack:
     attack = case.build(eps)
     if isinstance(attack, TransferAttack):
         attack.surrogate = surrogate
+    if isinstance(attack, MimicryAttack):  # target images: any labelled data the attacker holds
+        g = torch.Generator().manual_seed(0)
+        attack.attacker_data = (torch.rand(40, 1, 16, 16, generator=g), torch.arange(40) % 10)
     return attack
 
 

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import attacks
-from attacks import FGSM, PGD, Attack, AutoAttack, TransferAttack
+from attacks import FGSM, PGD, Attack, AutoAttack, MimicryAttack, RejectAwarePGD, TransferAttack
 from attacks.base import Eps
 from attacks.errors import ConfigError
 
@@ -61,7 +61,25 @@ CHANGES: dict[type[Attack], tuple[dict, dict]] = {
         {"eps": 0.2, "attack": functools.partial(PGD, steps=6)},
     ),
 }
-SINGLE_VALUED = {TransferAttack: {"surrogate"}}  # the teacher is the only surrogate
+CHANGES[RejectAwarePGD] = CHANGES[PGD]
+CHANGES[MimicryAttack] = (
+    {"eps": EPS},
+    {
+        "eps": 0.2,
+        "norm": "dssim",
+        "layer": "fc",
+        "targeted": False,
+        "steps": 50,
+        "step_size": 0.05,  # the default is eps / 4
+        "penalty": 1e9,
+        "lr": 0.5,
+        "rho": 0.9,
+        "adadelta_eps": 1e-6,
+        "quantize": True,
+        "seed": 1,
+    },
+)
+SINGLE_VALUED = {TransferAttack: {"surrogate"}, MimicryAttack: {"surrogate"}}  # the teacher is the only surrogate
 
 
 def exported_attacks() -> list[type[Attack]]:

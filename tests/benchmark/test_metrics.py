@@ -51,6 +51,8 @@ def test_transferability_both_readings_against_independent_formulas():
 def test_undefined_ratios_are_nan():
     assert math.isnan(value(AttackSuccessRate(), torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)))
     assert math.isnan(value(Transferability(), CLEAN, CLEAN, CLEAN))  # the white-box attack fooled nothing
+    # ... even when the transfer attack fooled some: undefined, not infinite.
+    assert math.isnan(value(Transferability(), CLEAN, CLEAN, torch.zeros(6, dtype=torch.bool)))
 
 
 def test_updates_accumulate_like_one_update_and_states_sum_across_processes():
@@ -105,7 +107,7 @@ def test_wilson_interval_stays_in_the_unit_interval():
 BATCHES = [
     (torch.tensor([T, T, F]), torch.tensor([F, T, F]), torch.tensor([T, T, T])),
     (torch.tensor([T, F, T, T, F]), torch.tensor([T, F, F, F, F]), torch.tensor([F, F, T, T, T])),
-    (torch.tensor([T, T]), torch.tensor([F, F]), torch.tensor([T, F])),
+    (torch.tensor([T, T]), torch.tensor([F, F]), torch.tensor([F, F])),
 ]
 
 
@@ -148,6 +150,7 @@ def test_expected_accuracy_averages_fractions_and_counts_exactly():
     m = ExpectedAccuracy()
     m.update([0.1, 0.2, 0.3])  # a plain sequence is accepted; the sum is kept in float64
     assert float(m.clone().compute()) == pytest.approx(0.2, rel=1e-6)
+    assert m.correct.item() == 0.1 + 0.2 + 0.3, "summed in float64 (float32 would give 0.6000000238)"
     assert m.correct.dtype == torch.float64 and m.total.dtype == torch.long
     assert math.isnan(float(ExpectedAccuracy().compute()))
     other = ExpectedAccuracy()

@@ -1,0 +1,430 @@
+"""Exact behaviour of the attack core (attacks/base.py, pgd.py, fgsm.py) on models whose gradients are known.
+
+Written against the survivors of `make mutate`: each test pins a value that a one-token change in the attack
+code moves (a step size, a sign, a projection radius, a tolerance, a pass count). The models are linear in
+float64, so every adversarial example has a closed form computed here with numpy, independently of the code:
+for a two-class linear model with logit difference d.x + c, the cross-entropy gradient always points along d,
+so L-inf steps move by sign(d) and L2 steps along d / ||d||. No trained model, no data set: the whole file runs
+in about a second, which keeps a mutant's test run short.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from attacks import FGSM, PGD, AttackConstraintError, attack_mode, check_adversarial
+from attacks.base import attack_loss, lp_norm
+
+D = np.array([1.0, -2.0, 0.0, 3.0])  # logit(1) - logit(0) = D.x + b1 - b0; a zero coordinate never moves
+
+
+class Linear(nn.Module):
+    """logits = x.flatten(1) @ W.T + b in float64; records every input it sees (the attack's iterates)."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.as_tensor(np.asarray(weight), dtype=torch.float64))
+        self.bias = nn.Parameter(torch.as_tensor(np.asarray(bias), dtype=torch.float64))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def two_class(b0: float = 1.5) -> Linear:
+    return Linear(np.stack([np.zeros(4), D]), [b0, 0.0])
+
+
+def images(levels) -> torch.Tensor:
+    """One 1x2x2 image per level, every pixel at that level (so D.x = 2 * level)."""
+    return torch.tensor(levels, dtype=torch.float64)[:, None, None, None].expand(-1, 1, 2, 2).clone()
+
+
+def flat(t: torch.Tensor) -> np.ndarray:
+    return t.detach().flatten(1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attacks/base.py: losses, norms, steps, projections, the constraint check, the contract
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_attack_losses_are_batch_sums_of_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    zn = z.numpy()
+    log_p = zn - zn.max(1, keepdims=True) - np.log(np.exp(zn - zn.max(1, keepdims=True)).sum(1, keepdims=True))
+    assert attack_loss(z, y, "ce").item() == pytest.approx(-log_p[np.arange(5), y.numpy()].sum(), rel=1e-12)
+    others = np.where(np.eye(4)[y.numpy()] == 1, -np.inf, zn).max(1)
+    assert attack_loss(z, y, "margin").item() == pytest.approx((others - zn[np.arange(5), y.numpy()]).sum())
+    target = torch.softmax(torch.randn(5, 4, generator=g, dtype=torch.float64), 1)
+    t = target.numpy()
+    assert attack_loss(z, target, "kl").item() == pytest.approx((t * (np.log(t) - log_p)).sum(), rel=1e-12)
+
+
+def test_lp_norms():
+    t = torch.tensor([[[[3.0, -4.0]]], [[[-0.5, 0.25]]]], dtype=torch.float64)
+    assert lp_norm(t, "linf").tolist() == [4.0, 0.5]
+    assert lp_norm(t, "l2").tolist() == pytest.approx([5.0, math.sqrt(0.3125)])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_check_adversarial_tolerances_are_tight(norm):
+    x = torch.full((1, 1, 1, 2), 0.5, dtype=torch.float64)
+    eps, atol = 0.1, 1e-6
+    unit = torch.tensor([1.0, 0.0], dtype=torch.float64).view(1, 1, 1, 2)
+    edge = eps * (1 + 1e-5) + atol
+    check_adversarial(x, x + (edge - 0.5 * atol) * unit, norm, eps)  # within the round-off allowance
+    with pytest.raises(AttackConstraintError, match=f"leaves the {norm} ball"):
+        check_adversarial(x, x + (edge + atol) * unit, norm, eps)
+    box = torch.tensor([0.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
+    check_adversarial(box, box + torch.tensor([-0.5 * atol, 0.5 * atol]).view(1, 1, 1, 2), norm, eps)
+    for outside in ([-2 * atol, 0.0], [0.0, 2 * atol]):
+        with pytest.raises(AttackConstraintError, match=r"leaves \[0, 1\]"):
+            check_adversarial(box, box + torch.tensor(outside).view(1, 1, 1, 2), norm, eps)
+    with pytest.raises(AttackConstraintError, match="shape"):
+        check_adversarial(x, x[:, :, :, :1], norm, eps)
+    with pytest.raises(AttackConstraintError, match="2 non-finite"):
+        check_adversarial(x, torch.full_like(x, math.nan), norm, eps)
+
+
+def test_steps_and_projections():
+    x = torch.full((2, 1, 1, 4), 0.5, dtype=torch.float64)
+    grad = torch.tensor([[3.0, -1e-9, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64).view(2, 1, 1, 4)
+    linf, l2 = PGD(0.2), PGD(0.2, norm="l2")
+    assert np.allclose(flat(linf.step(x, grad, 0.1)), [[0.6, 0.4, 0.5, 0.6], [0.5] * 4])
+    # L2: along grad / ||grad|| per example; a zero gradient leaves the example where it is (no NaN).
+    assert np.allclose(flat(l2.step(x, grad, 0.1)), [[0.56, 0.5, 0.5, 0.58], [0.5] * 4])
+    far = x + torch.tensor([[0.3, -0.05, 0.0, 0.6], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64).view(2, 1, 1, 4)
+    # L-inf: clip to x +- eps, then to [0, 1].
+    assert np.allclose(flat(linf.project(far, x)), [[0.7, 0.45, 0.5, 0.7], [0.5] * 4])
+    # L2: shrink to radius eps when outside the ball, untouched inside it.
+    delta = np.array([0.3, -0.05, 0.0, 0.6])
+    assert flat(l2.project(far, x))[0] == pytest.approx(0.5 + delta * 0.2 / np.linalg.norm(delta))
+    inside = x + 0.05
+    assert torch.equal(l2.project(inside, x), inside) and torch.equal(linf.project(inside, x), inside)
+    edge = torch.tensor([[0.95, 0.05]], dtype=torch.float64).view(1, 1, 1, 2)
+    pushed = edge + torch.tensor([0.1, -0.1], dtype=torch.float64).view(1, 1, 1, 2)
+    for attack in (linf, l2):
+        assert flat(attack.project(pushed, edge)).tolist() == [[1.0, 0.0]], "then clipped to [0, 1]"
+
+
+def test_fgsm_is_one_full_step_along_the_gradient_and_counts_passes():
+    model, x, y = two_class(), images([0.5, 0.4, 0.6]), torch.tensor([0, 0, 1])
+    direction = np.where(y.numpy()[:, None] == 0, 1.0, -1.0) * D  # the CE gradient points away from the label
+    attack = FGSM(0.1)
+    assert np.allclose(flat(attack(model, x, y)), flat(x) + 0.1 * np.sign(direction))
+    assert (attack.forward_passes, attack.backward_passes) == (3, 3)
+    l2 = FGSM(0.1, norm="l2")(model, x, y)
+    assert np.allclose(flat(l2), flat(x) + 0.1 * direction / np.linalg.norm(D))
+
+
+def margin_model() -> tuple[Linear, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Three classes where the CE gradient and the margin gradient disagree in sign on the first pixel."""
+    w = np.array([[0.0, 0.0], [1.0, 1.0], [-3.0, 0.1]])
+    b = np.array([2.0, 0.0, 2.4])
+    x = torch.full((1, 1, 1, 2), 0.5, dtype=torch.float64)
+    z = w @ np.full(2, 0.5) + b
+    p = np.exp(z) / np.exp(z).sum()
+    ce_grad = w.T @ (p - np.eye(3)[0])
+    margin_grad = w[1 + np.argmax(z[1:])] - w[0]
+    return Linear(w, b), x, torch.tensor([0]), ce_grad, margin_grad
+
+
+@pytest.mark.parametrize("cls", [FGSM, PGD])
+def test_the_margin_loss_is_followed(cls):
+    model, x, y, ce_grad, margin_grad = margin_model()
+    assert np.sign(ce_grad[0]) != np.sign(margin_grad[0])
+    kwargs = {} if cls is FGSM else {"steps": 1, "step_size": 0.05, "random_start": False}
+    ce = cls(0.05, loss="ce", **kwargs)(model, x, y)
+    margin = cls(0.05, loss="margin", **kwargs)(model, x, y)
+    assert np.allclose(flat(ce), flat(x) + 0.05 * np.sign(ce_grad))
+    assert np.allclose(flat(margin), flat(x) + 0.05 * np.sign(margin_grad))
+
+
+class Cycling(nn.Module):
+    """A randomized model with known draws: the k-th forward pass scales the logits by SCALES[k % 3]."""
+
+    SCALES = (1.0, 2.0, -1.5)
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        s = self.SCALES[self.calls % 3]
+        self.calls += 1
+        return s * self.inner(x)
+
+
+def test_eot_averages_gradients_and_logits_over_draws():
+    x, y = images([0.3, 0.7]), torch.tensor([0, 1])
+    attack = FGSM(0.1, eot=3)
+    logits, grad = attack.loss_and_grad(Cycling(two_class()), x, y)
+    model, grads, outs = Cycling(two_class()), [], []
+    for _ in range(3):
+        xr = x.clone().requires_grad_(True)
+        out = model(xr)
+        grads.append(torch.autograd.grad(attack_loss(out, y, "ce"), xr)[0])
+        outs.append(out.detach())
+    assert torch.allclose(grad, sum(grads) / 3) and torch.allclose(logits, sum(outs) / 3)
+    assert (attack.forward_passes, attack.backward_passes) == (6, 6)
+
+
+class WithBPDA(Linear):
+    """A deployed model with a BPDA view: another linear model, whose gradient the attack must follow."""
+
+    def bpda(self):
+        view = two_class()
+        with torch.no_grad():
+            view.weight.neg_()
+        return view
+
+
+def test_bpda_takes_gradients_through_the_view():
+    model, x, y = WithBPDA(np.stack([np.zeros(4), D]), [1.5, 0.0]), images([0.5]), torch.tensor([0])
+    assert np.allclose(flat(FGSM(0.1, bpda=True)(model, x, y)), 0.5 - 0.1 * np.sign(D))
+    assert np.allclose(flat(FGSM(0.1)(model, x, y)), 0.5 + 0.1 * np.sign(D))
+    with pytest.raises(AttackConstraintError, match="BPDA needs"):
+        FGSM(0.1, bpda=True)(two_class(), x, y)
+
+
+def test_attack_mode_freezes_and_restores_every_submodule():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4))
+    net.train()
+    net[1].eval()
+    net[0].bias.requires_grad_(False)
+    with attack_mode(net):
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+    assert [m.training for m in net.modules()] == [True, True, False, True]
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
+    with pytest.raises(RuntimeError), attack_mode(net):
+        raise RuntimeError("an attack failed")
+    assert [m.training for m in net.modules()] == [True, True, False, True]
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
+
+
+def test_the_call_works_under_no_grad_and_returns_a_detached_copy():
+    model, x, y = two_class(), images([0.5, 0.4]), torch.tensor([0, 1])
+    expected = FGSM(0.1)(model, x, y)
+    with torch.no_grad():
+        x_adv = FGSM(0.1)(model, x, y)
+    assert torch.equal(x_adv, expected) and not x_adv.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_labels():
+    assert PGD("8/255").label == "pgd_linf_8"
+    assert FGSM(0.5, norm="l2", eot=2, bpda=True).label == "bpda_eot_fgsm_l2_0.5"
+    assert FGSM(0.5, eot=1, bpda=False).label == "fgsm_linf_127.5"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attacks/pgd.py: iterates, step size, random start, early stopping, restarts, pass counts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_pgd_iterates_follow_the_default_step_and_the_projection():
+    model, x, y = two_class(b0=5.0), images([0.5]), torch.tensor([0])  # never fooled: the margin 4 exceeds any change
+    attack = PGD(0.1, steps=10, random_start=False)
+    assert attack.step_size == pytest.approx(0.025)
+    x_adv = attack(model, x, y)
+    moved = [np.abs(flat(s) - 0.5).max() for s in model.seen]
+    assert moved == pytest.approx([min(0.025 * k, 0.1) for k in range(10)])
+    assert np.allclose(flat(x_adv), 0.5 + 0.1 * np.sign(D))
+    assert (attack.forward_passes, attack.backward_passes) == (10, 10)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_with_an_explicit_step_stops_inside_the_ball(norm):
+    model, x, y = two_class(b0=5.0), images([0.5]), torch.tensor([0])
+    x_adv = PGD(0.2, norm=norm, steps=3, step_size=0.05, random_start=False)(model, x, y)
+    direction = np.sign(D) if norm == "linf" else D / np.linalg.norm(D)
+    assert np.allclose(flat(x_adv), 0.5 + 0.15 * direction)
+
+
+def test_pgd_l2_ends_on_the_sphere():
+    model, x, y = two_class(b0=5.0), images([0.5]), torch.tensor([0])
+    x_adv = PGD(0.3, norm="l2", steps=4, random_start=False)(model, x, y)
+    assert np.allclose(flat(x_adv), 0.5 + 0.3 * D / np.linalg.norm(D))
+
+
+#: Clean margins logit(0) - logit(1) and the first iterate (step 0.01 shrinks them by 0.06) that is misclassified.
+MARGINS = {-0.1: 0, 0.03: 1, 0.15: 3, 0.5: 9, 1.2: None}
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_early_stop_freezes_each_example_at_its_first_adversarial_iterate(early_stop):
+    levels = [(1.5 - m) / 2 for m in MARGINS]  # b0 = 1.5: margin = 1.5 - D.x = 1.5 - 2 * level
+    model, x, y = two_class(), images(levels), torch.zeros(len(MARGINS), dtype=torch.long)
+    x_adv = PGD(0.1, steps=10, step_size=0.01, random_start=False, early_stop=early_stop)(model, x, y)
+    for i, k in enumerate(MARGINS.values()):
+        k = 10 if k is None or not early_stop else k
+        assert np.allclose(flat(x_adv)[i], levels[i] + 0.01 * k * np.sign(D)), f"example {i}"
+
+
+def test_restarts_rerun_only_the_examples_still_standing():
+    model, y = two_class(b0=5.0), torch.tensor([0, 0])
+    attack = PGD(0.1, steps=4, restarts=3, random_start=False)
+    attack(model, images([0.5, 0.5]), y)
+    # Three restarts of 4 passes on 2 examples, and a check of the final iterate after the first two.
+    assert (attack.forward_passes, attack.backward_passes) == (3 * 4 * 2 + 2 * 2, 3 * 4 * 2)
+    fooled = PGD(0.1, steps=4, restarts=3, random_start=False)
+    x = images([0.8, 0.8])  # margin 1.5 - 1.6 < 0: wrong from the start
+    assert torch.equal(fooled(two_class(), x, y), x)
+    assert (fooled.forward_passes, fooled.backward_passes) == (2, 2), "no restart after everyone is fooled"
+    mixed = PGD(0.1, steps=4, restarts=2, random_start=False)
+    mixed(two_class(), images([0.8, 0.2]), y)  # one wrong at once, one never fooled (margin 1.1 > 4 * 0.15)
+    assert (mixed.forward_passes, mixed.backward_passes) == (2 + 3 + 1 + 4, 2 + 3 + 4)
+
+
+def first_iterates(norm: str, eps: float, level: float, n: int = 400) -> np.ndarray:
+    torch.manual_seed(0)
+    model = two_class(b0=5.0)
+    PGD(eps, norm=norm, steps=1, random_start=True)(model, images([level] * n), torch.zeros(n, dtype=torch.long))
+    return flat(model.seen[0]) - level
+
+
+def test_random_start_linf_is_uniform_in_the_box_and_clipped():
+    delta = first_iterates("linf", 0.1, 0.5)
+    assert np.abs(delta).max() <= 0.1 + 1e-12 and delta.min() < -0.09 and delta.max() > 0.09
+    assert abs(delta.mean()) < 0.01 and 0.3 < (np.abs(delta) < 0.05).mean() < 0.7
+    assert first_iterates("linf", 0.1, 0.02).min() >= -0.02, "the start is clipped to [0, 1]"
+
+
+def test_random_start_l2_has_a_random_radius_inside_the_ball():
+    radius = np.linalg.norm(first_iterates("l2", 0.2, 0.5), axis=1)
+    assert radius.max() <= 0.2 + 1e-12 and radius.min() < 0.02
+    assert 0.08 < radius.mean() < 0.12, "uniform radius in [0, eps]: mean eps / 2"
+    assert first_iterates("l2", 0.2, 0.02).min() >= -0.02
+
+
+def test_no_random_start_at_eps_zero():
+    model = two_class()
+    x = images([0.5])
+    assert torch.equal(PGD(0.0, random_start=True)(model, x, torch.tensor([0])), x)
+    assert torch.equal(model.seen[0], x)
+
+
+def test_random_start_radius_is_uniform_on_one_pixel():
+    """With one pixel the L2 direction is +-1, so the start's distance is the radius itself: uniform on [0, eps]."""
+    torch.manual_seed(0)
+    n, model = 2000, Linear([[0.0], [1.0]], [5.0, 0.0])
+    PGD(0.2, norm="l2", steps=1)(model, torch.full((n, 1, 1, 1), 0.5, dtype=torch.float64), torch.zeros(n).long())
+    radius = np.abs(flat(model.seen[0]) - 0.5).ravel() / 0.2
+    assert 0.47 < radius.mean() < 0.53 and 0.07 < (radius > 0.9).mean() < 0.13 and radius.max() <= 1 + 1e-12
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_start_is_on_by_default_at_any_eps_and_clipped_above(norm):
+    model = two_class(b0=5.0)
+    PGD(1.0, norm=norm, steps=1)(model, images([0.5]), torch.tensor([0]))
+    assert not torch.equal(model.seen[0], images([0.5])), "PGD starts from a random point by default"
+    assert (first_iterates(norm, 0.2, 0.98) + 0.98).max() <= 1 + 1e-12, "the start is clipped to [0, 1]"
+
+
+def test_final_check_stops_restarts_for_examples_fooled_at_the_last_iterate():
+    # Margin 0.5 shrinks by 6 * 0.025 = 0.15 per step: still correct at iterates 0-3, wrong after the 4th step.
+    model, x, y = two_class(), images([(1.5 - 0.5) / 2]), torch.tensor([0])
+    attack = PGD(0.1, steps=4, step_size=0.025, restarts=2, random_start=False)
+    x_adv = attack(model, x, y)
+    assert np.allclose(flat(x_adv), flat(x) + 0.1 * np.sign(D))
+    assert (attack.forward_passes, attack.backward_passes) == (4 + 1, 4), "no second restart: it is fooled"
+    # Two examples never fooled, of different classes: the check is per example (row-wise argmax).
+    both = PGD(0.1, steps=2, restarts=2, random_start=False)
+    both(Linear(np.stack([np.zeros(4), D]), [0.0, -1.0]), images([0.1, 0.9]), torch.tensor([0, 1]))
+    assert (both.forward_passes, both.backward_passes) == (2 * 2 + 2 + 2 * 2, 2 * 2 * 2)
+
+
+def test_pgd_configuration_errors_name_the_problem():
+    from attacks.errors import ConfigError
+
+    cases = {
+        "^early_stop with eot > 1 would trust one noisy pass; use early_stop=false$": lambda: PGD(
+            0.1, eot=2, early_stop=True
+        ),
+        "unknown loss 'foo'": lambda: PGD(0.1, loss="foo"),
+        "steps must be an integer >= 1, got 0": lambda: PGD(0.1, steps=0),
+        "restarts must be an integer >= 1, got 0": lambda: PGD(0.1, restarts=0),
+        "step_size must be > 0, got 0": lambda: PGD(0.1, step_size=0),
+        "epsilon 'abc' is not a number": lambda: PGD("abc"),
+        "epsilon must be a finite number >= 0, got -1": lambda: PGD(-1),
+        "eot must be an integer >= 1": lambda: FGSM(0.1, eot=0),
+    }
+    for message, build in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            build()
+    with pytest.raises(ConfigError, match="unknown loss 'foo'"):
+        FGSM(0.1, loss="foo")
+    with pytest.raises(ConfigError, match="valid: eps, norm, steps, step_size"):
+        PGD(0.1).replace(foo=1)
+    # The recorded defaults: mutmut cannot change these (its trampoline keeps the original signature, which
+    # `inspect` reads), so the two mutants of the defaults survive there; see tests/mutation/equivalent.md.
+    assert PGD(0.1).arguments["norm"] == "linf" and FGSM(0.1).arguments["norm"] == "linf"
+    with pytest.raises(AttackConstraintError, match="Linear has none"):
+        FGSM(0.1, bpda=True)(two_class(), images([0.5]), torch.tensor([0]))
+
+
+def test_check_adversarial_accepts_the_exact_bounds():
+    atol, eps = 1e-6, 0.1
+    x = torch.zeros(1, 1, 1, 2, dtype=torch.float64)
+    bound = torch.tensor([eps * (1 + 1e-5) + atol, 0.0], dtype=torch.float64).view(1, 1, 1, 2)
+    check_adversarial(x, x + bound, "linf", eps)
+    box = torch.tensor([0.0, 1.0], dtype=torch.float64).view(1, 1, 1, 2)
+    check_adversarial(box, torch.tensor([-atol, 1 + atol], dtype=torch.float64).view(1, 1, 1, 2), "linf", eps)
+
+
+def test_eps_labels_round_to_their_digits():
+    from attacks.base import eps_label
+
+    assert eps_label(0.12345 / 255, "linf") == "0.123" and eps_label(0.123456, "l2") == "0.1235"
+
+
+def test_config_values_and_their_errors():
+    import functools
+
+    from attacks.base import jsonable
+    from attacks.errors import ConfigError
+
+    # A factory's config: its own arguments, parsed ("8/255" -> a number), positional ones included.
+    partial = jsonable(functools.partial(PGD, "8/255", steps=5))
+    assert partial["name"] == "pgd" and partial["eps"] == 8 / 255 and partial["steps"] == 5
+    with pytest.raises(ConfigError, match=r"argument value\.a\[1\]=.*valid: numbers, strings, booleans, None, lists"):
+        jsonable({"a": [1, object()]})
+
+    class Varargs(FGSM):
+        def __init__(self, eps, *more):
+            super().__init__(eps)
+
+    with pytest.raises(TypeError, match="need names"):
+        Varargs(0.1, 2)
+
+
+def test_check_adversarial_budgets():
+    from attacks.base import DSSIM_ATOL, Attack
+    from attacks.errors import ConfigError
+    from attacks.ms_ssim import dssim
+
+    x = torch.zeros(1, 1, 1, 2, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="^unknown budget 'l3'; valid: dssim, l2, linf$"):
+        check_adversarial(x, x, "l3", 1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    d = float(dssim(x_adv, x).max())
+    eps = d - DSSIM_ATOL
+    while eps + DSSIM_ATOL < d:  # the budget whose allowance is exactly d: the bound itself passes
+        eps = math.nextafter(eps, math.inf)
+    assert eps + DSSIM_ATOL == d
+    check_adversarial(x, x_adv, "dssim", eps)
+    with pytest.raises(AttackConstraintError, match="DSSIM"):
+        check_adversarial(x, x_adv, "dssim", math.nextafter(eps, 0.0))
+    assert Attack(0.1).arguments["norm"] == "linf"

@@ -1,0 +1,208 @@
+"""SSL teachers, CommonInit, public checkpoints and downstream-agnostic attacks through the runner: the plan's
+wiring, what each stage starts from, one-line errors, and a tiny sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from attacks.errors import ConfigError
+from benchmark import run as runner
+from benchmark.cache import Cache
+from benchmark.config import compose
+from benchmark.plan import make_plan
+from benchmark.stages.build import build_datamodule, build_model, build_module
+from benchmark.stages.train import run_train_job
+
+SSL = ["experiment=digits_ssl", "logger=none", "progress=false"]
+
+
+def plan_of(tmp: Path, *overrides: str):
+    cfg = compose([*overrides, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}"])
+    return cfg, make_plan(cfg)[0]
+
+
+def model_state(module) -> dict:
+    return {k: v for k, v in module.state_dict().items() if k.startswith("model.")}
+
+
+def test_commoninit_teacher_and_student_both_start_from_the_common_weights(tmp_path):
+    _, plan = plan_of(tmp_path, *SSL)
+    common, teacher = plan.stage("digits/common"), plan.stage("digits/teacher")
+    ci, ft = plan.stage("digits/commoninit/seed0"), plan.stage("digits/finetune/seed0")
+    assert teacher["deps"] == ["digits/common"] and teacher["job"]["init_key"] == common["key"]
+    assert ci["job"]["teacher_key"] == common["key"] and ci["deps"] == ["digits/common"]
+    assert ft["job"]["teacher_key"] == teacher["key"]
+    assert common["job"]["module"]["_target_"] == "lightning_modules.ssl.SimCLR"
+    # the common model's weights in the cache: both the teacher and the CommonInit student start from them
+    cache = Cache(tmp_path / "cache")
+    dm = build_datamodule(common["job"]["data"])
+    torch.manual_seed(7)
+    ssl = build_module(common["job"], cache, dm)
+    cache.put("teacher", common["key"], {"kind": "teacher"}, {"state": ssl.state_dict()})
+    for stage in (teacher, ci):
+        module = build_module(stage["job"], cache, dm)
+        for k, v in model_state(ssl).items():
+            assert torch.equal(module.state_dict()[k], v), f"{stage['id']}: {k} is not the common weight"
+
+
+def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_path):
+    _, plan = plan_of(tmp_path, *SSL)
+    for name in ("linear_probe", "pgd_at", "trades", "tla", "genaf", "genaf_stage1"):
+        assert plan.stage(f"digits/{name}/seed0")["job"]["teacher_key"] == plan.stage("digits/common")["key"], name
+    crafts = {s["id"]: s for s in plan.stages if s["kind"] == "craft"}
+    dae = [s for s in crafts.values() if "transfer" not in s["id"]]
+    assert {s["attack"]["cfg"]["_target_"].rsplit(".", 1)[1] for s in dae} == {
+        "FeatureUAP",
+        "SSPUniversal",
+        "SSP",
+        "L4A",
+        "AdvEncoderPER",
+    }
+    assert all(s["teacher"] == "digits/common" for s in dae)
+    assert all(s["teacher"] == "digits/teacher" for s in crafts.values() if "transfer" in s["id"])
+    cells = [s for s in plan.stages if s["kind"] == "cell" and s["entry"] == "uap_feature"]
+    assert cells and all(c["craft"] in crafts for c in cells)
+    models = {c["model"] for c in cells}
+    assert {"digits/common", "digits/teacher", "digits/genaf/seed0", "digits/scratch/seed0"} <= models
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["attack=[uap_feature]", "attack.uap_feature.attack.surrogate=common"], "teacher.common is not set"),
+        (["defense=[commoninit]", "attack=[pgd_linf]"], "starts from the common model, but teacher.common"),
+        (["attack=[uap_feature]", "attack.uap_feature.attack.surrogate=student"], "valid: common, teacher"),
+    ],
+)
+def test_a_common_model_that_is_not_there_is_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        plan_of(tmp_path, "logger=none", "defense=[finetune]", *overrides)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    """A small_cnn classifier's state dict written to a file, as a user's public checkpoint."""
+    cfg = compose(["logger=none"])
+    dm = build_datamodule(cfg["data"]["digits"])
+    torch.manual_seed(3)
+    model = build_model(cfg["model"], dm)
+    path = tmp_path / "public.pt"
+    torch.save(model.state_dict(), path)
+    return path, model.state_dict()
+
+
+def test_a_checkpoint_file_loads_as_the_teacher_without_training(tmp_path, checkpoint):
+    path, state = checkpoint
+    _, plan = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={path}", "defense=[finetune]", "attack=[fgsm]")
+    teacher = plan.stage("digits/teacher")
+    assert teacher["job"]["public"] and teacher["job"]["checkpoint"]["path"] == str(path.resolve())
+    meta = run_train_job(teacher["job"])
+    assert meta["epochs"] == 0 and meta["public"] == str(path.resolve()) and 0 <= meta["best_value"] <= 1
+    stored = Cache(tmp_path / "cache").tensors("teacher", teacher["key"], "state")
+    for k, v in state.items():
+        assert torch.equal(stored[f"model.{k}"], v), k
+    # the student fine-tunes from the file's weights
+    student = plan.stage("digits/finetune/seed0")
+    dm = build_datamodule(student["job"]["data"])
+    module = build_module(student["job"], Cache(tmp_path / "cache"), dm)
+    assert torch.equal(module.model.state_dict()["backbone.fc.1.weight"], state["backbone.fc.1.weight"])
+    # another file is another teacher (the key follows the file's content, not its name)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
+    _, again = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={path}", "defense=[finetune]", "attack=[fgsm]")
+    assert again.stage("digits/teacher")["key"] != teacher["key"]
+
+
+def test_checkpoint_layouts_module_and_lightning_are_accepted(tmp_path, checkpoint):
+    path, state = checkpoint
+    wrapped = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()} | {"projection.w": torch.ones(2)}}, wrapped)
+    _, plan = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={wrapped}", "defense=[finetune]", "attack=[fgsm]")
+    run_train_job(plan.stage("digits/teacher")["job"])
+    stored = Cache(tmp_path / "cache").tensors("teacher", plan.stage("digits/teacher")["key"], "state")
+    assert torch.equal(stored["model.backbone.classifier.weight"], state["backbone.classifier.weight"])
+
+
+def test_a_missing_or_mismatched_checkpoint_is_one_line(tmp_path, checkpoint):
+    path, state = checkpoint
+    base = ["logger=none", "defense=[finetune]", "attack=[fgsm]"]
+    cases = {
+        tmp_path / "nowhere.pt": "no file at",
+        tmp_path
+        / "shapes.pt": r"does not fit the model \(SmallCNN\): 1 shape mismatches \(e.g. backbone.fc.1.weight\)",
+        tmp_path / "keys.pt": r"does not fit the model \(SmallCNN\): 1 missing keys .*; 1 unexpected keys",
+        tmp_path / "code.pt": "is not a weights-only state dict",
+    }
+    torch.save({**state, "backbone.fc.1.weight": torch.zeros(3, 3)}, tmp_path / "shapes.pt")
+    renamed = dict(state)
+    renamed["backbone.head.weight"] = renamed.pop("backbone.classifier.weight")
+    torch.save(renamed, tmp_path / "keys.pt")
+    torch.save({"fn": Path}, tmp_path / "code.pt")  # a pickled class: refused by weights_only loading
+    for file, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as e:
+            plan_of(tmp_path, *base, f"++teacher.checkpoint={file}")
+        assert "\n" not in str(e.value) and str(e.value).startswith("teacher.checkpoint")
+
+
+def test_pretrained_timm_weights_bring_their_own_normalization(tmp_path, monkeypatch):
+    import timm
+
+    calls = []
+    real = timm.create_model
+
+    def create(name, pretrained=False, **kwargs):
+        calls.append(pretrained)
+        net = real(name, pretrained=False, **kwargs)
+        if pretrained:
+            net.pretrained_cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+        return net
+
+    monkeypatch.setattr(timm, "create_model", create)
+    cfg, plan = plan_of(tmp_path, "logger=none", "model.backbone=resnet18", "++model.pretrained=true",
+                        "defense=[finetune]", "attack=[fgsm]")  # fmt: skip
+    assert True in calls and plan.stage("digits/teacher")["job"]["public"]
+    model = build_model(cfg["model"], build_datamodule(cfg["data"]["digits"]))
+    assert torch.allclose(model.mean.flatten(), torch.tensor([(0.485 + 0.456 + 0.406) / 3]))  # grey input
+
+
+def test_pretrained_weights_that_cannot_be_had_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no pretrained weights for 'small_cnn'.*teacher.checkpoint=PATH") as e:
+        plan_of(tmp_path, "logger=none", "++model.pretrained=true", "defense=[finetune]", "attack=[fgsm]")
+    assert "\n" not in str(e.value)
+
+
+#: digits_ssl in a few seconds: one epoch per stage, two students, three attacks at one budget, 64 examples.
+TINY_SSL = [
+    *SSL,
+    "teacher.common.trainer.max_epochs=1",
+    "teacher.trainer.max_epochs=1",
+    "defense=[commoninit,finetune]",
+    "defense.commoninit.trainer.max_epochs=1",
+    "defense.finetune.trainer.max_epochs=1",
+    "attack=[pgd_linf,transfer_pgd_linf,uap_feature]",
+    "attack.pgd_linf.attack.steps=3",
+    "attack.transfer_pgd_linf.attack.attack.steps=3",
+    "attack.uap_feature.epsilons=[16/255]",
+    "attack.uap_feature.attack.epochs=1",
+    "eval.n_examples=64",
+]
+
+
+@pytest.mark.slow
+def test_a_tiny_ssl_sweep_reports_daes_beside_transfer_and_white_box(tmp_path):
+    out = runner.run(compose([*TINY_SSL, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'res'}"]))
+    with (tmp_path / "res" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["defense"] for r in rows} == {"common", "teacher", "commoninit", "finetune"}
+    dae = [r for r in rows if r["attack"] == "uap_feature"]
+    assert len(dae) == 4 and all(r["threat_model"] == "agnostic" and r["surrogate"] == "common" for r in dae)
+    for defense in ("commoninit", "finetune"):
+        group = {r["attack"]: r for r in rows if r["defense"] == defense and r["eps_label"] == "16/255"}
+        worst = group["worst_case"]
+        assert "uap_feature" in worst["threat_model"] and "transfer_pgd_linf" in worst["threat_model"]
+        assert float(worst["robust_acc"]) <= min(float(r["robust_acc"]) for k, r in group.items()) + 1e-9
+    assert out["stats"]["crafted"] == 2, "the DAE and the transfer set are crafted once, for every model"
