@@ -17,7 +17,7 @@ from attacks.ms_ssim import dssim, ms_ssim
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD
 from attacks.transfer import TransferAttack
-from attacks.universal import L4A, SSP, AdvEncoderPER, FeatureUAP, SSPUniversal, UniversalAttack
+from attacks.universal import L4A, SSP, AdvEncoderPER, FeatureUAP, SSPUniversal
 
 __all__ = [
     "L4A",
@@ -25,7 +25,6 @@ __all__ = [
     "AdvEncoderPER",
     "FeatureUAP",
     "SSPUniversal",
-    "UniversalAttack",
     "FGSM",
     "NORMS",
     "PGD",

@@ -36,14 +36,6 @@ NO_LOGIN = (
 )
 
 
-
-
-
-
-
-
-
-
 # ---- the saved workspace --------------------------------------------------------------------------------
 def _bar(title: str, metrics: list[str], n_runs: int):
     import wandb_workspaces.reports.v2 as wr

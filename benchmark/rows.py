@@ -40,6 +40,7 @@ class Row:
     robust_acc: float
     robust_acc_worst_of_k: float
     success_rate: float
+    fooling_rate: float | None
     n_examples: int
     draws: int
     robust_acc_ci_low: float
@@ -206,7 +207,7 @@ def _checks(made: list[tuple[dict, dict, dict]], done: Executed) -> None:
     """The per-example checks of one model (`benchmark.checks`)."""
     whitebox = [(r, o) for r, o, _ in made if r["threat_model"] == "white-box"]
     for row, out, cell in made:
-        if row["threat_model"] == "transfer":
+        if cell["craft"]:  # crafted without the student (transfer, mimicry, agnostic): must not beat white-box
             checks.transfer_vs_whitebox(row, out, whitebox)
         base = done.outcomes.get(cell.get("base", ""))
         if cell["role"] == "frozen":

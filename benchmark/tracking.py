@@ -209,18 +209,6 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def sweep_headline(cfg: dict, out_dir: os.PathLike | None = None) -> dict[str, float]:
     """The headline budgets: the config's `report.headline`, else the run's report_config.json, else none (the
     report then ranks at the median swept budget)."""

@@ -54,6 +54,13 @@ class TRADES(AdversarialStudent):
     def training_loss(self, x, y):
         x_adv = self.adversary(x)
         logits = self.model(x)
-        kl = F.kl_div(F.log_softmax(self.model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        # KL(p_clean || p_adv) with both sides as log-probabilities: the same value as with softmax(logits) as the
+        # target, but a finite gradient when a clean probability underflows to 0 (large logits: log 0 otherwise)
+        kl = F.kl_div(
+            F.log_softmax(self.model(x_adv), dim=1),
+            F.log_softmax(logits, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
         self.log("train/kl", kl.detach())
         return F.cross_entropy(logits, y) + self.beta * kl, logits

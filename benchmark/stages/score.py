@@ -24,7 +24,7 @@ def outcome(pred_clean: torch.Tensor, pred_adv: torch.Tensor, y: torch.Tensor, r
     example is robust when it is accepted and right clean and, under attack, rejected or right. The rejections are
     kept (`clean_rejected`, `adv_rejected`) for the abstention metrics.
     """
-    out = {"clean": pred_clean == y, "adv": pred_adv == y, "pred_adv": pred_adv}
+    out = {"clean": pred_clean == y, "adv": pred_adv == y, "pred_adv": pred_adv, "changed": pred_clean != pred_adv}
     if reject_label is not None:
         out["clean_rejected"] = pred_clean == reject_label
         out["adv_rejected"] = pred_adv == reject_label
@@ -104,6 +104,9 @@ def metrics(out: dict) -> dict:
         "robust_acc_ci_low": lo,
         "robust_acc_ci_high": hi,
         **abstention(out),
+        # the fooling rate (downstream-agnostic attacks' usual measure): the share of (example, draw) predictions the
+        # perturbation changes, right or wrong when clean
+        "fooling_rate": float(out["changed"].float().mean()) if "changed" in out and n else None,
     }
 
 

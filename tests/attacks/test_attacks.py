@@ -44,6 +44,7 @@ from attacks import (
     parse_eps,
 )
 from attacks.errors import ConfigError
+from attacks.universal import UniversalAttack
 
 #: One intra-op thread per test (tests/conftest.py): the batches are tiny.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,6 +66,8 @@ def exported_attack_classes() -> list[type[Attack]]:
 
 #: Variants per exported class: (variant id, norm, constructor keyword arguments without eps). Few steps keep the
 #: invariant tests fast; the invariants do not depend on the number of steps.
+#: A low-level layer of small_cnn (the first conv block), for L4A.
+LOW_LAYER = "backbone.features.2"
 VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
     "FGSM": [
         ("linf", "linf", {}),
@@ -90,6 +93,12 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
         ("linf-targeted", "linf", {"steps": 5}),
         ("l2-untargeted", "l2", {"norm": "l2", "steps": 5, "targeted": False}),
     ],
+    # Universal and per-sample encoder attacks (paper 3's threat model), at tiny fitting budgets.
+    "FeatureUAP": [("linf", "linf", {"epochs": 1, "batch_size": 16}), ("l2", "l2", {"norm": "l2", "epochs": 1})],
+    "SSPUniversal": [("linf", "linf", {"epochs": 1, "batch_size": 16})],
+    "L4A": [("linf", "linf", {"epochs": 1, "batch_size": 16, "layer": LOW_LAYER})],
+    "SSP": [("linf", "linf", {"steps": 5}), ("l2", "l2", {"norm": "l2", "steps": 5})],
+    "AdvEncoderPER": [("linf", "linf", {"epochs": 1, "batch_size": 16, "ngf": 8, "nz": 8})],
     "RejectAwarePGD": [
         ("linf", "linf", {"steps": 5}),
         ("l2-restarts2-margin", "l2", {"norm": "l2", "steps": 5, "restarts": 2, "loss": "margin"}),
@@ -173,7 +182,7 @@ def make_attack(case: Case, eps: float, surrogate: nn.Module) -> Attack:
     attack = case.build(eps)
     if isinstance(attack, TransferAttack):
         attack.surrogate = surrogate
-    if isinstance(attack, MimicryAttack):  # target images: any labelled data the attacker holds
+    if isinstance(attack, (MimicryAttack, UniversalAttack)):  # images (and labels) the attacker holds
         g = torch.Generator().manual_seed(0)
         attack.attacker_data = (torch.rand(40, 1, 16, 16, generator=g), torch.arange(40) % 10)
     return attack
@@ -358,7 +367,7 @@ def test_state_restored_when_model_raises(case, model, surrogate, batch):
     def boom(mod, args):
         raise RuntimeError("boom")
 
-    handle = attacked.register_forward_pre_hook(boom)
+    handle = attacked.backbone.features[0].register_forward_pre_hook(boom)  # every path (a layer-level one too)
     try:
         with pytest.raises(RuntimeError, match="boom"):
             make_attack(case, EPS[case.norm][1], surrogate)(model, x, y)

@@ -26,7 +26,20 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import attacks
-from attacks import FGSM, PGD, Attack, AutoAttack, MimicryAttack, RejectAwarePGD, TransferAttack
+from attacks import (
+    FGSM,
+    L4A,
+    PGD,
+    SSP,
+    AdvEncoderPER,
+    Attack,
+    AutoAttack,
+    FeatureUAP,
+    MimicryAttack,
+    RejectAwarePGD,
+    SSPUniversal,
+    TransferAttack,
+)
 from attacks.base import Eps
 from attacks.errors import ConfigError
 
@@ -77,6 +90,53 @@ CHANGES[MimicryAttack] = (
         "adadelta_eps": 1e-6,
         "quantize": True,
         "seed": 1,
+    },
+)
+_UNIVERSAL = {
+    "eps": 0.2,
+    "norm": "l2",
+    "layer": "backbone.features.2",
+    "epochs": 2,
+    "batch_size": 32,
+    "step_size": 0.03,
+    "max_examples": 100,
+    "seed": 1,
+    "surrogate": "common",
+}
+CHANGES[FeatureUAP] = ({"eps": EPS}, _UNIVERSAL)
+CHANGES[SSPUniversal] = ({"eps": EPS}, _UNIVERSAL)
+CHANGES[L4A] = (
+    {"eps": EPS, "layer": "backbone.features.2"},
+    {
+        **_UNIVERSAL,
+        "layer": "backbone.features.5",
+        "variant": "ugs",
+        "layer2": "backbone.features.2",
+        "lam": 0.1,
+        "noise_images": 4,
+        "resample_every": 10,
+    },
+)
+CHANGES[SSP] = (
+    {"eps": EPS},
+    {"eps": 0.2, "norm": "l2", "layer": "backbone.features.2", "steps": 5, "step_size": 0.02, "surrogate": "common"},
+)
+CHANGES[AdvEncoderPER] = (
+    {"eps": EPS},
+    {
+        "eps": 0.2,
+        "norm": "l2",
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "alpha": 2.0,
+        "temperature": 0.2,
+        "radius": 2.0,
+        "ngf": 16,
+        "nz": 10,
+        "max_examples": 100,
+        "seed": 1,
+        "surrogate": "common",
     },
 )
 SINGLE_VALUED = {TransferAttack: {"surrogate"}, MimicryAttack: {"surrogate"}}  # the teacher is the only surrogate

@@ -215,7 +215,7 @@ def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):
     [
         ("data=imagenet", "unknown data 'imagenet'; valid: cifar10_stl10, digits"),
         ("defense=[finetune,magic]", "unknown defense 'magic'; valid:"),
-        ("attack=cw", "unknown attack 'cw'; valid: autoattack, autoattack_rand"),
+        ("attack=cw", "unknown attack 'cw'; valid: advencoder_per, autoattack"),
         ("model=vit_huge", "unknown model 'vit_huge'; valid:"),
         ("model.backbone=nonet", "unknown model 'nonet'; valid: small_cnn, dtn, resnet18_cifar, wrn_28_10"),
         ("attack.fgsm.epsilons=[-0.1]", "epsilon must be a finite number >= 0"),
@@ -247,7 +247,7 @@ def test_bad_input_from_the_command_line(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown defense 'nope'; valid: atop, finetune, freeze")
+    assert proc.stderr.strip().startswith("error: unknown defense 'nope'; valid: atop, commoninit, differentiator")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

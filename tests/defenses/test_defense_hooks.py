@@ -3,9 +3,11 @@ train through the base loop; every adversarial defense gets its attacks and mode
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from attacks.errors import ConfigError
 from attacks.fgsm import FGSM
@@ -53,13 +55,41 @@ def _student(cls, digits, **kwargs):
     return cls(model, teacher_state=model.state_dict(), mode="finetune", **kwargs)
 
 
+class _Recording:
+    """A stand-in attack that returns a fixed perturbation of its input and records what it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, model, x, y):
+        self.seen.append((x.clone(), y.clone()))
+        return (x + 0.05).clamp(0, 1)
+
+
 def test_readme_defense_trains_through_the_base_loop(digits):
     d = _student(MyDefense, digits, eps=16 / 255, lr=0.01)
-    before = {k: v.clone() for k, v in d.state_dict().items()}
     one_epoch = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2}
     info = fit(d, digits.domain("target"), one_epoch, progress=False)
     assert info["epochs"] == 1 and info["best_value"] is not None
-    assert any(not torch.equal(before[k], v) for k, v in d.state_dict().items())
+
+
+def test_readme_defense_step_is_the_gradient_of_its_loss(digits):
+    """One plain SGD step of the base loop moves every trainable weight by -lr * grad of the README loss."""
+    d = _student(MyDefense, digits, eps=16 / 255, weight=0.5, lr=0.1, momentum=0.0, weight_decay=0.0, scheduler="none")
+    d.attack = _Recording()
+    d.train()
+    x, y = next(iter(digits.domain("target").train_dataloader()))
+    params = {n: p for n, p in d.model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    x_adv = (x + 0.05).clamp(0, 1)
+    loss = F.cross_entropy(d.model(x), y) + 0.5 * F.cross_entropy(d.model(x_adv), y)
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    one_step = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1, "limit_val_batches": 0}
+    fit(d, _OneBatch(x, y), one_step, progress=False)
+    (seen_x, seen_y), *_ = d.attack.seen
+    assert torch.equal(seen_x, x) and torch.equal(seen_y, y), "the attack crafts on the training batch"
+    for n, p in params.items():
+        torch.testing.assert_close(p.detach(), before[n] - 0.1 * grads[n], atol=1e-5, rtol=1e-4)
 
 
 def test_two_optimizers_are_both_stepped(digits):
@@ -188,3 +218,14 @@ def test_new_adversarial_defense_trains_and_selects_on_robust_accuracy(digits):
     assert info["selection_metric"] == "val/robust_acc"
     assert "val/robust_acc" in info["trainer"].callback_metrics
     assert d.attack.forward_passes > 0 and d.val_attack.forward_passes > 0
+
+
+class _OneBatch(L.LightningDataModule):
+    """One fixed training batch (and no validation)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=len(self.x), shuffle=False)

@@ -30,10 +30,11 @@ def make(method: str, seed: int = 0, **extra):
 
 @torch.no_grad()
 def held_out_loss(module, v1: torch.Tensor, v2: torch.Tensor) -> float:
-    """The method's loss on fixed views of held-out images, the module in eval mode. MoCo's own loss depends on
-    what its queue holds (random keys at first, easier negatives than real ones), so its InfoNCE is taken with the
-    other held-out images' keys as the negatives: what the queue holds once it is full of real keys."""
-    module.eval()
+    """The method's loss on fixed views of held-out images, with batch statistics (train mode, no update of the
+    weights): eval mode would read batch-norm running statistics, which change in training even when no weight
+    learns. MoCo's own loss depends on what its queue holds (random keys at first, easier negatives than real
+    ones), so its InfoNCE is taken with the other held-out images' keys as the negatives."""
+    module.train()
     if isinstance(module, MoCoV2):
         query = F.normalize(module.projection(module.model.features(v1)), dim=1)
         key = F.normalize(module.key_projection(module.key_model.features(v2)), dim=1)

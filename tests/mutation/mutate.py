@@ -65,6 +65,8 @@ ATTACK_TESTS = (
     "tests/attacks/test_mimicry.py::test_check_adversarial_learns_the_dssim_budget",
 )
 DEFENSE_TESTS = ("tests/defenses/test_losses.py", "tests/defenses/test_tla_trades.py")
+#: The runner's fast tests on hand-made outcomes, rows and cache entries (no training), written to kill mutants.
+RUNNER_TESTS = "tests/benchmark/test_mutants_runner.py"
 
 # The single place to edit: the modules that decide the numbers and the fast tests that cover each.
 # Modules that do not exist (yet) are reported and skipped.
@@ -80,10 +82,12 @@ MODULES: tuple[Target, ...] = (
         ("tests/defenses/test_losses.py", "tests/defenses/test_gen_af.py", "-k", "not probe"),
         functions=("x_genetic_regularization", "xǁGenAFDualTrackǁtraining_loss"),
     ),
-    # Being rewritten by the lead: listed so they are covered once they settle (check the tests then).
-    Target("benchmark/checks.py", ("tests/benchmark/test_checks.py",)),
-    Target("benchmark/stages/score.py", ("tests/benchmark/test_score.py",)),
-    Target("benchmark/cache.py", ("tests/benchmark/test_cache.py",)),
+    # The runner's modules that decide the numbers: the sanity rules, the counting rule and the cache key.
+    Target("benchmark/checks.py", ("tests/benchmark/test_checks.py", RUNNER_TESTS)),
+    Target(
+        "benchmark/stages/score.py", ("tests/benchmark/test_checks.py", "tests/benchmark/test_score.py", RUNNER_TESTS)
+    ),
+    Target("benchmark/cache.py", ("tests/benchmark/test_cache.py", RUNNER_TESTS)),
 )
 
 
