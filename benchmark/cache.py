@@ -62,7 +62,7 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, float):
-        return float(repr(obj))
+        return float(obj)
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)

@@ -18,7 +18,8 @@ from benchmark.stages.score import head, metrics, size
 FLAG_DOC = {
     "iterative_weaker_than_single_step": "an iterative attack is weaker than a single-step one at the same budget: "
     "it may not converge, or the gradients are masked",
-    "transfer_stronger_than_whitebox": "the transfer attack beats an iterative white-box attack on the examples "
+    "transfer_stronger_than_whitebox": "an attack crafted without the model (transfer, mimicry, agnostic) beats an "
+    "iterative white-box attack on the examples "
     "both ran on: white-box gradients may be masked",
     "non_monotone_in_eps": "robust accuracy rises with epsilon",
     "frozen_randomness_attack_fails": "with the randomness frozen the attack does not break every example: the "

@@ -23,6 +23,7 @@ from benchmark.config import compose
 from benchmark.execute import Executor
 from benchmark.plan import make_attack, make_plan
 from benchmark.stages.attack import compute_cell, predict_draws
+from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained
 
@@ -39,7 +40,8 @@ def validation_robustness(cfg: dict, attack_name: str) -> dict:
     student = plan.stage(f"{pair}/{defense}/seed{cfg['seeds'][0]}")
     module = load_trained(student["job"]).to(ex.device)
     model = module.deployed_model()
-    dm = ex._dm(pair)
+    dm = build_datamodule(cfg["data"][pair])  # not the executor's: it loads the test split for its cells
+    dm.setup()
     x, y = dm.tensors("target", "val")
     acfg = cfg["attack"][attack_name]
     headline = cfg["report"]["headline"]["linf"]

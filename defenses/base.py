@@ -40,7 +40,7 @@ class AdversarialStudent(StudentModule):
         **kwargs,
     ):
         attack = self.training_attack(eps, norm, steps, step_size, random_start)  # validates the values
-        if getattr(attack, "step_size", 0) > 2 * attack.eps > 0:
+        if step_size is not None and getattr(attack, "step_size", 0) > 2 * attack.eps > 0:  # a given step only
             raise ConfigError(
                 f"{type(self).__name__}: the attack's step_size {step_size} exceeds the eps ball's diameter "
                 f"2 * {eps}; the step scheduler's step_size is called lr_step_size here"

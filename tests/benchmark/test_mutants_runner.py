@@ -1,28 +1,21 @@
-"""The runner's sanity rules (benchmark/checks.py) and scoring (benchmark/stages/score.py), pinned on hand-made
-outcomes and rows where each distinction shows: the boundaries of every tolerance, which rows a rule compares,
-and every field a row gets. Written against the mutants `make mutate` (tests/mutation/mutate.py) found alive.
+"""The runner's sanity rules (benchmark/checks.py) on hand-made outcomes and rows, and what enters a stage's cache
+key (benchmark/cache.py) on hand-made specs and a fake source tree: the boundaries of every tolerance, which rows a
+rule compares, which code a key covers. Written against the mutants `make mutate` (tests/mutation/mutate.py) found
+alive; the scoring's are in test_score.py, the cache entries' in test_cache.py.
 """
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmark import checks
-from benchmark.metrics import wilson_interval
-from benchmark.stages.score import (
-    abstention,
-    head,
-    metrics,
-    outcome,
-    per_example,
-    size,
-    targeted_success,
-    transferability,
-    worst_case,
-)
+from benchmark.cache import stage_key
+from benchmark.stages.score import outcome
+
+ROOT = Path(__file__).resolve().parents[2]
 
 REJECT = 9
 
@@ -250,105 +243,110 @@ def test_flag_warnings_one_line_per_flag_without_repeats():
     ]
 
 
-# ---- scoring -------------------------------------------------------------------------------------------------
-def test_outcome_keeps_adversarial_predictions_and_rejections():
-    pred_clean, pred_adv, y = torch.tensor([[0, 0, 1]]), torch.tensor([[0, 1, 0]]), torch.tensor([0, 1, 1])
-    plain_out = outcome(pred_clean, pred_adv, y)
-    assert set(plain_out) == {"clean", "adv", "pred_adv"} and torch.equal(plain_out["pred_adv"], pred_adv)
-    out = outcome(pred_clean * 3, pred_adv * 3, y, reject_label=3)  # 3: the extra "reject" class
-    assert out["clean_rejected"].tolist() == [[False, False, True]]
-    assert out["adv_rejected"].tolist() == [[False, True, False]]
-    assert out["adv"].tolist() == [[True, True, False]] and out["clean"].tolist() == [[True, False, False]]
+# ---- the key: what enters it and what does not (pinned against the mutants of `make mutate`) -------------------
+def test_equal_specs_in_other_forms_give_one_key():
+    from omegaconf import OmegaConf
+
+    spec = {"a": {"b": [1, 2]}, "lr": 0.1, "path": "x", "1": None, "on": True}
+    key = stage_key("cell", spec)
+    assert key == stage_key("cell", {"on": True, 1: None, "path": Path("x"), "lr": 0.1, "a": {"b": (1, 2)}})
+    conf = OmegaConf.create({"base": 0.1, "a": {"b": [1, 2]}, "lr": "${base}", "path": "x", "1": None, "on": True})
+    assert stage_key("cell", conf) == stage_key("cell", {**spec, "base": 0.1}), "interpolations are resolved"
+    assert stage_key("cell", {1: "a", "b": 2}) == stage_key("cell", {"1": "a", "b": 2}), "mixed key types sort"
+    assert len(key) == 20 and int(key, 16) >= 0
 
 
-def test_abstention_metrics_count_over_the_right_examples():
-    # y = 0..5. Clean: 0-2 right, 3 wrong and accepted, 4-5 rejected. Under attack: 0 rejected, 1 right, 2 fooled,
-    # 3 rejected (not attacked: wrong clean), 4 right (not attacked), 5 rejected (not attacked).
-    y = torch.arange(6)
-    out = outcome(torch.tensor([[0, 1, 2, 0, 9, 9]]), torch.tensor([[9, 1, 0, 9, 4, 9]]), y, REJECT)
-    assert abstention(out) == pytest.approx(
-        {"clean_acc_accepted": 3 / 4, "false_rejection_rate": 2 / 6, "defense_rate": 2 / 3, "adv_rejection_rate": 1 / 3}
-    )
-    assert abstention(plain()) == dict.fromkeys(
-        ("clean_acc_accepted", "false_rejection_rate", "defense_rate", "adv_rejection_rate")
-    )
-    all_rejected = abstention(outcome(torch.full((1, 3), REJECT), torch.zeros(1, 3, dtype=torch.long), y[:3], REJECT))
-    assert all_rejected["false_rejection_rate"] == 1.0
-    assert all(math.isnan(all_rejected[k]) for k in ("clean_acc_accepted", "defense_rate", "adv_rejection_rate"))
+@pytest.mark.parametrize("value, text", [(None, "None"), (1, "1"), (True, "True"), (0.1, "0.1")])
+def test_a_value_and_its_text_give_different_keys(value, text):
+    assert stage_key("cell", {"v": value}) != stage_key("cell", {"v": text})
 
 
-def test_targeted_success_over_clean_correct_draws():
-    y = torch.tensor([0, 1, 2, 1])
-    out = outcome(torch.tensor([[0, 1, 2, 0]]), torch.tensor([[1, 1, 0, 2]]), y)
-    targets = torch.tensor([1, 2, 0, 2, 5, 5])  # longer than the cell: the first n apply
-    assert targeted_success(out, targets) == pytest.approx(2 / 3), "example 3 hits its target but was wrong clean"
-    two_draws = outcome(torch.tensor([[0, 1, 2, 0]] * 2), torch.tensor([[1, 1, 0, 2], [0, 2, 0, 2]]), y)
-    assert targeted_success(two_draws, targets) == pytest.approx(4 / 6), "per draw: 2 of 3 and 2 of 3"
-    assert math.isnan(targeted_success(outcome(torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2), y[:2] * 0),
-                                       targets))  # fmt: skip
+def test_key_covers_the_code_the_library_versions_and_the_cache_version(monkeypatch):
+    from benchmark import cache as cache_mod
+
+    key = stage_key("cell", {"a": 1})
+    assert key == stage_key("cell", {"a": 1}, ())
+    keys = {key, stage_key("cell", {"a": 1}, ["attacks.fgsm"]), stage_key("cell", {"a": 1}, ["attacks.pgd"])}
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "CACHE_VERSION", cache_mod.CACHE_VERSION + 1)
+        keys.add(stage_key("cell", {"a": 1}))
+    versions = cache_mod.library_versions()
+    monkeypatch.setattr(cache_mod, "library_versions", lambda: {**versions, "torch": "0.0"})
+    keys.add(stage_key("cell", {"a": 1}))
+    assert len(keys) == 5
 
 
-def test_head_cuts_tensors_of_every_rank_and_keeps_the_rest():
-    out = {"clean": torch.ones(2, 5, dtype=torch.bool), "adv": torch.ones(2, 5, dtype=torch.bool)}
-    out |= {"score": torch.arange(5), "t": torch.tensor(3), "draws": 2}
-    h = head(out, 3)
-    assert h["clean"].shape == (2, 3) and h["score"].tolist() == [0, 1, 2]
-    assert h["t"].item() == 3 and h["draws"] == 2
-    assert size(out) == 5 and size(h) == 3
+def test_library_versions_name_every_library_and_none_for_a_missing_one(monkeypatch):
+    from benchmark import cache as cache_mod
+
+    cache_mod.library_versions.cache_clear()
+    monkeypatch.setattr(cache_mod, "LIBRARIES", ("torch", "no-such-distribution-xyz"))
+    try:
+        assert cache_mod.library_versions() == {"torch": torch.__version__, "no-such-distribution-xyz": None}
+    finally:
+        cache_mod.library_versions.cache_clear()
+    assert set(cache_mod.library_versions()) == set(cache_mod.LIBRARIES)
 
 
-def test_per_example_passes_a_reduced_outcome_through():
-    reduced = {"clean": torch.tensor([1.0]), "robust": torch.tensor([0.5]), "worst_of_k": torch.tensor([False])}
-    assert per_example(reduced) is reduced
+# A fake suite: attacks.a imports b (which imports a back), c (by `from attacks import c`), d (by `from attacks.d
+# import thing`), f; d imports attacks.errors, which is not semantic but imports g. e only by a relative import.
+TREE = {
+    "attacks/__init__.py": "",
+    "attacks/a.py": "import os, attacks.f\nimport attacks.b\nfrom attacks import c\nfrom attacks.d import thing\n"
+    "from . import e\nfrom .e import y\nimport other.x\nfrom benchmark import sub\n",
+    "attacks/b.py": "import attacks.a\n",
+    "attacks/c.py": "",
+    "attacks/d.py": "from attacks.errors import X\nthing = 1\n",
+    "attacks/e.py": "y = 1\n",
+    "attacks/f.py": "",
+    "attacks/errors.py": "import attacks.g\nX = 1\n",
+    "attacks/g.py": "",
+    "benchmark/sub/__init__.py": "",
+    "other/x.py": "",
+    # p imports z, which is on the stack already: it is met twice; w is still to visit then
+    "attacks/p.py": "import attacks.z\n",
+    "attacks/z.py": "",
+    "attacks/w.py": "",
+}
+CLOSURE_A = ["attacks", "attacks.a", "attacks.b", "attacks.c", "attacks.d", "attacks.f", "attacks.g", "benchmark.sub"]
 
 
-def test_metrics_fields_of_a_randomized_outcome():
-    # 2 draws, 3 examples: robust draws (1 + 1 + 1) / 2 = 1.5 examples, clean 2.5
-    out = outcome(torch.tensor([[0, 9, 2], [0, 1, 2]]), torch.tensor([[9, 1, 2], [0, 1, 9]]), torch.tensor([0, 1, 2]))
-    m = metrics(out)
-    assert set(m) == {"clean_acc", "robust_acc", "robust_acc_worst_of_k", "success_rate", "n_examples", "draws",
-                      "robust_acc_ci_low", "robust_acc_ci_high", "clean_acc_accepted", "false_rejection_rate",
-                      "defense_rate", "adv_rejection_rate"}  # fmt: skip
-    lo, hi = wilson_interval(2, 3)  # round(1.5) robust examples
-    assert (m["robust_acc_ci_low"], m["robust_acc_ci_high"]) == pytest.approx((lo, hi))
-    assert m["clean_acc_accepted"] is None and m["n_examples"] == 3
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    for name, text in TREE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
 
 
-def test_metrics_of_edge_outcomes():
-    empty = metrics({"clean": torch.ones(1, 0, dtype=torch.bool), "adv": torch.ones(1, 0, dtype=torch.bool)})
-    nan_keys = ("clean_acc", "robust_acc", "robust_acc_worst_of_k", "success_rate")
-    assert all(math.isnan(empty[k]) for k in nan_keys) and empty["n_examples"] == 0
-    one = metrics(det([False, False], clean=[True, False]))  # exactly one clean-correct example, broken
-    assert one["success_rate"] == 1.0
-    none_right = metrics(det([True, False], clean=[False, False]))
-    assert math.isnan(none_right["success_rate"])
-    assert metrics({**per_example(det([True])), "draws": 4})["draws"] == 4
-    assert metrics(per_example(det([True])))["draws"] == 1
+def test_module_closure_follows_suite_imports_only(tree):
+    from benchmark.cache import module_closure
+
+    assert module_closure(["attacks.a"], tree) == CLOSURE_A
+    assert module_closure(("nope.x", "attacks.nope", "attacks.c"), tree) == ["attacks.c"]
+    assert module_closure(["attacks.w", "attacks.z", "attacks.p"], tree) == ["attacks.p", "attacks.w", "attacks.z"]
+    real = module_closure(["attacks.fgsm"])
+    assert {"attacks.fgsm", "attacks.base"} <= set(real) and "attacks.errors" not in real
 
 
-def test_transferability_on_common_examples_either_side_shorter():
-    tr = det([False, True, True, True, False, False], clean=[True, True, True, False, True, True])
-    wb = det([False, False, True, True], clean=[True, True, False, False])
-    for a, b in ((tr, wb), (wb, tr)):
-        t = transferability(a, b, "accuracy_drop")
-        assert set(t) == {"transfer_acc", "transferability_success_ratio", "transferability_accuracy_drop",
-                          "transferability", "transferability_form"}  # fmt: skip
-        assert t["transferability"] == pytest.approx(t["transferability_accuracy_drop"], nan_ok=True)
-        assert t["transferability_form"] == "accuracy_drop (our reading of Zhang et al. 2020; formula unverified)"
-    t = transferability(tr, wb, "success_ratio")
-    # on 4 examples, the transfer's clean mask [T, T, T, F]: white-box fools 0, 1 (of clean-correct); transfer 0
-    assert t["transferability"] == pytest.approx(1 / 2) and t["transfer_acc"] == pytest.approx(2 / 4)
-    assert transferability(tr, wb, "accuracy_drop")["transferability"] == pytest.approx(0.0), "(3 - 3) / (3 - 2)"
+def test_code_fingerprint_changes_with_the_closure_only(tree):
+    from benchmark.cache import code_fingerprint
+
+    before = code_fingerprint(["attacks.a"], tree)
+    assert len(before) == 16 and int(before, 16) >= 0
+    for outside in ("attacks/e.py", "attacks/errors.py", "other/x.py", "attacks/w.py"):
+        (tree / outside).write_text((tree / outside).read_text() + "# edited\n")
+        assert code_fingerprint(["attacks.a"], tree) == before, f"{outside} cannot change attacks.a's results"
+    (tree / "attacks/g.py").write_text("# edited\n")
+    assert code_fingerprint(["attacks.a"], tree) != before, "attacks.g is imported through attacks.errors"
+    assert code_fingerprint(["attacks.c"], tree) != code_fingerprint(["attacks.f"], tree), "same text, other module"
+    assert code_fingerprint(["attacks.fgsm"]) == code_fingerprint(["attacks.fgsm"], ROOT)
 
 
-def test_worst_case_clean_from_the_longest_and_draws_from_the_most():
-    short = {"clean": torch.tensor([[False, False]]), "adv": torch.tensor([[False, False]])}
-    long = outcome(torch.zeros(3, 4, dtype=torch.long), torch.tensor([[0, 0, 1, 0]] * 3), torch.zeros(4))
-    union = worst_case([short, long], 4)
-    assert union["clean"].tolist() == [1.0] * 4 and union["draws"] == 3
-    assert union["robust"].tolist() == [0.0, 0.0, 0.0, 1.0], "the short attack ran on 2; the long one breaks 2"
-    assert union["worst_of_k"].tolist() == [False, False, False, True], "an attack that did not run breaks nothing"
-    again = worst_case([union, det([True] * 4)], 4)
-    assert again["draws"] == 3 and metrics(again)["draws"] == 3
-    assert worst_case([{**per_example(long), "draws": 2}, det([True] * 4)], 4)["draws"] == 2
-    assert worst_case([per_example(det([True] * 4)), det([True] * 4)], 4)["draws"] == 1, "reduced, no draws: one"
+def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
+    from benchmark import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "ROOT", tree)
+    key = stage_key("cell", {}, ["attacks.a"])
+    (tree / "attacks/b.py").write_text("import attacks.a\nx = 2\n")
+    assert stage_key("cell", {}, ["attacks.a"]) != key

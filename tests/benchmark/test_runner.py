@@ -285,14 +285,19 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
         overrides.append(f"++defense.{name}.trainer.max_epochs=1")
     if "genaf" in cfg["defense"]:
         overrides.append("defense.genaf.module.probe_epochs=1")
+    if (cfg["teacher"].get("common") or {}).get("trainer"):  # a self-supervised common model (CommonInit)
+        overrides.append("teacher.common.trainer.max_epochs=1")
     for name, attack in cfg["attack"].items():
         overrides.append(f"attack.{name}.epsilons=[{attack['epsilons'][-1]}]")
         inner = attack["attack"].get("attack", attack["attack"])
+        if "epochs" in attack["attack"]:  # universal perturbations: one pass over a few attacker images
+            overrides += [f"attack.{name}.attack.epochs=1", f"++attack.{name}.attack.max_examples=8"]
         if "steps" in inner:
             key = "attack.attack" if "attack" in attack["attack"] else "attack"
             overrides.append(f"attack.{name}.{key}.steps=2")
     out = run(overrides)
-    assert {r["defense"] for r in out["rows"]} == {"teacher", *cfg["defense"]}
+    common = {"common"} if cfg["teacher"].get("common") else set()  # the common model is evaluated too
+    assert {r["defense"] for r in out["rows"]} == {"teacher", *cfg["defense"], *common}
     assert (tmp_path / "r" / "leaderboard.md").exists()
 
 
