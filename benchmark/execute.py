@@ -240,6 +240,7 @@ class Executor:
         x, y = self._xy(stage["pair"], stage["n"])
         attack = make_attack(stage["attack"])
         meta = self.cache.meta("craft", stage["key"])
+        crafted_before = self.done.stats["crafted"]
         if meta is None:
             teacher = self._model(stage["teacher"], 1)
             attack.surrogate = teacher.model
@@ -257,7 +258,7 @@ class Executor:
             check_adversarial(x, x_adv, attack.norm, attack.eps)  # cached examples are re-checked, not trusted
             self.done.stats["cache_hits"] += 1
         self._crafted[stage["id"]] = x_adv
-        self.done.metas[stage["id"]] = meta
+        self.done.metas[stage["id"]] = {**meta, "cached": self.done.stats["crafted"] == crafted_before}
 
     def _cell(self, stage: dict) -> None:
         meta = self.cache.meta("attack", stage["key"])

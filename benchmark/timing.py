@@ -19,7 +19,7 @@ def breakdown(plan, done) -> dict[str, float]:
                     out["prepare"] += prep.get("seconds") or 0.0
         elif stage["kind"] == "craft":
             meta = done.metas.get(sid) or {}
-            if "plan_id" in meta and not meta.get("cached", False) and sid in done.metas:
+            if meta.get("cached") is False:
                 out["craft"] += meta.get("attack_seconds") or 0.0
         else:
             meta = done.metas.get(sid) or {}
