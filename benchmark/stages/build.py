@@ -3,7 +3,6 @@ public checkpoints and pretrained weights."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from attacks.errors import ConfigError
+from benchmark.cache import file_sha256
 from datamodules.base import TransferDataModule
 from lightning_modules.classifier import build_classifier
 
@@ -79,14 +79,6 @@ def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, **kwar
     if len(mean) != in_chans:  # grey images into an RGB model (timm sums the first conv's weights): grey stats
         mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
     return ImageClassifier(net, mean, std)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_spec(path: str, where: str = "teacher.checkpoint") -> dict:
