@@ -1,5 +1,6 @@
 """Attacks: `attack(model, x, y) -> x_adv` on [0, 1] images, checked before they are scored."""
 
+from attacks.advencoder import AdvEncoderPAT, AdvEncoderPER
 from attacks.autoattack import AutoAttack
 from attacks.base import (
     NORMS,
@@ -17,11 +18,12 @@ from attacks.ms_ssim import dssim, ms_ssim
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD
 from attacks.transfer import TransferAttack
-from attacks.universal import L4A, SSP, AdvEncoderPER, FeatureUAP, SSPUniversal
+from attacks.universal import L4A, SSP, FeatureUAP, SSPUniversal
 
 __all__ = [
     "L4A",
     "SSP",
+    "AdvEncoderPAT",
     "AdvEncoderPER",
     "FeatureUAP",
     "SSPUniversal",

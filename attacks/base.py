@@ -109,17 +109,39 @@ def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 #: Budgets `check_adversarial` knows besides the L-p balls: `dssim`, the structural dissimilarity (1 - MS-SSIM) / 2
-#: of the mimicry attack (Wang et al. 2018), eps being its threshold P.
-BUDGETS = (*NORMS, "dssim")
+#: of the mimicry attack (Wang et al. 2018), eps being its threshold P; `patch`, one square patch (AdvEncoder-PAT),
+#: eps being its area as a fraction of the image: every changed pixel lies in a square of side
+#: `patch_side(eps, H, W)` (`patch_extent`).
+BUDGETS = (*NORMS, "dssim", "patch")
 #: Absolute slack of the DSSIM check: the attack keeps iterates with D < P computed in float32, the check recomputes
 #: D in float64; the two differ by about 1e-7 on [0, 1] images.
 DSSIM_ATOL = 1e-5
 
 
+def patch_side(area: float, h: int, w: int) -> int:
+    """The side of a square patch of `area` (a fraction of the H x W image): floor(sqrt(area * H * W)), as
+    AdvEncoder sizes it (11 px at 3 % of 64 x 64)."""
+    return math.floor(math.sqrt(area * h * w) + 1e-9)
+
+
+def patch_extent(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per example, the side of the smallest square holding every changed pixel (any channel; 0 if none)."""
+    changed = (x_adv != x).any(1)  # (N, H, W)
+    sides = []
+    for axis in (2, 1):  # rows: any change along the columns; then columns
+        hit = changed.any(axis)
+        idx = torch.arange(hit.shape[1], device=x.device).expand_as(hit)
+        first = torch.where(hit, idx, hit.shape[1]).amin(1)
+        last = torch.where(hit, idx, -1).amax(1)
+        sides.append((last - first + 1).clamp_min(0))
+    return torch.maximum(*sides)
+
+
 def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float, atol: float = 1e-6) -> None:
     """Raise `AttackConstraintError` unless x_adv is finite, in [0, 1] and within eps of x (float round-off allowed).
 
-    `norm` is linf, l2 or dssim (eps is then the DSSIM threshold P; `attacks.ms_ssim.dssim`, per example).
+    `norm` is linf, l2, dssim (eps is then the DSSIM threshold P; `attacks.ms_ssim.dssim`, per example) or patch
+    (eps is the patch's area fraction; see `BUDGETS`).
     """
     if norm not in BUDGETS:
         choose("budget", norm, BUDGETS)
@@ -130,6 +152,12 @@ def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: floa
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < -atol or hi > 1 + atol:
         raise AttackConstraintError(f"x_adv leaves [0, 1]: min {lo:.3g}, max {hi:.3g}")
+    if norm == "patch":
+        side = patch_side(eps, *x.shape[-2:])
+        extent = int(patch_extent(x, x_adv).max()) if len(x) else 0
+        if extent > side:
+            raise AttackConstraintError(f"x_adv leaves the patch budget: changes span {extent} px > side {side} px")
+        return
     if norm == "dssim":
         dist = float(dssim(x_adv.double(), x.double()).max()) if len(x) else 0.0
         if not dist <= eps + DSSIM_ATOL:  # `not <=`: a NaN distance fails too

@@ -12,10 +12,9 @@ such as `backbone.features.2`), never its logits.
 - `SSP`: Naseer et al.'s per-sample self-supervised perturbation (`Muzammal-Naseer/NRP`, ssp.py): each input's
   own perturbation maximizing `MSE(a_l(x'), a_l(x))`; crafted on the encoder for the attacked inputs themselves.
 - `L4A`: PAP / L4A (Ban & Dong 2022): lift the activations of low-level layers, variants `base`, `fuse`, `ugs`.
-- `AdvEncoderPER`: AdvEncoder's generator perturbation (Zhou et al. 2023, `CGCL-codes/AdvEncoder`).
+- AdvEncoder's generator perturbation and patch (Zhou et al. 2023): `attacks.advencoder`.
 
-Left out: AdvEncoder-PAT (a 3 % patch has no L-p budget, so it cannot pass the suite's epsilon-ball check and has
-no place in the per-budget worst case) and the DeepFool UAP (it needs the pre-training label head).
+Left out: the DeepFool UAP (it needs the pre-training label head, which an SSL encoder does not have).
 
 The universal attacks are fitted once per encoder on data the attacker holds (`attacker_data`, set by the runner:
 the source domain's training split, never the test split), then the same perturbation is added to every input.
@@ -25,7 +24,6 @@ PAP do not clamp (threats.md 3.5), so their numbers are not directly comparable 
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
@@ -316,100 +314,3 @@ class SSP(EncoderAttack):
             self.backward_passes += len(x)
             x_adv = self.project(self.step(x_adv.detach(), grad, self.step_size), x)
         return x_adv
-
-
-class Generator(nn.Module):
-    """AdvEncoder's DCGAN generator: a fixed noise batch z -> images, collapsed into one perturbation.
-
-    ConvTranspose stack from 4x4 to the image side (the authors': 100 -> 1024 -> 512 -> 256 -> 128 -> 3 for 64 px,
-    i.e. `ngf` 128), batch norm and ReLU, tanh; then a Conv2d(z_batch -> 1, k3) over the batch axis.
-    """
-
-    def __init__(self, channels: int, size: tuple[int, int], nz: int = 100, ngf: int = 128, z_batch: int = 256):
-        super().__init__()
-        ups = max(1, math.ceil(math.log2(max(size) / 4)))
-        widths = [ngf * 2 ** (ups - 1 - i) for i in range(ups)]
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False)]
-        layers += [nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
-        for cin, cout in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-        self.collapse = nn.Conv2d(z_batch, 1, 3, padding=1)
-        self.size = size
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        images = self.net(z)
-        if tuple(images.shape[-2:]) != tuple(self.size):
-            images = F.interpolate(images, size=tuple(self.size), mode="bilinear", align_corners=False)
-        return self.collapse(images.transpose(0, 1)).transpose(0, 1)  # (1, C, H, W)
-
-
-def high_frequency(x: torch.Tensor, radius: float) -> torch.Tensor:
-    """AdvEncoder's HFC: zero the frequencies within `radius` of the centre of the shifted spectrum."""
-    h, w = x.shape[-2:]
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-    yy, xx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    keep = ((yy - h // 2) ** 2 + (xx - w // 2) ** 2) > radius**2
-    return torch.fft.ifft2(torch.fft.ifftshift(spectrum * keep, dim=(-2, -1))).real
-
-
-class AdvEncoderPER(UniversalAttack):
-    """AdvEncoder-PER (Zhou et al., ICCV'23): a generator's universal perturbation against the encoder.
-
-    Loss (minimized over the generator): alpha * (-InfoNCE(E(x), E(x + d))) + MSE(x + d, x) - MSE(HFC(x + d),
-    HFC(x)), InfoNCE with temperature 0.1 over L2-normalized features, each image's clean and perturbed features as
-    the positive pair and the other images' perturbed features as negatives. Authors: eps 10/255, alpha 5, Adam
-    2e-4 (0.5, 0.999), 20 epochs, batch 256 (= the fixed noise batch), 64 px images, HFC radius 8. Here the radius
-    scales with the image side (`radius` None: 8 * side / 64) and the images are clamped to [0, 1].
-    """
-
-    name = "advencoder_per"
-
-    def __init__(
-        self,
-        eps: Eps,
-        norm: Norm = "linf",
-        epochs: int = 20,
-        batch_size: int = 256,
-        lr: float = 2e-4,
-        alpha: float = 5.0,
-        temperature: float = 0.1,
-        radius: float | None = None,
-        ngf: int = 128,
-        nz: int = 100,
-        max_examples: int | None = None,
-        seed: int = 100,
-        surrogate: str = "teacher",
-    ):
-        super().__init__(eps, norm, None, epochs, batch_size, None, max_examples, seed, surrogate)
-        self.lr, self.alpha, self.temperature = float(lr), float(alpha), float(temperature)
-        self.radius, self.ngf, self.nz = radius, int(ngf), int(nz)
-
-    def derived_config(self) -> dict:
-        return {}
-
-    def fit(self, model, x):
-        g = torch.Generator().manual_seed(self.seed)
-        c, size = x.shape[1], tuple(x.shape[-2:])
-        radius = 8 * max(size) / 64 if self.radius is None else self.radius
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            gen = Generator(c, size, self.nz, self.ngf, self.batch_size).to(x.device)
-        z = torch.randn(self.batch_size, self.nz, 1, 1, generator=g).to(x.device)
-        opt = torch.optim.Adam(gen.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        gen.train()
-        for xb in self.batches(x, g):
-            with torch.no_grad():
-                clean = F.normalize(self.activations(model, xb)[0].flatten(1), dim=1)
-            x_adv = (xb + self.project_delta(gen(z))).clamp(0, 1)
-            adv = F.normalize(self.activations(model, x_adv)[0].flatten(1), dim=1)
-            info_nce = F.cross_entropy(clean @ adv.T / self.temperature, torch.arange(len(xb), device=x.device))
-            hfc = F.mse_loss(high_frequency(x_adv, radius), high_frequency(xb, radius))
-            loss = self.alpha * -info_nce + F.mse_loss(x_adv, xb) - hfc
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            self.backward_passes += len(xb)
-        with torch.no_grad():
-            return self.project_delta(gen(z)).detach()

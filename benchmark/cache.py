@@ -90,8 +90,21 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+#: `_imports` per (file, its mtime and size, root): a plan computes hundreds of stage keys over the same files.
+_IMPORTS: dict[tuple, set[str]] = {}
+
+
 def _imports(file: Path, root: Path) -> set[str]:
-    """The suite modules a file imports (`from a.b import c` names a.b, and a.b.c when that is a module)."""
+    """The suite modules a file imports (`from a.b import c` names a.b, and a.b.c when that is a module); parsed
+    once per version of the file (a file changed since, in mtime or size, is parsed again)."""
+    st = file.stat()
+    key = (str(file), st.st_mtime_ns, st.st_size, str(root))
+    if key not in _IMPORTS:
+        _IMPORTS[key] = _parse_imports(file, root)
+    return set(_IMPORTS[key])
+
+
+def _parse_imports(file: Path, root: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(file.read_text())):
         names = []

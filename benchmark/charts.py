@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmark.findings import eps_str, headline_eps
+from benchmark.findings import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults, number
 
 #: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
@@ -151,7 +151,7 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
                     ys=[[y for _, y in pts] for pts in lines.values()],
                     keys=list(lines),
                     title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon",
-                    xname="epsilon (x/255)" if norm == "linf" else "epsilon (L2)",
+                    xname=eps_axis(norm),
                 )
             )
         for norm, eps in hl.items():

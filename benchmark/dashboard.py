@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from benchmark.charts import WORST, evaluated_models, metric_tag
-from benchmark.findings import eps_str, headline_eps
+from benchmark.findings import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
 
 #: How a panel aggregates the runs of a defense (its seeds): their mean, with the range from the lowest to the
@@ -89,7 +89,7 @@ def panel_sections(rows: list[dict], headline: dict[str, float], pair: str) -> l
             title=f"robust accuracy against epsilon: {y.removeprefix('curve/robust_acc/')}",
             x=x,
             y=[y],
-            title_x="epsilon (x/255)" if x.endswith("linf") else "epsilon (L2)",
+            title_x=eps_axis(x.removeprefix("curve/eps_")),
             groupby=wr.Config("defense"),
             max_runs_to_show=n,
             **GROUPING,

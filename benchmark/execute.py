@@ -34,6 +34,7 @@ from benchmark.stages.attack import compute_cell, fast_layout, precision, predic
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained, train_stage
+from benchmark.timing import charge
 
 #: `eval.batch_size=auto` off CUDA (no memory to fill), and the first size the CUDA search tries.
 AUTO_BATCH_CPU, AUTO_BATCH_START = 256, 32
@@ -163,6 +164,7 @@ class Executor:
         with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
             if held:
                 run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
+                self.done.stats.update(charge(stage, self.done))
         return held
 
     # ---- data and models -------------------------------------------------------------------------

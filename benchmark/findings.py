@@ -123,6 +123,14 @@ def eps_str(norm: str, eps: float) -> str:
     return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
 
 
+#: The axis of a budget sweep, per budget type (`attacks.base.BUDGETS`).
+AXES = {"linf": "epsilon (x/255)", "l2": "epsilon (L2)", "dssim": "DSSIM threshold P", "patch": "patch area (fraction)"}
+
+
+def eps_axis(norm: str) -> str:
+    return AXES.get(norm, f"budget ({norm})")
+
+
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     """The t interval of the mean of `values` (NaN without two values)."""
     from scipy import stats

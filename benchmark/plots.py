@@ -13,7 +13,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from benchmark.findings import eps_str, headline_eps, t_interval
+from benchmark.findings import eps_axis, eps_str, headline_eps, t_interval
 from benchmark.results import PairResults
 
 WORST = "worst_case"
@@ -89,7 +89,7 @@ def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple]):
                     ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=colors[d], alpha=0.12)
                 shown.add(d)
             ax.set_xticks([e * scale for e in epss], [eps_str(norm, e).replace("/255", "") for e in epss])
-            ax.set(xlabel="epsilon (x/255)" if norm == "linf" else "epsilon (L2)", ylabel="robust accuracy (%)")
+            ax.set(xlabel=eps_axis(norm), ylabel="robust accuracy (%)")
             ax.set_ylim(0, 100)
             ax.set_title(f"{attack} ({norm})", fontsize=10)
         else:

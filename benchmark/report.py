@@ -112,24 +112,7 @@ def leaderboard(
                 for i, d in enumerate(ranked, 1)
             ],
         )
-        whitebox = [
-            (a, n)
-            for a, n in res.attacks
-            if any(r["attack"] == a and r["threat_model"] == "white-box" for r in res.rows)
-        ]
-        lines += [
-            "",
-            "### Detecting adversarial inputs from the representation (AUROC, %)",
-            "",
-            "Score: 1 - |cos| to the nearest clean target-training example of the predicted class, in the "
-            "model's penultimate representation (our rule; see `benchmark/detection.py`). Clean-correct test "
-            "examples against the adversarial examples that fool the model; 50 is chance.",
-            "",
-        ]
-        lines += _table(
-            ["defense", *(_column(a, n, hl[n]) for a, n in whitebox)],
-            [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
-        )
+        lines += _detection_section(res, hl, ranked)
         lines += _mimicry_section(res) + _abstaining_section(res, hl)
         if res.sanity:
             lines += [
@@ -260,6 +243,28 @@ def _unranked(res: PairResults, hl: dict[str, float]) -> set[str]:
         and "no_adaptive_attack" in str(r.get("flags") or "")
         and abs(float(r["eps"]) - hl.get(r["norm"], -1)) < 1e-9
     }
+
+
+def _detection_section(res: PairResults, hl: dict, ranked: list[str]) -> list[str]:
+    """AUROC of the representation detector under each white-box attack; nothing when detection was off."""
+    if not any(number(r.get("detection_auroc")) is not None for r in res.rows):
+        return []
+    whitebox = [
+        (a, n) for a, n in res.attacks if any(r["attack"] == a and r["threat_model"] == "white-box" for r in res.rows)
+    ]
+    lines = [
+        "",
+        "### Detecting adversarial inputs from the representation (AUROC, %)",
+        "",
+        "Score: 1 - |cos| to the nearest clean target-training example of the predicted class, in the "
+        "model's penultimate representation (our rule; see `benchmark/detection.py`). Clean-correct test "
+        "examples against the adversarial examples that fool the model; 50 is chance.",
+        "",
+    ]
+    return lines + _table(
+        ["defense", *(_column(a, n, hl[n]) for a, n in whitebox)],
+        [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
+    )
 
 
 def _mimicry_section(res: PairResults) -> list[str]:

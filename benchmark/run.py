@@ -31,7 +31,7 @@ from attacks.base import AttackConstraintError, parse_eps
 from attacks.errors import ConfigError
 from benchmark.checks import flag_warnings
 from benchmark.config import compose, usage
-from benchmark.timing import breakdown
+from benchmark.timing import split
 
 
 def write_results(out: Path, cfg: dict, rows: list[dict], examples: dict, warnings: list[str]) -> None:
@@ -89,8 +89,9 @@ def run(cfg: dict) -> dict:
     plots = rebuild(out)
     warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
-    stats.update(done.stats)
-    timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": breakdown(plan, done)}
+    counts, seconds_by_kind = split(done.stats)
+    stats.update(counts)
+    timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": seconds_by_kind}
     wandb_start = time.perf_counter()
     failures = track(cfg, rows, plots, warnings, stats, out)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start

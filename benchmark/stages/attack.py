@@ -189,6 +189,7 @@ def compute_cell(
     else:
         check_adversarial(x, x_adv, attack.norm, attack.eps)  # crafted examples are re-checked, not trusted
         cost = {}
+        torch.manual_seed(seed)  # a randomized model's scoring draws: not what this process ran before
     pred_adv = predict_draws(model, x_adv, draws, batch_size, device)
     out = outcome(pred_clean, pred_adv, y, getattr(model, "reject_label", None))
     if detector is not None:

@@ -99,6 +99,7 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
     "L4A": [("linf", "linf", {"epochs": 1, "batch_size": 16, "layer": LOW_LAYER})],
     "SSP": [("linf", "linf", {"steps": 5}), ("l2", "l2", {"norm": "l2", "steps": 5})],
     "AdvEncoderPER": [("linf", "linf", {"epochs": 1, "batch_size": 16, "ngf": 8, "nz": 8})],
+    "AdvEncoderPAT": [("patch", "patch", {"epochs": 1, "batch_size": 16, "ngf": 8, "nz": 8})],
     "RejectAwarePGD": [
         ("linf", "linf", {"steps": 5}),
         ("l2-restarts2-margin", "l2", {"norm": "l2", "steps": 5, "restarts": 2, "loss": "margin"}),
@@ -112,7 +113,8 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
 
 #: Budgets per norm, 0 included (the attack must then return x exactly). 0.3 L-inf / 2.0 L2 are large for
 #: 16x16 digits, so the projections and the [0, 1] clipping are both exercised.
-EPS = {"linf": (0.0, 8 / 255, 0.3), "l2": (0.0, 0.5, 2.0)}
+#: A patch's budget is its area fraction: 3 % is 2 x 2 px on 16 px digits, 30 % is 8 x 8.
+EPS = {"linf": (0.0, 8 / 255, 0.3), "l2": (0.0, 0.5, 2.0), "patch": (0.0, 0.03, 0.3)}
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,17 @@ def make_attack(case: Case, eps: float, surrogate: nn.Module) -> Attack:
 
 
 def distances(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-example distance, computed here in float64 independently of `attacks.base.lp_norm`."""
+    """Per-example distance, computed here in float64 independently of `attacks.base.lp_norm`; for a patch, the
+    side of the square that holds the changed pixels, in units of the budget's side (eps is then compared with
+    the area fraction that square takes)."""
+    if norm == "patch":
+        h, w = x.shape[-2:]
+        out = []
+        for a, b in zip(x, x_adv):
+            rows, cols = (a != b).any(0).nonzero(as_tuple=True)
+            side = max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) if len(rows) else 0
+            out.append(side**2 / (h * w))
+        return torch.tensor(out, dtype=torch.float64)
     d = (x_adv.double() - x.double()).reshape(len(x), -1)
     return d.abs().max(dim=1).values if norm == "linf" else torch.sqrt((d * d).sum(dim=1))
 

@@ -414,7 +414,7 @@ def test_check_adversarial_budgets():
     from attacks.ms_ssim import dssim
 
     x = torch.zeros(1, 1, 1, 2, dtype=torch.float64)
-    with pytest.raises(ConfigError, match="^unknown budget 'l3'; valid: dssim, l2, linf$"):
+    with pytest.raises(ConfigError, match="^unknown budget 'l3'; valid: dssim, l2, linf, patch$"):
         check_adversarial(x, x, "l3", 1.0)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.base import check_adversarial
+from attacks.advencoder import AdvEncoderPAT, AdvEncoderPER, high_frequency
+from attacks.base import AttackConstraintError, check_adversarial, patch_side
 from attacks.errors import ConfigError
-from attacks.universal import L4A, SSP, AdvEncoderPER, FeatureUAP, SSPUniversal, high_frequency
+from attacks.universal import L4A, SSP, FeatureUAP, SSPUniversal
 
 EPS = 16 / 255
 #: Small fits: a few hundred attacker images, a couple of epochs (each attack's defaults are the authors').
@@ -171,3 +172,66 @@ def test_the_config_names_everything_that_changes_the_perturbation():
     assert a.config() == b.config()  # the default step is eps / 10, written out
     assert FeatureUAP(EPS, epochs=3).config() != a.config()
     assert AdvEncoderPER(EPS).config()["seed"] == 100 and AdvEncoderPER(EPS).config()["alpha"] == 5.0
+
+
+# ---- AdvEncoder-PAT: one patch, at one place, for every input ----------------------------------------------
+PATCH = 0.1  # 5 x 5 px on 16 px digits (the authors' 3 % is 2 x 2 here)
+
+
+def test_the_patch_is_one_patch_at_one_place_for_every_input_and_in_the_patch_budget(encoder, data):
+    attacker, (x, y) = data
+    attack = AdvEncoderPAT(PATCH, epochs=2, batch_size=64, ngf=16)
+    attack.attacker_data = attacker
+    x_adv = attack(encoder, x, y)
+    check_adversarial(x, x_adv, "patch", PATCH)
+    side = patch_side(PATCH, 16, 16)
+    row = col = 16 - 4 - side  # the authors' place: 14 px from the far edges at 64 px, scaled
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[row : row + side, col : col + side] = True
+    assert torch.equal(x_adv[..., ~inside], x[..., ~inside])  # nothing outside the patch moves
+    patch = x_adv[..., inside]
+    assert torch.equal(patch, patch[:1].expand_as(patch))  # the same pixels on every input
+    assert not torch.equal(patch[0], x[0][..., inside])
+    other = attack(encoder, x[:8].flip(0), y[:8])
+    assert torch.equal(other[..., inside], patch[:8])
+    with pytest.raises(AttackConstraintError, match="patch budget"):
+        check_adversarial(x, x_adv, "patch", 0.03)  # a 5 px patch is not a 2 px one
+
+
+def test_the_authors_patch_place_and_size_at_64_px():
+    mask = AdvEncoderPAT(0.03).mask(torch.zeros(1, 3, 64, 64))[0, 0]
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (39, 49, 39, 49)  # threats.md 0.2
+    assert int(mask.sum()) == 121
+    placed = AdvEncoderPAT(0.03, position=[0, 5]).mask(torch.zeros(1, 1, 16, 16))[0, 0]
+    assert placed[:2, 5:7].all() and int(placed.sum()) == 4
+
+
+def test_the_patch_budget_check_is_exact():
+    x = torch.full((2, 3, 16, 16), 0.5)
+    side = patch_side(0.1, 16, 16)
+    x_adv = x.clone()
+    x_adv[0, 1, 3, 3], x_adv[0, 2, 3 + side - 1, 3] = 0.0, 1.0  # a span of exactly `side` rows
+    check_adversarial(x, x_adv, "patch", 0.1)
+    x_adv[1, 0, 0, 0], x_adv[1, 0, 0, side] = 0.0, 0.0  # side + 1 columns
+    with pytest.raises(AttackConstraintError, match=f"span {side + 1} px > side {side} px"):
+        check_adversarial(x, x_adv, "patch", 0.1)
+
+
+def test_the_fitted_patch_beats_random_patches_on_the_feature_distance(encoder, data):
+    attacker, (x, y) = data
+    attack = AdvEncoderPAT(PATCH, epochs=3, batch_size=64, ngf=16)
+    attack.attacker_data = attacker
+    fitted_distance = feature_distance(encoder, x, attack(encoder, x, y))
+    g = torch.Generator().manual_seed(0)
+    randoms = [feature_distance(encoder, x, attack.apply(x, torch.rand(1, 1, 16, 16, generator=g))) for _ in range(5)]
+    assert fitted_distance > max(randoms), (fitted_distance, randoms)
+
+
+def test_patch_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match=r"area fraction, in \[0, 1\]"):
+        AdvEncoderPAT(1.5)
+    with pytest.raises(ConfigError, match="position is \\[row, col\\]"):
+        AdvEncoderPAT(0.03, position=[1])
+    with pytest.raises(ConfigError, match="leaves the 16 x 16 image"):
+        AdvEncoderPAT(0.1, position=[14, 0]).mask(torch.zeros(1, 1, 16, 16))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import tiny
+from test_runner import SPENT, spent, tiny
 
 from benchmark import run as runner
 from benchmark.config import compose
@@ -74,6 +74,7 @@ def test_two_workers_give_the_inline_rows(tmp_path, inline):
     assert_same_rows(inline, read_rows(tmp_path))
     statuses = [json.loads(p.read_text()) for p in (tmp_path / "results" / "launch" / "workers").glob("*.json")]
     assert len(statuses) == 2 and all(s["state"] == "finished" for s in statuses)
+    assert set(spent(tmp_path)) == SPENT, "the workers' seconds reach run_stats.json"
 
 
 @pytest.mark.slow

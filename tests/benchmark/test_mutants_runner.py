@@ -343,6 +343,18 @@ def test_code_fingerprint_changes_with_the_closure_only(tree):
     assert code_fingerprint(["attacks.fgsm"]) == code_fingerprint(["attacks.fgsm"], ROOT)
 
 
+def test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file(tree):
+    """The speed trick of `_imports` (parse a file once per mtime and size) gives what parsing afresh gives."""
+    from benchmark import cache as cache_mod
+
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c"]
+    (tree / "attacks/c.py").write_text("import attacks.f\n")  # an edit in place adds an import
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c", "attacks.f"]
+    memo = cache_mod.module_closure(["attacks.a"], tree)
+    cache_mod._IMPORTS.clear()
+    assert cache_mod.module_closure(["attacks.a"], tree) == memo == CLOSURE_A
+
+
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
     from benchmark import cache as cache_mod
 

@@ -222,6 +222,15 @@ def test_findings_section_in_the_leaderboard(tmp_path):
     assert "not in this run" not in section, "every seed claim has its rows in this run"
 
 
+def test_the_detection_table_is_there_only_when_detection_ran():
+    rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    title = "### Detecting adversarial inputs"
+    board = report.leaderboard(rows, HEADLINE, "success_ratio", [])
+    assert title in board and "| 70.0 |" in board[board.index(title) :]
+    off = [{**r, "detection_auroc": None} for r in rows]  # eval.detection=false
+    assert title not in report.leaderboard(off, HEADLINE, "success_ratio", [])
+
+
 # ---- plots -------------------------------------------------------------------------------------------------
 def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap():
     import matplotlib.pyplot as plt

@@ -101,6 +101,17 @@ def test_outputs(first):
     assert "| rank | defense | clean |" in board and "formula is unverified" in board
     assert out["stats"]["teacher_trained"] == 1 and out["stats"]["student_trained"] == 2
     assert out["stats"]["crafted"] == 2, "transfer examples are crafted once per epsilon, for all students"
+    assert set(spent(tmp)) == SPENT
+
+
+#: Where the tiny sweep's time goes (run_stats.json's `seconds_by_kind`): every kind of work it computes.
+SPENT = {"train", "craft", "attack/fgsm", "attack/pgd_linf", "attack/transfer_pgd_linf"}
+
+
+def spent(tmp: Path) -> dict[str, float]:
+    seconds = json.loads((tmp / "results" / "run_stats.json").read_text())["seconds_by_kind"]
+    assert all(v >= 0 for v in seconds.values())
+    return seconds
 
 
 def test_worst_case_row_is_the_per_example_union(first):
@@ -120,6 +131,7 @@ def test_rerun_trains_nothing_and_attacks_nothing(first):
     assert {k: v for k, v in again["stats"].items() if k != "cache_hits"} == dict.fromkeys(
         ("teacher_trained", "student_trained", "crafted", "attacks_run"), 0
     )
+    assert spent(tmp) == {}, "a cache hit costs nothing"
     key = lambda r: (r["defense"], r["attack"], r["eps"])  # noqa: E731
     before = {key(r): r["robust_acc"] for r in out["rows"]}
     assert {key(r): r["robust_acc"] for r in again["rows"]} == before
@@ -215,7 +227,7 @@ def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):
     [
         ("data=imagenet", "unknown data 'imagenet'; valid: cifar10_stl10, digits"),
         ("defense=[finetune,magic]", "unknown defense 'magic'; valid:"),
-        ("attack=cw", "unknown attack 'cw'; valid: advencoder_per, autoattack"),
+        ("attack=cw", "unknown attack 'cw'; valid: advencoder_pat, advencoder_per, autoattack"),
         ("model=vit_huge", "unknown model 'vit_huge'; valid:"),
         ("model.backbone=nonet", "unknown model 'nonet'; valid: small_cnn, dtn, resnet18_cifar, wrn_28_10"),
         ("attack.fgsm.epsilons=[-0.1]", "epsilon must be a finite number >= 0"),

@@ -82,6 +82,27 @@ def test_an_out_of_budget_example_is_never_scored():
         )
 
 
+class _Noisy(_Linear):
+    """A randomized model: fresh input noise on every pass."""
+
+    def forward(self, x):
+        return super().forward(x + 0.5 * torch.randn_like(x))
+
+
+def test_the_draws_that_score_a_crafted_set_do_not_depend_on_what_ran_before():
+    """Worker processes run cells in any order: a randomized model's score of a crafted (transfer) set is seeded."""
+    torch.manual_seed(0)
+    model, x, y = _Noisy(), torch.rand(64, 1, 2, 2), torch.randint(0, 3, (64,))
+    pred = predict_draws(model, x, 8, 16, torch.device("cpu"))
+    x_adv = (x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1)
+    outs = []
+    for burn in (0, 1, 5):
+        torch.rand(burn)  # whatever else this process drew before the cell
+        common = {"randomized": True, "batch_size": 16, "device": torch.device("cpu"), "seed": 0, "x_adv": x_adv}
+        outs.append(compute_cell(_OutOfBudget(eps=0.1), model, x, y, pred, **common)[0])
+    assert all(torch.equal(o["pred_adv"], outs[0]["pred_adv"]) for o in outs)
+
+
 def plain() -> dict:
     return outcome(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]), torch.tensor([0, 1]))
 

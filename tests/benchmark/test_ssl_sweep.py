@@ -61,6 +61,7 @@ def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_
         "SSP",
         "L4A",
         "AdvEncoderPER",
+        "AdvEncoderPAT",
     }
     assert all(s["teacher"] == "digits/common" for s in dae)
     assert all(s["teacher"] == "digits/teacher" for s in crafts.values() if "transfer" in s["id"])
@@ -175,7 +176,7 @@ def test_pretrained_weights_that_cannot_be_had_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-#: digits_ssl in a few seconds: one epoch per stage, two students, three attacks at one budget, 64 examples.
+#: digits_ssl in a few seconds: one epoch per stage, two students, four attacks at one budget, 64 examples.
 TINY_SSL = [
     *SSL,
     "teacher.common.trainer.max_epochs=1",
@@ -183,7 +184,9 @@ TINY_SSL = [
     "defense=[commoninit,finetune]",
     "defense.commoninit.trainer.max_epochs=1",
     "defense.finetune.trainer.max_epochs=1",
-    "attack=[pgd_linf,transfer_pgd_linf,uap_feature]",
+    "attack=[pgd_linf,transfer_pgd_linf,uap_feature,advencoder_pat]",
+    "attack.advencoder_pat.epsilons=[0.1]",
+    "attack.advencoder_pat.attack={surrogate: common, epochs: 1, ngf: 8, batch_size: 64}",
     "attack.pgd_linf.attack.steps=3",
     "attack.transfer_pgd_linf.attack.attack.steps=3",
     "attack.uap_feature.epsilons=[16/255]",
@@ -205,4 +208,8 @@ def test_a_tiny_ssl_sweep_reports_daes_beside_transfer_and_white_box(tmp_path):
         worst = group["worst_case"]
         assert "uap_feature" in worst["threat_model"] and "transfer_pgd_linf" in worst["threat_model"]
         assert float(worst["robust_acc"]) <= min(float(r["robust_acc"]) for k, r in group.items()) + 1e-9
-    assert out["stats"]["crafted"] == 2, "the DAE and the transfer set are crafted once, for every model"
+    patch = [r for r in rows if r["norm"] == "patch"]
+    assert {r["attack"] for r in patch} == {"advencoder_pat"} and len(patch) == 4, "a budget group of its own"
+    assert all(r["threat_model"] == "agnostic" and r["eps_label"] == "0.1" for r in patch)
+    assert all("advencoder_pat" not in r["threat_model"] for r in rows if r["attack"] == "worst_case")
+    assert out["stats"]["crafted"] == 3, "the DAEs and the transfer set are crafted once, for every model"
