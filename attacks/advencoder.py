@@ -141,8 +141,8 @@ class AdvEncoderPAT(AdvEncoderPER):
     Args:
         eps: the patch's area fraction, in [0, 1] (0: no patch).
         position: the patch's top-left (row, col); None: the authors' fixed place, row = H - 14 H / 64 - side
-            (rows and columns 39..49 at 64 px; threats.md 0.2), and the same for the column. Not random:
-            the authors paste it at one place, so it is one perturbation for every input.
+            (rows and columns 39..49 at 64 px; threats.md 0.2; 0 if that is negative), and the same for the column.
+            Not random: the authors paste it at one place, so it is one perturbation for every input.
         the rest: see `AdvEncoderPER` (no `norm`).
     """
 
@@ -173,13 +173,12 @@ class AdvEncoderPAT(AdvEncoderPER):
                          surrogate)  # fmt: skip
         self.norm = "patch"  # `check_adversarial` checks the patch budget
         self.position = None if position is None else (int(position[0]), int(position[1]))
-        self._mask: torch.Tensor | None = None
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """1 on the patch, 0 elsewhere, (1, 1, H, W)."""
         h, w = like.shape[-2:]
         side = patch_side(self.eps, h, w)
-        row, col = self.position or (h - round(14 * h / 64) - side, w - round(14 * w / 64) - side)
+        row, col = self.position or (max(0, h - round(14 * h / 64) - side), max(0, w - round(14 * w / 64) - side))
         if not (0 <= row <= h - side and 0 <= col <= w - side):
             raise ConfigError(f"advencoder_pat: a {side} px patch at ({row}, {col}) leaves the {h} x {w} image")
         mask = torch.zeros(1, 1, h, w, device=like.device, dtype=like.dtype)

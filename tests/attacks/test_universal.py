@@ -203,6 +203,8 @@ def test_the_authors_patch_place_and_size_at_64_px():
     rows, cols = mask.nonzero(as_tuple=True)
     assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (39, 49, 39, 49)  # threats.md 0.2
     assert int(mask.sum()) == 121
+    whole = AdvEncoderPAT(1.0).mask(torch.zeros(1, 1, 16, 16))  # too big for the authors' place: from the corner
+    assert bool(whole.all())
     placed = AdvEncoderPAT(0.03, position=[0, 5]).mask(torch.zeros(1, 1, 16, 16))[0, 0]
     assert placed[:2, 5:7].all() and int(placed.sum()) == 4
 
