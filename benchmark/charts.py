@@ -141,6 +141,8 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
             lines: dict[str, list[tuple[float, float]]] = {}
             for d in res.defenses:
                 for e in epss:
+                    if attack == WORST and not res.whitebox_at(d, norm, e):  # as the PNG: see plots.robust_vs_eps
+                        continue
                     if (v := _mean(res.values(d, attack, norm, e))) is not None:
                         lines.setdefault(d, []).append((round(e * scale, 3), v))
             if len(epss) < 2 or not lines:

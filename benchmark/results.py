@@ -80,6 +80,15 @@ class PairResults:
         by_seed = {r["seed"]: number(r.get(field)) for r in self.rows if r["defense"] == defense}
         return [v for v in by_seed.values() if v is not None]
 
+    def whitebox_at(self, defense: str, norm: str, eps: float) -> bool:
+        """Whether a white-box attack ran on `defense` at this budget (else its worst case holds only attacks
+        crafted without the model, and is no worst case to draw beside the others)."""
+        return any(
+            r["defense"] == defense and r["norm"] == norm and r["threat_model"] == "white-box"
+            and abs(float(r["eps"]) - eps) < 1e-9
+            for r in self.rows
+        )  # fmt: skip
+
     def epsilons(self, attack: str, norm: str) -> list[float]:
         return sorted({round(float(r["eps"]), 10) for r in self.rows if r["attack"] == attack and r["norm"] == norm})
 

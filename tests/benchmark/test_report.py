@@ -283,6 +283,30 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
 
 
 # ---- W&B ---------------------------------------------------------------------------------------------------
+def test_the_worst_case_curve_leaves_out_budgets_no_white_box_attack_covered():
+    """A randomized model attacked white-box at 16/255 only: its worst case at 32/255 over transfer and mimicry
+    alone would draw a curve that rises with epsilon (seen in the digits plot)."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.plots import figures
+
+    rows, _ = fake_run(defenses=[d for d in DEFENSES if d[0] in ("pgd_at", "atop")])
+    transfer = next(r for r in rows if r["defense"] == "atop" and r["attack"] == "transfer_pgd_linf"
+                    and abs(r["eps"] - 32 / 255) < 1e-9)  # fmt: skip
+    rows.append({**transfer, "attack": "worst_case", "threat_model": "union: transfer_pgd_linf+mimicry_linf",
+                 "row_id": transfer["row_id"].replace("transfer_pgd_linf", "worst_case")})  # fmt: skip
+    figs, colors = figures(rows, HEADLINE)
+    try:
+        panel = next(ax for ax in figs["robust_vs_eps"].axes if ax.get_title().startswith("worst_case"))
+        xs = {line.get_label(): [round(float(x), 3) for x in line.get_xdata()] for line in panel.get_lines()}
+        assert xs["atop"] == [16.0], "atop's white-box attacks ran at 16/255 only"
+        assert xs["pgd_at"] == [4.0, 8.0, 16.0, 32.0]
+        assert "budgets a white-box attack covered" in panel.get_title()
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
 def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
     from benchmark.tracking import track
 
