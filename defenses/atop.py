@@ -25,9 +25,6 @@ DeepFillv2-size one fits without a new defense.
 
 from __future__ import annotations
 
-import contextlib
-from typing import ClassVar
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,7 +33,7 @@ from hydra.utils import instantiate
 from attacks.base import attack_mode
 from attacks.errors import ConfigError, choose
 from attacks.fgsm import FGSM
-from defenses.base import AdversarialStudent
+from defenses.base import AdversarialStudent, FrozenRandomness
 
 TRANSFORMS = ("rt1", "rt2", "rt3")
 
@@ -146,30 +143,22 @@ class RandomTransform:
         return (x + self.noise_std * z).clamp(0, 1)
 
 
-class PurifiedClassifier(nn.Module):
+class PurifiedClassifier(FrozenRandomness, nn.Module):
     """The deployed AToP model: random transform -> purifier -> classifier; [0, 1] images in, logits out.
 
     Randomized: every forward pass draws new masks and noise, unless inside `frozen(seed)`, where every pass
     uses the same draws (the sanity check "with the randomness frozen the attack must succeed").
     """
 
-    randomized: ClassVar[bool] = True
-
     def __init__(self, transform: RandomTransform, purifier: nn.Module, classifier: nn.Module):
         super().__init__()
         self.transform = transform
         self.purifier = purifier
         self.classifier = classifier
-        self._frozen_seed: int | None = None
-
-    def _generator(self, device) -> torch.Generator | None:
-        if self._frozen_seed is None:
-            return None
-        return torch.Generator(device="cpu").manual_seed(self._frozen_seed)
 
     def purify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(purified image in [0, 1], mask of the regenerated pixels)."""
-        g = self._generator(x.device)
+        g = self.seeded()
         noisy = self.transform.noise(x, g)
         masks = self.transform.masks(x, g)
         if len(masks) == 1:
@@ -187,15 +176,6 @@ class PurifiedClassifier(nn.Module):
     def bpda(self) -> nn.Module:
         """The same forward pass, with an identity backward through transform and purifier (BPDA)."""
         return _BPDAView(self)
-
-    @contextlib.contextmanager
-    def frozen(self, seed: int = 0):
-        """Every forward pass inside uses the same masks and noise."""
-        self._frozen_seed = seed
-        try:
-            yield self
-        finally:
-            self._frozen_seed = None
 
 
 class _BPDAView(nn.Module):

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import ClassVar
+
+import torch
+
 from attacks.base import Attack, Eps, Norm
 from attacks.errors import ConfigError
 from attacks.pgd import PGD
 from lightning_modules.modules import StudentModule
+
+
+class FrozenRandomness:
+    """Mixin of a randomized deployed model (`randomized`: the runner scores it over fresh draws): inside
+    `frozen(seed)` every forward pass draws the same randomness, from `seeded()` (the frozen-randomness check)."""
+
+    randomized: ClassVar[bool] = True
+    _seed: int | None = None
+
+    def seeded(self) -> torch.Generator | None:
+        """A CPU generator from the frozen seed (a fresh one per call: every pass replays it); None: fresh draws."""
+        return None if self._seed is None else torch.Generator().manual_seed(self._seed)
+
+    @contextlib.contextmanager
+    def frozen(self, seed: int = 0):
+        self._seed = seed
+        try:
+            yield self
+        finally:
+            self._seed = None
 
 
 class AdversarialStudent(StudentModule):

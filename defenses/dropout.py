@@ -15,9 +15,7 @@ unit were dropped (identity backward through the mask).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -25,18 +23,16 @@ import torch.nn.functional as F
 
 from attacks.errors import ConfigError
 from attacks.mimicry import resolve_layer
+from defenses.base import FrozenRandomness
 from lightning_modules.modules import StudentModule
 
 
-class DropoutClassifier(nn.Module):
+class DropoutClassifier(FrozenRandomness, nn.Module):
     """A classifier with dropout at one layer (or on the input) in every pass: [0, 1] images in, logits out."""
-
-    randomized: ClassVar[bool] = True
 
     def __init__(self, classifier: nn.Module, p: float, layer: str, straight_through: bool = False):
         super().__init__()
         self.classifier, self.p, self.layer, self.straight_through = classifier, p, layer, straight_through
-        self._seed: int | None = None
         self._generator: torch.Generator | None = None
 
     def drop(self, t: torch.Tensor) -> torch.Tensor:
@@ -47,7 +43,7 @@ class DropoutClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A frozen model replays the same masks in every pass (a fresh generator from the seed per call).
-        self._generator = None if self._seed is None else torch.Generator().manual_seed(self._seed)
+        self._generator = self.seeded()
         if self.layer == "input":
             return self.classifier(self.drop(x))
         module = self.classifier.backbone.get_submodule(self.layer)
@@ -65,15 +61,6 @@ class DropoutClassifier(nn.Module):
         view = DropoutClassifier(self.classifier, self.p, self.layer, straight_through=True)
         view._seed = self._seed
         return view
-
-    @contextlib.contextmanager
-    def frozen(self, seed: int = 0):
-        """Every forward pass inside draws the same masks."""
-        self._seed = seed
-        try:
-            yield self
-        finally:
-            self._seed = None
 
 
 class InferenceDropout(StudentModule):

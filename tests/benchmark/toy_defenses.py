@@ -8,12 +8,12 @@ masked. With its noise frozen a gradient attack still fails, so the frozen-rando
 
 from __future__ import annotations
 
-import contextlib
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
+from defenses.base import FrozenRandomness
 from lightning_modules.modules import StudentModule
 
 
@@ -27,28 +27,17 @@ class _ZeroGrad(torch.autograd.Function):
         return torch.zeros_like(grad)
 
 
-class NoisyClassifier(nn.Module):
-    randomized: ClassVar[bool] = True
-
+class NoisyClassifier(FrozenRandomness, nn.Module):
     def __init__(self, classifier: nn.Module, sigma: float, mask_gradients: bool):
         super().__init__()
         self.classifier, self.sigma, self.mask_gradients = classifier, sigma, mask_gradients
-        self._seed: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = None if self._seed is None else torch.Generator().manual_seed(self._seed)
+        g = self.seeded()
         noise = torch.randn(x.shape, generator=g).to(x.device)
         if self.mask_gradients:
             x = _ZeroGrad.apply(x)
         return self.classifier((x + self.sigma * noise).clamp(0, 1))
-
-    @contextlib.contextmanager
-    def frozen(self, seed: int = 0):
-        self._seed = seed
-        try:
-            yield self
-        finally:
-            self._seed = None
 
 
 class NoisyInput(StudentModule):
