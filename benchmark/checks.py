@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from benchmark.metrics import SANITY_TOL
+from benchmark.records import Row
 from benchmark.stages.score import head, metrics, size
 
 FLAG_DOC = {
@@ -46,13 +47,13 @@ def tolerance(n: int) -> float:
     return max(SANITY_TOL, 2 / max(1, n))
 
 
-def add_flag(row: dict, name: str) -> None:
+def add_flag(row: Row, name: str) -> None:
     """Mark a row with a sanity flag (results.csv `flags`, the leaderboard's warnings, W&B), once."""
     if name not in FLAG_DOC:
         raise KeyError(f"undocumented flag '{name}'; documented: {', '.join(FLAG_DOC)}")
-    if name in str(row.get("flags") or "").split(";"):
+    if name in row.flag_list:
         return
-    row["flags"] = ";".join(filter(None, [row.get("flags", ""), name]))
+    row.flags = ";".join([*row.flag_list, name])
 
 
 def _on_common(a: dict, b: dict) -> tuple[float, float, int]:
@@ -62,22 +63,19 @@ def _on_common(a: dict, b: dict) -> tuple[float, float, int]:
 
 
 # ---- per-example rules (outcomes of one model) -------------------------------------------------------
-def transfer_vs_whitebox(transfer_row: dict, transfer: dict, whitebox: list[tuple[dict, dict]]) -> None:
+def transfer_vs_whitebox(transfer_row: Row, transfer: dict, whitebox: list[tuple[Row, dict]]) -> None:
     """Flag the transfer row if it beats any iterative white-box attack at its norm and epsilon, compared per
     example on the examples both ran on. (A single-step white-box attack may legitimately be weaker than an
     iterative transfer attack; single-step against iterative is its own check.)"""
     for row, out in whitebox:
-        if int(row["steps"]) <= 1 or (row["norm"], round(row["eps"], 10)) != (
-            transfer_row["norm"],
-            round(transfer_row["eps"], 10),
-        ):
+        if row.steps <= 1 or row.budget_key != transfer_row.budget_key:
             continue
         tr, wb, n = _on_common(transfer, out)
         if tr < wb - tolerance(n):
             add_flag(transfer_row, "transfer_stronger_than_whitebox")
 
 
-def frozen_randomness(row: dict, frozen: dict, randomized: dict) -> None:
+def frozen_randomness(row: Row, frozen: dict, randomized: dict) -> None:
     """Carlini et al. 2019 (evaluation.md section 2, item 9): with the randomness fixed the attack must succeed.
     The frozen attack is the EOT attack with one sample on the deterministic stand-in (`frozen(seed)`); an example
     it leaves robust means the deployed pipeline resists without its randomness: either genuinely (e.g. an
@@ -85,77 +83,96 @@ def frozen_randomness(row: dict, frozen: dict, randomized: dict) -> None:
     The protocol's threshold, no looser: robust accuracy within the noise of zero (`tolerance(n)`). The randomized
     model's robust accuracy on the same examples is kept as the row's `sanity_reference`."""
     fr, rnd, n = _on_common(frozen, randomized)
-    row["sanity_reference"] = rnd
+    row.sanity_reference = rnd
     if fr > tolerance(n):
         add_flag(row, "frozen_randomness_attack_fails")
 
 
-def converged(row: dict, doubled: dict, base: dict) -> None:
+def converged(row: Row, doubled: dict, base: dict) -> None:
     """Twice the steps and EOT samples must not lower robust accuracy beyond noise (item 11)."""
     dbl, ref, n = _on_common(doubled, base)
-    row["sanity_reference"] = ref
+    row.sanity_reference = ref
     if dbl < ref - tolerance(n):
         add_flag(row, "eot_attack_not_converged")
 
 
-def unbounded(row: dict, out: dict) -> None:
+def unbounded(row: Row, out: dict) -> None:
     """An unbounded attack (eps = 1, the whole image box) must break every example (item 5: success 100 %)."""
     if metrics(out)["robust_acc"] > tolerance(size(out)):
         add_flag(row, "unbounded_attack_not_chance")
 
 
-def abstaining_without_adaptive_attack(made: list[tuple[dict, dict, object]], worst_rows: list[dict]) -> None:
+def abstaining_without_adaptive_attack(made: list[tuple[Row, dict]], worst_rows: list[Row]) -> None:
     """A defense that may reject (its outcomes record rejections) is only as good as its worst case over attacks
     that include one aimed at the accept/reject pipeline (an attack with `reject_aware`; Carlini & Wagner 2017).
     Without any, every row of the model is flagged; otherwise the worst-case rows at budgets none of them covered.
-    `made`: (row, outcome, attack) of one model's attack rows; `worst_rows`: its worst-case rows."""
-    if not any("clean_rejected" in out for _, out, _ in made):
+    `made`: (row, outcome) of one model's attack rows (each row with its cell); `worst_rows`: its worst-case rows."""
+    if not any("clean_rejected" in out for _, out in made):
         return
-    covered = {(r["norm"], round(r["eps"], 10)) for r, _, a in made if getattr(a, "reject_aware", False)}
-    flagged = [r for r, _, _ in made] + worst_rows if not covered else worst_rows
+    covered = {r.budget_key for r, _ in made if r.cell is not None and r.cell.reject_aware}
+    flagged = [r for r, _ in made] + worst_rows if not covered else worst_rows
     for row in flagged:
-        if row["threat_model"] != "sanity" and (row["norm"], round(row["eps"], 10)) not in covered:
+        if row.threat_model != "sanity" and row.budget_key not in covered:
             add_flag(row, "no_adaptive_attack")
 
 
+def model_checks(made: list[tuple[Row, dict]], worst: list[tuple[Row, dict]], outcomes: dict[str, dict]) -> None:
+    """Every per-example check of one model, each on the cells it is for: a crafted attack (transfer, mimicry,
+    agnostic) against the iterative white-box attacks; a sanity cell of a randomized model against its base cell
+    (`outcomes`: every cell's outcome by id); the reject option against the adaptive attacks."""
+    whitebox = [(r, o) for r, o in made if r.threat_model == "white-box"]
+    for row, out in made:
+        cell = row.cell
+        if cell.crafted:
+            transfer_vs_whitebox(row, out, whitebox)
+        base = outcomes.get(cell.base or "")
+        if cell.role == "frozen":
+            frozen_randomness(row, out, base)
+        elif cell.role == "x2":
+            converged(row, out, base)
+        elif cell.role == "unbounded":
+            unbounded(row, out)
+    abstaining_without_adaptive_attack(made, [r for r, _ in worst])
+
+
 # ---- rules across rows --------------------------------------------------------------------------------
-def cross_row_flags(rows: list[dict]) -> None:
+def cross_row_flags(rows: list[Row]) -> None:
     """Between the attack rows of one model: an iterative white-box attack must not be weaker than a single-step
     one at the same norm and epsilon, and robust accuracy must not rise with epsilon along one attack. The
     tolerance is that of the smaller n of the two rows compared."""
     by_model = defaultdict(list)
     for r in rows:
-        if r["threat_model"] != "sanity" and r["attack"] != "worst_case":
-            by_model[(r["pair"], r["defense"], int(r["seed"]))].append(r)
+        if r.threat_model != "sanity" and r.attack != "worst_case":
+            by_model[(r.pair, r.defense, r.seed)].append(r)
     for group in by_model.values():
         at = defaultdict(list)
         for r in group:
-            if r["threat_model"] == "white-box":
-                at[(r["norm"], round(float(r["eps"]), 10))].append(r)
+            if r.threat_model == "white-box":
+                at[r.budget_key].append(r)
         for same in at.values():
-            for it in (r for r in same if int(r["steps"]) > 1):
-                for s in (r for r in same if int(r["steps"]) == 1):
-                    n = min(int(it["n_examples"]), int(s["n_examples"]))
-                    if float(it["robust_acc"]) > float(s["robust_acc"]) + tolerance(n):
+            for it in (r for r in same if r.steps > 1):
+                for s in (r for r in same if r.steps == 1):
+                    n = min(it.n_examples, s.n_examples)
+                    if it.robust_acc > s.robust_acc + tolerance(n):
                         add_flag(it, "iterative_weaker_than_single_step")
         series = defaultdict(list)
         for r in group:
-            series[r["attack"]].append(r)
+            series[r.attack].append(r)
         for rs in series.values():
-            rs = sorted(rs, key=lambda r: float(r["eps"]))
+            rs = sorted(rs, key=lambda r: r.eps)
             for lo, hi in zip(rs, rs[1:]):
-                n = min(int(lo["n_examples"]), int(hi["n_examples"]))
-                if float(hi["robust_acc"]) > float(lo["robust_acc"]) + tolerance(n):
+                n = min(lo.n_examples, hi.n_examples)
+                if hi.robust_acc > lo.robust_acc + tolerance(n):
                     add_flag(hi, "non_monotone_in_eps")
 
 
-def flag_warnings(rows: list[dict]) -> list[str]:
+def flag_warnings(rows: list[Row]) -> list[str]:
     """One warning line per flag raised on any row (in row order, without repeats)."""
     warnings = []
     for r in rows:
-        for flag in filter(None, str(r.get("flags") or "").split(";")):
+        for flag in r.flag_list:
             warnings.append(
-                f"{r['pair']}/{r['defense']}/seed {r['seed']}, {r['attack']} {r['norm']} eps {r['eps_label']} "
-                f"(robust {float(r['robust_acc']):.3f}): {FLAG_DOC.get(flag, flag)}"
+                f"{r.pair}/{r.defense}/seed {r.seed}, {r.attack} {r.norm} eps {r.eps_label} "
+                f"(robust {r.robust_acc:.3f}): {FLAG_DOC.get(flag, flag)}"
             )
     return list(dict.fromkeys(warnings))

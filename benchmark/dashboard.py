@@ -8,7 +8,7 @@ table in long format (`attack_defense`).
 
 `make dashboard` saves a workspace per dataset pair into the sweep's project with `wandb-workspaces`: its run set
 is the sweep's group without the training runs (`job_type != train`), filtered by pair and seed, grouped by
-defense; its panels read the evaluation runs' metrics (`benchmark.charts.eval_metrics`, `eval_curves`), and
+defense; its panels read the evaluation runs' metrics (`benchmark.wandb_charts.eval_metrics`, `eval_curves`), and
 only metrics that the sweep's rows give are put in a panel. Building a workspace needs no network; saving it
 needs a W&B login.
 """
@@ -22,8 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.charts import WORST, evaluated_models, metric_tag
-from benchmark.findings import eps_axis, eps_str, headline_eps
+from benchmark.wandb_charts import WORST, evaluated_models, metric_tag
+from benchmark.records import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
 
 #: How a panel aggregates the runs of a defense (its seeds): their mean, with the range from the lowest to the
@@ -47,14 +47,14 @@ class _Pair:
     """One pair's results and the W&B metrics its evaluation runs have."""
 
     def __init__(self, rows: list[dict], headline: dict[str, float], pair: str):
-        self.res = PairResults([r for r in rows if r["pair"] == pair])
+        self.res = PairResults([r for r in rows if r.pair == pair])
         self.hl = headline_eps(self.res.rows, headline)
         self.models = [m for m in evaluated_models(rows) if m["pair"] == pair]
         self.have = {k for m in self.models for k in m["metrics"]}
 
     def threat(self, kind: str) -> list[tuple[str, str]]:
         """The (attack, norm) of the pair's rows of one threat model (white-box, transfer)."""
-        kinds = {(r["attack"], r["norm"]) for r in self.res.rows if r["threat_model"] == kind}
+        kinds = {(r.attack, r.norm) for r in self.res.rows if r.threat_model == kind}
         return [an for an in self.res.attacks if an in kinds]
 
     def at_headline(self, attack: str, norm: str) -> tuple[str, str]:
@@ -77,7 +77,7 @@ def panel_sections(rows: list[dict], headline: dict[str, float], pair: str) -> l
     that the pair's evaluation runs have."""
     import wandb_workspaces.reports.v2 as wr
 
-    from benchmark.plots import heatmap_columns
+    from benchmark.png_figures import heatmap_columns
 
     p = _Pair(rows, headline, pair)
     n = len(p.models)
@@ -142,7 +142,7 @@ def workspace(
     from wandb_workspaces import expr
 
     models = [m for m in evaluated_models(rows) if m["pair"] == pair]
-    seeds = seeds if seeds is not None else list(dict.fromkeys(m["rows"][0]["seed"] for m in models))
+    seeds = seeds if seeds is not None else list(dict.fromkeys(m["rows"][0].seed for m in models))
     return ws.Workspace(
         entity=entity,
         project=project,
@@ -198,7 +198,7 @@ def load_sweep(out: Path) -> dict:
     logger = cfg.get("logger") or {}
     if not logger.get("project") or logger.get("mode") == "disabled":
         raise ConfigError(f"the sweep in {out} was not logged to W&B (logger=none); run it with logger=wandb")
-    rows = [{**r, "seed": _seed(r["seed"])} for r in read_csv(out / "results.csv")]
+    rows = read_csv(out / "results.csv")
     saved = read_outputs(out)["report_config"].get("headline")
     headline = saved or {k.lower(): parse_eps(v) for k, v in ((cfg.get("report") or {}).get("headline") or {}).items()}
     return {
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.results)
-        pairs = list(dict.fromkeys(r["pair"] for r in sweep["rows"]))
-        seeds = list(dict.fromkeys(r["seed"] for r in sweep["rows"]))
+        pairs = list(dict.fromkeys(r.pair for r in sweep["rows"]))
+        seeds = list(dict.fromkeys(r.seed for r in sweep["rows"]))
         for p in args.pair or []:
             choose("pair", p, pairs)
         for s in args.seed or []:

@@ -29,7 +29,8 @@ from attacks.base import check_adversarial
 from attacks.errors import ConfigError
 from benchmark.cache import Cache
 from benchmark.detection import RepresentationDetector
-from benchmark.plan import Plan, make_attack
+from benchmark.plan import Plan
+from benchmark.records import CellSpec
 from benchmark.stages.attack import compute_cell, fast_layout, precision, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
@@ -240,7 +241,7 @@ class Executor:
     def _craft(self, stage: dict) -> None:
         """Examples crafted on the teacher once per (teacher, attack, eps), then scored on every student."""
         x, y = self._xy(stage["pair"], stage["n"])
-        attack = make_attack(stage["attack"])
+        attack = self.plan.attack(stage["id"])
         meta = self.cache.meta("craft", stage["key"])
         crafted_before = self.done.stats["crafted"]
         if meta is None:
@@ -252,6 +253,7 @@ class Executor:
             x_adv, cost = run_attack(
                 attack, teacher.model, x, y, teacher.batch_size, self.device, precision_name=self.precision
             )
+            attack.surrogate = attack.attacker_data = None  # the plan keeps the attack: not the model and data
             meta = {**cost, "plan_id": stage["id"]}
             self.cache.put("craft", stage["key"], meta, {"x_adv": x_adv})
             self.done.stats["crafted"] += 1
@@ -263,41 +265,42 @@ class Executor:
         self.done.metas[stage["id"]] = {**meta, "cached": self.done.stats["crafted"] == crafted_before}
 
     def _cell(self, stage: dict) -> None:
+        cell: CellSpec = stage["cell"]
         meta = self.cache.meta("attack", stage["key"])
         if meta is not None:
             out = self.cache.tensors("attack", stage["key"], "outcome")
             self.done.stats["cache_hits"] += 1
             meta["cached"] = True
         else:
-            out, meta = self._compute(stage)
+            out, meta = self._compute(cell)
             self.cache.put("attack", stage["key"], meta, {"outcome": out})
             self.done.stats["attacks_run"] += 1
             meta["cached"] = False
-        self.done.outcomes[stage["id"]] = out
-        self.done.metas[stage["id"]] = meta
-        if stage["role"] != "reference":
+        self.done.outcomes[cell.id] = out
+        self.done.metas[cell.id] = meta
+        if cell.role != "reference":
             m = metrics(out)
             self.log(
-                f"  {stage['defense']:>12} s{stage['seed']} {stage['entry']:>18} {stage['role']:>9} eps "
-                f"{stage['attack']['eps']:>7}: clean {m['clean_acc']:.3f} robust {m['robust_acc']:.3f}"
+                f"  {cell.defense:>12} s{cell.seed} {cell.entry:>18} {cell.role:>9} eps "
+                f"{cell.attack['eps']:>7}: clean {m['clean_acc']:.3f} robust {m['robust_acc']:.3f}"
                 + (" (cached)" if meta["cached"] else "")
             )
 
-    def _compute(self, stage: dict) -> tuple[dict, dict]:
+    def _compute(self, cell: CellSpec) -> tuple[dict, dict]:
         start = time.perf_counter()
-        x, y = self._xy(stage["pair"], stage["n"])
-        attack = make_attack(stage["attack"])
+        x, y = self._xy(cell.pair, cell.n)
+        attack = self.plan.attack(cell.id)
         ev = self.cfg["eval"]
         # every cell of a randomized model (the frozen one too) shares the model's K clean draws
-        loaded = self._model(stage["model"], ev["draws"] if stage["randomized"] else 1)
+        loaded = self._model(cell.model, ev["draws"] if cell.randomized else 1)
         bs = loaded.batch_size
-        crafted = self._crafted_set(stage["craft"])[0][: stage["n"]] if stage["craft"] else None
-        task = self._progress.add_task(f"  {attack.label}", total=stage["n"]) if self._progress else None
+        crafted = self._crafted_set(cell.craft)[0][: cell.n] if cell.craft else None
+        task = self._progress.add_task(f"  {attack.label}", total=cell.n) if self._progress else None
         on_batch = (lambda k: self._progress.advance(task, k)) if task is not None else None
         common = {"batch_size": bs, "device": self.device, "seed": ev["seed"], "on_batch": on_batch}
         common["precision_name"] = self.precision
         try:
-            if stage["role"] == "frozen":  # a deterministic stand-in with its randomness fixed: one pass decides
+            if cell.role == "frozen":  # a deterministic stand-in with its randomness fixed: one pass decides
                 with loaded.model.frozen(ev["seed"]) as fixed:
                     pred = predict_draws(fixed, x, 1, bs, self.device)
                     out, cost = compute_cell(attack, fixed, x, y, pred, randomized=True, **common)
@@ -307,20 +310,20 @@ class Executor:
                     loaded.model,
                     x,
                     y,
-                    loaded.pred_clean[:, : stage["n"]],
-                    randomized=stage["randomized"],
+                    loaded.pred_clean[:, : cell.n],
+                    randomized=cell.randomized,
                     x_adv=crafted,
                     detector=loaded.detector,
-                    score_clean=None if loaded.score_clean is None else loaded.score_clean[: stage["n"]],
+                    score_clean=None if loaded.score_clean is None else loaded.score_clean[: cell.n],
                     **common,
                 )
         finally:
             if task is not None:
                 self._progress.remove_task(task)
         if crafted is not None:
-            craft_meta = self._crafted_set(stage["craft"])[1]
+            craft_meta = self._crafted_set(cell.craft)[1]
             cost = {k: craft_meta[k] for k in ("attack_seconds", "forward_passes", "backward_passes")}
-        meta = {**cost, "wall_seconds": time.perf_counter() - start, "plan_id": stage["id"]}
+        meta = {**cost, "wall_seconds": time.perf_counter() - start, "plan_id": cell.id}
         meta.update(precision=self.precision, batch_size=bs)
         meta["attack_flags"] = list(getattr(attack, "flags", []))
         return out, meta

@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from benchmark.records import Row, eps_str, headline_eps, same_eps
+
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
@@ -106,31 +108,6 @@ def claims_from_config(entries: list[dict]) -> list[Claim]:
     return out
 
 
-def headline_eps(rows: list[dict], headline: dict) -> dict[str, float]:
-    """The budget each norm is ranked at: the configured one if swept, else the median swept value."""
-    out = {}
-    for norm in sorted({r["norm"] for r in rows}, key=lambda n: n != "linf"):
-        swept = sorted({round(float(r["eps"]), 10) for r in rows if r["norm"] == norm})
-        want = headline.get(norm)
-        out[norm] = want if want is not None and any(abs(e - want) < 1e-9 for e in swept) else swept[len(swept) // 2]
-    return out
-
-
-def eps_str(norm: str, eps: float) -> str:
-    """A budget as the leaderboard writes it: L-inf in 1/255 units ("16/255"), L2 as is."""
-    if math.isnan(eps):
-        return "-"
-    return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
-
-
-#: The axis of a budget sweep, per budget type (`attacks.base.BUDGETS`).
-AXES = {"linf": "epsilon (x/255)", "l2": "epsilon (L2)", "dssim": "DSSIM threshold P", "patch": "patch area (fraction)"}
-
-
-def eps_axis(norm: str) -> str:
-    return AXES.get(norm, f"budget ({norm})")
-
-
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     """The t interval of the mean of `values` (NaN without two values)."""
     from scipy import stats
@@ -208,22 +185,22 @@ def paired_test(higher: list[float], lower: list[float]) -> dict:
     }
 
 
-def _rows_for(rows: list[dict], claim: Claim, pair: str, eps: float) -> dict[tuple[str, str], dict]:
+def _rows_for(rows: list[Row], claim: Claim, pair: str, eps: float) -> dict[tuple[str, str], Row]:
     """(defense, seed) -> the claim's row for that model."""
     return {
-        (r["defense"], str(r["seed"])): r
+        (r.defense, str(r.seed)): r
         for r in rows
-        if r["pair"] == pair
-        and r["threat_model"] != "sanity"
-        and r["attack"] == claim.attack
-        and r["norm"] == claim.norm
-        and abs(float(r["eps"]) - eps) < 1e-9
-        and r["defense"] in (claim.higher, claim.lower)
+        if r.pair == pair
+        and r.threat_model != "sanity"
+        and r.attack == claim.attack
+        and r.norm == claim.norm
+        and same_eps(r.eps, eps)
+        and r.defense in (claim.higher, claim.lower)
     }
 
 
 def findings(
-    rows: list[dict], per_example: dict | None, headline: dict[str, float], claims: list[Claim] | None = None
+    rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list[Claim] | None = None
 ) -> list[dict]:
     """One finding per claim and dataset pair: the two robust accuracies, their difference, the paired test per
     seed, the Holm-adjusted p and the verdict (see the module docstring for the rule)."""
@@ -235,7 +212,7 @@ def findings(
     per_example = per_example or {}
     hl = headline_eps(rows, headline) if rows else {}
     out, tests = [], []
-    for pair in dict.fromkeys(r["pair"] for r in rows):
+    for pair in dict.fromkeys(r.pair for r in rows):
         for claim in claims:
             eps = hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)
             found = _rows_for(rows, claim, pair, eps)
@@ -253,7 +230,7 @@ def findings(
                 "seeds": len(seeds),
                 "per_seed": [],
             }
-            ids = [(found[(claim.higher, s)].get("row_id"), found[(claim.lower, s)].get("row_id")) for s in seeds]
+            ids = [(found[(claim.higher, s)].row_id, found[(claim.lower, s)].row_id) for s in seeds]
             if not seeds:
                 item["verdict"] = "not in this run"
             elif not all(per_example.get(a, {}).get("robust") and per_example.get(b, {}).get("robust") for a, b in ids):

@@ -22,12 +22,13 @@ in the sweep).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from attacks.base import Attack, parse_eps
 from attacks.pgd import PGD
 from benchmark.cache import stage_key
 from benchmark.config import AttackEntry, Declared, seeds_of, validate
+from benchmark.records import Budget, CellSpec
 from benchmark.stages.build import (
     NON_SEMANTIC_DATA_KEYS,
     build,
@@ -42,7 +43,9 @@ from benchmark.stages.build import (
 
 #: The code a cell runs besides its attack (its model's code is in the model's key).
 CELL_MODULES = ("benchmark.stages.attack", "benchmark.stages.score", "benchmark.detection")
-ROLES = ("attack", "reference", "frozen", "x2", "unbounded")
+#: The row name of each role's cells (None: the attack's own name); a `reference` cell makes no row.
+ROW_NAMES = {"attack": None, "reference": None, "x2": "{entry}_x2", "frozen": "sanity_frozen_randomness",
+             "unbounded": "sanity_unbounded"}  # fmt: skip
 #: Where a student starts (`start_from` in a defense config): the teacher, or the common model of CommonInit.
 STARTS = ("teacher", "common")
 
@@ -68,11 +71,18 @@ def make_attack(spec: dict) -> Attack:
 
 @dataclass
 class Plan:
-    """The stages of a sweep in dependency order; `pairs` describes each data pair's evaluation subset."""
+    """The stages of a sweep in dependency order; `pairs` describes each data pair's evaluation subset.
+
+    A stage is a dict with `id`, `kind`, `key` and `deps` (what a launcher needs), and its payload: a training job
+    (`job`), a crafted set (`attack`, `teacher`, `n`) or a cell (`cell`, a `CellSpec`). The plan also holds the
+    attack it built for each cell and crafted set (`attack(stage_id)`): in the process that planned, attacks are
+    built once; a process that loaded the plan from JSON builds each once, on first use.
+    """
 
     name: str
     pairs: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
+    _attacks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.stages)
@@ -80,24 +90,51 @@ class Plan:
     def stage(self, stage_id: str) -> dict:
         return self._index()[stage_id]
 
+    def cell(self, stage_id: str) -> CellSpec:
+        return self.stage(stage_id)["cell"]
+
+    def cells(self, model: str | None = None) -> list[CellSpec]:
+        """The cells of the plan (of one model's stage id when given), in plan order."""
+        return [s["cell"] for s in self.stages if s["kind"] == "cell" and model in (None, s["cell"].model)]
+
+    def attack(self, stage_id: str) -> Attack:
+        """The attack of a cell or crafted set, built once per process from its recipe."""
+        if stage_id not in self._attacks:
+            stage = self.stage(stage_id)
+            self._attacks[stage_id] = make_attack(stage["cell"].attack if stage["kind"] == "cell" else stage["attack"])
+        return self._attacks[stage_id]
+
+    def update_cell(self, stage_id: str, **changes) -> None:
+        stage = self.stage(stage_id)
+        stage["cell"] = replace(stage["cell"], **changes)
+
     def _index(self) -> dict:
         return {s["id"]: s for s in self.stages}
 
-    def add(self, stage: dict) -> str:
+    def add(self, stage: dict, attack: Attack | None = None) -> str:
         """Add a stage unless one with the same key is there; returns the id that stands for it."""
         for s in self.stages:
             if s["key"] == stage["key"] and s["kind"] == stage["kind"]:
-                roles = {s.get("role"), stage.get("role")}
-                if len(roles) > 1 and not roles <= {"attack", "reference"}:
-                    raise RuntimeError(f"plan stages {s['id']} and {stage['id']} compute the same thing")
-                if s.get("role") == "reference" and stage.get("role") == "attack":  # the sweep runs it too: a row
-                    s.update(role="attack", entry=stage["entry"], attack=stage["attack"])
+                if s["kind"] == "cell":
+                    old, new = s["cell"], stage["cell"]
+                    if len({old.role, new.role}) > 1 and not {old.role, new.role} <= {"attack", "reference"}:
+                        raise RuntimeError(f"plan stages {old.id} and {new.id} compute the same thing")
+                    if old.role == "reference" and new.role == "attack":  # the sweep runs it too: a row
+                        s["cell"] = replace(new, id=old.id, reference=old.reference, base=old.base)
                 return s["id"]
         self.stages.append(stage)
+        if attack is not None:
+            self._attacks[stage["id"]] = attack
         return stage["id"]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return json.dumps({"name": self.name, "pairs": self.pairs, "stages": self.stages}, indent=1, default=asdict)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        d = json.loads(text)
+        stages = [{**s, "cell": CellSpec.from_json(s["cell"])} if s["kind"] == "cell" else s for s in d["stages"]]
+        return cls(d["name"], d["pairs"], stages)
 
 
 class Planner:
@@ -266,7 +303,9 @@ class Planner:
         if randomized:
             self._sanity_cells(pair, model, declared, draws, base_cells)
 
-    def _cell(self, pair, model, entry, spec, role, n, randomized, draws, teacher, suffix="") -> dict:
+    def _cell(self, pair, model, entry, spec, role, n, randomized, draws, teacher, suffix="") -> CellSpec:
+        """Resolve one cell into its `CellSpec`: the attack is built here, once, and what the rows need of it is
+        recorded (budget, threat model, steps...)."""
         info = self.plan.pairs[pair]
         n = info["n"] if n is None else min(n, info["n"])
         attack = make_attack(spec)
@@ -281,33 +320,42 @@ class Planner:
             "frozen": role == "frozen",  # the only role that changes what is computed (the model's randomness)
             "craft": craft["key"] if craft else None,
         }
-        cell = {
-            "id": f"{model['id']}/{entry.name}/{spec['eps']}{suffix}",
-            "kind": "cell",
-            "key": stage_key("attack", key_spec, [*attack_modules(attack), *CELL_MODULES]),
-            "deps": deps,
-            "pair": pair,
-            "model": model["id"],
-            "defense": model["defense"],
-            "seed": model["seed"],
-            "entry": entry.name,
-            "attack": spec,
-            "role": role,
-            "n": n,
-            "randomized": randomized,
-            "draws": draws,
-            "craft": craft["id"] if craft else None,
-            "reference": None,
-        }
-        cell["id"] = self.plan.add(cell)
-        if craft and attack.name == "transfer" and not randomized and role == "attack":
+        sanity = role in ("frozen", "unbounded")
+        name = ROW_NAMES[role] or entry.name
+        cell = CellSpec(
+            id=f"{model['id']}/{entry.name}/{spec['eps']}{suffix}",
+            pair=pair,
+            model=model["id"],
+            defense=model["defense"],
+            seed=model["seed"],
+            entry=entry.name,
+            role=role,
+            attack=spec,
+            name=name.format(entry=entry.name),
+            # the unbounded check's budget is its own (eps = 1), not the base attack's label
+            budget=Budget(attack.norm, attack.eps, "1" if role == "unbounded" else spec["eps"]),
+            threat_model="sanity" if sanity else attack.threat_model,
+            surrogate=getattr(attack, "surrogate_name", "") if attack.crafted else "",
+            steps=getattr(attack, "steps", getattr(getattr(attack, "base", None), "steps", 1)),
+            crafted=attack.crafted,
+            transfer=attack.name == "transfer",
+            targeted=bool(getattr(attack, "targeted", False) and hasattr(attack, "target_classes")),
+            reject_aware=bool(getattr(attack, "reject_aware", False)),
+            n=n,
+            randomized=randomized,
+            draws=draws,
+            craft=craft["id"] if craft else None,
+        )
+        key = stage_key("attack", key_spec, [*attack_modules(attack), *CELL_MODULES])
+        sid = self.plan.add({"id": cell.id, "kind": "cell", "key": key, "deps": deps, "cell": cell}, attack)
+        if craft and cell.transfer and not randomized and role == "attack":
             # The white-box counterpart of the transfer attack on the same student, for transferability. (A
             # randomized model's white-box reference is an EOT attack on fewer examples: accuracy only.)
             inner = {k: v for k, v in spec["cfg"]["attack"].items() if k != "_partial_"}
             counterpart = {"cfg": inner, "eps": spec["eps"], "changes": {}}
             ref = self._cell(pair, model, entry, counterpart, "reference", n, False, 1, teacher, "/reference")
-            self.plan.stage(cell["id"])["reference"] = ref["id"]
-        return self.plan.stage(cell["id"])
+            self.plan.update_cell(sid, reference=ref.id)
+        return self.plan.cell(sid)
 
     def _surrogate(self, pair: str, entry: AttackEntry, attack: Attack, teacher: dict | None) -> dict:
         """The stage a crafted attack is crafted on: the teacher, or the common model (`surrogate: common`)."""
@@ -363,12 +411,12 @@ class Planner:
             "x2": {"steps": 2 * steps, "eot": 2 * eot, "step_size": attack.step_size / 2, "early_stop": False},
             "unbounded": {"eps": 1.0, "step_size": 2.5 / steps, "early_stop": False},
         }
-        base_id = base_cells[(entry.name, label)]["id"]
+        base_id = base_cells[(entry.name, label)].id
         for role, changes in variants.items():
             spec = {"cfg": entry.cfg, "eps": label, "changes": changes}
             d = 1 if role == "frozen" else draws
             cell = self._cell(pair, model, entry, spec, role, n, True, d, None, f"/{role}")
-            self.plan.stage(cell["id"])["base"] = base_id
+            self.plan.update_cell(cell.id, base=base_id)
 
 
 def single_process_strategy(trainer: dict) -> dict:

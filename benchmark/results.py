@@ -1,6 +1,6 @@
-"""The results of a finished sweep as files and lookups: results.csv in and out, and one pair's rows.
+"""The results of a finished sweep as files and lookups: results.csv in and out (typed `Row`s), and one pair's rows.
 
-Shared by the report (`benchmark.report`), the plots (`benchmark.plots`) and W&B tracking, which read rows only.
+Shared by the report (`benchmark.report`), the plots and W&B tracking, which read rows only.
 """
 
 from __future__ import annotations
@@ -10,21 +10,23 @@ import math
 import statistics
 from pathlib import Path
 
+from benchmark.records import COLUMNS, Row, budget_key, same_eps
 
-def write_csv(rows: list[dict], path: Path) -> None:
+
+def write_csv(rows: list[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0]) if rows else []
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=COLUMNS if rows else [])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(r.csv() for r in rows)
     tmp.replace(path)
 
 
-def read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path) -> list[Row]:
+    """results.csv back into the rows the run wrote."""
     with Path(path).open() as f:
-        return list(csv.DictReader(f))
+        return [Row.from_csv(record) for record in csv.DictReader(f)]
 
 
 def number(v) -> float | None:
@@ -38,33 +40,30 @@ def number(v) -> float | None:
 class PairResults:
     """The rows of one dataset pair, with the lookups the leaderboard and the plots need."""
 
-    def __init__(self, rows: list[dict]):
-        self.sanity = [r for r in rows if r["threat_model"] == "sanity"]
-        self.rows = [r for r in rows if r["threat_model"] != "sanity"]
+    def __init__(self, rows: list[Row]):
+        self.sanity = [r for r in rows if r.threat_model == "sanity"]
+        self.rows = [r for r in rows if r.threat_model != "sanity"]
         self.first = self.rows[0]
-        self.defenses = list(dict.fromkeys(r["defense"] for r in self.rows))
-        self.attacks = list(dict.fromkeys((r["attack"], r["norm"]) for r in self.rows))
+        self.defenses = list(dict.fromkeys(r.defense for r in self.rows))
+        self.attacks = list(dict.fromkeys((r.attack, r.norm) for r in self.rows))
 
     def values(self, defense: str, attack: str, norm: str, eps: float, field: str = "robust_acc") -> list[float]:
         """One value per seed (absent and NaN values left out)."""
         vals = (
-            number(r[field])
+            number(getattr(r, field))
             for r in self.rows
-            if r["defense"] == defense
-            and r["attack"] == attack
-            and r["norm"] == norm
-            and abs(float(r["eps"]) - eps) < 1e-9
+            if r.defense == defense and r.attack == attack and r.norm == norm and same_eps(r.eps, eps)
         )
         return [v for v in vals if v is not None]
 
     def clean_by_seed(self, defense: str) -> dict[str, float]:
         """Clean accuracy per seed, from the row with the most examples (attacks may run on the first n only)."""
-        best: dict = {}
+        best: dict[str, Row] = {}
         for r in self.rows:
-            seed = str(r["seed"])
-            if r["defense"] == defense and int(r["n_examples"]) > int(best.get(seed, {}).get("n_examples", -1)):
+            seed = str(r.seed)
+            if r.defense == defense and (seed not in best or r.n_examples > best[seed].n_examples):
                 best[seed] = r
-        vals = {s: number(r["clean_acc"]) for s, r in best.items()}
+        vals = {s: number(r.clean_acc) for s, r in best.items()}
         return {s: v for s, v in vals.items() if v is not None}
 
     def clean(self, defense: str) -> list[float]:
@@ -77,20 +76,19 @@ class PairResults:
 
     def field(self, defense: str, field: str) -> list[float]:
         """A per-model field (one value per seed)."""
-        by_seed = {r["seed"]: number(r.get(field)) for r in self.rows if r["defense"] == defense}
+        by_seed = {r.seed: number(getattr(r, field)) for r in self.rows if r.defense == defense}
         return [v for v in by_seed.values() if v is not None]
 
     def whitebox_at(self, defense: str, norm: str, eps: float) -> bool:
         """Whether a white-box attack ran on `defense` at this budget (else its worst case holds only attacks
         crafted without the model, and is no worst case to draw beside the others)."""
         return any(
-            r["defense"] == defense and r["norm"] == norm and r["threat_model"] == "white-box"
-            and abs(float(r["eps"]) - eps) < 1e-9
+            r.defense == defense and r.norm == norm and r.threat_model == "white-box" and same_eps(r.eps, eps)
             for r in self.rows
-        )  # fmt: skip
+        )
 
     def epsilons(self, attack: str, norm: str) -> list[float]:
-        return sorted({round(float(r["eps"]), 10) for r in self.rows if r["attack"] == attack and r["norm"] == norm})
+        return sorted({budget_key(norm, r.eps)[1] for r in self.rows if r.attack == attack and r.norm == norm})
 
     def ranked(self, headline: dict[str, float]) -> list[str]:
         """Defenses by per-example worst-case robust accuracy at the headline budgets (else the weakest attack)."""

@@ -31,10 +31,20 @@ from attacks.base import AttackConstraintError, parse_eps
 from attacks.errors import ConfigError
 from benchmark.checks import flag_warnings
 from benchmark.config import compose, usage
+from benchmark.records import Row
 from benchmark.timing import split
 
 
-def write_results(out: Path, cfg: dict, rows: list[dict], examples: dict, warnings: list[str]) -> None:
+def report_config(cfg: dict) -> dict:
+    """What the report reads of the config (report_config.json, so that `make report` rebuilds it alone)."""
+    return {
+        "headline": {k.lower(): parse_eps(v) for k, v in cfg["report"]["headline"].items()},
+        "transferability": cfg["report"]["transferability"],
+        "claims": cfg["report"].get("claims"),
+    }
+
+
+def write_results(out: Path, cfg: dict, rows: list[Row], examples: dict, warnings: list[str]) -> None:
     """results.csv first (nothing after it can lose a result), then the per-example data, the run's warnings
     that are not row flags, and what the report needs to rebuild itself (`make report`)."""
     from benchmark.results import write_csv
@@ -42,16 +52,7 @@ def write_results(out: Path, cfg: dict, rows: list[dict], examples: dict, warnin
     write_csv(rows, out / "results.csv")
     (out / "per_example.json").write_text(json.dumps(examples))
     (out / "run_warnings.json").write_text(json.dumps(warnings, indent=1))
-    headline = {k.lower(): parse_eps(v) for k, v in cfg["report"]["headline"].items()}
-    (out / "report_config.json").write_text(
-        json.dumps(
-            {
-                "headline": headline,
-                "transferability": cfg["report"]["transferability"],
-                "claims": cfg["report"].get("claims"),
-            }
-        )
-    )
+    (out / "report_config.json").write_text(json.dumps(report_config(cfg)))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
@@ -65,7 +66,7 @@ def run(cfg: dict) -> dict:
     from benchmark.execute import Executor
     from benchmark.launchers import launch
     from benchmark.plan import make_plan
-    from benchmark.report import rebuild
+    from benchmark.report import write_report
     from benchmark.rows import make_rows
     from benchmark.tracking import track
 
@@ -86,14 +87,14 @@ def run(cfg: dict) -> dict:
     (out / "plan.json").write_text(plan.to_json())
     write_results(out, cfg, rows, examples, [*plan_warnings, *failed])
     report_start = time.perf_counter()
-    plots = rebuild(out)
+    plots, found = write_report(out, rows, examples, report_config(cfg), [*plan_warnings, *failed])
     warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
     counts, seconds_by_kind = split(done.stats)
     stats.update(counts)
     timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": seconds_by_kind}
     wandb_start = time.perf_counter()
-    failures = track(cfg, rows, plots, warnings, stats, out)
+    failures = track(cfg, rows, plots, warnings, stats, found)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
     elapsed = time.perf_counter() - start
     (out / "run_stats.json").write_text(json.dumps({**stats, **timings, "seconds": elapsed}, indent=1))

@@ -26,7 +26,8 @@ def charge(stage: dict, done) -> dict[str, float]:
     else:
         meta = done.metas.get(sid) or {}
         if meta and not meta.get("cached", True):
-            key = "sanity" if stage["role"] in ("frozen", "x2", "unbounded") else f"attack/{stage['entry']}"
+            cell = stage["cell"]
+            key = "sanity" if cell.role in ("frozen", "x2", "unbounded") else f"attack/{cell.entry}"
             out[key] = meta.get("wall_seconds") or 0.0
     return {PREFIX + k: v for k, v in out.items()}
 

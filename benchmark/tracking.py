@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.charts import evaluated_models
+from benchmark.wandb_charts import evaluated_models
+from benchmark.records import Row
 
 MODES = ("offline", "online", "disabled")
 
@@ -167,16 +168,17 @@ class Tracker:
         try:
             import wandb
 
-            from benchmark.findings import COLUMNS
+            from benchmark.findings import COLUMNS as FINDING_COLUMNS
+            from benchmark.records import COLUMNS
 
-            columns = list(rows[0]) if rows else []
+            columns = COLUMNS if rows else []
             log: dict[str, Any] = {
                 # Mixed types: a column may hold numbers and blanks (rows read back from results.csv).
                 "results": wandb.Table(
-                    columns=columns, data=[[r.get(c) for c in columns] for r in rows], allow_mixed_types=True
+                    columns=columns, data=[[getattr(r, c) for c in columns] for r in rows], allow_mixed_types=True
                 ),
                 "findings": wandb.Table(
-                    columns=list(COLUMNS), data=[[_plain(f.get(c)) for c in COLUMNS] for f in findings]
+                    columns=list(FINDING_COLUMNS), data=[[_plain(f.get(c)) for c in FINDING_COLUMNS] for f in findings]
                 ),
             }
             log.update({f"plots/{k}": wandb.Image(str(v)) for k, v in images.items() if Path(v).exists()})
@@ -184,7 +186,7 @@ class Tracker:
             self.fail(f"W&B table failed ({type(e).__name__}: {e}); the results are in results.csv")
             return
         try:
-            from benchmark.charts import long_table, sweep_charts
+            from benchmark.wandb_charts import long_table, sweep_charts
 
             columns, data = long_table(rows)
             log["attack_defense"] = wandb.Table(columns=columns, data=data)
@@ -209,45 +211,28 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def sweep_headline(cfg: dict, out_dir: os.PathLike | None = None) -> dict[str, float]:
-    """The headline budgets: the config's `report.headline`, else the run's report_config.json, else none (the
-    report then ranks at the median swept budget)."""
+def sweep_headline(cfg: dict) -> dict[str, float]:
+    """The headline budgets of the config's `report.headline` (none: the charts use the median swept budgets)."""
     from attacks.base import parse_eps
-    from benchmark.report import read_outputs
 
-    configured = (cfg.get("report") or {}).get("headline") or {}
-    if configured:
-        return {k.lower(): parse_eps(v) for k, v in configured.items()}
-    return read_outputs(Path(out_dir or cfg["results_dir"]))["report_config"].get("headline") or {}
-
-
-def sweep_findings(cfg: dict, rows: list[dict], out_dir: os.PathLike | None = None) -> list[dict]:
-    """The leaderboard's findings (`benchmark.findings`) from the run's per_example.json and its config."""
-    from benchmark import findings as fnd
-    from benchmark.report import read_outputs
-
-    saved = read_outputs(Path(out_dir or cfg["results_dir"]))
-    report_cfg = cfg.get("report") or {}
-    claims = fnd.claims_from_config(report_cfg["claims"]) if report_cfg.get("claims") else None
-    return fnd.findings(rows, saved["per_example"], sweep_headline(cfg, out_dir), claims)
+    return {k.lower(): parse_eps(v) for k, v in ((cfg.get("report") or {}).get("headline") or {}).items()}
 
 
 def track(
     cfg: dict,
-    rows: list[dict],
+    rows: list[Row],
     plots: dict,
     warnings: list[str],
     stats: dict,
-    out_dir: os.PathLike | None = None,
-    findings: list[dict] | None = None,
+    findings: Sequence[dict] = (),
 ) -> list[str]:
     """Log an evaluation run per model and the sweep run (results and findings tables, plots) to W&B; returns
     the W&B failures (each also a Python warning).
 
     Nothing is logged when the sweep computed nothing (`stats` all zero but cache hits): a rerun of a finished
     sweep adds nothing. Otherwise every model is logged, under its stable run id (see the module docstring),
-    so that a model whose cells all came from the cache of an interrupted sweep is not left out. `findings`
-    default to `sweep_findings` on `out_dir` (default: the config's results_dir).
+    so that a model whose cells all came from the cache of an interrupted sweep is not left out. `findings`: the
+    leaderboard's (`benchmark.report.write_report` computes them once).
     """
     logger_cfg = cfg.get("logger") or {}
     tracker = Tracker({**logger_cfg, "group": cfg["name"]} if logger_cfg else None)
@@ -255,17 +240,14 @@ def track(
         return []
     for m in evaluated_models(rows):
         rs = m["rows"]
-        config = {k: rs[0][k] for k in ("experiment", "pair", "source", "target", "model", "defense", "mode", "seed")}
-        config.update(attacks=sorted({r["attack"] for r in rs}), model_key=m["key"])
-        flags = sorted({f for r in rs for f in str(r.get("flags") or "").split(";") if f})
+        keys = ("experiment", "pair", "source", "target", "model", "defense", "mode", "seed")
+        config = {k: getattr(rs[0], k) for k in keys}
+        config.update(attacks=sorted({r.attack for r in rs}), model_key=m["key"])
+        flags = sorted({f for r in rs for f in r.flag_list})
         rid = run_id("eval", cfg["name"], m["pair"], m["defense"], m["seed"], m["key"])
         name = f"eval-{m['pair']}-{m['defense']}-seed{m['seed']}"
         tracker.log_evaluation(name, config, m["metrics"], flags, run_id=rid, curves=m["curves"])
-    try:
-        found = sweep_findings(cfg, rows, out_dir) if findings is None else findings
-    except Exception as e:  # noqa: BLE001 - a failed test must not stop the results table from being logged
-        found = []
-        tracker.fail(f"findings for W&B failed ({type(e).__name__}: {e}); they are in leaderboard.md")
+    found = list(findings)
     summary = {
         "warnings": len(warnings),
         "warning_text": "\n".join(warnings),
@@ -273,11 +255,7 @@ def track(
         "findings_tested": sum(bool(f["per_seed"]) for f in found),
         **{f"stats/{k}": v for k, v in stats.items()},
     }
-    rid = run_id("sweep", cfg["name"], *sorted(str(r.get("row_id") or "") for r in rows))
-    try:
-        headline = sweep_headline(cfg, out_dir)
-    except Exception as e:  # noqa: BLE001 - the charts then use the median swept budgets
-        headline = {}
-        tracker.fail(f"headline budgets for W&B failed ({type(e).__name__}: {e}); the charts use the median ones")
+    rid = run_id("sweep", cfg["name"], *sorted(r.row_id for r in rows))
+    headline = sweep_headline(cfg)
     tracker.log_sweep(f"sweep-{cfg['name']}", cfg, rows, plots, summary, found, run_id=rid, headline=headline)
     return tracker.failures

@@ -60,7 +60,7 @@ def prepare(cfg: dict, plan: Plan) -> Path:
 
 def load(root: str | Path) -> tuple[dict, Plan]:
     root = Path(root)
-    return json.loads((root / "config.json").read_text()), Plan(**json.loads((root / "plan.json").read_text()))
+    return json.loads((root / "config.json").read_text()), Plan.from_json((root / "plan.json").read_text())
 
 
 def one_line(exc: BaseException) -> str:
@@ -103,7 +103,7 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
 def narrow(plan: Plan, missing: set[str]) -> Plan:
     """The plan without `missing` stages and what needs them."""
     gone = dependents(plan, missing)
-    return Plan(plan.name, plan.pairs, [s for s in plan.stages if s["id"] not in gone])
+    return Plan(plan.name, plan.pairs, [s for s in plan.stages if s["id"] not in gone], plan._attacks)
 
 
 def finished(cache: Cache, plan: Plan) -> set[str]:

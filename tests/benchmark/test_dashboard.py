@@ -15,7 +15,7 @@ from PIL import Image
 from test_report import ATTACKS, DEFENSES, HEADLINE, fake_run
 from wandb_reader import chart_table_key, read_run, read_table
 
-from benchmark import charts as wandb_charts
+from benchmark import wandb_charts
 from benchmark import dashboard
 from benchmark.results import PairResults, write_csv
 from benchmark.tracking import Tracker, track

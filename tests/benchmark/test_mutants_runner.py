@@ -328,7 +328,7 @@ def test_module_closure_follows_suite_imports_only(tree):
     real = module_closure(["attacks.fgsm"])
     assert {"attacks.fgsm", "attacks.base"} <= set(real) and "attacks.errors" not in real
     training = module_closure(["benchmark.stages.train"])  # it logs through benchmark.tracking, not followed
-    assert "benchmark.stages.build" in training and not {"benchmark.report", "benchmark.charts"} & set(training)
+    assert "benchmark.stages.build" in training and not {"benchmark.report", "benchmark.wandb_charts"} & set(training)
 
 
 def test_code_fingerprint_changes_with_the_closure_only(tree):

@@ -236,7 +236,7 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from benchmark.plots import figures
+    from benchmark.png_figures import figures
 
     rows, _ = fake_run(pairs=("svhn_mnist",))
     fewer = [(d, r, lv) for d, r, lv in DEFENSES if d not in ("scratch", "tla")]  # another pair, fewer defenses
@@ -288,7 +288,7 @@ def test_the_worst_case_curve_leaves_out_budgets_no_white_box_attack_covered():
     alone would draw a curve that rises with epsilon (seen in the digits plot)."""
     import matplotlib.pyplot as plt
 
-    from benchmark.plots import figures
+    from benchmark.png_figures import figures
 
     rows, _ = fake_run(defenses=[d for d in DEFENSES if d[0] in ("pgd_at", "atop")])
     transfer = next(r for r in rows if r["defense"] == "atop" and r["attack"] == "transfer_pgd_linf"

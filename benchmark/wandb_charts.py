@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmark.findings import eps_axis, eps_str, headline_eps
+from benchmark.records import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults, number
 
 #: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
@@ -17,17 +17,17 @@ def metric_tag(row: dict) -> str:
     """A row's name in metric keys: `pgd_linf_8` (8/255), `pgd_l2_0.5`, `worst_case_linf_16`."""
     from attacks.base import eps_label
 
-    return f"{curve_tag(row)}_{eps_label(float(row['eps']), row['norm'])}"
+    return f"{curve_tag(row)}_{eps_label(row.eps, row.norm)}"
 
 
 def curve_tag(row: dict) -> str:
     """A row's attack in metric keys; the worst case, which spans the attacks of a norm, with its norm."""
-    return f"worst_case_{row['norm']}" if row["attack"] == "worst_case" else row["attack"]
+    return f"worst_case_{row.norm}" if row.attack == "worst_case" else row.attack
 
 
 def model_clean(rows: list[dict]) -> float | None:
     """A model's clean accuracy: from its row with the most examples (attacks may run on the first n only)."""
-    return number(max(rows, key=lambda r: int(number(r["n_examples"]) or 0))["clean_acc"])
+    return number(max(rows, key=lambda r: r.n_examples).clean_acc)
 
 
 def eval_metrics(rows: list[dict], clean_base: float | None = None) -> dict[str, float]:
@@ -46,18 +46,18 @@ def eval_metrics(rows: list[dict], clean_base: float | None = None) -> dict[str,
         out["test/clean_cost"] = clean - clean_base
     for r in rows:
         tag = metric_tag(r)
-        out[f"test/robust_acc/{tag}"] = number(r["robust_acc"])
-        out[f"test/success_rate/{tag}"] = number(r["success_rate"])
-        if int(number(r.get("draws")) or 1) > 1:  # a randomized model: the worst of K draws beside their mean
-            out[f"test/robust_acc_worst_of_k/{tag}"] = number(r["robust_acc_worst_of_k"])
-        if r["threat_model"] == "transfer":
-            out[f"test/transfer/{tag}/acc"] = number(r.get("transfer_acc"))
-            out[f"test/transfer/{tag}/transferability"] = number(r.get("transferability"))
-        out[f"test/detection_auroc/{tag}"] = number(r.get("detection_auroc"))
+        out[f"test/robust_acc/{tag}"] = number(r.robust_acc)
+        out[f"test/success_rate/{tag}"] = number(r.success_rate)
+        if int(number(r.draws) or 1) > 1:  # a randomized model: the worst of K draws beside their mean
+            out[f"test/robust_acc_worst_of_k/{tag}"] = number(r.robust_acc_worst_of_k)
+        if r.threat_model == "transfer":
+            out[f"test/transfer/{tag}/acc"] = number(r.transfer_acc)
+            out[f"test/transfer/{tag}/transferability"] = number(r.transferability)
+        out[f"test/detection_auroc/{tag}"] = number(r.detection_auroc)
         for field in ("attack_seconds", "forward_passes", "backward_passes"):
-            out[f"cost/{field}/{tag}"] = number(r.get(field))
+            out[f"cost/{field}/{tag}"] = number(getattr(r, field))
     for field in ("train_seconds", "prep_seconds"):
-        out[f"cost/{field}"] = number(rows[0].get(field))
+        out[f"cost/{field}"] = number(getattr(rows[0], field))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -68,8 +68,8 @@ def eval_curves(rows: list[dict]) -> list[dict[str, float]]:
     of that norm with two or more budgets (the worst case as `worst_case_<norm>`; no sanity check)."""
     swept: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
-        if r["threat_model"] != "sanity" and (acc := number(r["robust_acc"])) is not None:
-            swept.setdefault((r["norm"], curve_tag(r)), {})[round(float(r["eps"]), 10)] = acc
+        if r.threat_model != "sanity" and (acc := number(r.robust_acc)) is not None:
+            swept.setdefault((r.norm, curve_tag(r)), {})[r.budget_key[1]] = acc
     out = []
     for norm in sorted({n for n, _ in swept}, key=lambda n: n != "linf"):
         lines = {tag: pts for (n, tag), pts in swept.items() if n == norm and len(pts) > 1}
@@ -85,7 +85,7 @@ def evaluated_models(rows: list[dict]) -> list[dict]:
     the clean cost against plain fine-tuning of the same pair and seed) and curves (`eval_curves`)."""
     models: dict[tuple, list[dict]] = {}
     for r in rows:
-        models.setdefault((r["pair"], r["defense"], str(r["seed"]), r.get("model_key") or ""), []).append(r)
+        models.setdefault((r.pair, r.defense, str(r.seed), r.model_key or ""), []).append(r)
     base = {(p, s): model_clean(rs) for (p, d, s, _), rs in models.items() if d == CLEAN_BASE}
     return [
         {
@@ -132,8 +132,8 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
     import wandb
 
     charts: dict[str, Any] = {}
-    for pair in dict.fromkeys(r["pair"] for r in rows if r["threat_model"] != "sanity"):
-        res = PairResults([r for r in rows if r["pair"] == pair])
+    for pair in dict.fromkeys(r.pair for r in rows if r.threat_model != "sanity"):
+        res = PairResults([r for r in rows if r.pair == pair])
         hl = headline_eps(res.rows, headline)
         for attack, norm in res.attacks:
             epss = res.epsilons(attack, norm)
@@ -205,11 +205,11 @@ def long_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     }
     data = []
     for r in rows:
-        if r["threat_model"] == "sanity":
+        if r.threat_model == "sanity":
             continue
-        cell = {c: number(r.get(c)) for c in LONG_COLUMNS}
-        cell.update({c: str(r.get(c) or "") for c in _TEXT})
+        cell = {c: number(getattr(r, c)) for c in LONG_COLUMNS}
+        cell.update({c: str(getattr(r, c) or "") for c in _TEXT})
         cell.update({c: int(cell[c]) if cell[c] is not None else None for c in _INTS})
-        cell["clean_cost"] = costs[(r["pair"], r["defense"], str(r["seed"]), r.get("model_key") or "")]
+        cell["clean_cost"] = costs[(r.pair, r.defense, str(r.seed), r.model_key or "")]
         data.append([cell[c] for c in LONG_COLUMNS])
     return list(LONG_COLUMNS), data

@@ -13,7 +13,8 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from benchmark.findings import eps_axis, eps_str, headline_eps, t_interval
+from benchmark.findings import t_interval
+from benchmark.records import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
 
 WORST = "worst_case"
@@ -111,7 +112,7 @@ def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple]):
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
     _legend(fig, colors, [d for d in colors if d in shown])
-    seeds = len({str(r["seed"]) for r in res.rows})
+    seeds = len({str(r.seed) for r in res.rows})
     spread = f" (mean over {seeds} seeds; band or bar: 95 % t interval)" if seeds > 1 else ""
     fig.suptitle(f"{pair}: robust accuracy against the attack budget{spread}", fontsize=12)
     return fig
@@ -210,12 +211,12 @@ def figures(rows: list[dict], headline: dict[str, float]) -> tuple[dict[str, obj
     import matplotlib
 
     matplotlib.use("Agg")
-    plain = [r for r in rows if r["threat_model"] != "sanity"]
-    colors = defense_colors(list(dict.fromkeys(r["defense"] for r in plain)))
-    pairs = list(dict.fromkeys(r["pair"] for r in plain))
+    plain = [r for r in rows if r.threat_model != "sanity"]
+    colors = defense_colors(list(dict.fromkeys(r.defense for r in plain)))
+    pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
     for pair in pairs:
-        res = PairResults([r for r in rows if r["pair"] == pair])
+        res = PairResults([r for r in rows if r.pair == pair])
         hl = headline_eps(res.rows, headline)
         suffix = "" if len(pairs) == 1 else f"_{pair}"
         out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors)
