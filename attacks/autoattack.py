@@ -10,9 +10,10 @@ fra31/auto-attack #104, #105). Here both attacks run on every example, and each 
 candidates they produce (APGD's highest-loss point and its last misclassified iterate, for each loss), the one
 that the model gets right in the fewest of `draws` fresh forward passes. Scoring is the runner's job.
 
-The checks of the authors' code (randomness, softmax output, zero gradients, Square beating the white-box
-attacks, a dynamic forward pass, too few classes) are collected in `flags`; the runner writes them into
-results.csv, the leaderboard and W&B.
+The warnings of the authors' checks (randomness, softmax output, zero gradients, Square beating the white-box
+attacks, a dynamic forward pass, too few classes) are collected in `messages`; `benchmark.checks.autoattack_flags`
+turns them into the suite's flags (every rule in one file), which the runner writes into results.csv, the
+leaderboard and W&B.
 """
 
 from __future__ import annotations
@@ -26,15 +27,6 @@ from attacks.base import Attack, Eps, Norm
 from attacks.errors import ConfigError, choose
 
 VERSIONS = ("standard", "rand")
-#: The authors' check messages -> our flag names.
-CHECKS = {
-    "randomized defense": "autoattack_randomized",
-    "probability distribution": "autoattack_softmax_output",
-    "zero gradient": "autoattack_zero_gradients",
-    "Square Attack has decreased": "autoattack_square_helps",
-    "dynamic defense": "autoattack_dynamic",
-    "classes": "autoattack_n_classes",
-}
 
 
 class PassCounter(nn.Module):
@@ -117,8 +109,7 @@ class AutoAttack(Attack):
         self.version, self.seed, self.draws = version, int(seed), int(draws)
         self.eot = 20 if version == "rand" else 1
         self.steps = int(steps)
-        self.flags: list[str] = []
-        self.messages: list[str] = []
+        self.messages: list[str] = []  # the authors' check warnings, every batch's (`benchmark.checks`)
 
     def derived_config(self) -> dict:
         # The version sets the EOT samples (not an argument); recorded for the results and the sanity checks.
@@ -143,11 +134,7 @@ class AutoAttack(Attack):
             logger.removeHandler(collect)
         self.forward_passes += counted.forward_passes
         self.backward_passes += counted.backward_passes
-        for message in collect.messages:
-            self.messages.append(message)
-            for needle, flag in CHECKS.items():
-                if needle in message and flag not in self.flags:
-                    self.flags.append(flag)
+        self.messages += collect.messages
         return x_adv
 
     def _norm(self) -> str:

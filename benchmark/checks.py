@@ -42,6 +42,24 @@ FLAG_DOC = {
 }
 
 
+#: AutoAttack's own checks (`pyautoattack.checks`, run inside `attacks.autoattack.AutoAttack`): a phrase of the
+#: authors' warning message -> our flag.
+AUTOATTACK_MESSAGES = {
+    "randomized defense": "autoattack_randomized",
+    "probability distribution": "autoattack_softmax_output",
+    "zero gradient": "autoattack_zero_gradients",
+    "Square Attack has decreased": "autoattack_square_helps",
+    "dynamic defense": "autoattack_dynamic",
+    "classes": "autoattack_n_classes",
+}
+
+
+def autoattack_flags(messages: list[str]) -> list[str]:
+    """The flags of AutoAttack's warning messages (an attack's `messages`), each once, in the order first raised."""
+    found = (flag for message in messages for phrase, flag in AUTOATTACK_MESSAGES.items() if phrase in message)
+    return list(dict.fromkeys(found))
+
+
 def tolerance(n: int) -> float:
     """The smallest accuracy difference on n common examples that a check treats as real."""
     return max(SANITY_TOL, 2 / max(1, n))

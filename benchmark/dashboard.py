@@ -22,9 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.wandb_charts import WORST, evaluated_models, metric_tag
 from benchmark.records import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
+from benchmark.wandb_charts import WORST, evaluated_models, metric_tag
 
 #: How a panel aggregates the runs of a defense (its seeds): their mean, with the range from the lowest to the
 #: highest as the band or error bar.

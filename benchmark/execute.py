@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from attacks.base import check_adversarial
 from attacks.errors import ConfigError
 from benchmark.cache import Cache
+from benchmark.checks import autoattack_flags
 from benchmark.detection import RepresentationDetector
 from benchmark.plan import Plan
 from benchmark.records import CellSpec
@@ -325,7 +326,7 @@ class Executor:
             cost = {k: craft_meta[k] for k in ("attack_seconds", "forward_passes", "backward_passes")}
         meta = {**cost, "wall_seconds": time.perf_counter() - start, "plan_id": cell.id}
         meta.update(precision=self.precision, batch_size=bs)
-        meta["attack_flags"] = list(getattr(attack, "flags", []))
+        meta["attack_flags"] = autoattack_flags(getattr(attack, "messages", []))  # AutoAttack's own checks
         return out, meta
 
 

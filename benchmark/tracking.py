@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.wandb_charts import evaluated_models
 from benchmark.records import Row
+from benchmark.wandb_charts import evaluated_models
 
 MODES = ("offline", "online", "disabled")
 
