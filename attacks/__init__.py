@@ -8,7 +8,7 @@ from attacks.base import (
     AttackConstraintError,
     attack_mode,
     check_adversarial,
-    eps_label,
+    eps_tag,
     parse_eps,
     parse_norm,
 )
@@ -39,7 +39,7 @@ __all__ = [
     "attack_mode",
     "check_adversarial",
     "dssim",
-    "eps_label",
+    "eps_tag",
     "ms_ssim",
     "parse_eps",
     "parse_norm",

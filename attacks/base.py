@@ -65,8 +65,9 @@ Eps = Annotated[float, parse_eps]
 Norm = Annotated[str, parse_norm]
 
 
-def eps_label(eps: float, norm: str) -> str:
-    """Short label used in metric names: L-inf in 1/255 units (8/255 -> '8'), L2 as is (0.5 -> '0.5')."""
+def eps_tag(eps: float, norm: str) -> str:
+    """A budget in metric names and attack labels: L-inf in 1/255 units (8/255 -> "8"), L2 as is (0.5 -> "0.5").
+    (A row's `eps_label` is the budget as configured, "8/255".)"""
     return f"{round(eps * 255, 3):g}" if norm == "linf" else f"{round(eps, 4):g}"
 
 
@@ -331,7 +332,7 @@ class Attack(metaclass=RecordsArguments):
     @property
     def label(self) -> str:
         prefix = ("bpda_" if self.bpda else "") + ("eot_" if self.eot > 1 else "")
-        return f"{prefix}{self.name}_{self.norm}_{eps_label(self.eps, self.norm)}"
+        return f"{prefix}{self.name}_{self.norm}_{eps_tag(self.eps, self.norm)}"
 
     def gradient_model(self, model: nn.Module) -> nn.Module:
         """The model whose gradients guide the attack: the model, or its BPDA view (identity backward through

@@ -15,9 +15,9 @@ CLEAN_BASE = "finetune"
 
 def metric_tag(row: dict) -> str:
     """A row's name in metric keys: `pgd_linf_8` (8/255), `pgd_l2_0.5`, `worst_case_linf_16`."""
-    from attacks.base import eps_label
+    from attacks.base import eps_tag
 
-    return f"{curve_tag(row)}_{eps_label(row.eps, row.norm)}"
+    return f"{curve_tag(row)}_{eps_tag(row.eps, row.norm)}"
 
 
 def curve_tag(row: dict) -> str:

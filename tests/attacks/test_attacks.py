@@ -40,7 +40,7 @@ from attacks import (
     TransferAttack,
     attack_mode,
     check_adversarial,
-    eps_label,
+    eps_tag,
     parse_eps,
 )
 from attacks.errors import ConfigError
@@ -135,7 +135,7 @@ CASES = [
     for cls in exported_attack_classes()
     for vid, norm, kwargs in VARIANTS.get(cls.__name__, [])
 ]
-CASE_EPS = [pytest.param(c, eps, id=f"{c.id}-eps{eps_label(eps, c.norm)}") for c in CASES for eps in EPS[c.norm]]
+CASE_EPS = [pytest.param(c, eps, id=f"{c.id}-eps{eps_tag(eps, c.norm)}") for c in CASES for eps in EPS[c.norm]]
 CASE_ONLY = [pytest.param(c, id=c.id) for c in CASES]
 
 #: Examples used by the invariant tests: enough for a batch with fooled and unfooled examples, and fast.
@@ -218,7 +218,7 @@ def assert_in_threat_model(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps:
 
 def fmt_eps(eps: float, norm: str) -> str:
     """eps for messages: L-inf in 1/255 units ("8/255"), L2 as is."""
-    return f"{eps_label(eps, norm)}/255" if norm == "linf" else eps_label(eps, norm)
+    return f"{eps_tag(eps, norm)}/255" if norm == "linf" else eps_tag(eps, norm)
 
 
 def robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
@@ -542,7 +542,7 @@ def test_fgm_l2_matches_art(eps, digits_classifier, digits_source_test):
 
 #: (norm, eps) pairs where the trained model keeps a non-trivial robust accuracy (neither ~clean nor ~0).
 PGD_BUDGETS = [("linf", 8 / 255), ("linf", 16 / 255), ("l2", 0.5), ("l2", 1.0)]
-PGD_IDS = [f"{n}-{eps_label(e, n)}" for n, e in PGD_BUDGETS]
+PGD_IDS = [f"{n}-{eps_tag(e, n)}" for n, e in PGD_BUDGETS]
 
 
 @pytest.mark.parametrize(("norm", "eps"), PGD_BUDGETS, ids=PGD_IDS)
@@ -811,6 +811,6 @@ def test_parse_eps_and_labels():
     assert parse_eps(0) == 0.0
     assert parse_eps("0.5") == 0.5
     assert PGD("16/255").eps == 16 / 255
-    assert eps_label(8 / 255, "linf") == "8"
-    assert eps_label(0.5, "l2") == "0.5"
+    assert eps_tag(8 / 255, "linf") == "8"
+    assert eps_tag(0.5, "l2") == "0.5"
     assert PGD("8/255").label == "pgd_linf_8"

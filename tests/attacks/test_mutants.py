@@ -383,9 +383,9 @@ def test_check_adversarial_accepts_the_exact_bounds():
 
 
 def test_eps_labels_round_to_their_digits():
-    from attacks.base import eps_label
+    from attacks.base import eps_tag
 
-    assert eps_label(0.12345 / 255, "linf") == "0.123" and eps_label(0.123456, "l2") == "0.1235"
+    assert eps_tag(0.12345 / 255, "linf") == "0.123" and eps_tag(0.123456, "l2") == "0.1235"
 
 
 def test_config_values_and_their_errors():
