@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hand_cells import cell
 
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD, _Merged
 from benchmark import checks, report
+from benchmark.records import Row
 from benchmark.results import write_csv
-from benchmark.rows import COLUMNS
 from benchmark.stages.attack import compute_cell, predict_draws
 from benchmark.stages.score import metrics, outcome, targeted_success
 
@@ -163,14 +164,16 @@ def test_the_adaptive_attack_is_plain_pgd_on_a_model_that_never_rejects():
 
 
 # ---- no adaptive attack, no number ------------------------------------------------------------------------------
-def _row(attack: str, eps: float, threat: str = "white-box", norm: str = "linf") -> dict:
-    return {"attack": attack, "threat_model": threat, "norm": norm, "eps": eps, "flags": ""}
+def _row(attack: str, eps: float, threat: str = "white-box", norm: str = "linf", reject_aware: bool = False) -> Row:
+    """A row of `attack`; with its cell (`reject_aware` as the attack's) unless it is a worst case."""
+    spec = None if attack == "worst_case" else cell(norm, eps, name=attack, reject_aware=reject_aware)
+    return Row(attack=attack, threat_model=threat, norm=norm, eps=eps, flags="", cell=spec)
 
 
 def _made(reject_aware_eps: list[float]):
     rejecting = outcome(torch.tensor([[0, 3]]), torch.tensor([[3, 1]]), torch.tensor([0, 1]), reject_label=3)
-    made = [(_row("pgd_linf", e), rejecting, PGD(e)) for e in (8 / 255, 16 / 255)]
-    made += [(_row("pgd_reject_aware", e), rejecting, RejectAwarePGD(e)) for e in reject_aware_eps]
+    made = [(_row("pgd_linf", e), rejecting) for e in (8 / 255, 16 / 255)]
+    made += [(_row("pgd_reject_aware", e, reject_aware=True), rejecting) for e in reject_aware_eps]
     worst = [_row("worst_case", e, "union: ...") for e in (8 / 255, 16 / 255)]
     return made, worst
 
@@ -178,21 +181,21 @@ def _made(reject_aware_eps: list[float]):
 def test_a_rejecting_defense_without_an_adaptive_attack_is_flagged_everywhere():
     made, worst = _made([])
     checks.abstaining_without_adaptive_attack(made, worst)
-    assert all("no_adaptive_attack" in r["flags"] for r in [*(m[0] for m in made), *worst])
+    assert all("no_adaptive_attack" in r.flags for r in [*(m[0] for m in made), *worst])
 
 
 def test_only_the_worst_case_at_budgets_the_adaptive_attack_missed_is_flagged():
     made, worst = _made([16 / 255])
     checks.abstaining_without_adaptive_attack(made, worst)
-    assert [r["flags"] for r in worst] == ["no_adaptive_attack", ""]
-    assert all(m[0]["flags"] == "" for m in made)
+    assert [r.flags for r in worst] == ["no_adaptive_attack", ""]
+    assert all(m[0].flags == "" for m in made)
 
 
 def test_a_model_that_never_rejects_needs_no_adaptive_attack():
     plain = outcome(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]), torch.tensor([0, 1]))
     row = _row("pgd_linf", 8 / 255)
-    checks.abstaining_without_adaptive_attack([(row, plain, PGD(8 / 255))], [])
-    assert row["flags"] == ""
+    checks.abstaining_without_adaptive_attack([(row, plain)], [])
+    assert row.flags == ""
 
 
 def test_the_leaderboard_withholds_flagged_numbers_and_states_the_rule(tmp_path):
@@ -207,7 +210,7 @@ def test_the_leaderboard_withholds_flagged_numbers_and_states_the_rule(tmp_path)
         {**base, "defense": "gate", "attack": "worst_case", "threat_model": "union: a+b", "robust_acc": 0.8,
          "flags": "no_adaptive_attack"},
     ]  # fmt: skip
-    write_csv([{**dict.fromkeys(COLUMNS, ""), **r} for r in rows], tmp_path / "results.csv")
+    write_csv([Row(**r) for r in rows], tmp_path / "results.csv")
     (tmp_path / "report_config.json").write_text(json.dumps({"headline": {"linf": 16 / 255}}))
     report.rebuild(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
@@ -220,7 +223,7 @@ def test_the_leaderboard_withholds_flagged_numbers_and_states_the_rule(tmp_path)
 
 
 # ---- through the runner ---------------------------------------------------------------------------------------
-def _sweep(tmp_path, attacks: str) -> list[dict]:
+def _sweep(tmp_path, attacks: str) -> list[Row]:
     from benchmark import run as runner
     from benchmark.config import compose
     from benchmark.results import read_csv
@@ -247,23 +250,23 @@ def _sweep(tmp_path, attacks: str) -> list[dict]:
 @pytest.mark.slow
 def test_mimicry_and_the_differentiators_through_the_runner(tmp_path):
     rows = _sweep(tmp_path, "pgd_linf,pgd_reject_aware,mimicry_linf")
-    by = {(r["defense"], r["attack"]): r for r in rows}
+    by = {(r.defense, r.attack): r for r in rows}
     mimicry = by[("differentiator", "mimicry_linf")]
-    assert mimicry["threat_model"] == "mimicry" and mimicry["surrogate"] == "teacher"
-    assert mimicry["targeted_success"] != "" and by[("teacher", "mimicry_linf")]["targeted_success"] != ""
+    assert mimicry.threat_model == "mimicry" and mimicry.surrogate == "teacher"
+    assert mimicry.targeted_success is not None and by[("teacher", "mimicry_linf")].targeted_success is not None
     for attack in ("pgd_linf", "pgd_reject_aware", "mimicry_linf", "worst_case"):
-        assert "no_adaptive_attack" not in by[("differentiator", attack)]["flags"]
-    assert by[("differentiator", "pgd_linf")]["false_rejection_rate"] != ""  # the reject label reached the scoring
-    assert by[("teacher", "pgd_linf")]["false_rejection_rate"] == ""
+        assert "no_adaptive_attack" not in by[("differentiator", attack)].flags
+    assert by[("differentiator", "pgd_linf")].false_rejection_rate is not None  # the reject label reached the scoring
+    assert by[("teacher", "pgd_linf")].false_rejection_rate is None
     assert ("teacher", "pgd_reject_aware") not in by  # runs on the listed abstaining defenses only
-    assert "mimicry_linf" in by[("differentiator", "worst_case")]["threat_model"]  # on the epsilon grid
+    assert "mimicry_linf" in by[("differentiator", "worst_case")].threat_model  # on the epsilon grid
 
 
 @pytest.mark.slow
 def test_without_the_adaptive_attack_the_suite_reports_nothing_for_a_rejecting_defense(tmp_path):
     rows = _sweep(tmp_path, "pgd_linf,mimicry_linf")
-    mine = [r for r in rows if r["defense"] == "differentiator"]
-    assert mine and all("no_adaptive_attack" in r["flags"] for r in mine)
-    assert not any("no_adaptive_attack" in r["flags"] for r in rows if r["defense"] == "teacher")
+    mine = [r for r in rows if r.defense == "differentiator"]
+    assert mine and all("no_adaptive_attack" in r.flags for r in mine)
+    assert not any("no_adaptive_attack" in r.flags for r in rows if r.defense == "teacher")
     md = (tmp_path / "results" / "leaderboard.md").read_text()
     assert "| - | differentiator |" in md

@@ -5,11 +5,14 @@ Each test pins a behaviour that decides a published number or flag, on outcomes 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from benchmark import checks
 from benchmark.detection import detection_auroc
+from benchmark.records import Row
 from benchmark.stages.score import metrics, outcome, per_example, worst_case
 
 
@@ -20,17 +23,8 @@ def det(adv: list[bool], clean: list[bool] | None = None) -> dict:
     return {"clean": c, "adv": a}
 
 
-def row(attack: str, threat: str = "white-box", steps: int = 20, n: int = 8, eps: float = 16 / 255, **kw) -> dict:
-    return {
-        "attack": attack,
-        "threat_model": threat,
-        "norm": "linf",
-        "eps": eps,
-        "steps": steps,
-        "n_examples": n,
-        "flags": "",
-        **kw,
-    }
+def row(attack: str, threat: str = "white-box", steps: int = 20, n: int = 8, eps: float = 16 / 255, **kw) -> Row:
+    return Row(attack=attack, threat_model=threat, norm="linf", eps=eps, steps=steps, n_examples=n, flags="", **kw)
 
 
 # ---- counting ------------------------------------------------------------------------------------------------
@@ -90,17 +84,17 @@ def test_transfer_stronger_than_a_whitebox_attack_is_flagged_whatever_the_shorte
     aa = det([False] * 8)
     tr_row = row("transfer_pgd_linf", "transfer", n=128)
     checks.transfer_vs_whitebox(tr_row, transfer, [(row("eot", n=128), eot), (row("aa", steps=100, n=8), aa)])
-    assert tr_row["flags"] == "transfer_stronger_than_whitebox"
+    assert tr_row.flags == "transfer_stronger_than_whitebox"
 
 
 def test_transfer_check_compares_on_common_examples_only():
     wb = det([False, True, True, True])  # on the first 4 examples, breaks 1
     tr_row = row("transfer", "transfer")
     checks.transfer_vs_whitebox(tr_row, det([False, True, True, True] + [False] * 4), [(row("eot", n=4), wb)])
-    assert tr_row["flags"] == "", "on the 4 common examples the transfer attack is not stronger"
+    assert tr_row.flags == "", "on the 4 common examples the transfer attack is not stronger"
     single = row("transfer", "transfer")
     checks.transfer_vs_whitebox(single, det([False] * 8), [(row("fgsm", steps=1), det([True] * 8))])
-    assert single["flags"] == "", "a single-step white-box attack may be weaker than an iterative transfer"
+    assert single.flags == "", "a single-step white-box attack may be weaker than an iterative transfer"
 
 
 def test_with_frozen_randomness_the_attack_must_succeed():
@@ -108,8 +102,8 @@ def test_with_frozen_randomness_the_attack_must_succeed():
     healthy, masked = row("sanity_frozen_randomness", "sanity"), row("sanity_frozen_randomness", "sanity")
     checks.frozen_randomness(healthy, det([True] * 2 + [False] * 30), randomized)
     checks.frozen_randomness(masked, det([True] * 8 + [False] * 24), randomized)
-    assert healthy["flags"] == "" and masked["flags"] == "frozen_randomness_attack_fails"
-    assert masked["sanity_reference"] == pytest.approx(10 / 32)
+    assert healthy.flags == "" and masked.flags == "frozen_randomness_attack_fails"
+    assert masked.sanity_reference == pytest.approx(10 / 32)
 
 
 def test_doubled_attack_lower_than_the_base_is_not_converged():
@@ -117,7 +111,7 @@ def test_doubled_attack_lower_than_the_base_is_not_converged():
     ok, bad = row("eot_x2"), row("eot_x2")
     checks.converged(ok, det([True] * 15 + [False] * 17), base)
     checks.converged(bad, det([True] * 8 + [False] * 24), base)
-    assert ok["flags"] == "" and bad["flags"] == "eot_attack_not_converged"
+    assert ok.flags == "" and bad.flags == "eot_attack_not_converged"
 
 
 def test_unbounded_attack_must_break_every_example():
@@ -125,7 +119,7 @@ def test_unbounded_attack_must_break_every_example():
     fails, passes = row("sanity_unbounded", "sanity"), row("sanity_unbounded", "sanity")
     checks.unbounded(fails, det([True] * 3 + [False] * 29))
     checks.unbounded(passes, det([True] * 1 + [False] * 31))
-    assert fails["flags"] == "unbounded_attack_not_chance" and passes["flags"] == ""
+    assert fails.flags == "unbounded_attack_not_chance" and passes.flags == ""
 
 
 def test_tolerance_shrinks_with_n():
@@ -134,9 +128,9 @@ def test_tolerance_shrinks_with_n():
 
 
 # ---- cross-row checks -------------------------------------------------------------------------------------------
-def _rows(**robust) -> list[dict]:
+def _rows(**robust) -> list[Row]:
     base = {"pair": "p", "defense": "d", "seed": 0, "eps_label": "x"}
-    return [{**base, **r, "robust_acc": v} for r, v in robust.values()]
+    return [replace(r, **base, robust_acc=v) for r, v in robust.values()]
 
 
 def test_iterative_weaker_than_single_step_uses_the_smaller_n():
@@ -146,10 +140,10 @@ def test_iterative_weaker_than_single_step_uses_the_smaller_n():
         pgd=(row("pgd", n=400), 0.60),
     )
     checks.cross_row_flags(rows)
-    assert all(r["flags"] == "" for r in rows)
+    assert all(r.flags == "" for r in rows)
     rows = _rows(fgsm=(row("fgsm", steps=1, n=400), 0.50), pgd=(row("pgd", n=400), 0.60))
     checks.cross_row_flags(rows)
-    assert rows[1]["flags"] == "iterative_weaker_than_single_step"
+    assert rows[1].flags == "iterative_weaker_than_single_step"
 
 
 def test_non_monotone_in_eps():
@@ -159,11 +153,11 @@ def test_non_monotone_in_eps():
         c=(row("pgd", eps=32 / 255, n=100), 0.10),
     )
     checks.cross_row_flags(rows)
-    assert [r["flags"] for r in rows] == ["", "non_monotone_in_eps", ""]
+    assert [r.flags for r in rows] == ["", "non_monotone_in_eps", ""]
 
 
 def test_every_flag_is_documented():
-    r = {}
+    r = Row()
     with pytest.raises(KeyError, match="undocumented flag"):
         checks.add_flag(r, "made_up")
 

@@ -6,13 +6,16 @@ alive; the scoring's are in test_score.py, the cache entries' in test_cache.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from hand_cells import cell
 
 from benchmark import checks
 from benchmark.cache import stage_key
+from benchmark.records import Row
 from benchmark.stages.score import outcome
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +34,19 @@ def robust(k: int, n: int) -> dict:
     return det([True] * k + [False] * (n - k))
 
 
-def row(attack: str = "pgd", threat: str = "white-box", steps: int = 20, n: int = 8, eps: float = 0.1, **kw) -> dict:
-    return {"pair": "p", "defense": "d", "seed": 0, "attack": attack, "threat_model": threat, "norm": "linf",
-            "eps": eps, "eps_label": "x", "steps": steps, "n_examples": n, "flags": "", **kw}  # fmt: skip
+def row(attack: str = "pgd", threat: str = "white-box", steps: int = 20, n: int = 8, eps: float = 0.1, **kw) -> Row:
+    fields = {"pair": "p", "defense": "d", "seed": 0, "attack": attack, "threat_model": threat, "norm": "linf",
+              "eps": eps, "eps_label": "x", "steps": steps, "n_examples": n, "flags": "", **kw}  # fmt: skip
+    return Row(**fields)
 
 
-def flags(rows: list[dict]) -> list[str]:
-    return [r["flags"] for r in rows]
+def read_back(r: Row, **text: str) -> Row:
+    """The row as results.csv gives it back (every column a string; `text` replaces some)."""
+    return Row.from_csv({**{k: str(v) for k, v in r.csv().items()}, **text})
+
+
+def flags(rows: list[Row]) -> list[str]:
+    return [r.flags for r in rows]
 
 
 # ---- tolerance and flags -------------------------------------------------------------------------------------
@@ -46,16 +55,16 @@ def test_tolerance_is_two_examples_with_a_floor_of_one_point():
 
 
 def test_a_flag_is_added_once_after_the_others():
-    r = {}
+    r = Row()
     checks.add_flag(r, "unbounded_attack_not_chance")
-    assert r["flags"] == "unbounded_attack_not_chance"
+    assert r.flags == "unbounded_attack_not_chance"
     checks.add_flag(r, "non_monotone_in_eps")
     checks.add_flag(r, "unbounded_attack_not_chance")
     checks.add_flag(r, "non_monotone_in_eps")
-    assert r["flags"] == "unbounded_attack_not_chance;non_monotone_in_eps"
-    none = {"flags": None}
+    assert r.flags == "unbounded_attack_not_chance;non_monotone_in_eps"
+    none = read_back(Row(), flags="None")  # a results.csv row read back without flags
     checks.add_flag(none, "non_monotone_in_eps")
-    assert none["flags"] == "non_monotone_in_eps"
+    assert none.flags == "non_monotone_in_eps"
     with pytest.raises(KeyError, match="documented: iterative_weaker_than_single_step, transfer_stronger"):
         checks.add_flag(r, "made_up")
 
@@ -74,16 +83,16 @@ def test_transfer_is_compared_only_at_its_norm_and_eps_and_every_matching_row_co
     others = [(row(norm="l2"), wb), (row(eps=0.2), wb)]
     r = row("transfer", "transfer")
     checks.transfer_vs_whitebox(r, robust(0, 8), others)
-    assert r["flags"] == "", "another norm or epsilon is another threat"
+    assert r.flags == "", "another norm or epsilon is another threat"
     checks.transfer_vs_whitebox(r, robust(0, 8), [*others, (row(), wb)])
-    assert r["flags"] == "transfer_stronger_than_whitebox", "a non-matching row must not end the search"
+    assert r.flags == "transfer_stronger_than_whitebox", "a non-matching row must not end the search"
 
 
 @pytest.mark.parametrize("tr_eps, wb_eps", [(0.1, 0.1 + 3e-11), (0.1 + 3e-11, 0.1)])
 def test_transfer_eps_match_ignores_float_noise_below_1e_10(tr_eps, wb_eps):
     r = row("transfer", "transfer", eps=tr_eps)
     checks.transfer_vs_whitebox(r, robust(0, 8), [(row(eps=wb_eps), robust(8, 8))])
-    assert r["flags"] == "transfer_stronger_than_whitebox"
+    assert r.flags == "transfer_stronger_than_whitebox"
 
 
 def test_transfer_is_compared_on_the_whitebox_examples_not_its_own():
@@ -92,7 +101,7 @@ def test_transfer_is_compared_on_the_whitebox_examples_not_its_own():
     transfer = det([False] * 16 + [True] * 48)
     r = row("transfer", "transfer", n=64)
     checks.transfer_vs_whitebox(r, transfer, [(row(n=16), robust(12, 16))])
-    assert r["flags"] == "transfer_stronger_than_whitebox"
+    assert r.flags == "transfer_stronger_than_whitebox"
 
 
 def test_frozen_randomness_boundary_and_reference_on_common_examples():
@@ -102,7 +111,7 @@ def test_frozen_randomness_boundary_and_reference_on_common_examples():
     checks.frozen_randomness(at, robust(2, 8), randomized)
     checks.frozen_randomness(above, robust(3, 8), randomized)
     assert flags([at, above]) == ["", "frozen_randomness_attack_fails"]
-    assert at["sanity_reference"] == pytest.approx(0.5), "the reference is on the frozen attack's 8 examples"
+    assert at.sanity_reference == pytest.approx(0.5), "the reference is on the frozen attack's 8 examples"
 
 
 def test_converged_boundary_and_reference_on_common_examples():
@@ -111,7 +120,7 @@ def test_converged_boundary_and_reference_on_common_examples():
     checks.converged(at, robust(4, 8), base)
     checks.converged(below, robust(3, 8), base)
     assert flags([at, below]) == ["", "eot_attack_not_converged"]
-    assert at["sanity_reference"] == pytest.approx(0.75)
+    assert at.sanity_reference == pytest.approx(0.75)
 
 
 def test_unbounded_boundary_uses_the_number_of_examples():
@@ -123,20 +132,13 @@ def test_unbounded_boundary_uses_the_number_of_examples():
     two = {"clean": torch.ones(2, 8, dtype=torch.bool), "adv": torch.tensor([[True] * 2 + [False] * 6] * 2)}
     r = row("sanity_unbounded", "sanity")
     checks.unbounded(r, two)
-    assert r["flags"] == ""
+    assert r.flags == ""
 
 
 # ---- the reject option ---------------------------------------------------------------------------------------
-class _Plain:
-    pass
-
-
-class _NotAware:
-    reject_aware = False
-
-
-class _Aware:
-    reject_aware = True
+def aware(r: Row, reject_aware: bool = True) -> Row:
+    """The row with a cell: one aimed at the reject decision (`reject_aware`), or not."""
+    return replace(r, cell=cell(r.norm, r.eps, reject_aware=reject_aware))
 
 
 def rejecting() -> dict:
@@ -148,7 +150,7 @@ def plain() -> dict:
 
 
 def test_without_an_adaptive_attack_every_non_sanity_row_is_flagged():
-    made = [(row(), plain(), _Plain()), (row("fgsm"), rejecting(), _NotAware()), (row("s", "sanity"), plain(), None)]
+    made = [(row(), plain()), (aware(row("fgsm"), False), rejecting()), (row("s", "sanity"), plain())]
     worst = [row("worst_case"), row("worst_case", "sanity")]
     checks.abstaining_without_adaptive_attack(made, worst)
     assert flags([m[0] for m in made]) == ["no_adaptive_attack", "no_adaptive_attack", ""]
@@ -156,26 +158,26 @@ def test_without_an_adaptive_attack_every_non_sanity_row_is_flagged():
 
 
 def test_a_model_that_never_rejects_gets_no_adaptive_flag():
-    made = [(row(), plain(), _Plain())]
+    made = [(row(), plain())]
     checks.abstaining_without_adaptive_attack(made, [row("worst_case")])
-    assert made[0][0]["flags"] == ""
+    assert made[0][0].flags == ""
 
 
 def test_an_adaptive_attack_covers_its_norm_and_eps_only():
-    made = [(row("aware"), rejecting(), _Aware()), (row(eps=0.2), rejecting(), _Plain())]
+    made = [(aware(row("aware")), rejecting()), (row(eps=0.2), rejecting())]
     worst = [row("worst_case"), row("worst_case", eps=0.2), row("worst_case", norm="l2"),
              row("worst_case", eps=0.1 + 3e-11)]  # fmt: skip
     checks.abstaining_without_adaptive_attack(made, worst)
     assert flags([m[0] for m in made]) == ["", ""], "with an adaptive attack only the worst case is judged"
     assert flags(worst) == ["", "no_adaptive_attack", "no_adaptive_attack", ""]
     shifted = [row("worst_case")]
-    checks.abstaining_without_adaptive_attack([(row(eps=0.1 + 3e-11), rejecting(), _Aware())], shifted)
-    assert shifted[0]["flags"] == ""
+    checks.abstaining_without_adaptive_attack([(aware(row(eps=0.1 + 3e-11)), rejecting())], shifted)
+    assert shifted[0].flags == ""
 
 
 # ---- rules across rows ---------------------------------------------------------------------------------------
-def rows_with(*specs: tuple[dict, float]) -> list[dict]:
-    return [{**r, "robust_acc": acc} for r, acc in specs]
+def rows_with(*specs: tuple[Row, float]) -> list[Row]:
+    return [replace(r, robust_acc=acc) for r, acc in specs]
 
 
 def test_iterative_weaker_than_single_step_boundary_and_two_steps():
@@ -203,7 +205,8 @@ def test_single_step_is_compared_within_one_model_norm_eps_and_whitebox_only(oth
 
 
 def test_single_step_comparison_matches_seed_and_eps_across_types():
-    rows = rows_with((row("fgsm", steps=1, seed="0"), 0.0), (row(eps=0.1 + 3e-11), 1.0))
+    # a row read back from results.csv (seed and eps parsed from text) against one made in memory
+    rows = rows_with((read_back(row("fgsm", steps=1)), 0.0), (row(eps=0.1 + 3e-11), 1.0))
     checks.cross_row_flags(rows)
     assert flags(rows) == ["", "iterative_weaker_than_single_step"]
 
@@ -235,9 +238,9 @@ def test_sanity_and_worst_case_rows_take_no_cross_row_flag():
 
 
 def test_flag_warnings_one_line_per_flag_without_repeats():
-    r = {**row(eps_label="8/255"), "robust_acc": 0.5, "flags": "non_monotone_in_eps;;made_up"}
-    quiet = [{**r, "flags": f} for f in ("", None)]
-    assert checks.flag_warnings([r, *quiet, dict(r)]) == [
+    r = row(eps_label="8/255", robust_acc=0.5, flags="non_monotone_in_eps;;made_up")
+    quiet = [replace(r, flags=""), read_back(r, flags="None")]
+    assert checks.flag_warnings([r, *quiet, replace(r)]) == [
         "p/d/seed 0, pgd linf eps 8/255 (robust 0.500): robust accuracy rises with epsilon",
         "p/d/seed 0, pgd linf eps 8/255 (robust 0.500): made_up",
     ]
