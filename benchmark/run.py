@@ -65,7 +65,7 @@ def run(cfg: dict) -> dict:
     quiet_lightning()
     from benchmark.execute import Executor
     from benchmark.launchers import launch
-    from benchmark.plan import make_plan
+    from benchmark.planner import make_plan
     from benchmark.report import write_report
     from benchmark.rows import make_rows
     from benchmark.tracking import track
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         if print_plan:
-            from benchmark.plan import make_plan
+            from benchmark.planner import make_plan
 
             print(make_plan(cfg)[0].to_json())
             return 0

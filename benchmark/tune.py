@@ -21,7 +21,8 @@ from pathlib import Path
 from attacks.errors import ConfigError
 from benchmark.config import compose
 from benchmark.execute import Executor
-from benchmark.plan import make_attack, make_plan
+from benchmark.plan import make_attack
+from benchmark.planner import make_plan
 from benchmark.stages.attack import compute_cell, predict_draws
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics

@@ -26,7 +26,7 @@ from test_runner import SPENT, spent, tiny
 from benchmark import run as runner
 from benchmark.config import compose
 from benchmark.execute import stage_entry
-from benchmark.plan import make_plan
+from benchmark.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"attack_seconds", "wall_seconds", "train_seconds", "prep_seconds", "cached"}

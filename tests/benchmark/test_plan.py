@@ -11,7 +11,7 @@ import pytest
 
 from benchmark import cache as cache_mod
 from benchmark.config import compose
-from benchmark.plan import make_plan
+from benchmark.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("attacks", "benchmark", "datamodules", "defenses", "lightning_modules")

@@ -99,7 +99,7 @@ def test_an_unknown_precision_is_one_line():
 
 def test_the_precision_enters_the_cells_cache_key(tmp_path):
     from benchmark.config import compose
-    from benchmark.plan import make_plan
+    from benchmark.planner import make_plan
 
     base = ["logger=none", "defense=finetune", "attack=[pgd_linf,transfer_pgd_linf]", f"cache_dir={tmp_path}"]
     keys = {}

@@ -23,7 +23,7 @@ from benchmark import config
 from benchmark import run as runner
 from benchmark.checks import FLAG_DOC
 from benchmark.config import AttackEntry
-from benchmark.plan import make_plan
+from benchmark.planner import make_plan
 
 #: A digits sweep with the purifier (trained for 2 epochs from a 2-epoch finetune student) and the attacks a
 #: randomized model gets, shortened; finetune is the deterministic reference. AutoAttack-rand (4,000 passes per

@@ -13,7 +13,7 @@ from attacks.errors import ConfigError
 from benchmark import run as runner
 from benchmark.cache import Cache
 from benchmark.config import compose
-from benchmark.plan import make_plan
+from benchmark.planner import make_plan
 from benchmark.stages.build import build_datamodule, build_model, build_module
 from benchmark.stages.train import run_train_job
 
