@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,19 +26,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attacks.base import check_adversarial
 from attacks.errors import ConfigError
+from benchmark.batch_size import AUTO_BATCH_CPU, AUTO_BATCH_START, cuda_fits, find_batch_size
 from benchmark.cache import Cache
 from benchmark.checks import autoattack_flags
 from benchmark.detection import RepresentationDetector
 from benchmark.plan import Plan
 from benchmark.records import CellSpec
-from benchmark.stages.attack import compute_cell, fast_layout, precision, predict_draws, run_attack
+from benchmark.stages.attack import compute_cell, fast_layout, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained, train_stage
 from benchmark.timing import charge
-
-#: `eval.batch_size=auto` off CUDA (no memory to fill), and the first size the CUDA search tries.
-AUTO_BATCH_CPU, AUTO_BATCH_START = 256, 32
 
 
 def device_of(name: str) -> torch.device:
@@ -52,39 +49,6 @@ def stage_entry(stage: dict) -> tuple[str, str]:
     """The cache entry (kind, key) a plan stage writes."""
     kind = stage["job"]["kind"] if stage["kind"] in ("teacher", "student") else stage["kind"]
     return ("attack" if kind == "cell" else kind), stage["key"]
-
-
-def find_batch_size(fits: Callable[[int], bool], start: int, limit: int) -> int:
-    """The batch size to evaluate with: double from `start` while `fits(size)` (one forward and input-gradient
-    pass at that size does not run out of memory), up to `limit`; then half the largest that fits, which leaves
-    the attack's own buffers their room. At least 1."""
-    size, best = max(1, min(start, limit)), 0
-    while True:
-        if not fits(size):
-            break
-        best = size
-        if size >= limit:
-            return size  # every example fits in one batch: no headroom needed beyond it
-        size = min(2 * size, limit)
-    return max(1, best // 2) if best else 1
-
-
-def cuda_fits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision_name: str):
-    """`fits(size)` for `find_batch_size`: one attack-like pass of `model` on `size` examples like `x`."""
-
-    def fits(size: int) -> bool:
-        xb = x[:1].expand(size, *x.shape[1:]).contiguous().to(device).requires_grad_(True)
-        try:
-            with precision(model, device, precision_name):
-                torch.autograd.grad(model(xb).float().sum(), xb)
-            return True
-        except torch.cuda.OutOfMemoryError:
-            return False
-        finally:
-            del xb
-            torch.cuda.empty_cache()
-
-    return fits
 
 
 @dataclass

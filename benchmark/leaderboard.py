@@ -11,6 +11,7 @@ from benchmark import findings as fnd
 from benchmark.metrics import SANITY_TOL
 from benchmark.records import Row, eps_str, headline_eps, same_eps
 from benchmark.results import PairResults, number
+from benchmark.stats import t_interval
 
 FORM_DOC = {
     "success_ratio": "ASR_B(x'_A) / ASR_B(x'_B), the transfer attack's success rate on the student over the "
@@ -27,7 +28,7 @@ def _mean_ci(values: list[float], fmt: str, scale: float = 1.0) -> str:
         return "-"
     if len(values) == 1:
         return f"{values[0]:{fmt}}"
-    low, high = fnd.t_interval(values)
+    low, high = t_interval(values)
     return f"{statistics.mean(values):{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 

@@ -13,9 +13,9 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from benchmark.findings import t_interval
 from benchmark.records import eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
+from benchmark.stats import t_interval
 
 WORST = "worst_case"
 

@@ -98,6 +98,21 @@ def run(cfg: dict) -> dict:
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
     elapsed = time.perf_counter() - start
     (out / "run_stats.json").write_text(json.dumps({**stats, **timings, "seconds": elapsed}, indent=1))
+    _closing_log(console, cfg, stats, elapsed, warnings, out, plots)
+    return {
+        "rows": rows,
+        "failed": failed + launched.skipped if launched else [],
+        "stats": stats,
+        "warnings": [*warnings, *failed],
+        "plots": plots,
+        "wandb_failures": failures,
+        "seconds": elapsed,
+        "plan": plan,
+    }
+
+
+def _closing_log(console, cfg: dict, stats: dict, elapsed: float, warnings: list[str], out: Path, plots: dict):
+    """What the run did, every warning, and where its files are."""
     console.log(
         f"done in {elapsed:.0f}s: trained {stats['teacher_trained']} teacher(s) and {stats['student_trained']} "
         f"student(s), crafted {stats['crafted']} transfer set(s), ran {stats['attacks_run']} attack(s), "
@@ -113,16 +128,6 @@ def run(cfg: dict) -> dict:
             f"W&B ({cfg['logger']['mode']}): {cfg['logger']['dir']}/wandb"
             + ("; upload later with `wandb sync`" if cfg["logger"]["mode"] == "offline" else "")
         )
-    return {
-        "rows": rows,
-        "failed": failed + launched.skipped if launched else [],
-        "stats": stats,
-        "warnings": [*warnings, *failed],
-        "plots": plots,
-        "wandb_failures": failures,
-        "seconds": elapsed,
-        "plan": plan,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
-from benchmark.findings import CLAIMS, Claim, claims_from_config, findings, markdown, t_interval
+from benchmark.findings import CLAIMS, Claim, claims_from_config, findings, markdown
+from benchmark.stats import t_interval
 
 HEADLINE = {"linf": 16 / 255, "l2": 1.0}
 CLAIM = Claim("a is more robust than b under pgd", "test", higher="a", lower="b", attack="pgd")

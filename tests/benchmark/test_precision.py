@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import benchmark.stages.attack as stage
 from attacks.pgd import PGD
+from benchmark.batch_size import find_batch_size
 from benchmark.checks import tolerance
-from benchmark.execute import find_batch_size
 from benchmark.stages.attack import precision, predict, run_attack
 
 CPU = torch.device("cpu")

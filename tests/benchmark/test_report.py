@@ -18,8 +18,8 @@ from wandb_reader import read_run
 
 from benchmark import report
 from benchmark.checks import FLAG_DOC, flag_warnings
-from benchmark.findings import t_interval
 from benchmark.results import read_csv, write_csv
+from benchmark.stats import t_interval
 
 N, K, HEADLINE = 200, 8, {"linf": 16 / 255, "l2": 1.0}
 #: (defense, randomized, robustness): the share of clean-correct examples that survive a mid-size attack
