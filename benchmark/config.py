@@ -57,21 +57,21 @@ def compose(overrides: list[str]) -> dict:
     for group, target in (("data", ()), ("defense", ("module",)), ("attack", ("attack",))):
         for name in [n for n, entry in cfg[group].items() if "_target_" not in _get(entry, target)]:
             del cfg[group][name]
-    cfg["stages"] = earlier_stages(cfg, overrides)
+    cfg["earlier_defenses"] = earlier_defenses(cfg, overrides)
     return cfg
 
 
-def earlier_stages(cfg: dict, overrides: list[str]) -> dict:
+def earlier_defenses(cfg: dict, overrides: list[str]) -> dict:
     """The defenses that selected ones start from (`init_from`) but the sweep does not evaluate.
 
     Each is composed from its own config file with the same experiment and overrides (minus the ones that
     select or set other defenses), so it is exactly what `defense=<name>` would train.
     """
-    stages: dict = {}
+    earlier: dict = {}
     todo = [d["init_from"] for d in cfg["defense"].values() if d.get("init_from")]
     while todo:
         name = todo.pop()
-        if name in cfg["defense"] or name in stages:
+        if name in cfg["defense"] or name in earlier:
             continue
         if name not in options("defense"):
             raise ConfigError(f"init_from names unknown defense '{name}'; valid: {', '.join(options('defense'))}")
@@ -80,10 +80,10 @@ def earlier_stages(cfg: dict, overrides: list[str]) -> dict:
             for o in overrides
             if not re.match(r"[+~]*defense[=.]", o) or o.lstrip("+~").startswith(f"defense.{name}.")
         ]
-        stages[name] = compose([*keep, f"defense=[{name}]"])["defense"][name]
-        if stages[name].get("init_from"):
-            todo.append(stages[name]["init_from"])
-    return stages
+        earlier[name] = compose([*keep, f"defense=[{name}]"])["defense"][name]
+        if earlier[name].get("init_from"):
+            todo.append(earlier[name]["init_from"])
+    return earlier
 
 
 def _get(entry: dict, path: tuple[str, ...]) -> dict:
@@ -175,7 +175,7 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
         dm = build_datamodule(dcfg)
         model = build_model(cfg["model"], dm)
         build(teacher_module_cfg(cfg["teacher"]), model=model)
-        for dname, dfn in {**(cfg.get("stages") or {}), **cfg["defense"]}.items():
+        for dname, dfn in {**(cfg.get("earlier_defenses") or {}), **cfg["defense"]}.items():
             _check_trainer(dname, dfn.get("trainer") or {})
             module = build(dfn["module"], model=build_model(cfg["model"], dm), teacher_state=model.state_dict())
             found[dname] = Declared(declared(module), hasattr(module.deployed_model(), "frozen"))

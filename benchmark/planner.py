@@ -80,7 +80,7 @@ class Planner:
         """A defense of the sweep, or an earlier stage of one (`stages`: composed from its shipped config)."""
         from attacks.errors import ConfigError
 
-        found = self.cfg["defense"].get(name) or (self.cfg.get("stages") or {}).get(name)
+        found = self.cfg["defense"].get(name) or (self.cfg.get("earlier_defenses") or {}).get(name)
         if found is None:
             raise ConfigError(f"init_from names unknown defense '{name}'")
         return found
