@@ -10,25 +10,26 @@ from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
 from benchmark.findings import CLAIMS, Claim, claims_from_config, findings, markdown
+from benchmark.records import Row
 from benchmark.stats import t_interval
 
 HEADLINE = {"linf": 16 / 255, "l2": 1.0}
 CLAIM = Claim("a is more robust than b under pgd", "test", higher="a", lower="b", attack="pgd")
 
 
-def _row(defense: str, attack: str = "pgd", seed: int = 0, eps: float = 16 / 255, pair: str = "p") -> dict:
+def _row(defense: str, attack: str = "pgd", seed: int = 0, eps: float = 16 / 255, pair: str = "p") -> Row:
     label = f"{round(eps * 255):g}/255"
-    return {
-        "pair": pair,
-        "defense": defense,
-        "seed": seed,
-        "attack": attack,
-        "threat_model": "white-box",
-        "norm": "linf",
-        "eps": eps,
-        "eps_label": label,
-        "row_id": f"{pair}/{defense}/seed{seed}/{attack}/linf/{label}",
-    }
+    return Row(
+        pair=pair,
+        defense=defense,
+        seed=seed,
+        attack=attack,
+        threat_model="white-box",
+        norm="linf",
+        eps=eps,
+        eps_label=label,
+        row_id=f"{pair}/{defense}/seed{seed}/{attack}/linf/{label}",
+    )
 
 
 def outcomes(both: int, only_a: int, only_b: int, neither: int) -> tuple[list[float], list[float]]:
@@ -45,7 +46,7 @@ def run(pairs_of_outcomes: dict[tuple[str, int], tuple[list[float], list[float]]
         for defense, robust in (("a", a), ("b", b)):
             row = _row(defense, attack, seed)
             rows.append(row)
-            per_example[row["row_id"]] = {"clean": [1.0] * len(robust), "robust": robust}
+            per_example[row.row_id] = {"clean": [1.0] * len(robust), "robust": robust}
     return findings(rows, per_example, HEADLINE, list(claims), **kw)
 
 
@@ -141,9 +142,9 @@ def test_the_seed_claims_find_their_rows():
     for claim in CLAIMS:
         for defense, robust in ((claim.higher, a), (claim.lower, b)):
             row = _row(defense, claim.attack)
-            if row["row_id"] not in per_example:
+            if row.row_id not in per_example:
                 rows.append(row)
-                per_example[row["row_id"]] = {"clean": [1.0] * 100, "robust": robust}
+                per_example[row.row_id] = {"clean": [1.0] * 100, "robust": robust}
     items = findings(rows, per_example, HEADLINE)
     assert all(f["per_seed"] for f in items), [f["claim"] for f in items if not f["per_seed"]]
     transfer = next(f for f in items if f["attack"] == "transfer_pgd_linf")
@@ -160,6 +161,6 @@ def test_claims_from_the_config():
     eight = Claim("t", "s", "a", "b", "pgd", eps="8/255")
     rows = [_row("a", eps=8 / 255), _row("b", eps=8 / 255)]
     a, b = outcomes(10, 10, 0, 0)
-    per_example = {rows[0]["row_id"]: {"robust": a}, rows[1]["row_id"]: {"robust": b}}
+    per_example = {rows[0].row_id: {"robust": a}, rows[1].row_id: {"robust": b}}
     (f,) = findings(rows, per_example, HEADLINE, [eight])
     assert f["verdict"] == "supported" and f["eps_label"] == "8/255"

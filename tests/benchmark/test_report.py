@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from wandb_reader import read_run
 
 from benchmark import report
 from benchmark.checks import FLAG_DOC, flag_warnings
+from benchmark.findings import findings
+from benchmark.leaderboard import leaderboard
+from benchmark.records import Row
 from benchmark.results import read_csv, write_csv
 from benchmark.stats import t_interval
 
@@ -52,45 +56,45 @@ def _label(norm: str, eps: float) -> str:
     return f"{round(eps * 255, 3):g}/255" if norm == "linf" else f"{eps:g}"
 
 
-def _row(pair, defense, seed, attack, norm, eps, threat, clean, robust, randomized, **extra) -> dict:
+def _row(pair, defense, seed, attack, norm, eps, threat, clean, robust, randomized, **extra) -> Row:
     label = _label(norm, eps)
-    return {
-        "experiment": "fake",
-        "pair": pair,
-        "source": "svhn",
-        "target": "mnist",
-        "model": "small_cnn",
-        "defense": defense,
-        "mode": "pretrain",
-        "seed": seed,
-        "attack": attack,
-        "threat_model": threat,
-        "surrogate": "teacher" if threat == "transfer" else "",
-        "norm": norm,
-        "eps": eps,
-        "eps_label": label,
-        "steps": 1 if attack == "fgsm" else 20,
-        "clean_acc": float(np.mean(clean)),
-        "robust_acc": float(np.mean(robust)),
-        "robust_acc_worst_of_k": float(np.mean(np.asarray(robust) == 1)),
-        "success_rate": 1 - float(np.mean(robust)) / max(float(np.mean(clean)), 1e-9),
-        "n_examples": len(robust),
-        "draws": K if randomized else 1,
-        "transferability": 0.6 if threat == "transfer" else None,
-        "detection_auroc": 0.7 if threat == "white-box" else None,
-        "train_seconds": 12.5 + seed,
-        "prep_seconds": None,
-        "randomized_defense": randomized,
-        "cached": False,
-        "flags": "",
-        "row_id": f"{pair}/{defense}/seed{seed}/{attack}/{norm}/{label}",
-        "model_key": f"key-{pair}-{defense}-{seed}",
-        "examples": f"first {len(robust)} target test examples",
+    return Row(
+        experiment="fake",
+        pair=pair,
+        source="svhn",
+        target="mnist",
+        model="small_cnn",
+        defense=defense,
+        mode="pretrain",
+        seed=seed,
+        attack=attack,
+        threat_model=threat,
+        surrogate="teacher" if threat == "transfer" else "",
+        norm=norm,
+        eps=eps,
+        eps_label=label,
+        steps=1 if attack == "fgsm" else 20,
+        clean_acc=float(np.mean(clean)),
+        robust_acc=float(np.mean(robust)),
+        robust_acc_worst_of_k=float(np.mean(np.asarray(robust) == 1)),
+        success_rate=1 - float(np.mean(robust)) / max(float(np.mean(clean)), 1e-9),
+        n_examples=len(robust),
+        draws=K if randomized else 1,
+        transferability=0.6 if threat == "transfer" else None,
+        detection_auroc=0.7 if threat == "white-box" else None,
+        train_seconds=12.5 + seed,
+        prep_seconds=None,
+        randomized_defense=randomized,
+        cached=False,
+        flags=extra.pop("flags", ""),
+        row_id=f"{pair}/{defense}/seed{seed}/{attack}/{norm}/{label}",
+        model_key=f"key-{pair}-{defense}-{seed}",
+        examples=f"first {len(robust)} target test examples",
         **extra,
-    }
+    )
 
 
-def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTACKS) -> tuple[list[dict], dict]:
+def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTACKS) -> tuple[list[Row], dict]:
     """Rows and per-example outcomes of a plausible sweep (see the module docstring)."""
     rows, per_example = [], {}
     for pair in pairs:
@@ -117,7 +121,7 @@ def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTAC
                         clean, robust = clean[:n], robust[:n]
                         row = _row(pair, defense, seed, attack, norm, eps, threat, clean, robust, randomized)
                         rows.append(row)
-                        per_example[row["row_id"]] = {"clean": clean.tolist(), "robust": robust.tolist()}
+                        per_example[row.row_id] = {"clean": clean.tolist(), "robust": robust.tolist()}
                         if threat == "white-box" or attack.startswith("transfer"):
                             by_budget.setdefault((norm, eps), []).append((attack, clean, robust))
                 for (norm, eps), members in by_budget.items():
@@ -130,7 +134,7 @@ def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTAC
                     union = "union: " + "+".join(a for a, _, _ in members)
                     row = _row(pair, defense, seed, "worst_case", norm, eps, union, clean, robust, randomized)
                     rows.append(row)
-                    per_example[row["row_id"]] = {"clean": clean.tolist(), "robust": robust.tolist()}
+                    per_example[row.row_id] = {"clean": clean.tolist(), "robust": robust.tolist()}
                 if randomized:
                     for check, eps, flag in (
                         ("sanity_frozen_randomness", 16 / 255, "frozen_randomness_attack_fails"),
@@ -143,7 +147,7 @@ def fake_run(pairs=("svhn_mnist",), seeds=(0,), defenses=DEFENSES, attacks=ATTAC
     return rows, per_example
 
 
-def write_run(tmp: Path, rows: list[dict], per_example: dict, run_warnings: list[str]) -> Path:
+def write_run(tmp: Path, rows: list[Row], per_example: dict, run_warnings: list[str]) -> Path:
     write_csv(rows, tmp / "results.csv")
     (tmp / "per_example.json").write_text(json.dumps(per_example))
     (tmp / "run_warnings.json").write_text(json.dumps(run_warnings))
@@ -151,23 +155,21 @@ def write_run(tmp: Path, rows: list[dict], per_example: dict, run_warnings: list
     return tmp
 
 
-def _find(rows, defense, attack, eps=16 / 255, norm="linf") -> dict:
+def _find(rows, defense, attack, eps=16 / 255, norm="linf") -> Row:
     return next(
-        r
-        for r in rows
-        if r["defense"] == defense and r["attack"] == attack and r["norm"] == norm and abs(r["eps"] - eps) < 1e-9
+        r for r in rows if r.defense == defense and r.attack == attack and r.norm == norm and abs(r.eps - eps) < 1e-9
     )
 
 
 # ---- leaderboard -------------------------------------------------------------------------------------------
 def test_rebuild_reads_every_flag_and_run_warning_and_leaves_results_csv_alone(tmp_path):
     rows, per_example = fake_run()
-    _find(rows, "atop", "eot_pgd_linf")["flags"] = "eot_attack_not_converged"
-    _find(rows, "finetune", "pgd_linf", 8 / 255)["flags"] = "autoattack_softmax_output;autoattack_zero_gradients"
-    _find(rows, "pgd_at", "transfer_pgd_linf")["flags"] = "transfer_stronger_than_whitebox"
+    _find(rows, "atop", "eot_pgd_linf").flags = "eot_attack_not_converged"
+    _find(rows, "finetune", "pgd_linf", 8 / 255).flags = "autoattack_softmax_output;autoattack_zero_gradients"
+    _find(rows, "pgd_at", "transfer_pgd_linf").flags = "transfer_stronger_than_whitebox"
     # A series that sanity_flags would flag (robust accuracy rising with epsilon) but the runner did not: the
     # report must not raise flags of its own.
-    _find(rows, "scratch", "fgsm", 32 / 255)["robust_acc"] = 0.99
+    _find(rows, "scratch", "fgsm", 32 / 255).robust_acc = 0.99
     run_warnings = ["atop: randomness sanity checks not run: needs `frozen(seed)` on the deployed model"]
     out = write_run(tmp_path, rows, per_example, run_warnings)
     before = (out / "results.csv").read_bytes()
@@ -201,9 +203,9 @@ def test_rebuild_without_per_example_data_still_reports(tmp_path):
 
 def test_means_over_seeds_carry_a_t_interval(tmp_path):
     rows, per_example = fake_run(seeds=(0, 1, 2), defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
-    board = report.leaderboard(rows, HEADLINE, "success_ratio", [])
-    values = [r["robust_acc"] for r in rows if r["defense"] == "finetune" and r["attack"] == "pgd_linf"
-              and abs(r["eps"] - 16 / 255) < 1e-9]  # fmt: skip
+    board = leaderboard(rows, HEADLINE, "success_ratio", [])
+    values = [r.robust_acc for r in rows if r.defense == "finetune" and r.attack == "pgd_linf"
+              and abs(r.eps - 16 / 255) < 1e-9]  # fmt: skip
     low, high = t_interval(values)
     assert len(values) == 3 and low < statistics.mean(values) < high
     cell = f"{100 * statistics.mean(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
@@ -225,10 +227,10 @@ def test_findings_section_in_the_leaderboard(tmp_path):
 def test_the_detection_table_is_there_only_when_detection_ran():
     rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
     title = "### Detecting adversarial inputs"
-    board = report.leaderboard(rows, HEADLINE, "success_ratio", [])
+    board = leaderboard(rows, HEADLINE, "success_ratio", [])
     assert title in board and "| 70.0 |" in board[board.index(title) :]
-    off = [{**r, "detection_auroc": None} for r in rows]  # eval.detection=false
-    assert title not in report.leaderboard(off, HEADLINE, "success_ratio", [])
+    off = [replace(r, detection_auroc=None) for r in rows]  # eval.detection=false
+    assert title not in leaderboard(off, HEADLINE, "success_ratio", [])
 
 
 # ---- plots -------------------------------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
             ax = figs[f"heatmap_{pair}"].axes[0]
             labels = {t.get_text().split("\n")[0] + "/" + t.get_text().split("\n")[1].split()[0]
                       for t in ax.get_xticklabels()}  # fmt: skip
-            wanted = {f"{r['attack']}/{r['norm']}" for r in rows if r["pair"] == pair and r["threat_model"] != "sanity"}
+            wanted = {f"{r.attack}/{r.norm}" for r in rows if r.pair == pair and r.threat_model != "sanity"}
             assert labels == wanted, "every attack (and the worst case) once, no sanity check"
             assert {"worst_case/linf", "pgd_l2/l2", "autoattack_rand/linf"} <= labels
 
@@ -291,10 +293,9 @@ def test_the_worst_case_curve_leaves_out_budgets_no_white_box_attack_covered():
     from benchmark.png_figures import figures
 
     rows, _ = fake_run(defenses=[d for d in DEFENSES if d[0] in ("pgd_at", "atop")])
-    transfer = next(r for r in rows if r["defense"] == "atop" and r["attack"] == "transfer_pgd_linf"
-                    and abs(r["eps"] - 32 / 255) < 1e-9)  # fmt: skip
-    rows.append({**transfer, "attack": "worst_case", "threat_model": "union: transfer_pgd_linf+mimicry_linf",
-                 "row_id": transfer["row_id"].replace("transfer_pgd_linf", "worst_case")})  # fmt: skip
+    transfer = _find(rows, "atop", "transfer_pgd_linf", 32 / 255)
+    rows.append(replace(transfer, attack="worst_case", threat_model="union: transfer_pgd_linf+mimicry_linf",
+                        row_id=transfer.row_id.replace("transfer_pgd_linf", "worst_case")))  # fmt: skip
     figs, colors = figures(rows, HEADLINE)
     try:
         panel = next(ax for ax in figs["robust_vs_eps"].axes if ax.get_title().startswith("worst_case"))
@@ -320,22 +321,23 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
         "logger": {"project": "test", "mode": "offline", "dir": str(out)},
     }
     stats = {"attacks_run": 1}
+    found = findings(rows, per_example, HEADLINE)  # the run computes them once, with the report
 
     def logged() -> dict[str, dict]:
         files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
         return {p.parent.name: read_run(p) for p in files}
 
-    assert track(cfg, rows, {}, [], stats) == []
+    assert track(cfg, rows, {}, [], stats, found) == []
     first = logged()
     ids = {r["id"] for r in first.values()}
     assert len(ids) == len(first) == 2 + 1, "an eval run per model and the sweep run"
     # W&B names an offline directory by the second and the id: a rerun within the same second would write into
     # the first run's directory (a sweep's rerun never comes that fast).
     time.sleep(1.1)
-    assert track(cfg, rows, {}, [], stats) == []
+    assert track(cfg, rows, {}, [], stats, found) == []
     second = logged()
     assert len(second) == 2 * len(first), "offline, each rerun writes its own fragment of the runs"
     assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
     (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
-    assert sweep["tables"]["findings"]["nrows"] == 6, "the six seed claims"
+    assert len(found) == 6 and sweep["tables"]["findings"]["nrows"] == len(found), "the six seed claims, as given"
     assert sweep["tables"]["results"]["nrows"] == len(rows)
