@@ -15,8 +15,9 @@ from PIL import Image
 from test_report import ATTACKS, DEFENSES, HEADLINE, fake_run
 from wandb_reader import chart_table_key, read_run, read_table
 
-from benchmark import wandb_charts
-from benchmark import dashboard
+from benchmark import dashboard, wandb_charts
+from benchmark.findings import findings
+from benchmark.records import Row
 from benchmark.results import PairResults, write_csv
 from benchmark.tracking import Tracker, track
 
@@ -26,15 +27,15 @@ KEEP = ("finetune", "pgd_at", "purifier", "atop")  # plain fine-tuning (the clea
 SWEPT = {(a, n) for a, n, _, budgets, *_ in ATTACKS if len(budgets) > 1}
 
 
-def _rows() -> tuple[list[dict], dict]:
+def _rows() -> tuple[list[Row], dict]:
     """fake_run's rows with what the runner also writes: attack cost, transfer accuracy, preparation time."""
     rows, per_example = fake_run(pairs=PAIRS, seeds=SEEDS, defenses=[d for d in DEFENSES if d[0] in KEEP])
     for i, r in enumerate(rows):
-        attack = r["attack"] != "worst_case"  # the worst case spans attacks: no cost of its own
-        r["attack_seconds"] = 0.5 + i % 7 if attack else None
-        r["forward_passes"] = 100 * (1 + i % 5) if attack else None
-        r["transfer_acc"] = r["robust_acc"] if r["threat_model"] == "transfer" else None
-        r["prep_seconds"] = 3.0 + r["seed"] if r["defense"] == "atop" else None
+        attack = r.attack != "worst_case"  # the worst case spans attacks: no cost of its own
+        r.attack_seconds = 0.5 + i % 7 if attack else None
+        r.forward_passes = 100 * (1 + i % 5) if attack else None
+        r.transfer_acc = r.robust_acc if r.threat_model == "transfer" else None
+        r.prep_seconds = 3.0 + r.seed if r.defense == "atop" else None
     return rows, per_example
 
 
@@ -57,26 +58,27 @@ def sweep(tmp_path_factory):
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)
-        assert track(cfg, rows, {"heatmap": png}, [], {"attacks_run": 1}) == []
+        found = findings(rows, per_example, HEADLINE)  # the run computes them once, with the report
+        assert track(cfg, rows, {"heatmap": png}, [], {"attacks_run": 1}, found) == []
         # A training run of the same group whose config names a pair, a seed and a defense: only its job type
         # keeps it out of the dashboard's run set.
         train_config = {"pair": PAIRS[0], "seed": 0, "defense": "finetune"}
         Tracker({**cfg["logger"], "group": "fake"})._run("train-x", "train", train_config, {"val/acc": 0.9}, {})
     files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     runs = [{**read_run(p), "file": p} for p in files]
-    return {"out": out, "rows": rows, "runs": runs, "cfg": cfg}
+    return {"out": out, "rows": rows, "runs": runs, "cfg": cfg, "findings": found}
 
 
 def _by_type(sweep, job_type: str) -> list[dict]:
     return [r for r in sweep["runs"] if r["job_type"] == job_type]
 
 
-def _find(rows, pair, defense, seed, attack, norm="linf", eps=16 / 255) -> dict:
+def _find(rows, pair, defense, seed, attack, norm="linf", eps=16 / 255) -> Row:
     return next(
         r
         for r in rows
-        if (r["pair"], r["defense"], r["seed"], r["attack"], r["norm"]) == (pair, defense, seed, attack, norm)
-        and abs(r["eps"] - eps) < 1e-9
+        if (r.pair, r.defense, r.seed, r.attack, r.norm) == (pair, defense, seed, attack, norm)
+        and abs(r.eps - eps) < 1e-9
     )
 
 
@@ -89,20 +91,20 @@ def test_eval_runs_log_the_design_metric_names_and_a_curve_over_epsilon(sweep):
     row = _find(rows, "svhn_mnist", "pgd_at", 1, "pgd_linf")
     base = _find(rows, "svhn_mnist", "finetune", 1, "pgd_linf")
     s = run["summary"]
-    assert s["test/robust_acc/pgd_linf_16"] == pytest.approx(row["robust_acc"])
-    assert s["test/clean_cost"] == pytest.approx(row["clean_acc"] - base["clean_acc"])
-    assert s["test/detection_auroc/pgd_linf_16"] == pytest.approx(row["detection_auroc"])
-    assert s["cost/attack_seconds/pgd_linf_16"] == pytest.approx(row["attack_seconds"])
-    assert s["cost/train_seconds"] == pytest.approx(row["train_seconds"])
+    assert s["test/robust_acc/pgd_linf_16"] == pytest.approx(row.robust_acc)
+    assert s["test/clean_cost"] == pytest.approx(row.clean_acc - base.clean_acc)
+    assert s["test/detection_auroc/pgd_linf_16"] == pytest.approx(row.detection_auroc)
+    assert s["cost/attack_seconds/pgd_linf_16"] == pytest.approx(row.attack_seconds)
+    assert s["cost/train_seconds"] == pytest.approx(row.train_seconds)
     transfer = _find(rows, "svhn_mnist", "pgd_at", 1, "transfer_pgd_linf")
-    assert s["test/transfer/transfer_pgd_linf_16/acc"] == pytest.approx(transfer["transfer_acc"])
+    assert s["test/transfer/transfer_pgd_linf_16/acc"] == pytest.approx(transfer.transfer_acc)
     worst = _find(rows, "svhn_mnist", "pgd_at", 1, "worst_case")
-    assert s["test/robust_acc/worst_case_linf_16"] == pytest.approx(worst["robust_acc"])
+    assert s["test/robust_acc/worst_case_linf_16"] == pytest.approx(worst.robust_acc)
     assert not [k for k in s if k.startswith("curve/")], "a curve's last point is no result"
     assert evals["eval-svhn_mnist-atop-seed0"]["summary"]["cost/prep_seconds"] == 3.0
 
     points = [(h["curve/eps_linf"], h["curve/robust_acc/pgd_linf"]) for h in run["history"] if "curve/eps_linf" in h]
-    expected = sorted((e * 255, _find(rows, "svhn_mnist", "pgd_at", 1, "pgd_linf", eps=e)["robust_acc"])
+    expected = sorted((e * 255, _find(rows, "svhn_mnist", "pgd_at", 1, "pgd_linf", eps=e).robust_acc)
                       for e in (4 / 255, 8 / 255, 16 / 255, 32 / 255))  # fmt: skip
     assert points == [(pytest.approx(x), pytest.approx(y)) for x, y in expected]
     l2 = [(h["curve/eps_l2"], h["curve/robust_acc/pgd_l2"]) for h in run["history"] if "curve/eps_l2" in h]
@@ -125,7 +127,7 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
         columns, data = read_table(run["file"], run, key)
         return [dict(zip(columns, d)) for d in data]
 
-    res = PairResults([r for r in rows if r["pair"] == "mnist_usps"])
+    res = PairResults([r for r in rows if r.pair == "mnist_usps"])
     line = table(chart_table_key(charts["charts/mnist_usps/robust_vs_eps/pgd_linf"]))
     assert {r["lineKey"] for r in line} == {d for d in KEEP if d not in ("purifier", "atop")}
     for point in line:
@@ -143,12 +145,12 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
     assert dots["atop"]["robust_acc"] == pytest.approx(means["atop"])
 
     long = table("attack_defense")
-    plain = [r for r in rows if r["threat_model"] != "sanity"]
+    plain = [r for r in rows if r.threat_model != "sanity"]
     assert len(long) == len(plain) and set(wandb_charts.LONG_COLUMNS) == set(long[0])
     first = long[0]
     assert (type(first["seed"]), type(first["eps"]), type(first["robust_acc"])) == (int, float, float)
-    assert [r["robust_acc"] for r in long] == pytest.approx([r["robust_acc"] for r in plain])
-    assert run["tables"]["findings"]["nrows"] == 6 * len(PAIRS), "the six seed claims per pair"
+    assert [r["robust_acc"] for r in long] == pytest.approx([r.robust_acc for r in plain])
+    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == 6 * len(PAIRS), "the six claims per pair"
     assert any(h.get("plots/heatmap/_type") == "image-file" for h in run["history"]), "the PNGs stay"
 
 
