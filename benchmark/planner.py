@@ -277,7 +277,7 @@ class Planner:
             "attack": spec,
             "n": n,
         }
-        craft["id"] = self.plan.add(craft)
+        craft["id"] = self.plan.add(craft, attack)  # the same recipe as its cells: one attack object
         return self.plan.stage(craft["id"])
 
     def _sanity_cells(self, pair: str, model: dict, declared: Declared, draws: int, base_cells: dict) -> None:

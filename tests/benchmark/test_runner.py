@@ -293,7 +293,7 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
         overrides.append(f"defense.{name}.trainer.max_epochs=1")
         if "steps" in defense["module"]:
             overrides.append(f"defense.{name}.module.steps=1")
-    for name in cfg["stages"]:  # earlier stages of multi-stage defenses (++: set whether selected or not)
+    for name in cfg["earlier_defenses"]:  # defenses that selected ones start from (++: selected or not)
         overrides.append(f"++defense.{name}.trainer.max_epochs=1")
     if "genaf" in cfg["defense"]:
         overrides.append("defense.genaf.module.probe_epochs=1")

@@ -1,0 +1,130 @@
+"""The typed records from plan to report: a cell is resolved once, a row keeps its types through results.csv."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmark import plan as plan_module
+from benchmark.config import compose
+from benchmark.records import Budget, CellSpec, Row, budget_key, headline_eps
+from benchmark.results import read_csv, write_csv
+
+#: One deterministic and one randomized student, white-box, transfer and EOT attacks, on 16 test examples.
+SWEEP = [
+    "logger=none",
+    "progress=false",
+    "launcher=inline",
+    "teacher.trainer.max_epochs=1",
+    "defense=[finetune,dropout]",
+    "defense.finetune.trainer.max_epochs=1",
+    "defense.dropout.trainer.max_epochs=1",
+    "++defense.freeze.trainer.max_epochs=1",
+    "attack=[fgsm,transfer_pgd_linf,eot_pgd_linf,mimicry_linf]",
+    "attack.fgsm.epsilons=[8/255]",
+    "attack.transfer_pgd_linf.epsilons=[8/255]",
+    "attack.transfer_pgd_linf.attack.attack.steps=2",
+    "attack.eot_pgd_linf.attack.steps=2",
+    "attack.eot_pgd_linf.attack.eot=2",
+    "attack.mimicry_linf.epsilons=[8/255]",
+    "attack.mimicry_linf.attack.steps=2",
+    "eval.n_examples=16",
+    "eval.draws=2",
+    "eval.sanity_examples=4",
+    "eval.detection=false",
+]
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    from benchmark.planner import make_plan
+
+    tmp = tmp_path_factory.mktemp("records")
+    cfg = compose([*SWEEP, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}"])
+    return cfg, make_plan(cfg)[0]
+
+
+def test_every_cell_is_resolved_once_into_its_spec(planned):
+    _, plan = planned
+    cells = plan.cells()
+    assert cells and all(isinstance(c, CellSpec) and isinstance(c.budget, Budget) for c in cells)
+    by_name = {(c.defense, c.name): c for c in cells if c.role != "reference"}
+    fgsm = by_name[("finetune", "fgsm")]
+    assert (fgsm.budget.norm, fgsm.budget.label, fgsm.threat_model) == ("linf", "8/255", "white-box")
+    assert fgsm.budget.eps == pytest.approx(8 / 255) and fgsm.steps == 1
+    transfer = by_name[("finetune", "transfer_pgd_linf")]
+    assert transfer.crafted and transfer.transfer and transfer.surrogate == "teacher" and transfer.reference
+    assert by_name[("finetune", "mimicry_linf")].targeted
+    # the unbounded sanity check carries its own budget: eps 1, label "1", not the EOT attack's 16/255
+    unbounded = by_name[("dropout", "sanity_unbounded")]
+    assert (unbounded.budget.eps, unbounded.budget.label, unbounded.threat_model) == (1.0, "1", "sanity")
+    assert unbounded.base == by_name[("dropout", "eot_pgd_linf")].id
+
+
+def test_the_plan_survives_json_with_its_specs(planned):
+    _, plan = planned
+    back = plan_module.Plan.from_json(plan.to_json())
+    assert back.cells() == plan.cells()
+    assert [s["key"] for s in back.stages] == [s["key"] for s in plan.stages]
+
+
+@pytest.mark.slow
+def test_no_attack_is_built_after_planning(planned, monkeypatch):
+    """Execute and rows take every attack from the plan (`Plan.attack`): none is constructed again in this process."""
+    from attacks.base import Attack
+    from benchmark.execute import Executor
+    from benchmark.rows import make_rows
+
+    cfg, plan = planned
+    built = []
+    original = Attack.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Attack, "__init__", counted)
+    done = Executor(cfg, plan).run()
+    rows, _ = make_rows(cfg, plan, done)
+    assert not built, f"{len(built)} attack(s) built after planning: {sorted(set(built))}"
+    assert {r.attack for r in rows} >= {"fgsm", "transfer_pgd_linf", "mimicry_linf", "sanity_unbounded"}
+    unbounded = next(r for r in rows if r.attack == "sanity_unbounded")
+    assert (unbounded.eps, unbounded.eps_label) == (1.0, "1")
+    mimicry = next(r for r in rows if r.attack == "mimicry_linf" and r.defense == "finetune")
+    assert mimicry.targeted_success is not None
+
+
+def test_a_row_keeps_its_types_through_results_csv(tmp_path):
+    row = Row(
+        row_id="p/d/seed3/pgd/linf/8/255",
+        seed=3,
+        norm="linf",
+        eps=8 / 255,
+        eps_label="8/255",
+        steps=20,
+        clean_acc=0.75,
+        robust_acc=math.nan,
+        n_examples=128,
+        draws=8,
+        fooling_rate=None,
+        forward_passes=1234,
+        randomized_defense=True,
+        flags="a;b",
+    )
+    write_csv([row, Row(row_id="x", eps=1.0)], tmp_path / "results.csv")
+    back = read_csv(tmp_path / "results.csv")
+    got = back[0]
+    assert (got.seed, got.steps, got.n_examples, got.draws, got.forward_passes) == (3, 20, 128, 8, 1234)
+    assert got.eps == 8 / 255 and got.clean_acc == 0.75 and math.isnan(got.robust_acc)
+    assert got.fooling_rate is None and got.randomized_defense is True and got.flag_list == ["a", "b"]
+    assert {k: repr(v) for k, v in got.csv().items()} == {k: repr(v) for k, v in row.csv().items()}
+    assert back[1].transferability is None and back[1].randomized_defense is False
+
+
+def test_one_grouping_rule_for_budgets():
+    assert budget_key("linf", 16 / 255) == budget_key("linf", 16 / 255 + 1e-12)
+    assert budget_key("linf", 16 / 255) != budget_key("l2", 16 / 255)
+    rows = [Row(norm="linf", eps=e) for e in (4 / 255, 8 / 255, 16 / 255)] + [Row(norm="l2", eps=0.5)]
+    assert headline_eps(rows, {"linf": 8 / 255}) == {"linf": 8 / 255, "l2": 0.5}
+    assert headline_eps(rows, {"linf": 1.0}) == {"linf": budget_key("linf", 8 / 255)[1], "l2": 0.5}, "the median"
