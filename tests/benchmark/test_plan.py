@@ -38,25 +38,25 @@ def test_plan_is_json_in_dependency_order(tmp_path):
     assert kinds.count("teacher") == 1 and kinds.count("craft") == 4, "transfer examples crafted once per eps"
     ids = [s["id"] for s in plan.stages]
     assert len(ids) == len(set(ids)) and len({s["key"] for s in plan.stages}) == len(ids)
-    roles = {s["role"] for s in plan.stages if s["kind"] == "cell" and s["defense"] == "purifier"}
+    roles = {c.role for c in plan.cells() if c.defense == "purifier"}
     assert {"attack", "frozen", "x2", "unbounded"} <= roles
     assert any("not run on this randomized model: fgsm, pgd_linf" in n for n in notes)
 
 
 def test_transfer_reference_is_the_sweeps_own_whitebox_cell(tmp_path):
     plan, _, _ = plan_of(tmp_path, "attack.pgd_linf.attack.steps=20", "attack.transfer_pgd_linf.attack.attack.steps=20")
-    transfer = [s for s in plan.stages if s["kind"] == "cell" and s["entry"] == "transfer_pgd_linf"]
-    for cell in (c for c in transfer if c["defense"] == "finetune"):
-        ref = plan.stage(cell["reference"])
-        assert ref["entry"] == "pgd_linf" and ref["role"] == "attack", "the same attack is computed once"
-    assert all(c["reference"] is None for c in transfer if c["defense"] == "purifier")
+    transfer = [c for c in plan.cells() if c.entry == "transfer_pgd_linf"]
+    for cell in (c for c in transfer if c.defense == "finetune"):
+        ref = plan.cell(cell.reference)
+        assert ref.entry == "pgd_linf" and ref.role == "attack", "the same attack is computed once"
+    assert all(c.reference is None for c in transfer if c.defense == "purifier")
 
 
 @pytest.mark.parametrize("order", ["eot_pgd_linf,autoattack_rand", "autoattack_rand,eot_pgd_linf"])
 def test_sanity_cells_come_from_eot_pgd_whatever_the_attack_order(tmp_path, order):
     plan, _, _ = plan_of(tmp_path, f"attack=[{order}]")
-    sanity = [s for s in plan.stages if s["kind"] == "cell" and s["role"] in ("frozen", "x2", "unbounded")]
-    assert len(sanity) == 3 and {s["entry"] for s in sanity} == {"eot_pgd_linf"}
+    sanity = [c for c in plan.cells() if c.role in ("frozen", "x2", "unbounded")]
+    assert len(sanity) == 3 and {c.entry for c in sanity} == {"eot_pgd_linf"}
 
 
 def test_cell_keys_cover_every_value_the_cell_reads(tmp_path):
