@@ -65,7 +65,7 @@ def swept(tmp_path_factory):
 @pytest.mark.slow
 def test_attacks_are_picked_by_what_the_model_declares(swept):
     _, out = swept
-    attacks = {d: {r["attack"] for r in out["rows"] if r["defense"] == d} for d in ("finetune", "purifier")}
+    attacks = {d: {r.attack for r in out["rows"] if r.defense == d} for d in ("finetune", "purifier")}
     assert {"pgd_linf", "transfer_pgd_linf"} <= attacks["finetune"]
     assert not attacks["finetune"] & {"eot_pgd_linf", "bpda_eot_pgd_linf"}
     assert "pgd_linf" not in attacks["purifier"], "a plain one-pass PGD is not run on a randomized model"
@@ -76,35 +76,35 @@ def test_attacks_are_picked_by_what_the_model_declares(swept):
 @pytest.mark.slow
 def test_randomized_rows_are_scored_over_k_draws(swept):
     _, out = swept
-    rows = [r for r in out["rows"] if r["defense"] == "purifier" and r["threat_model"] != "sanity"]
+    rows = [r for r in out["rows"] if r.defense == "purifier" and r.threat_model != "sanity"]
     for r in rows:
-        assert r["randomized_defense"] is True
-        assert r["draws"] == 3
-        assert r["robust_acc_worst_of_k"] <= r["robust_acc"] + 1e-9, "the worst of K cannot beat the mean"
-        assert 0.0 <= r["robust_acc"] <= 1.0
-    n = {r["attack"]: r["n_examples"] for r in rows}
+        assert r.randomized_defense is True
+        assert r.draws == 3
+        assert r.robust_acc_worst_of_k <= r.robust_acc + 1e-9, "the worst of K cannot beat the mean"
+        assert 0.0 <= r.robust_acc <= 1.0
+    n = {r.attack: r.n_examples for r in rows}
     assert n["eot_pgd_linf"] == 24 and n["transfer_pgd_linf"] == 32
     assert n["worst_case"] == 32, "the examples of the white-box attack with the most (bpda: 128, capped at 32)"
-    transfer = next(r for r in rows if r["attack"] == "transfer_pgd_linf")
-    assert transfer["transferability"] is None and transfer["transfer_acc"] == transfer["robust_acc"]
-    eot = next(r for r in rows if r["attack"] == "eot_pgd_linf")
-    assert eot["forward_passes"] >= 24 * 3 * 2, "EOT: every step averages eot passes on every example"
-    deterministic = [r for r in out["rows"] if r["defense"] == "finetune"]
-    assert all(r["draws"] == 1 and r["randomized_defense"] is False for r in deterministic)
+    transfer = next(r for r in rows if r.attack == "transfer_pgd_linf")
+    assert transfer.transferability is None and transfer.transfer_acc == transfer.robust_acc
+    eot = next(r for r in rows if r.attack == "eot_pgd_linf")
+    assert eot.forward_passes >= 24 * 3 * 2, "EOT: every step averages eot passes on every example"
+    deterministic = [r for r in out["rows"] if r.defense == "finetune"]
+    assert all(r.draws == 1 and r.randomized_defense is False for r in deterministic)
 
 
 @pytest.mark.slow
 def test_sanity_checks_are_rows_with_documented_flags(swept):
     tmp, out = swept
-    sanity = {r["attack"]: r for r in out["rows"] if r["defense"] == "purifier" and r["threat_model"] == "sanity"}
+    sanity = {r.attack: r for r in out["rows"] if r.defense == "purifier" and r.threat_model == "sanity"}
     assert set(sanity) == {"sanity_frozen_randomness", "sanity_unbounded"}
-    assert sanity["sanity_unbounded"]["eps"] == 1.0
-    assert sanity["sanity_frozen_randomness"]["draws"] == 1, "frozen randomness: one pass decides"
-    doubled = next(r for r in out["rows"] if r["attack"] == "eot_pgd_linf_x2")
-    assert doubled["steps"] == 6 and doubled["sanity_reference"] is not None
-    assert doubled["n_examples"] == 16
+    assert sanity["sanity_unbounded"].eps == 1.0
+    assert sanity["sanity_frozen_randomness"].draws == 1, "frozen randomness: one pass decides"
+    doubled = next(r for r in out["rows"] if r.attack == "eot_pgd_linf_x2")
+    assert doubled.steps == 6 and doubled.sanity_reference is not None
+    assert doubled.n_examples == 16
     for r in out["rows"]:
-        for flag in filter(None, (r["flags"] or "").split(";")):
+        for flag in filter(None, (r.flags or "").split(";")):
             assert flag in FLAG_DOC, f"undocumented flag {flag}"
     board = (tmp / "r" / "leaderboard.md").read_text()
     assert "sanity_unbounded" in board or "unbounded" in board
@@ -115,8 +115,8 @@ def test_rerun_is_cached(swept):
     tmp, out = swept
     again = runner.run(compose(tmp))
     assert again["stats"]["attacks_run"] == 0 and again["stats"]["student_trained"] == 0
-    key = lambda r: (r["defense"], r["attack"], r["eps"])  # noqa: E731
-    assert {key(r): r["robust_acc"] for r in again["rows"]} == {key(r): r["robust_acc"] for r in out["rows"]}
+    key = lambda r: (r.defense, r.attack, r.eps)  # noqa: E731
+    assert {key(r): r.robust_acc for r in again["rows"]} == {key(r): r.robust_acc for r in out["rows"]}
 
 
 def test_attack_selection_options_are_validated(tmp_path):

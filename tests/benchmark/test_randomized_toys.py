@@ -46,7 +46,7 @@ def toys(tmp_path_factory):
 
 
 def _rows(out, defense):
-    return {r["attack"]: r for r in out["rows"] if r["defense"] == defense}
+    return {r.attack: r for r in out["rows"] if r.defense == defense}
 
 
 @pytest.mark.slow
@@ -54,25 +54,25 @@ def test_draws_disagree_and_worst_of_k_is_below_the_mean(toys):
     tmp, out = toys
     examples = json.loads((tmp / "r" / "per_example.json").read_text())
     rows = _rows(out, "noisy")
-    clean = examples[rows["transfer_pgd_linf"]["row_id"]]["clean"]
+    clean = examples[rows["transfer_pgd_linf"].row_id]["clean"]
     assert any(0 < c < 1 for c in clean), "some example is right in some draws only"
     transfer = rows["transfer_pgd_linf"]
-    assert transfer["draws"] == 6
-    assert transfer["robust_acc_worst_of_k"] < transfer["robust_acc"], "the worst of K counts every draw"
+    assert transfer.draws == 6
+    assert transfer.robust_acc_worst_of_k < transfer.robust_acc, "the worst of K counts every draw"
     for r in rows.values():
-        assert r["robust_acc"] <= r["clean_acc"] + 1e-9
+        assert r.robust_acc <= r.clean_acc + 1e-9
 
 
 @pytest.mark.slow
 def test_sanity_flags_fire_on_the_masked_model_and_not_on_the_healthy_one(toys):
     _, out = toys
     healthy, masked = _rows(out, "noisy"), _rows(out, "masked")
-    assert "frozen_randomness_attack_fails" in masked["sanity_frozen_randomness"]["flags"]
+    assert "frozen_randomness_attack_fails" in masked["sanity_frozen_randomness"].flags
     for name in ("sanity_frozen_randomness", "sanity_unbounded", "eot_pgd_linf_x2"):
-        assert healthy[name]["flags"] == "", (name, healthy[name])
-    assert masked["eot_pgd_linf"]["robust_acc"] > healthy["eot_pgd_linf"]["robust_acc"] + 0.2, "masking looks robust"
-    assert "transfer_stronger_than_whitebox" in masked["transfer_pgd_linf"]["flags"]
-    assert "unbounded_attack_not_chance" in masked["sanity_unbounded"]["flags"]
+        assert healthy[name].flags == "", (name, healthy[name])
+    assert masked["eot_pgd_linf"].robust_acc > healthy["eot_pgd_linf"].robust_acc + 0.2, "masking looks robust"
+    assert "transfer_stronger_than_whitebox" in masked["transfer_pgd_linf"].flags
+    assert "unbounded_attack_not_chance" in masked["sanity_unbounded"].flags
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_worst_case_takes_the_strongest_attack_per_example(toys):
     examples = json.loads((tmp / "r" / "per_example.json").read_text())
     rows = _rows(out, "masked")
     members = [rows[a] for a in ("eot_pgd_linf", "transfer_pgd_linf", "eot_pgd_linf_x2")]
-    worst = examples[rows["worst_case"]["row_id"]]["robust"]
+    worst = examples[rows["worst_case"].row_id]["robust"]
     for i, w in enumerate(worst):
-        assert w == pytest.approx(min(examples[m["row_id"]]["robust"][i] for m in members))
-    assert rows["worst_case"]["robust_acc"] <= min(m["robust_acc"] for m in members) + 1e-9
+        assert w == pytest.approx(min(examples[m.row_id]["robust"][i] for m in members))
+    assert rows["worst_case"].robust_acc <= min(m.robust_acc for m in members) + 1e-9

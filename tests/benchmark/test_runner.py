@@ -132,9 +132,9 @@ def test_rerun_trains_nothing_and_attacks_nothing(first):
         ("teacher_trained", "student_trained", "crafted", "attacks_run"), 0
     )
     assert spent(tmp) == {}, "a cache hit costs nothing"
-    key = lambda r: (r["defense"], r["attack"], r["eps"])  # noqa: E731
-    before = {key(r): r["robust_acc"] for r in out["rows"]}
-    assert {key(r): r["robust_acc"] for r in again["rows"]} == before
+    key = lambda r: (r.defense, r.attack, r.eps)  # noqa: E731
+    before = {key(r): r.robust_acc for r in out["rows"]}
+    assert {key(r): r.robust_acc for r in again["rows"]} == before
 
 
 def test_adding_an_attack_runs_only_that_attack(first):
@@ -154,8 +154,8 @@ def test_adding_an_attack_runs_only_that_attack(first):
 def test_narrowing_the_sweep_reuses_the_cache(first):
     tmp, _ = first
     one = run(tiny(tmp, "defense=pgd_at", "attack=pgd_linf"))
-    assert {r["defense"] for r in one["rows"]} == {"teacher", "pgd_at"}
-    assert {r["attack"] for r in one["rows"]} == {"pgd_linf"}
+    assert {r.defense for r in one["rows"]} == {"teacher", "pgd_at"}
+    assert {r.attack for r in one["rows"]} == {"pgd_linf"}
     assert one["stats"]["attacks_run"] == 0 and one["stats"]["student_trained"] == 0
 
 
@@ -197,9 +197,9 @@ def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
     evals = {r["name"]: r for r in by_type["evaluate"]}
     finetune = evals["eval-digits-finetune-seed0"]
     assert finetune["config"]["defense"] == "finetune" and finetune["config"]["pair"] == "digits"
-    rows = {(r["defense"], r["attack"], r["eps_label"]): r for r in out["rows"]}
+    rows = {(r.defense, r.attack, r.eps_label): r for r in out["rows"]}
     assert finetune["summary"]["test/robust_acc/pgd_linf_8"] == pytest.approx(
-        rows[("finetune", "pgd_linf", "8/255")]["robust_acc"]
+        rows[("finetune", "pgd_linf", "8/255")].robust_acc
     )
     assert "test/transfer/transfer_pgd_linf_16/transferability" in finetune["summary"]
     assert any("val/acc" in h for r in by_type["train"] for h in r["history_keys"])
@@ -309,7 +309,7 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
             overrides.append(f"attack.{name}.{key}.steps=2")
     out = run(overrides)
     common = {"common"} if cfg["teacher"].get("common") else set()  # the common model is evaluated too
-    assert {r["defense"] for r in out["rows"]} == {"teacher", *cfg["defense"], *common}
+    assert {r.defense for r in out["rows"]} == {"teacher", *cfg["defense"], *common}
     assert (tmp_path / "r" / "leaderboard.md").exists()
 
 
@@ -367,14 +367,14 @@ def test_default_benchmark_numbers_are_sensible(tmp_path):
             "attack.pgd_linf.epsilons=[16/255]",
         ]
     )
-    acc = {(r["defense"], r["attack"]): r for r in out["rows"]}
-    teacher_clean = acc[("teacher", "fgsm")]["clean_acc"]
-    finetune_clean = acc[("finetune", "fgsm")]["clean_acc"]
+    acc = {(r.defense, r.attack): r for r in out["rows"]}
+    teacher_clean = acc[("teacher", "fgsm")].clean_acc
+    finetune_clean = acc[("finetune", "fgsm")].clean_acc
     assert teacher_clean > 0.3, "the teacher is not clearly better than chance (10 %) on the target"
     assert finetune_clean > teacher_clean + 0.15, "fine-tuning on the target does not clearly beat the teacher"
     for defense in ("teacher", "finetune", "pgd_at"):
-        assert acc[(defense, "pgd_linf")]["robust_acc"] <= acc[(defense, "fgsm")]["robust_acc"] + 1e-9
-    assert acc[("pgd_at", "pgd_linf")]["robust_acc"] > acc[("finetune", "pgd_linf")]["robust_acc"] + 0.1
+        assert acc[(defense, "pgd_linf")].robust_acc <= acc[(defense, "fgsm")].robust_acc + 1e-9
+    assert acc[("pgd_at", "pgd_linf")].robust_acc > acc[("finetune", "pgd_linf")].robust_acc + 0.1
     assert out["warnings"] == []
 
 
@@ -390,21 +390,21 @@ def test_a_defense_that_starts_from_an_earlier_stage(tmp_path):
     ]
     first = run(tiny(tmp_path, *extra))
     assert first["stats"]["student_trained"] == 2, "stage 1 and stage 2"
-    assert {r["defense"] for r in first["rows"]} == {"teacher", "genaf"}, "stage 1 alone is not evaluated"
+    assert {r.defense for r in first["rows"]} == {"teacher", "genaf"}, "stage 1 alone is not evaluated"
     prep = list((tmp_path / "cache" / "prep").glob("*/meta.json"))
     assert len(prep) == 1 and json.loads(prep[0].read_text())["chosen_layers"]
-    genaf = [r for r in first["rows"] if r["defense"] == "genaf"]
-    assert all(r["prep_seconds"] and r["prep_seconds"] > 0 for r in genaf), "the probe's cost is reported"
+    genaf = [r for r in first["rows"] if r.defense == "genaf"]
+    assert all(r.prep_seconds and r.prep_seconds > 0 for r in genaf), "the probe's cost is reported"
     again = run(tiny(tmp_path, *extra))
     assert again["stats"]["student_trained"] == 0 and again["stats"]["attacks_run"] == 0
     with_stage1 = run(
         tiny(tmp_path, *extra[1:], "defense=[genaf_stage1,genaf]", "defense.genaf_stage1.trainer.max_epochs=2")
     )
     assert with_stage1["stats"]["student_trained"] == 0, "selecting stage 1 reuses the stage trained for genaf"
-    assert {r["defense"] for r in with_stage1["rows"]} == {"teacher", "genaf_stage1", "genaf"}
+    assert {r.defense for r in with_stage1["rows"]} == {"teacher", "genaf_stage1", "genaf"}
 
 
 def test_detection_auroc_is_reported_for_every_model(first):
     _, out = first
-    whitebox = [r for r in out["rows"] if r["threat_model"] == "white-box"]
-    assert all(0.0 <= r["detection_auroc"] <= 1.0 for r in whitebox if r["success_rate"] > 0)
+    whitebox = [r for r in out["rows"] if r.threat_model == "white-box"]
+    assert all(0.0 <= r.detection_auroc <= 1.0 for r in whitebox if r.success_rate > 0)

@@ -65,9 +65,9 @@ def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_
     }
     assert all(s["teacher"] == "digits/common" for s in dae)
     assert all(s["teacher"] == "digits/teacher" for s in crafts.values() if "transfer" in s["id"])
-    cells = [s for s in plan.stages if s["kind"] == "cell" and s["entry"] == "uap_feature"]
-    assert cells and all(c["craft"] in crafts for c in cells)
-    models = {c["model"] for c in cells}
+    cells = [c for c in plan.cells() if c.entry == "uap_feature"]
+    assert cells and all(c.craft in crafts for c in cells)
+    models = {c.model for c in cells}
     assert {"digits/common", "digits/teacher", "digits/genaf/seed0", "digits/scratch/seed0"} <= models
 
 
