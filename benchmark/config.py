@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from attacks.base import Attack, parse_eps
 from attacks.errors import ConfigError, choose
 from benchmark.metrics import TRANSFERABILITY_FORMS
+from benchmark.overrides import key_of, sweep_dir, unknown_key_error
 from benchmark.stages.build import build, build_datamodule, build_model, declared, teacher_module_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -48,10 +49,15 @@ def compose(overrides: list[str]) -> dict:
     check_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+            composed = hydra_compose("config", overrides=overrides)
+        if slug := sweep_dir(overrides):  # a sweep changed on the command line: its own folder (benchmark.overrides)
+            composed.results_dir = f"{OmegaConf.to_container(composed)['results_dir']}/{slug}"
+        cfg = OmegaConf.to_container(composed, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise ConfigError(f"{first} (see `python -m benchmark.run --help`)") from None
+        raise ConfigError(
+            _unknown_key(str(e), overrides) or f"{first} (see `python -m benchmark.run --help`)"
+        ) from None
     # An experiment may set values for members it selects (defense.freeze...); when the command line narrows
     # the selection, those values would remain as entries without a target: they are not part of the sweep.
     for group, target in (("data", ()), ("defense", ("module",)), ("attack", ("attack",))):
@@ -59,6 +65,24 @@ def compose(overrides: list[str]) -> dict:
             del cfg[group][name]
     cfg["earlier_defenses"] = earlier_defenses(cfg, overrides)
     return cfg
+
+
+def _unknown_key(message: str, overrides: list[str]) -> str | None:
+    """The one-line error of an override whose key the config lacks, naming the valid keys (`unknown_key_error`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    bad = re.search(r"Could not override '([\w.]+)'|Key '(\w+)' is not in struct", message)
+    if not bad:
+        return None
+    key = bad.group(1) or bad.group(2)
+    rest = [o for o in overrides if not key_of(o).endswith(key)]
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            base = OmegaConf.to_container(hydra_compose("config", overrides=rest))
+    except Exception:  # noqa: BLE001 - another override is wrong too: Hydra's own line then
+        return None
+    return unknown_key_error(message, overrides, base)
 
 
 def earlier_defenses(cfg: dict, overrides: list[str]) -> dict:
@@ -160,11 +184,21 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
             raise ConfigError(f"the sweep has no {key}; select at least one, e.g. {key}=<name>")
     seeds_of(cfg)
     ev = cfg["eval"]
-    if ev.get("n_examples") is not None and ev["n_examples"] < 1:
-        raise ConfigError(f"eval.n_examples must be >= 1 or null, got {ev['n_examples']}")
+    n = ev.get("n_examples")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"eval.n_examples must be an integer >= 1 or null, got {n!r}")
     for key in ("batch_size", "draws", "sanity_examples"):
         if (key, ev[key]) != ("batch_size", "auto") and (not isinstance(ev[key], int) or ev[key] < 1):
             raise ConfigError(f"eval.{key} must be an integer >= 1{' or auto' * (key == 'batch_size')}, got {ev[key]}")
+    if not isinstance(ev["seed"], int) or isinstance(ev["seed"], bool):
+        raise ConfigError(f"eval.seed must be an integer, got {ev['seed']!r}")
+    if not isinstance(ev["detection"], bool):
+        raise ConfigError(f"eval.detection must be true or false, got {ev['detection']!r}")
+    ref = ev["detection_reference"]
+    if not isinstance(ref, int) or isinstance(ref, bool) or ref < 1:
+        raise ConfigError(f"eval.detection_reference must be an integer >= 1, got {ref!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(ev["device"])):
+        raise ConfigError(f"eval.device must be auto, cpu, cuda, cuda:N or mps, got {ev['device']!r}")
     choose("eval.precision", ev.get("precision", "fp32"), ("fp32", "bf16", "fp16"))
     choose("report.transferability", cfg["report"]["transferability"], TRANSFERABILITY_FORMS)
     for norm, value in cfg["report"]["headline"].items():
