@@ -115,6 +115,9 @@ class Executor:
                     progress.advance(task)
             finally:
                 self._progress = None
+        hits = self.done.stats["cache_hits"]
+        if hits:
+            self.console.log(f"{hits} of {len(self.plan)} stages read from the cache ({self.cache.root})")
         return self.done
 
     def run_stage(self, stage: dict, wait: bool = True) -> bool:
@@ -243,12 +246,11 @@ class Executor:
             meta["cached"] = False
         self.done.outcomes[cell.id] = out
         self.done.metas[cell.id] = meta
-        if cell.role != "reference":
+        if cell.role != "reference" and not meta["cached"]:  # a cached cell is counted, not printed
             m = metrics(out)
             self.log(
                 f"  {cell.defense:>12} s{cell.seed} {cell.entry:>18} {cell.role:>9} eps "
                 f"{cell.attack['eps']:>7}: clean {m['clean_acc']:.3f} robust {m['robust_acc']:.3f}"
-                + (" (cached)" if meta["cached"] else "")
             )
 
     def _compute(self, cell: CellSpec) -> tuple[dict, dict]:

@@ -11,13 +11,12 @@ Offline by default: runs are written under `<results_dir>/wandb/` with no accoun
 uploads them later. `logger.mode=online` (after `wandb login`) logs live. Tracking never loses a result:
 the runner writes results.csv before W&B is touched, and any W&B failure becomes a warning.
 
-A rerun does not multiply runs: an evaluation run's id is derived from (experiment, pair, defense, seed, model
-key) and the sweep run's from the experiment and its sorted row ids, and `wandb.init(resume="allow")` continues
-a run of that id online. Offline (wandb 0.31), each rerun writes a new `offline-run-<time>-<id>` directory with
-the same id: `wandb sync` files the fragments under that one run (a later fragment may need `wandb sync --append`,
-or `wandb beta sync`, which syncs fragments of one id in order). The directory is named by the second: two
-fragments of one id within the same second would share (and spoil) one directory; a rerun is never that fast.
-A resumed run logs its curve steps again after the first ones: the same points unless a cell was recomputed.
+A rerun does not multiply runs: every run's id is derived from what it measures: an evaluation run's from
+(experiment, results folder, pair, defense, seed, model key), the sweep run's from (experiment, results folder),
+a training run's from its stage key. Each rerun logs every model of the sweep again, in full, so it replaces the
+run: offline, the earlier `offline-run-<time>-<id>` folders of that id are removed first (`replace_offline`), so
+`wandb sync` uploads each run once; online, `wandb.init(resume="allow")` continues the run of that id. A sweep
+narrowed on the command line has its own results folder (`benchmark.overrides`), hence its own runs.
 """
 
 from __future__ import annotations
@@ -40,6 +39,17 @@ def run_id(kind: str, *parts) -> str:
     """A W&B run id that is the same whenever `parts` are: `<kind>-<20 hex digits>`."""
     digest = hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:20]
     return f"{kind}-{digest}"
+
+
+def replace_offline(root: os.PathLike, rid: str) -> list[Path]:
+    """Remove the earlier offline folders of run `rid` under `root` (a rerun replaces its run: `wandb sync` then
+    uploads it once); returns what was removed."""
+    import shutil
+
+    gone = sorted((Path(root) / "wandb").glob(f"offline-run-*-{rid}"))
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
 
 
 def _init_kwargs(
@@ -123,6 +133,8 @@ class Tracker:
         try:
             import wandb
 
+            if run_id and self.cfg["mode"] == "offline":
+                replace_offline(self.cfg["dir"], run_id)
             run = wandb.init(**_init_kwargs(self.cfg, name, job_type, config, tags, run_id))
             try:
                 if log:
@@ -244,7 +256,7 @@ def track(
         config = {k: getattr(rs[0], k) for k in keys}
         config.update(attacks=sorted({r.attack for r in rs}), model_key=m["key"])
         flags = sorted({f for r in rs for f in r.flag_list})
-        rid = run_id("eval", cfg["name"], m["pair"], m["defense"], m["seed"], m["key"])
+        rid = run_id("eval", cfg["name"], cfg["results_dir"], m["pair"], m["defense"], m["seed"], m["key"])
         name = f"eval-{m['pair']}-{m['defense']}-seed{m['seed']}"
         tracker.log_evaluation(name, config, m["metrics"], flags, run_id=rid, curves=m["curves"])
     found = list(findings)
@@ -255,7 +267,7 @@ def track(
         "findings_tested": sum(bool(f["per_seed"]) for f in found),
         **{f"stats/{k}": v for k, v in stats.items()},
     }
-    rid = run_id("sweep", cfg["name"], *sorted(r.row_id for r in rows))
+    rid = run_id("sweep", cfg["name"], cfg["results_dir"])
     headline = sweep_headline(cfg)
     tracker.log_sweep(f"sweep-{cfg['name']}", cfg, rows, plots, summary, found, run_id=rid, headline=headline)
     return tracker.failures
