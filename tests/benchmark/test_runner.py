@@ -236,8 +236,8 @@ def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):
         ("attack.pgd_linf.attack.norm=l3", "unknown norm 'l3'; valid: l2, linf"),
         ("defense.pgd_at.module.mode=half", "unknown mode 'half'; valid:"),
         ("defense.freeze.module.frozen_layers=[nope]", "frozen layer 'nope' matches no parameter; valid:"),
-        ("eval.n_examples=0", "eval.n_examples must be >= 1"),
-        ("eval.n_exampels=5", "Could not override 'eval.n_exampels'"),
+        ("eval.n_examples=0", "eval.n_examples must be an integer >= 1 or null, got 0"),
+        ("eval.n_exampels=5", "unknown key 'eval.n_exampels' (did you mean eval.n_examples"),
         ("report.transferability=ratio", "valid: accuracy_drop, success_ratio"),
     ],
 )
