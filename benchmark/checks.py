@@ -36,6 +36,8 @@ FLAG_DOC = {
     "attacks: the evaluation is likely to overestimate robustness",
     "autoattack_dynamic": "AutoAttack: the forward pass computes gradients (a dynamic defense)",
     "autoattack_n_classes": "AutoAttack: too few classes for its targeted or DLR attacks",
+    "ignores_reject_option": "a white-box attack that ignores the model's reject option: its number is an upper "
+    "bound, not the model's robustness (read the adaptive attack's row and the worst case; the figures leave it out)",
     "no_adaptive_attack": "the defense may reject its input, and no attack aimed at its reject decision (e.g. "
     "pgd_reject_aware) ran at this budget: attacks that ignore the reject option overestimate it, so the report "
     "withholds this number",
@@ -124,10 +126,14 @@ def abstaining_without_adaptive_attack(made: list[tuple[Row, dict]], worst_rows:
     """A defense that may reject (its outcomes record rejections) is only as good as its worst case over attacks
     that include one aimed at the accept/reject pipeline (an attack with `reject_aware`; Carlini & Wagner 2017).
     Without any, every row of the model is flagged; otherwise the worst-case rows at budgets none of them covered.
+    Every white-box row of an attack that ignores the reject option is flagged `ignores_reject_option`.
     `made`: (row, outcome) of one model's attack rows (each row with its cell); `worst_rows`: its worst-case rows."""
     if not any("clean_rejected" in out for _, out in made):
         return
     covered = {r.budget_key for r, _ in made if r.cell is not None and r.cell.reject_aware}
+    for row, _ in made:
+        if row.threat_model == "white-box" and not (row.cell is not None and row.cell.reject_aware):
+            add_flag(row, "ignores_reject_option")
     flagged = [r for r, _ in made] + worst_rows if not covered else worst_rows
     for row in flagged:
         if row.threat_model != "sanity" and row.budget_key not in covered:

@@ -13,34 +13,23 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from benchmark.records import eps_axis, eps_str, headline_eps
+from benchmark.figure_style import label, model_styles
+from benchmark.records import budget_key, eps_axis, eps_str, headline_eps
 from benchmark.results import PairResults
 from benchmark.stats import t_interval
 
 WORST = "worst_case"
 
 
-def defense_colors(defenses: list[str]) -> dict[str, tuple]:
-    """A fixed colour per defense from the ordered list: tab10 up to 10 defenses, tab20 up to 20, then turbo."""
-    import matplotlib
-
-    n = len(defenses)
-    if n <= 10:
-        cmap = matplotlib.colormaps["tab10"]
-        return {d: cmap(i) for i, d in enumerate(defenses)}
-    if n <= 20:
-        cmap = matplotlib.colormaps["tab20"]
-        return {d: cmap(i) for i, d in enumerate(defenses)}
-    cmap = matplotlib.colormaps["turbo"]
-    return {d: cmap(i / (n - 1)) for i, d in enumerate(defenses)}
+#: Flags whose numbers are not drawn as robustness: an attack that ignores a rejecting model's reject option, and a
+#: number withheld for lack of an adaptive attack (the heatmap marks their cells "not adaptive").
+NOT_DRAWN = frozenset({"ignores_reject_option", "no_adaptive_attack"})
 
 
-#: A marker per defense besides its colour (in the same order), for readers who cannot tell colours apart.
-MARKERS = "osD^vP*X<>ph"
-
-
-def defense_markers(colors: dict[str, tuple]) -> dict[str, str]:
-    return {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(colors)}
+def drawable(rows: list) -> tuple[list, set[tuple]]:
+    """The rows a figure may draw, and (defense, attack, norm, eps) of those it must not (`NOT_DRAWN`)."""
+    hidden = {(r.defense, r.attack, *r.budget_key) for r in rows if NOT_DRAWN & set(r.flag_list)}
+    return [r for r in rows if (r.defense, r.attack, *r.budget_key) not in hidden], hidden
 
 
 def _stat(values: list[float]) -> tuple[float, float, float] | None:
@@ -57,64 +46,92 @@ def _bar(stat: tuple[float, float, float]) -> list[list[float]] | None:
     return None if stat[1] == stat[2] == stat[0] else [[stat[0] - stat[1]], [stat[2] - stat[0]]]
 
 
-def _legend(fig, colors: dict[str, tuple], shown: list[str]) -> None:
+def _legend(fig, colors: dict[str, tuple], markers: dict[str, str], shown: list[str]) -> None:
     from matplotlib.lines import Line2D
 
-    markers = defense_markers(colors)
-    handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=d) for d in shown]
-    fig.legend(handles=handles, loc="outside right upper", title="defense", frameon=False)
+    handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=label(d)) for d in shown]
+    fig.legend(handles=handles, loc="outside right upper", title="model", frameon=False)
 
 
-def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple]):
-    """One panel per (attack, norm): a line per defense over the swept budgets, or, for an attack with a single
-    budget, a horizontal bar per defense. The worst case is drawn only at the budgets where a white-box attack
-    ran on the defense (elsewhere it holds transfer and mimicry alone, and would rise with epsilon)."""
+def _title(res: PairResults, pair: str) -> str:
+    """Whose figure it is: the experiment, and the pair when its name says something else."""
+    experiment = res.first.experiment
+    return experiment if pair == experiment else f"{experiment} ({pair})"
+
+
+def _budgets(res: PairResults, attack: str, norm: str) -> list[float]:
+    """The budgets a panel draws: every swept one; for the worst case, those where a white-box attack ran on some
+    model (elsewhere it holds transfer and mimicry alone, and would rise with epsilon)."""
+    epss = res.epsilons(attack, norm)
+    if attack != WORST:
+        return epss
+    return [
+        e for e in epss if any(res.whitebox_at(d, norm, e) and res.values(d, attack, norm, e) for d in res.defenses)
+    ]
+
+
+def _lines(ax, res: PairResults, attack: str, norm: str, epss: list[float], colors, markers) -> set[str]:
+    scale = 255 if norm == "linf" else 1
+    shown = set()
+    for d in res.defenses:
+        drawn = [e for e in epss if attack != WORST or res.whitebox_at(d, norm, e)]
+        pts = [(e * scale, s) for e in drawn if (s := _stat(res.values(d, attack, norm, e)))]
+        if not pts:
+            continue
+        xs, stats = zip(*pts)
+        ax.plot(xs, [s[0] for s in stats], color=colors[d], marker=markers[d], markersize=5, label=d)
+        if any(s[1] != s[2] for s in stats):  # several seeds: the 95 % t interval as a band
+            ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=colors[d], alpha=0.12)
+        shown.add(d)
+    ax.set_xticks([e * scale for e in epss], [eps_str(norm, e).replace("/255", "") for e in epss])
+    ax.set(xlabel=eps_axis(norm), ylabel="robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    note = "; budgets a white-box attack covered" if attack == WORST else ""
+    ax.set_title(f"{attack} ({norm}{note})", fontsize=10)
+    return shown
+
+
+def _bars(ax, res: PairResults, attack: str, norm: str, eps: float, colors, single: str) -> set[str]:
+    models = [d for d in res.defenses if attack != WORST or res.whitebox_at(d, norm, eps)]
+    bars = [(d, s) for d in models if (s := _stat(res.values(d, attack, norm, eps)))]
+    ys = range(len(bars))
+    for y, (d, s) in zip(ys, bars):
+        ax.barh(y, s[0], height=0.6, xerr=_bar(s), color=colors[d], capsize=2, label=d)
+        ax.text(s[2] + 1.5, y, f"{s[0]:.0f}", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [label(d) for d, _ in bars], fontsize=8)
+    ax.set_ylim(len(bars) - 0.5 + max(0, 3 - len(bars)) / 2, -0.5 - max(0, 3 - len(bars)) / 2)
+    ax.set_xlim(0, 108)
+    ax.set_xlabel("robust accuracy (%)")
+    ax.set_title(f"{attack} ({norm} {eps_str(norm, eps)}, {single})", fontsize=10)
+    return {d for d, _ in bars}
+
+
+def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple], markers: dict[str, str]):
+    """One panel per (attack, norm): a line per model over the budgets it covers, or, for an attack drawn at a
+    single budget, a horizontal bar per model."""
     import matplotlib.pyplot as plt
 
-    attacks = sorted(res.attacks, key=lambda an: len(res.epsilons(*an)) == 1)  # the sweeps first, then the bars
-    ncol = min(3, len(attacks))
-    nrow = math.ceil(len(attacks) / ncol)
+    panels = [(a, n, epss) for a, n in res.attacks if (epss := _budgets(res, a, n))]
+    panels.sort(key=lambda p: len(p[2]) == 1)  # the sweeps first, then the bars
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 1.6, 3.6 * nrow), squeeze=False, layout="constrained")
     shown: set[str] = set()
-    markers = defense_markers(colors)
-    for ax, (attack, norm) in zip(axes.flat, attacks):
-        epss = res.epsilons(attack, norm)
-        scale = 255 if norm == "linf" else 1
+    for ax, (attack, norm, epss) in zip(axes.flat, panels):
         if len(epss) > 1:
-            for d in res.defenses:
-                drawn = [e for e in epss if attack != WORST or res.whitebox_at(d, norm, e)]
-                pts = [(e * scale, s) for e in drawn if (s := _stat(res.values(d, attack, norm, e)))]
-                if not pts:
-                    continue
-                xs, stats = zip(*pts)
-                ax.plot(xs, [s[0] for s in stats], color=colors[d], marker=markers[d], markersize=5, label=d)
-                if any(s[1] != s[2] for s in stats):  # several seeds: the 95 % t interval as a band
-                    ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=colors[d], alpha=0.12)
-                shown.add(d)
-            ax.set_xticks([e * scale for e in epss], [eps_str(norm, e).replace("/255", "") for e in epss])
-            ax.set(xlabel=eps_axis(norm), ylabel="robust accuracy (%)")
-            ax.set_ylim(0, 100)
-            note = "; budgets a white-box attack covered" if attack == WORST else ""
-            ax.set_title(f"{attack} ({norm}{note})", fontsize=10)
+            shown |= _lines(ax, res, attack, norm, epss, colors, markers)
         else:
-            bars = [(d, s) for d in res.defenses if (s := _stat(res.values(d, attack, norm, epss[0])))]
-            ys = range(len(bars))
-            for y, (d, s) in zip(ys, bars):
-                ax.barh(y, s[0], height=0.6, xerr=_bar(s), color=colors[d], capsize=2, label=d)
-                ax.text(s[2] + 1.5, y, f"{s[0]:.0f}", va="center", fontsize=8)
-                shown.add(d)
-            ax.set_yticks(list(ys), [d for d, _ in bars], fontsize=8)
-            ax.set_ylim(len(bars) - 0.5 + max(0, 3 - len(bars)) / 2, -0.5 - max(0, 3 - len(bars)) / 2)
-            ax.set_xlim(0, 108)
-            ax.set_xlabel("robust accuracy (%)")
-            ax.set_title(f"{attack} ({norm} {eps_str(norm, epss[0])}, one budget)", fontsize=10)
+            single = (
+                "one budget" if len(res.epsilons(attack, norm)) == 1 else "the one budget a white-box attack covered"
+            )
+            shown |= _bars(ax, res, attack, norm, epss[0], colors, single)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(attacks) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    _legend(fig, colors, [d for d in colors if d in shown])
+    _legend(fig, colors, markers, [d for d in colors if d in shown])
     seeds = len({str(r.seed) for r in res.rows})
     spread = f" (mean over {seeds} seeds; band or bar: 95 % t interval)" if seeds > 1 else ""
-    fig.suptitle(f"{pair}: robust accuracy against the attack budget{spread}", fontsize=12)
+    fig.suptitle(f"{_title(res, pair)}: robust accuracy against the attack budget{spread}", fontsize=12)
     return fig
 
 
@@ -128,8 +145,9 @@ def heatmap_columns(res: PairResults, hl: dict[str, float]) -> list[tuple[str, s
     return sorted(cols, key=lambda c: c[0] == WORST)
 
 
-def heatmap(res: PairResults, pair: str, hl: dict[str, float]):
-    """Robust accuracy (%) of every defense (rows, ranked) under every attack (columns)."""
+def heatmap(res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple] = frozenset()):
+    """Robust accuracy (%) of every model (rows, ranked) under every attack (columns); `hidden`: the cells whose
+    numbers are not robustness (`drawable`), marked "not adaptive"."""
     import matplotlib
     import matplotlib.pyplot as plt
     import numpy as np
@@ -147,24 +165,34 @@ def heatmap(res: PairResults, pair: str, hl: dict[str, float]):
     off = any(abs(e - hl[n]) > 1e-9 for _, n, e in cols)
     labels = [f"{a}\n{n} {eps_str(n, e)}" + ("*" if abs(e - hl[n]) > 1e-9 else "") for a, n, e in cols]
     ax.set_xticks(range(len(cols)), labels, fontsize=8, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(len(defenses)), defenses, fontsize=9)
+    ax.set_yticks(range(len(defenses)), [label(d) for d in defenses], fontsize=9)
     if any(a == WORST for a, _, _ in cols):  # a rule between the single attacks and the worst cases
         ax.axvline(next(i for i, c in enumerate(cols) if c[0] == WORST) - 0.5, color="w", linewidth=3)
+    marks = set()
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            text, color = ("n/a", "0.4") if math.isnan(v) else (f"{v:.0f}", "w" if v < 60 else "k")
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
+            a, n, e = cols[j]
+            if (defenses[i], a, *budget_key(n, e)) in hidden:
+                text, color = "not\nadaptive", "0.3"
+                marks.add("not adaptive: the attack ignores the model's reject option (its number is no robustness)")
+            elif math.isnan(v):
+                text, color = "n/a", "0.4"
+                marks.add("n/a: the attack does not apply to the model")
+            else:
+                text, color = f"{v:.0f}", "w" if v < 60 else "k"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7 if "\n" in text else 8)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)", shrink=0.9)
     budgets = ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
-    title = f"{pair}: robust accuracy (%) by attack and defense at the headline budget ({budgets})"
+    title = f"{_title(res, pair)}: robust accuracy (%) by attack and model at the headline budget ({budgets})"
     if off:
         title += "; * the attack's only budget, the nearest to the headline"
     ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(9 * len(cols))))), fontsize=10)
-    ax.set_xlabel("n/a: the attack does not apply to the defense", fontsize=8)
+    if marks:
+        ax.set_xlabel("; ".join(sorted(marks)), fontsize=8)
     return fig
 
 
-def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str, tuple]):
+def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str, tuple], markers: dict[str, str]):
     """Clean accuracy against per-example worst-case robust accuracy at the headline L-inf budget (or, without a
     worst case, the strongest attack there), a dot per defense."""
     import matplotlib.pyplot as plt
@@ -173,7 +201,6 @@ def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str
     at = [(a, n) for a, n in res.attacks if n == norm]
     attack = WORST if (WORST, norm) in at else None
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
-    markers = defense_markers(colors)
     shown, xs, ys = [], [], []
     for d in res.defenses:
         robust = res.values(d, attack, norm, hl[norm]) if attack else []
@@ -200,32 +227,32 @@ def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str
         ylim=(max(0, min(ys, default=0) - pad), min(100, max(ys, default=100) + pad)),
     )
     ax.grid(alpha=0.3)
-    _legend(fig, colors, [d for d in colors if d in shown])
-    ax.set_title(f"{pair}: clean against robust accuracy", fontsize=11)
+    _legend(fig, colors, markers, [d for d in colors if d in shown])
+    ax.set_title(f"{_title(res, pair)}: clean against robust accuracy", fontsize=11)
     return fig
 
 
-def figures(rows: list[dict], headline: dict[str, float]) -> tuple[dict[str, object], dict[str, tuple]]:
+def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], dict[str, tuple]]:
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
-    defense colours they share."""
+    model colours they share."""
     import matplotlib
 
     matplotlib.use("Agg")
-    plain = [r for r in rows if r.threat_model != "sanity"]
-    colors = defense_colors(list(dict.fromkeys(r.defense for r in plain)))
+    plain, hidden = drawable([r for r in rows if r.threat_model != "sanity"])
+    colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)))
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
     for pair in pairs:
-        res = PairResults([r for r in rows if r.pair == pair])
+        res = PairResults([r for r in plain if r.pair == pair])
         hl = headline_eps(res.rows, headline)
         suffix = "" if len(pairs) == 1 else f"_{pair}"
-        out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors)
-        out[f"heatmap{suffix}"] = heatmap(res, pair, hl)
-        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors)
+        out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers)
+        out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden)
+        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers)
     return out, colors
 
 
-def plots(rows: list[dict], out_dir: Path, headline: dict[str, float]) -> dict[str, Path]:
+def plots(rows: list, out_dir: Path, headline: dict[str, float]) -> dict[str, Path]:
     """Draw every figure into `out_dir` as PNG; returns {stem: path}."""
     import matplotlib.pyplot as plt
 
