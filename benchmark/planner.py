@@ -130,6 +130,7 @@ class Planner:
             "target": dm.target_name,
             "num_classes": dm.num_classes,
             "n": n,
+            "train_sizes": {d: len(dm.splits(d).train) for d in ("source", "target")},  # for the time estimate
             "eval": {
                 "data": semantic(cfg["data"][pair], NON_SEMANTIC_DATA_KEYS),
                 "fingerprint": dm.fingerprint(),

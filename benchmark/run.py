@@ -6,7 +6,8 @@ Examples:
     python -m benchmark.run defense=pgd_at attack=pgd_linf    # narrow the sweep to one defense, one attack
     python -m benchmark.run 'defense=[finetune,pgd_at]' seeds=[0,1,2] logger=none
     python -m benchmark.run --cfg                             # print the composed config and stop
-    python -m benchmark.run --plan                            # print the plan (stages, cells, keys) and stop
+    python -m benchmark.run --plan                            # what it will compute, what is cached, the time
+    python -m benchmark.run --plan-json                       # the plan itself (stages, cells, keys) as JSON
     python -m benchmark.run launcher=workers                  # one worker process per GPU (or CPU core)
     python -m benchmark.run launcher=slurm launcher.partition=gpu cache_dir=/shared/cache   # SLURM jobs
 
@@ -29,6 +30,7 @@ from omegaconf import OmegaConf
 
 from attacks.base import AttackConstraintError, parse_eps
 from attacks.errors import ConfigError
+from benchmark import estimate
 from benchmark.checks import flag_warnings
 from benchmark.config import compose, usage
 from benchmark.records import Row
@@ -76,6 +78,11 @@ def run(cfg: dict) -> dict:
     console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
     for note in notes:
         console.log(note)
+    cost = estimate.summary(cfg, plan)
+    for line in estimate.describe(cost):
+        console.log(line)
+    if far := estimate.far_beyond(cost):
+        console.log(f"[yellow]WARNING[/]: {far}")
     launched = launch(cfg, plan, console)  # None: inline, this process computes; else merge from the cache
     done = Executor(cfg, launched.plan if launched else plan, console).run()
     failed = launched.failures if launched else []  # already shown, one line each; kept for the report
@@ -135,17 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(argv):
         print(usage(__doc__))
         return 0
-    print_cfg, print_plan = "--cfg" in argv, "--plan" in argv
-    argv = [a for a in argv if a not in ("--cfg", "--plan")]
+    print_cfg, print_plan, print_json = "--cfg" in argv, "--plan" in argv, "--plan-json" in argv
+    argv = [a for a in argv if a not in ("--cfg", "--plan", "--plan-json")]
     try:
         cfg = compose(argv)
         if print_cfg:
             print(OmegaConf.to_yaml(cfg))
             return 0
-        if print_plan:
+        if print_plan or print_json:
             from benchmark.planner import make_plan
 
-            print(make_plan(cfg)[0].to_json())
+            plan = make_plan(cfg)[0]
+            if print_json:
+                print(plan.to_json())
+                return 0
+            cost = estimate.summary(cfg, plan)
+            print("\n".join([f"experiment {cfg['name']} -> {cfg['results_dir']}", *estimate.describe(cost)]))
+            if far := estimate.far_beyond(cost):
+                print(f"WARNING: {far}")
+            print("(the plan's stages, cells and cache keys as JSON: --plan-json)")
             return 0
         if run(cfg)["failed"]:
             return 1
