@@ -12,7 +12,8 @@ uploads them later. `logger.mode=online` (after `wandb login`) logs live. Tracki
 the runner writes results.csv before W&B is touched, and any W&B failure becomes a warning.
 
 A rerun does not multiply runs: an evaluation run's id is derived from (experiment, pair, defense, seed, model
-key) and the sweep run's from the experiment and its sorted row ids, and `wandb.init(resume="allow")` continues
+key), the sweep run's from the experiment and its sorted row ids, a training run's from its stage's cache key
+(`lightning_modules.loggers`, the training floor's W&B logger), and `wandb.init(resume="allow")` continues
 a run of that id online. Offline (wandb 0.31), each rerun writes a new `offline-run-<time>-<id>` directory with
 the same id: `wandb sync` files the fragments under that one run (a later fragment may need `wandb sync --append`,
 or `wandb beta sync`, which syncs fragments of one id in order). The directory is named by the second: two
@@ -22,7 +23,6 @@ A resumed run logs its curve steps again after the first ones: the same points u
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -31,63 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.charts import evaluated_models
+from lightning_modules.loggers import init_kwargs, run_id
 
 MODES = ("offline", "online", "disabled")
-
-
-def run_id(kind: str, *parts) -> str:
-    """A W&B run id that is the same whenever `parts` are: `<kind>-<20 hex digits>`."""
-    digest = hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:20]
-    return f"{kind}-{digest}"
-
-
-def _init_kwargs(
-    cfg: dict, name: str, job_type: str, config: dict, tags: Sequence[str] = (), run_id: str | None = None
-) -> dict:
-    import wandb
-
-    Path(cfg["dir"]).mkdir(parents=True, exist_ok=True)
-    return {
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
-        "project": cfg["project"],
-        "entity": cfg.get("entity"),
-        "group": cfg["group"],
-        "name": name,
-        "job_type": job_type,
-        "config": config,
-        "dir": cfg["dir"],
-        "mode": cfg["mode"],
-        "tags": [*(cfg.get("tags") or []), *tags],
-        "settings": wandb.Settings(silent=True, disable_git=True),
-    }
-
-
-def lightning_logger(cfg: dict | None, name: str, config: dict):
-    """A Lightning `WandbLogger` for a training stage, or None when tracking is off or W&B fails."""
-    if not cfg or cfg.get("mode") == "disabled":
-        return None
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-
-        kwargs = _init_kwargs(cfg, name, "train", config)
-        logger = WandbLogger(save_dir=kwargs.pop("dir"), log_model=False, **kwargs)
-        logger.experiment  # noqa: B018 - start the run now, so that a W&B failure surfaces here, not mid-training
-        return logger
-    except Exception as e:  # noqa: BLE001 - tracking must never stop a benchmark
-        warnings.warn(f"W&B logger unavailable ({type(e).__name__}: {e}); training continues untracked", stacklevel=2)
-        return None
-
-
-def finish_logger(logger) -> None:
-    if logger is None:
-        return
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.run.finish()
-    except Exception as e:  # noqa: BLE001
-        warnings.warn(f"W&B finish failed ({type(e).__name__}: {e})", stacklevel=2)
 
 
 class Tracker:
@@ -122,7 +68,7 @@ class Tracker:
         try:
             import wandb
 
-            run = wandb.init(**_init_kwargs(self.cfg, name, job_type, config, tags, run_id))
+            run = wandb.init(**init_kwargs(self.cfg, name, job_type, config, tags, run_id))
             try:
                 if log:
                     run.log(log)

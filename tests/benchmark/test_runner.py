@@ -17,6 +17,7 @@ from benchmark import config
 from benchmark import run as runner
 from benchmark.config import compose
 from benchmark.execute import Executor
+from lightning_modules.loggers import run_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,6 +194,9 @@ def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
     for r in runs:
         by_type.setdefault(r["job_type"], []).append(r)
     assert len(by_type["train"]) == 2, "a run for the teacher and one for the student"
+    stages = json.loads((tmp_path / "results" / "plan.json").read_text())["stages"]
+    trained = {run_id(s["kind"], s["key"]) for s in stages if s["kind"] in ("teacher", "student")}
+    assert {r["id"] for r in by_type["train"]} == trained, "a training run's W&B id comes from its stage's key"
     assert {r["group"] for r in runs} == {"digits"}
     evals = {r["name"]: r for r in by_type["evaluate"]}
     finetune = evals["eval-digits-finetune-seed0"]
