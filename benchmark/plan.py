@@ -42,7 +42,6 @@ from benchmark.stages.build import (
 
 #: The code a cell runs besides its attack (its model's code is in the model's key).
 CELL_MODULES = ("benchmark.stages.attack", "benchmark.stages.score", "benchmark.detection")
-ROLES = ("attack", "reference", "frozen", "x2", "unbounded")
 #: Where a student starts (`start_from` in a defense config): the teacher, or the common model of CommonInit.
 STARTS = ("teacher", "common")
 
