@@ -274,10 +274,3 @@ class MimicryAttack(Attack):
             self.backward_passes += len(x)
             opt.step()
         return best.clamp(0, 1)
-
-
-def mean_feature_distance(model: nn.Module, layer: str, x: torch.Tensor, x_t: torch.Tensor) -> float:
-    """Mean layer-K distance between two batches on `model` (diagnostics and tests)."""
-    phi = layer_function(model, resolve_layer(layer))
-    with torch.no_grad():
-        return float(feature_distance(phi(x), phi(x_t)).mean())

@@ -34,7 +34,6 @@ class TransferAttack(Attack):
 
     def __init__(self, eps: Eps, attack: Callable[..., Attack], surrogate: str = "teacher"):
         choose("surrogate", surrogate, SURROGATES)
-        self.factory = attack
         base = attack(eps=eps)
         if not isinstance(base, Attack):
             raise ConfigError(f"the inner attack must be an Attack factory; got {type(base).__name__}")
@@ -44,10 +43,6 @@ class TransferAttack(Attack):
         super().__init__(eps, base.norm)
         self.surrogate_name = surrogate
         self.surrogate: nn.Module | None = None
-
-    def whitebox_counterpart(self) -> Attack:
-        """The same attack run white-box on the target model (for the transferability ratio)."""
-        return self.factory(eps=self.eps)
 
     def derived_config(self) -> dict:
         # The inner attack as it runs (eps given, early stopping off), which its factory alone does not show.

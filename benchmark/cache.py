@@ -42,11 +42,11 @@ CACHE_VERSION = 5
 #: The suite's packages: their source is fingerprinted into the keys of the stages that run it.
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("attacks", "benchmark", "datamodules", "defenses", "lightning_modules")
-#: Suite modules that cannot change a stage's result (messages, tracking, the cache itself): not fingerprinted.
-NON_SEMANTIC_MODULES = frozenset({"attacks.errors", "benchmark.cache", "benchmark.tracking"})
-#: Of those, the ones whose own imports are not followed either: W&B tracking imports the report, the plots and the
-#: charts to log them, none of which a training stage runs (an edit of the leaderboard must not retrain anything).
-NOT_FOLLOWED = frozenset({"benchmark.tracking"})
+#: Suite modules that cannot change a stage's result, so not fingerprinted (their own imports still are): the error
+#: messages, the cache itself, and a training stage's W&B logger. The logger only records what the stage computes:
+#: whether it is on is no part of a stage's key either (`job_key_spec` leaves the `wandb` config out), so an edit of
+#: it must not retrain every model. W&B tracking (`benchmark.tracking`) is the top floor: no stage imports it.
+NON_SEMANTIC_MODULES = frozenset({"attacks.errors", "benchmark.cache", "lightning_modules.loggers"})
 #: The libraries whose versions enter every key (a missing one enters as None).
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "scikit-learn", "pyautoattack", "lightly")
 
@@ -129,8 +129,7 @@ def module_closure(modules: tuple[str, ...] | list[str], root: Path | None = Non
         if name in seen:
             continue
         seen.add(name)
-        if name not in NOT_FOLLOWED:
-            todo.extend(_imports(_module_file(name, root), root) - seen)
+        todo.extend(_imports(_module_file(name, root), root) - seen)
     return sorted(seen - NON_SEMANTIC_MODULES)
 
 

@@ -1,22 +1,28 @@
 """The composed config: Hydra composition with one-line errors, and the validation of every name and value.
 
-Nothing here trains or attacks: `validate` builds every data pair, model and defense module once (cheap) to
-check their arguments and to learn what each defense declares (randomized, non-differentiable).
+Nothing here trains, attacks or loads data: `validate` checks every config's keys against its constructor
+(`benchmark.arguments`), then runs the constructors of the models and training modules on the meta device (their
+architecture without any storage: the value checks of each `__init__`, layer names included, at no cost) to learn
+what each defense declares (randomized, non-differentiable, freezable randomness). A data pair's constructor is
+run as it is: it loads nothing (its `setup` does, in the plan).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from attacks.base import Attack, parse_eps
 from attacks.errors import ConfigError, choose
+from benchmark.arguments import check_arguments
 from benchmark.metrics import TRANSFERABILITY_FORMS
 from benchmark.overrides import key_of, sweep_dir, unknown_key_error
-from benchmark.stages.build import build, build_datamodule, build_model, declared, teacher_module_cfg
+from benchmark.stages.build import build, build_datamodule, declared, model_skeleton, teacher_module_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "launcher", "experiment")
@@ -176,6 +182,52 @@ def seeds_of(cfg: dict) -> list[int]:
     return seeds
 
 
+def _declarations(cfg: dict) -> dict[str, Declared]:
+    """Check the arguments of every data pair, teacher and defense module (and earlier stage), and learn what each
+    defense declares, building nothing but meta-device modules."""
+    teachers = {"teacher.module": teacher_module_cfg(cfg["teacher"])}
+    if cfg["teacher"].get("common"):  # CommonInit's common model (an SSL encoder, say)
+        teachers["teacher.common.module"] = teacher_module_cfg(cfg["teacher"]["common"])
+    defenses = {**(cfg.get("earlier_defenses") or {}), **cfg["defense"]}
+    for where, mcfg in teachers.items():
+        check_arguments(mcfg, where, runtime=("model",))
+    for dname, dfn in defenses.items():
+        _check_trainer(dname, dfn.get("trainer") or {})
+        check_arguments(dfn["module"], f"defense.{dname}.module", runtime=("model", "teacher_state"))
+    found: dict[str, Declared] = {}
+    for pname, dcfg in cfg["data"].items():
+        check_arguments(dcfg, f"data.{pname}")
+        dm = build_datamodule(dcfg)  # loads nothing: the data comes with `setup`, in the plan
+
+        found.update(_on_meta(functools.partial(_modules, cfg, dm, teachers, defenses)))
+    return found
+
+
+def _modules(cfg: dict, dm, teachers: dict[str, dict], defenses: dict[str, dict]) -> dict[str, Declared]:
+    """Build the teacher and defense modules of a data pair (checking their values); what each defense declares."""
+    model = model_skeleton(cfg["model"], dm)
+    for mcfg in teachers.values():
+        build(mcfg, model=model_skeleton(cfg["model"], dm))
+    out = {}
+    for dname, dfn in defenses.items():
+        module = build(dfn["module"], model=model_skeleton(cfg["model"], dm), teacher_state=model.state_dict())
+        out[dname] = Declared(declared(module), hasattr(module.deployed_model(), "frozen"))
+    return out
+
+
+def _on_meta(fn):
+    """`fn()` on the meta device: modules get their architecture without any storage, so every check of their
+    constructors runs at no cost. A constructor that reads a tensor's value (which a meta tensor has not) runs on
+    the CPU instead: slower, but no valid config is refused for it (a real error is raised there again)."""
+    try:
+        with torch.device("meta"):
+            return fn()
+    except Exception as e:  # noqa: BLE001 - only the meta device's own limits are retried
+        if "meta" not in str(e):
+            raise
+    return fn()
+
+
 def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
     """Check every name and value of a composed config before any work; return the attack entries and what each
     defense (and earlier stage) declares."""
@@ -204,15 +256,7 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
     for norm, value in cfg["report"]["headline"].items():
         choose("report.headline norm", norm.lower(), ("linf", "l2"))
         parse_eps(value)
-    found: dict[str, Declared] = {}
-    for dcfg in cfg["data"].values():
-        dm = build_datamodule(dcfg)
-        model = build_model(cfg["model"], dm)
-        build(teacher_module_cfg(cfg["teacher"]), model=model)
-        for dname, dfn in {**(cfg.get("earlier_defenses") or {}), **cfg["defense"]}.items():
-            _check_trainer(dname, dfn.get("trainer") or {})
-            module = build(dfn["module"], model=build_model(cfg["model"], dm), teacher_state=model.state_dict())
-            found[dname] = Declared(declared(module), hasattr(module.deployed_model(), "frozen"))
+    found = _declarations(cfg)
     _check_trainer("teacher", cfg["teacher"].get("trainer") or {})
     entries = []
     for name, acfg in cfg["attack"].items():
@@ -227,7 +271,8 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
         defenses = acfg.get("defenses")
         for d in defenses or []:  # names of any defense config: narrowing the sweep must not break it
             choose(f"attack.{name}.defenses entry", d, ["teacher", *options("defense")])
-        attacks = [build(acfg["attack"], eps=parse_eps(e)) for e in labels]
+        check_arguments(acfg["attack"], f"attack.{name}.attack", runtime=("eps",))
+        attacks = [build(acfg["attack"], eps=parse_eps(e)) for e in labels]  # cheap: an attack holds no tensor
         entries.append(
             AttackEntry(name, acfg["attack"], labels, attacks, applies_to, n, list(defenses) if defenses else None)
         )

@@ -13,15 +13,15 @@ the runner writes results.csv before W&B is touched, and any W&B failure becomes
 
 A rerun does not multiply runs: every run's id is derived from what it measures: an evaluation run's from
 (experiment, results folder, pair, defense, seed, model key), the sweep run's from (experiment, results folder),
-a training run's from its stage key. Each rerun logs every model of the sweep again, in full, so it replaces the
-run: offline, the earlier `offline-run-<time>-<id>` folders of that id are removed first (`replace_offline`), so
-`wandb sync` uploads each run once; online, `wandb.init(resume="allow")` continues the run of that id. A sweep
-narrowed on the command line has its own results folder (`benchmark.overrides`), hence its own runs.
+a training run's from its stage key (`lightning_modules.loggers`). Each rerun logs every model of the sweep again,
+in full, so it replaces the run: offline, the earlier `offline-run-<time>-<id>` folders of that id are removed
+first (`replace_offline`), so `wandb sync` uploads each run once; online, `wandb.init(resume="allow")` continues
+the run of that id. A sweep narrowed on the command line has its own results folder (`benchmark.overrides`), hence
+its own runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -31,74 +31,9 @@ from typing import Any
 
 from benchmark.records import Row
 from benchmark.wandb_charts import evaluated_models
+from lightning_modules.loggers import init_kwargs, replace_offline, run_id
 
 MODES = ("offline", "online", "disabled")
-
-
-def run_id(kind: str, *parts) -> str:
-    """A W&B run id that is the same whenever `parts` are: `<kind>-<20 hex digits>`."""
-    digest = hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:20]
-    return f"{kind}-{digest}"
-
-
-def replace_offline(root: os.PathLike, rid: str) -> list[Path]:
-    """Remove the earlier offline folders of run `rid` under `root` (a rerun replaces its run: `wandb sync` then
-    uploads it once); returns what was removed."""
-    import shutil
-
-    gone = sorted((Path(root) / "wandb").glob(f"offline-run-*-{rid}"))
-    for path in gone:
-        shutil.rmtree(path, ignore_errors=True)
-    return gone
-
-
-def _init_kwargs(
-    cfg: dict, name: str, job_type: str, config: dict, tags: Sequence[str] = (), run_id: str | None = None
-) -> dict:
-    import wandb
-
-    Path(cfg["dir"]).mkdir(parents=True, exist_ok=True)
-    return {
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
-        "project": cfg["project"],
-        "entity": cfg.get("entity"),
-        "group": cfg["group"],
-        "name": name,
-        "job_type": job_type,
-        "config": config,
-        "dir": cfg["dir"],
-        "mode": cfg["mode"],
-        "tags": [*(cfg.get("tags") or []), *tags],
-        "settings": wandb.Settings(silent=True, disable_git=True),
-    }
-
-
-def lightning_logger(cfg: dict | None, name: str, config: dict):
-    """A Lightning `WandbLogger` for a training stage, or None when tracking is off or W&B fails."""
-    if not cfg or cfg.get("mode") == "disabled":
-        return None
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-
-        kwargs = _init_kwargs(cfg, name, "train", config)
-        logger = WandbLogger(save_dir=kwargs.pop("dir"), log_model=False, **kwargs)
-        logger.experiment  # noqa: B018 - start the run now, so that a W&B failure surfaces here, not mid-training
-        return logger
-    except Exception as e:  # noqa: BLE001 - tracking must never stop a benchmark
-        warnings.warn(f"W&B logger unavailable ({type(e).__name__}: {e}); training continues untracked", stacklevel=2)
-        return None
-
-
-def finish_logger(logger) -> None:
-    if logger is None:
-        return
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.run.finish()
-    except Exception as e:  # noqa: BLE001
-        warnings.warn(f"W&B finish failed ({type(e).__name__}: {e})", stacklevel=2)
 
 
 class Tracker:
@@ -135,7 +70,7 @@ class Tracker:
 
             if run_id and self.cfg["mode"] == "offline":
                 replace_offline(self.cfg["dir"], run_id)
-            run = wandb.init(**_init_kwargs(self.cfg, name, job_type, config, tags, run_id))
+            run = wandb.init(**init_kwargs(self.cfg, name, job_type, config, tags, run_id))
             try:
                 if log:
                     run.log(log)

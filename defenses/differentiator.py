@@ -186,8 +186,6 @@ class DifferentiatorStudent(StudentModule):
         **kwargs: see `StudentModule` (mode is finetune: the student's weights come from init_from).
     """
 
-    abstains = True
-
     def __init__(
         self,
         model,

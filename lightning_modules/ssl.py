@@ -42,9 +42,6 @@ from torchvision.transforms.functional import to_pil_image
 from attacks.errors import ConfigError
 from lightning_modules.modules import ClassifierModule
 
-#: The methods and their modules (`teacher=<method>` selects benchmark/configs/teacher/<method>.yaml).
-METHODS = ("simclr", "byol", "mocov2")
-
 
 def encoder_dim(model: nn.Module) -> int:
     """The width of the encoder's output (`features`)."""
@@ -62,8 +59,6 @@ class SSLModule(ClassifierModule):
         **kwargs: optimizer and scheduler arguments of `ClassifierModule` (`momentum` is SGD's; selection is by
             the probe's val/acc).
     """
-
-    method = "ssl"
 
     def __init__(self, model: nn.Module, transform: dict | None = None, probe_weight: float = 1.0, **kwargs):
         super().__init__(model, **kwargs)
@@ -136,8 +131,6 @@ class SimCLR(SSLModule):
         transform: `SimCLRTransform` arguments.
     """
 
-    method = "simclr"
-
     def __init__(self, model, hidden_dim: int = 512, output_dim: int = 128, temperature: float = 0.5, **kwargs):
         super().__init__(model, **kwargs)
         self.projection = SimCLRProjectionHead(encoder_dim(model), hidden_dim, output_dim)
@@ -159,8 +152,6 @@ class BYOL(SSLModule):
         ema_momentum: the target network's momentum at the start (cosine schedule to 1; lightly, solo-learn: 0.99).
         transform: arguments given to both `BYOLView1Transform` and `BYOLView2Transform`.
     """
-
-    method = "byol"
 
     def __init__(self, model, hidden_dim: int = 1024, output_dim: int = 256, ema_momentum: float = 0.99, **kwargs):
         super().__init__(model, **kwargs)
@@ -201,8 +192,6 @@ class MoCoV2(SSLModule):
             (measured: mean cosine 0.99 between the projections of different images, loss at the uniform level).
         transform: `MoCoV2Transform` arguments.
     """
-
-    method = "mocov2"
 
     def __init__(
         self,

@@ -59,6 +59,22 @@ def build_model(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
     return pretrained_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], **kwargs)
 
 
+def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
+    """The classifier of a model config without its weights, for the config check (`benchmark.config.validate`,
+    under `torch.device("meta")`): a pretrained model is its architecture, and whether timm lists weights for it
+    (they are downloaded by the stage that loads them)."""
+    import timm
+
+    kwargs = model_cfg.get("kwargs") or {}
+    model = build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
+    if model_cfg.get("pretrained") and not timm.is_model_pretrained(model_cfg["backbone"]):
+        raise ConfigError(
+            f"model.pretrained=true: no pretrained weights for '{model_cfg['backbone']}' (timm lists none); "
+            "give a local file as teacher.checkpoint=PATH"
+        )
+    return model
+
+
 def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     """timm's pretrained `backbone` with a new `num_classes` head, behind the normalization of its weights."""
     import timm

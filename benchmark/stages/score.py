@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.metrics import Transferability, wilson_interval
+from benchmark.metrics import transferability_ratio, wilson_interval
 
 
 def outcome(pred_clean: torch.Tensor, pred_adv: torch.Tensor, y: torch.Tensor, reject_label: int | None = None) -> dict:
@@ -112,14 +112,12 @@ def metrics(out: dict) -> dict:
 
 def transferability(transfer: dict, whitebox: dict, form: str) -> dict:
     """Transferability of the teacher's examples into a deterministic student, in both readings (see
-    `benchmark.metrics.Transferability`), on the examples both cells cover."""
+    `benchmark.metrics.transferability_ratio`), on the examples both cells cover."""
     n = min(size(transfer), size(whitebox))
     t, w = head(transfer, n), head(whitebox, n)
     out = {"transfer_acc": metrics(t)["robust_acc"]}
     for f in ("success_ratio", "accuracy_drop"):
-        m = Transferability(f)
-        m.update(t["clean"][0], w["adv"][0], t["adv"][0])
-        out[f"transferability_{f}"] = float(m.compute())
+        out[f"transferability_{f}"] = transferability_ratio(t["clean"][0], w["adv"][0], t["adv"][0], f)
     out["transferability"] = out[f"transferability_{form}"]
     out["transferability_form"] = f"{form} (our reading of Zhang et al. 2020; formula unverified)"
     return out

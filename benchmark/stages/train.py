@@ -19,8 +19,8 @@ import torch.nn as nn
 
 from benchmark.cache import Cache, stage_key
 from benchmark.stages.build import build_datamodule, build_module, job_key_spec, load_checkpoint
-from benchmark.tracking import finish_logger, lightning_logger
 from datamodules.base import TransferDataModule
+from lightning_modules.loggers import finish_logger, lightning_logger, run_id
 from lightning_modules.training import fit
 
 #: Process-group variables of torch.distributed and Lightning.
@@ -112,7 +112,8 @@ def run_train_job(job: dict, progress: bool = True) -> dict:
     module = build_module(job, cache, dm)
     prep = ensure_prepared(job, module, dm, cache)
     trainer_kwargs = {k: v for k, v in job["trainer"].items() if v is not None}
-    logger = lightning_logger(job.get("wandb"), f"{job['kind']}-{job['name']}-seed{job['seed']}", job_key_spec(job))
+    name, rid = f"{job['kind']}-{job['name']}-seed{job['seed']}", run_id(job["kind"], job["key"])
+    logger = lightning_logger(job.get("wandb"), name, job_key_spec(job), run_id=rid)
     try:
         info = fit(module, dm.domain(job["domain"]), trainer_kwargs, logger=logger, progress=progress)
     finally:

@@ -745,26 +745,6 @@ def test_transfer_inner_attack_runs_full_budget(digits_classifier, digits_source
     assert transfer.backward_passes == steps * len(x)
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [functools.partial(PGD, norm="l2", steps=7, restarts=2, loss="margin"), functools.partial(FGSM, norm="linf")],
-    ids=["pgd", "fgsm"],
-)
-def test_transfer_whitebox_counterpart_has_default_config(factory):
-    eps = 0.5
-    transfer = TransferAttack(eps, factory)
-    counterpart = transfer.whitebox_counterpart()
-    assert type(counterpart) is type(transfer.base)
-    assert counterpart is not transfer.base
-    assert counterpart.config() == factory(eps=eps).config()
-    if isinstance(counterpart, PGD):
-        assert counterpart.early_stop is True and transfer.base.early_stop is False
-    # The crafted examples differ from the white-box run only by the early-stopping switch.
-    differ = {k for k, v in counterpart.config().items() if transfer.config()["attack"][k] != v}
-    assert differ <= {"early_stop"}
-    assert transfer.norm == counterpart.norm and transfer.eps == counterpart.eps
-
-
 def test_transfer_without_surrogate_fails_clearly(model, batch):
     x, y = batch
     with pytest.raises(RuntimeError, match="surrogate"):

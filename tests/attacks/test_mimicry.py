@@ -10,9 +10,16 @@ from scipy.signal import correlate2d
 
 from attacks.base import AttackConstraintError, check_adversarial
 from attacks.errors import ConfigError
-from attacks.mimicry import MimicryAttack, layer_function, mean_feature_distance
+from attacks.mimicry import MimicryAttack, feature_distance, layer_function, resolve_layer
 from attacks.ms_ssim import avg_pool_same, dssim, ms_ssim
 from lightning_modules.classifier import build_classifier
+
+
+def mean_feature_distance(model: torch.nn.Module, layer: str, x: torch.Tensor, x_t: torch.Tensor) -> float:
+    """Mean layer-K distance between two batches on `model`."""
+    phi = layer_function(model, resolve_layer(layer))
+    with torch.no_grad():
+        return float(feature_distance(phi(x), phi(x_t)).mean())
 
 
 # ---- a NumPy transcription of `msssim_tf.py` (bolunwang/translearn), one NHWC image at a time, 0..255 -------------

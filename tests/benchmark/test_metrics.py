@@ -9,15 +9,8 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from benchmark.metrics import (
-    AttackSuccessRate,
-    CleanAccuracy,
-    ExpectedAccuracy,
-    RobustAccuracy,
-    Transferability,
-    TransferAccuracy,
-    wilson_interval,
-)
+from benchmark.metrics import transferability_ratio, wilson_interval
+from benchmark.stages.score import metrics
 
 T, F = True, False
 CLEAN = torch.tensor([T, T, T, T, F, F])
@@ -25,54 +18,50 @@ WB = torch.tensor([F, F, T, F, F, F])  # white-box: fools 3 of the 4 clean-corre
 TR = torch.tensor([T, F, T, T, F, T])  # transfer: fools 1; the last (clean-wrong) example became correct
 
 
-def value(metric, *flags):
-    metric.update(*flags)
-    return float(metric.compute())
+def counted(clean, adv) -> dict:
+    """The row metrics of a deterministic cell (one draw) with these flags."""
+    return metrics({"clean": clean[None], "adv": adv[None]})
 
 
 def test_counts():
-    assert value(CleanAccuracy(), CLEAN) == pytest.approx(4 / 6)
-    assert value(RobustAccuracy(), CLEAN, WB) == pytest.approx(1 / 6)
-    assert value(AttackSuccessRate(), CLEAN, WB) == pytest.approx(3 / 4)
+    m = counted(CLEAN, WB)
+    assert m["clean_acc"] == pytest.approx(4 / 6)
+    assert m["robust_acc"] == pytest.approx(1 / 6)
+    assert m["success_rate"] == pytest.approx(3 / 4)
     # Paper 1's counting: the clean-wrong example that the perturbation made correct does not count.
-    assert value(TransferAccuracy(), CLEAN, TR) == pytest.approx(3 / 6)
+    assert counted(CLEAN, TR)["robust_acc"] == pytest.approx(3 / 6)
 
 
 def test_transferability_both_readings_against_independent_formulas():
     asr = lambda adv: ((CLEAN & ~adv).sum() / CLEAN.sum()).item()  # noqa: E731
     acc = lambda adv: adv.float().mean().item()  # noqa: E731 - raw accuracy, every example scored
     clean_acc = CLEAN.float().mean().item()
-    assert value(Transferability("success_ratio"), CLEAN, WB, TR) == pytest.approx(asr(TR) / asr(WB))
+    assert transferability_ratio(CLEAN, WB, TR, "success_ratio") == pytest.approx(asr(TR) / asr(WB))
     expected_drop = (clean_acc - acc(TR)) / (clean_acc - acc(WB))
-    assert value(Transferability("accuracy_drop"), CLEAN, WB, TR) == pytest.approx(expected_drop)
+    assert transferability_ratio(CLEAN, WB, TR, "accuracy_drop") == pytest.approx(expected_drop)
     assert asr(TR) / asr(WB) != pytest.approx(expected_drop), "the two readings should differ on this data"
 
 
 def test_undefined_ratios_are_nan():
-    assert math.isnan(value(AttackSuccessRate(), torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)))
-    assert math.isnan(value(Transferability(), CLEAN, CLEAN, CLEAN))  # the white-box attack fooled nothing
-    # ... even when the transfer attack fooled some: undefined, not infinite.
-    assert math.isnan(value(Transferability(), CLEAN, CLEAN, torch.zeros(6, dtype=torch.bool)))
+    none = torch.zeros(3, dtype=torch.bool)
+    assert math.isnan(counted(none, none)["success_rate"])  # nothing clean-correct to attack
+    for form in ("success_ratio", "accuracy_drop"):
+        assert math.isnan(transferability_ratio(CLEAN, CLEAN, CLEAN, form))  # the white-box attack fooled nothing
+        # ... even when the transfer attack fooled some: undefined, not infinite.
+        assert math.isnan(transferability_ratio(CLEAN, CLEAN, torch.zeros(6, dtype=torch.bool), form))
 
 
-def test_updates_accumulate_like_one_update_and_states_sum_across_processes():
-    """Batches (and DDP ranks, whose states are summed) give the same result as one pass over all examples."""
-    whole = value(RobustAccuracy(), CLEAN, WB)
-    a, b = RobustAccuracy(), RobustAccuracy()
-    a.update(CLEAN[:2], WB[:2])
-    b.update(CLEAN[2:], WB[2:])
-    assert float(a.clone().compute()) != pytest.approx(whole)
-    a.merge_state(b)  # the same sum-reduction that `dist_reduce_fx="sum"` applies across ranks
-    assert float(a.compute()) == pytest.approx(whole)
-    for m in (CleanAccuracy(), RobustAccuracy(), AttackSuccessRate(), Transferability()):
-        assert all(fx is torch.sum or getattr(fx, "__name__", "") == "dim_zero_sum" for fx in m._reductions.values())
+def test_the_ratio_is_the_float32_division_results_csv_holds():
+    clean, wb, tr = torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), torch.tensor([F, F, T])
+    value = transferability_ratio(clean, wb, tr, "success_ratio")  # 2 / 3
+    assert value == float(torch.tensor(2.0) / torch.tensor(3)) and value != 2 / 3
 
 
 def test_mismatched_flags_are_rejected():
     with pytest.raises(ValueError, match="different lengths"):
-        RobustAccuracy().update(CLEAN, WB[:3])
+        transferability_ratio(CLEAN, WB[:3], TR, "success_ratio")
     with pytest.raises(ValueError, match="transferability form 'ratio'.*valid: accuracy_drop, success_ratio"):
-        Transferability("ratio")
+        transferability_ratio(CLEAN, WB, TR, "ratio")
 
 
 #: (successes, n) pairs: the extremes 0 and n, small n (where the interval is wide and asymmetric), large n.
@@ -99,68 +88,11 @@ def test_wilson_interval_stays_in_the_unit_interval():
     assert all(math.isnan(v) for v in wilson_interval(0, 0)), "no examples: no interval"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Accumulation: a metric updated batch by batch counts every batch (and never forgets the earlier ones).
-# ---------------------------------------------------------------------------------------------------------------
-
-#: Three batches of (clean, white-box, transfer) flags with different sizes and mixes.
-BATCHES = [
-    (torch.tensor([T, T, F]), torch.tensor([F, T, F]), torch.tensor([T, T, T])),
-    (torch.tensor([T, F, T, T, F]), torch.tensor([T, F, F, F, F]), torch.tensor([F, F, T, T, T])),
-    (torch.tensor([T, T]), torch.tensor([F, F]), torch.tensor([F, F])),
-]
-
-
-def accumulated(metric, pick):
-    for batch in BATCHES:
-        metric.update(*pick(batch))
-    return float(metric.compute())
-
-
-def test_every_metric_accumulates_over_updates():
-    c, w, t = (torch.cat([b[i] for b in BATCHES]) for i in range(3))
-    n = len(c)
-    assert accumulated(CleanAccuracy(), lambda b: b[:1]) == pytest.approx(c.sum().item() / n)
-    assert accumulated(RobustAccuracy(), lambda b: b[:2]) == pytest.approx((c & w).sum().item() / n)
-    assert accumulated(TransferAccuracy(), lambda b: (b[0], b[2])) == pytest.approx((c & t).sum().item() / n)
-    asr = (c & ~w).sum().item() / c.sum().item()
-    assert accumulated(AttackSuccessRate(), lambda b: b[:2]) == pytest.approx(asr)
-    ratio = (c & ~t).sum().item() / (c & ~w).sum().item()
-    assert accumulated(Transferability("success_ratio"), lambda b: b) == pytest.approx(ratio)
-    drop = (c.sum() - t.sum()).item() / (c.sum() - w.sum()).item()
-    assert accumulated(Transferability("accuracy_drop"), lambda b: b) == pytest.approx(drop)
-    fractions = [torch.tensor([1.0, 0.5]), torch.tensor([0.25, 0.0, 1.0])]
-    expected = ExpectedAccuracy()
-    for f in fractions:
-        expected.update(f)
-    assert float(expected.compute()) == pytest.approx(2.75 / 5)
-
-
 def test_accuracy_drop_uses_raw_accuracies():
     """Every example counts as scored on its perturbed version, including clean-wrong ones made correct."""
     clean = torch.tensor([T, T, T, F, F])
     wb = torch.tensor([F, F, F, T, T])  # raw accuracy 2/5; clean-counted it fools all 3
     tr = torch.tensor([T, F, F, F, F])  # raw accuracy 1/5; fools 2
     drop = (3 / 5 - 1 / 5) / (3 / 5 - 2 / 5)
-    assert value(Transferability("accuracy_drop"), clean, wb, tr) == pytest.approx(drop)
-    assert value(Transferability("success_ratio"), clean, wb, tr) == pytest.approx(2 / 3)
-
-
-def test_expected_accuracy_averages_fractions_and_counts_exactly():
-    m = ExpectedAccuracy()
-    m.update([0.1, 0.2, 0.3])  # a plain sequence is accepted; the sum is kept in float64
-    assert float(m.clone().compute()) == pytest.approx(0.2, rel=1e-6)
-    assert m.correct.item() == 0.1 + 0.2 + 0.3, "summed in float64 (float32 would give 0.6000000238)"
-    assert m.correct.dtype == torch.float64 and m.total.dtype == torch.long
-    assert math.isnan(float(ExpectedAccuracy().compute()))
-    other = ExpectedAccuracy()
-    other.update(torch.tensor([[1.0], [1.0]]))  # any shape: one fraction per example
-    m.merge_state(other)  # what the sum-reduction across DDP ranks does
-    assert float(m.compute()) == pytest.approx((0.6 + 2) / 5)
-    assert all(fx is torch.sum or getattr(fx, "__name__", "") == "dim_zero_sum" for fx in m._reductions.values())
-
-
-def test_count_states_are_integers():
-    for m in (CleanAccuracy(), RobustAccuracy(), AttackSuccessRate(), Transferability(), ExpectedAccuracy()):
-        for name in m.counts:
-            assert getattr(m, name).dtype == torch.long, f"{type(m).__name__}.{name}"
+    assert transferability_ratio(clean, wb, tr, "accuracy_drop") == pytest.approx(drop)
+    assert transferability_ratio(clean, wb, tr, "success_ratio") == pytest.approx(2 / 3)

@@ -107,16 +107,36 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+            # `from a.b import c` names a.b, and a.b.c when c is a module (`from benchmark import tracking`)
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
     return {m for m in found if m.split(".")[0] in PACKAGES}
 
 
-def test_imports_only_point_downward_and_have_no_cycle():
+def _import_graph() -> dict[str, set[str]]:
+    """Each suite module and the suite names it imports (at the top or inside a function)."""
     graph = {}
     for package in PACKAGES:
         for f in (ROOT / package).rglob("*.py"):
             name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             graph[name] = _imports(f)
+    return graph
+
+
+#: The top floor and the only modules that may import it: W&B tracking logs what the runner produced, so only the
+#: entry point calls it (a training stage's logger comes from the training floor, `lightning_modules.loggers`).
+TOP_FLOOR = {"benchmark.tracking": {"benchmark.run"}}
+
+
+def test_wandb_tracking_is_the_top_floor():
+    graph = _import_graph()
+    for top, allowed in TOP_FLOOR.items():
+        assert top in graph, f"{top} moved: update TOP_FLOOR"
+        importers = {name for name, deps in graph.items() if top in deps and name != top}
+        assert importers <= allowed, f"{sorted(importers - allowed)} import {top}, the top floor"
+
+
+def test_imports_only_point_downward_and_have_no_cycle():
+    graph = _import_graph()
     for name, deps in graph.items():
         if name.split(".")[0] != "benchmark":
             assert not any(d.split(".")[0] == "benchmark" for d in deps), f"{name} imports the runner"

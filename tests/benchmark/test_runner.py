@@ -17,6 +17,7 @@ from benchmark import config
 from benchmark import run as runner
 from benchmark.config import compose
 from benchmark.execute import Executor
+from lightning_modules.loggers import run_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,7 +183,11 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch, 
 
 
 def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
+    from benchmark import findings as fnd
+
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    found, real = [], fnd.findings
+    monkeypatch.setattr(fnd, "findings", lambda *a, **k: found.append(real(*a, **k)) or found[-1])
     overrides = [
         o for o in tiny(tmp_path, "defense=finetune", "attack=[pgd_linf,transfer_pgd_linf]") if o != "logger=none"
     ]
@@ -193,6 +198,9 @@ def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
     for r in runs:
         by_type.setdefault(r["job_type"], []).append(r)
     assert len(by_type["train"]) == 2, "a run for the teacher and one for the student"
+    stages = json.loads((tmp_path / "results" / "plan.json").read_text())["stages"]
+    trained = {run_id(s["kind"], s["key"]) for s in stages if s["kind"] in ("teacher", "student")}
+    assert {r["id"] for r in by_type["train"]} == trained, "a training run's W&B id comes from its stage's key"
     assert {r["group"] for r in runs} == {"digits"}
     evals = {r["name"]: r for r in by_type["evaluate"]}
     finetune = evals["eval-digits-finetune-seed0"]
@@ -205,6 +213,8 @@ def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
     assert any("val/acc" in h for r in by_type["train"] for h in r["history_keys"])
     (sweep,) = by_type["sweep"]
     assert sweep["tables"]["results"]["nrows"] == len(out["rows"])
+    assert len(found) == 1, "the findings are computed once, for the leaderboard and W&B"
+    assert sweep["tables"]["findings"]["nrows"] == len(found[0]) > 0
 
 
 def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):

@@ -165,8 +165,10 @@ def test_pretrained_timm_weights_bring_their_own_normalization(tmp_path, monkeyp
     monkeypatch.setattr(timm, "create_model", create)
     cfg, plan = plan_of(tmp_path, "logger=none", "model.backbone=resnet18", "++model.pretrained=true",
                         "defense=[finetune]", "attack=[fgsm]")  # fmt: skip
-    assert True in calls and plan.stage("digits/teacher")["job"]["public"]
+    assert plan.stage("digits/teacher")["job"]["public"]
+    assert True not in calls, "checking and planning download no weights: the teacher's stage does"
     model = build_model(cfg["model"], build_datamodule(cfg["data"]["digits"]))
+    assert True in calls
     assert torch.allclose(model.mean.flatten(), torch.tensor([(0.485 + 0.456 + 0.406) / 3]))  # grey input
 
 
