@@ -332,6 +332,8 @@ def test_paper_defaults_and_given_budgets_reach_the_training_attack():
     trades, tla = TRADES(model, teacher_state=state), TLA(model, teacher_state=state)
     assert trades.beta == 6.0 and (trades.attack.eps, trades.attack.steps) == (8 / 255, 10)
     assert trades.attack.step_size == pytest.approx(8 / 255 / 4), "TRADES's inner step: eps / 4"
+    three = TRADES(model, teacher_state=state, train_attack={"eps": 0.1, "steps": 3})
+    assert three.attack.step_size == pytest.approx(0.025), "eps / 4 at any steps (PGD's default: 2.5 * eps / steps)"
     validation = PGD(8 / 255, steps=10, early_stop=False)
     assert trades.val_attack.config() == validation.config(), "validation: PGD at the budget, its default step"
     assert (tla.margin, tla.lambda_triplet, tla.lambda_norm, tla.dictionary_size) == (0.05, 0.5, 1e-4, 100)
