@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format perf report dashboard clean mutate
+.PHONY: help install bench test test-fast lint format docs perf report dashboard clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,6 +13,7 @@ install:  ## create .venv and install the suite with its test tools (torch from 
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[docs]'  # apart from [test]: see the docs extra in pyproject.toml
 	@echo "installed into .venv; next: make bench"
 
 # Without EXPERIMENT on the command line, `make bench` runs every embedded experiment in turn: `digits`, then
@@ -46,6 +47,9 @@ format:  ## ruff format and autofix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+docs:  ## build the documentation site (docs/, mkdocs.yml) into site/; a broken link or anchor fails it
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward cost
 	$(PY) -m benchmark.perf $(ARGS)
 
@@ -64,4 +68,4 @@ mutate:  ## mutation-test the modules that decide the numbers (ARGS='--only atta
 	OMP_NUM_THREADS=1 $(PY) tests/mutation/mutate.py $(ARGS)
 
 clean:  ## remove results, the stage cache and W&B offline runs
-	rm -rf results cache outputs wandb lightning_logs
+	rm -rf results cache outputs wandb lightning_logs site

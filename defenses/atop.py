@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from attacks.base import attack_mode
 from attacks.errors import ConfigError, choose
 from attacks.fgsm import FGSM
-from defenses.base import AdversarialStudent, FrozenRandomness
+from defenses.base import AdversarialStudent, FrozenRandomness, TrainAttack
 
 TRANSFORMS = ("rt1", "rt2", "rt3")
 
@@ -199,15 +199,16 @@ class AToP(AdversarialStudent):
         adversarial: stage 2 (fine-tuning on adversarial examples) instead of stage 1 (pretraining).
         cls_weight: lambda of the classifier's cross-entropy (0.05 in the CIFAR notebooks, 0.1 elsewhere).
         cls_start_epoch: the CE term is added from this epoch on (the code: epoch > 2).
-        attack_eps: budget of the training attack (FGSM on the classifier alone; 8/255 in the code).
-        attack_steps: 1 for FGSM; more for PGD on the classifier alone.
         gan_weight, l1_weight: weights of the hinge GAN and L1 terms (1 and 1).
         lr, betas: Adam for generator and discriminator (1e-4, (0.5, 0.999)).
         **kwargs: see `AdversarialStudent` and `StudentModule` (stage 1: no validation attack, selection on
             val/acc; stage 2: the training attack on the classifier alone, selection on val/robust_acc).
+            `train_attack`: its budget (8/255 in the code) and steps: 1 (the default) for FGSM on the classifier
+            alone, more for PGD on it.
     """
 
     randomized = True
+    train_attack_defaults = {"steps": 1}  # the code's FGSM
 
     def __init__(
         self,
@@ -222,8 +223,6 @@ class AToP(AdversarialStudent):
         adversarial: bool = False,
         cls_weight: float = 0.05,
         cls_start_epoch: int = 3,
-        attack_eps: float = 8 / 255,
-        attack_steps: int = 1,
         gan_weight: float = 1.0,
         l1_weight: float = 1.0,
         lr: float = 1e-4,
@@ -233,7 +232,7 @@ class AToP(AdversarialStudent):
         if not adversarial:
             kwargs.setdefault("val_attack", None)
         kwargs["mode"] = "finetune"
-        super().__init__(model, eps=attack_eps, steps=attack_steps, lr=lr, **kwargs)
+        super().__init__(model, lr=lr, **kwargs)
         for p in self.model.parameters():
             p.requires_grad_(False)
         channels = self.model.mean.shape[1]
@@ -244,9 +243,9 @@ class AToP(AdversarialStudent):
         self.gan_weight, self.l1_weight, self.betas = gan_weight, l1_weight, tuple(betas)
         self.automatic_optimization = False  # the discriminator steps, then the generator
 
-    def training_attack(self, eps, norm, steps, step_size, random_start):
+    def training_attack(self, settings: TrainAttack):
         # The code's FGSM, or PGD (full budget) for more steps; both on the classifier alone.
-        return FGSM(eps, norm) if steps == 1 else super().training_attack(eps, norm, steps, step_size, random_start)
+        return FGSM(settings.eps, settings.norm) if settings.steps == 1 else super().training_attack(settings)
 
     def deployed_model(self) -> PurifiedClassifier:
         return PurifiedClassifier(self.transform, self.purifier, self.model)

@@ -112,20 +112,18 @@ class GenAFDualTrack(AdversarialStudent):
     code keeps the best robust test accuracy).
 
     Args:
-        eps, steps, step_size, random_start: the training PGD.
         gr_weight: weight of the genetic regularizer (20).
         encoder_lr, head_lr, weight_decay, gamma: the two optimizers and their schedules.
         head: mlp or linear; head_hidden: the MLP's width (512).
-        **kwargs: see `AdversarialStudent` and `StudentModule`.
+        **kwargs: see `AdversarialStudent` (`train_attack`: the training PGD, by default the code's) and
+            `StudentModule`.
     """
+
+    train_attack_defaults = {"eps": 0.03, "step_size": 0.007, "random_start": False}  # 10 steps, as the base's
 
     def __init__(
         self,
         model,
-        eps: float = 0.03,
-        steps: int = 10,
-        step_size: float = 0.007,
-        random_start: bool = False,
         gr_weight: float = 20.0,
         encoder_lr: float = 1e-4,
         head_lr: float = 5e-3,
@@ -135,7 +133,7 @@ class GenAFDualTrack(AdversarialStudent):
         head_hidden: int = 512,
         **kwargs,
     ):
-        super().__init__(model, eps=eps, steps=steps, step_size=step_size, random_start=random_start, **kwargs)
+        super().__init__(model, **kwargs)
         _set_head(self, head, head_hidden)
         self.gr_weight = gr_weight
         self.encoder_lr, self.head_lr, self.weight_decay, self.gamma = encoder_lr, head_lr, weight_decay, gamma

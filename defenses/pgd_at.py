@@ -17,25 +17,13 @@ class PGDAT(AdversarialStudent):
     it guards against robust overfitting, Rice et al. 2020).
 
     Args:
-        eps: training budget.
-        norm: linf or l2.
-        steps: PGD steps.
-        step_size: PGD step; default 2.5 * eps / steps.
         clean_weight: weight of the clean cross-entropy term (0: pure Madry).
-        **kwargs: see `AdversarialStudent` and `StudentModule`.
+        **kwargs: see `AdversarialStudent` (`train_attack`: the PGD; default 8/255 L-inf, 10 steps of
+            2.5 * eps / steps) and `StudentModule`.
     """
 
-    def __init__(
-        self,
-        model,
-        eps: float = 8 / 255,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: float | None = None,
-        clean_weight: float = 0.0,
-        **kwargs,
-    ):
-        super().__init__(model, eps=eps, norm=norm, steps=steps, step_size=step_size, **kwargs)
+    def __init__(self, model, clean_weight: float = 0.0, **kwargs):
+        super().__init__(model, **kwargs)
         self.clean_weight = clean_weight
 
     def training_loss(self, x, y):

@@ -40,9 +40,6 @@ class TLA(AdversarialStudent):
     `nat_noise_level`, 8/255 on CIFAR-10).
 
     Args:
-        eps: training budget (L-inf).
-        steps: PGD steps of the anchor.
-        step_size: PGD step (default 2.5 * eps / steps).
         margin: the triplet margin alpha.
         lambda_triplet: lambda1.
         lambda_norm: lambda2.
@@ -51,15 +48,13 @@ class TLA(AdversarialStudent):
         positive_other: use another clean example of the anchor's class as a positive.
         negative: hard (nearest other-class example) or random.
         clean_noise: L-inf size of the uniform noise added to clean inputs.
-        **kwargs: see `AdversarialStudent` and `StudentModule`.
+        **kwargs: see `AdversarialStudent` (`train_attack`: the anchors' PGD; default 8/255 L-inf, 10 steps of
+            2.5 * eps / steps) and `StudentModule`.
     """
 
     def __init__(
         self,
         model,
-        eps: float = 8 / 255,
-        steps: int = 10,
-        step_size: float | None = None,
         margin: float = 0.05,
         lambda_triplet: float = 0.5,
         lambda_norm: float = 1e-4,
@@ -71,7 +66,7 @@ class TLA(AdversarialStudent):
         **kwargs,
     ):
         choose("negative", negative, NEGATIVES)
-        super().__init__(model, eps=eps, steps=steps, step_size=step_size, **kwargs)
+        super().__init__(model, **kwargs)
         if dictionary_size < 2:
             raise ConfigError(f"dictionary_size must be >= 2, got {dictionary_size}")
         if not (positive_clean or positive_other):

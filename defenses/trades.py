@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from attacks.base import attack_mode, parse_eps
-from defenses.base import AdversarialStudent
+from defenses.base import AdversarialStudent, TrainAttack
 
 
 class TRADES(AdversarialStudent):
@@ -19,22 +21,20 @@ class TRADES(AdversarialStudent):
 
     Args:
         beta: weight of the robustness (KL) term; 6 in the paper's CIFAR-10 setting.
-        eps: L-inf budget of the inner maximization.
-        steps: its steps (10 in the paper).
-        step_size: its step (default eps / 4, the paper's 0.007 for 0.031).
-        **kwargs: see `AdversarialStudent` and `StudentModule`.
+        **kwargs: see `AdversarialStudent` (`train_attack`: the inner maximization's budget, 8/255 L-inf by
+            default, its steps, 10 in the paper, and its step, by default eps / 4, the paper's 0.007 for 0.031)
+            and `StudentModule`.
     """
 
-    def __init__(
-        self, model, beta: float = 6.0, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None, **kwargs
-    ):
-        super().__init__(model, eps=eps, steps=steps, step_size=step_size, **kwargs)
+    def __init__(self, model, beta: float = 6.0, **kwargs):
+        super().__init__(model, **kwargs)
         self.beta = beta
 
-    def training_attack(self, eps, norm, steps, step_size, random_start):
+    def training_attack(self, settings: TrainAttack):
         # Its projection, step and step size drive the KL maximization of `adversary` (which starts from x plus
         # small Gaussian noise, so random_start is not used).
-        return super().training_attack(eps, norm, steps, step_size or parse_eps(eps) / 4, random_start)
+        step_size = settings.step_size or parse_eps(settings.eps) / 4
+        return super().training_attack(replace(settings, step_size=step_size))
 
     def validation_attack(self, attack):
         return attack.replace(step_size=None)  # PGD with its default step, not the KL maximization's eps / 4

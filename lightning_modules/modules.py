@@ -37,9 +37,8 @@ class ClassifierModule(L.LightningModule):
         weight_decay: weight decay.
         nesterov: Nesterov momentum for SGD.
         scheduler: none, cosine (over the trainer's max_epochs) or step (x `gamma` every `step_size` epochs).
-        step_size: epochs between learning-rate drops for the step scheduler.
-        lr_step_size: the same, under the name to use where a defense's `step_size` is its attack's step
-            (`AdversarialStudent`); overrides `step_size`.
+        step_size: epochs between learning-rate drops for the step scheduler (an integer >= 1 whatever the
+            scheduler; a defense's training attack has its step under `train_attack`, see `AdversarialStudent`).
         gamma: learning-rate factor of the step scheduler.
         label_smoothing: cross-entropy label smoothing.
         val_attack: an attack run on the validation split; logs `val/robust_acc`.
@@ -61,7 +60,6 @@ class ClassifierModule(L.LightningModule):
         nesterov: bool = False,
         scheduler: str = "cosine",
         step_size: int = 50,
-        lr_step_size: int | None = None,
         gamma: float = 0.5,
         label_smoothing: float = 0.0,
         val_attack: Attack | None = None,
@@ -72,15 +70,17 @@ class ClassifierModule(L.LightningModule):
         choose("scheduler", scheduler, SCHEDULERS)
         if lr <= 0:
             raise ConfigError(f"lr must be > 0, got {lr}")
-        step_size = step_size if lr_step_size is None else lr_step_size
-        if scheduler == "step" and (isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1):
-            raise ConfigError(f"the step scheduler's step_size must be an integer >= 1 (epochs), got {step_size!r}")
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ConfigError(
+                f"the step scheduler's step_size must be an integer >= 1 (epochs), got {step_size!r}; a training "
+                "attack's step is train_attack.step_size"
+            )
         choose("selection_metric", selection_metric, ("val/acc", "val/robust_acc"))
         if selection_metric == "val/robust_acc" and val_attack is None:
             raise ConfigError("selection_metric 'val/robust_acc' needs a val_attack")
         self.save_hyperparameters(ignore=["model", "val_attack", "teacher_state"])
         # The optimizer's own settings, kept apart from `hparams`, which merges the arguments of every class in the
-        # hierarchy: a defense's `step_size` (its attack's step) or `gamma` would shadow the scheduler's there.
+        # hierarchy: a defense's own `gamma` (Gen-AF's per-epoch decay) would shadow the scheduler's there.
         self.optimizer_settings = {
             "optimizer": optimizer,
             "lr": lr,

@@ -29,7 +29,7 @@ TINY = [
     "defense=[finetune,pgd_at]",
     "defense.finetune.trainer.max_epochs=2",
     "defense.pgd_at.trainer.max_epochs=2",
-    "defense.pgd_at.module.steps=3",
+    "defense.pgd_at.module.train_attack.steps=3",
     "attack=[fgsm,pgd_linf,transfer_pgd_linf]",
     "attack.fgsm.epsilons=[8/255,16/255]",
     "attack.pgd_linf.epsilons=[8/255,16/255]",
@@ -301,8 +301,8 @@ def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
         overrides.append(f"data.{name}.batch_size=4")
     for name, defense in cfg["defense"].items():
         overrides.append(f"defense.{name}.trainer.max_epochs=1")
-        if "steps" in defense["module"]:
-            overrides.append(f"defense.{name}.module.steps=1")
+        if "train_attack" in defense["module"]:
+            overrides.append(f"defense.{name}.module.train_attack.steps=1")
     for name in cfg["earlier_defenses"]:  # defenses that selected ones start from (++: selected or not)
         overrides.append(f"++defense.{name}.trainer.max_epochs=1")
     if "genaf" in cfg["defense"]:

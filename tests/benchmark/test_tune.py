@@ -21,7 +21,7 @@ def test_tuning_reads_only_the_validation_split(tmp_path, monkeypatch):
         "defense=trades",
         "teacher.trainer.max_epochs=2",
         "defense.trades.trainer.max_epochs=1",
-        "defense.trades.module.steps=2",
+        "defense.trades.module.train_attack.steps=2",
         "attack.pgd_linf.attack.steps=3",
         "progress=false",
         f"cache_dir={tmp_path / 'cache'}",

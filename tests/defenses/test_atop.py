@@ -379,7 +379,13 @@ def test_fit_as_the_runner_does_leaves_the_classifier_batch_norm_buffers_unchang
 
 def test_adversarial_stage_adds_the_ce_term_and_selects_on_robust_accuracy(digits, digits_classifier, one_thread):
     # gan and L1 weights 0: the purifier can only move through the classifier's cross-entropy.
-    kwargs = {"adversarial": True, "cls_weight": 1.0, "gan_weight": 0.0, "l1_weight": 0.0, "attack_eps": "16/255"}
+    kwargs = {
+        "adversarial": True,
+        "cls_weight": 1.0,
+        "gan_weight": 0.0,
+        "l1_weight": 0.0,
+        "train_attack": {"eps": "16/255"},
+    }
     short = {**CPU, "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1}
     on = _atop(digits, digits_classifier, cls_start_epoch=0, **kwargs).train()
     off = _atop(digits, digits_classifier, cls_start_epoch=1, **kwargs).train()

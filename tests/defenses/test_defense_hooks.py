@@ -1,19 +1,29 @@
-"""A new defense is one short subclass: the README's example, an `AdversarialStudent` and the two-optimizer hook
-train through the base loop; every adversarial defense gets its attacks and model selection from the base class."""
+"""A new defense is one short subclass: the README's example (its own code block, run as it stands), an
+`AdversarialStudent` and the two-optimizer hook train through the base loop; every adversarial defense gets its
+attacks and model selection from the base class, from one `train_attack` argument."""
 
 from __future__ import annotations
+
+import inspect
+import re
+import sys
+import types
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
+from attacks.base import parse_eps
 from attacks.errors import ConfigError
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
+from benchmark.stages.build import build
 from defenses.atop import AToP
-from defenses.base import AdversarialStudent
+from defenses.base import TRAIN_ATTACK_KEYS, AdversarialStudent
 from defenses.gen_af import GenAFDualTrack
 from defenses.pgd_at import PGDAT
 from defenses.tla import TLA
@@ -22,19 +32,78 @@ from lightning_modules.classifier import build_classifier
 from lightning_modules.modules import StudentModule
 from lightning_modules.training import fit
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-class MyDefense(StudentModule):
-    """The README's example, verbatim in substance."""
 
-    def __init__(self, model, eps: float = 8 / 255, weight: float = 1.0, **kwargs):
-        super().__init__(model, **kwargs)
-        self.attack, self.weight = PGD(eps, early_stop=False), weight
+def readme_blocks(section: str = "## Add a defense") -> dict[str, str]:
+    """The first fenced code block of each language in a section of the README, as the README has it."""
+    text = README.read_text()
+    start = text.index(f"\n{section}\n")
+    end = text.find("\n## ", start + 1)
+    blocks: dict[str, str] = {}
+    for lang, code in re.findall(r"^```(\w+)\n(.*?)^```", text[start : end if end > 0 else None], re.M | re.S):
+        blocks.setdefault(lang, code)
+    return blocks
 
-    def training_loss(self, x, y):
-        logits = self.model(x)
-        logits_adv = self.model(self.attack(self.model, x, y))
-        loss = F.cross_entropy(logits, y) + self.weight * F.cross_entropy(logits_adv, y)
-        return loss, logits
+
+@pytest.fixture
+def readme_defense(monkeypatch):
+    """(the README's config of its defense, the class): its Python block executed as the module its config's
+    `_target_` names, so the runner's builder imports it from there."""
+    blocks = readme_blocks()
+    ((name, spec),) = yaml.safe_load(blocks["yaml"]).items()
+    assert blocks["yaml"].startswith(f"# benchmark/configs/defense/{name}.yaml\n")
+    module_name, cls_name = spec["module"]["_target_"].rsplit(".", 1)
+    assert blocks["python"].startswith(f"# {module_name.replace('.', '/')}.py\n")
+    module = types.ModuleType(module_name)
+    exec(compile(blocks["python"], f"README.md ({module_name})", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    return spec, getattr(module, cls_name)
+
+
+def _student(cls, digits, **kwargs):
+    model = build_classifier("small_cnn", 10, 1, digits.mean, digits.std)
+    return cls(model, teacher_state=model.state_dict(), mode="finetune", **kwargs)
+
+
+def test_readme_defense_builds_from_its_config_with_the_base_attacks(readme_defense, digits):
+    spec, cls = readme_defense
+    model = build_classifier("small_cnn", 10, 1, digits.mean, digits.std)
+    d = build(spec["module"], model=model, teacher_state=model.state_dict())  # as the runner builds it
+    assert type(d) is cls and isinstance(d, AdversarialStudent)
+    budget = spec["module"]["train_attack"]
+    expected = PGD(parse_eps(budget["eps"]), steps=budget["steps"], early_stop=False)
+    assert d.attack.config() == expected.config() == d.val_attack.config() and d.val_attack is not d.attack
+    assert d.selection_metric == "val/robust_acc"
+
+
+def test_readme_defense_trains_through_the_base_loop(readme_defense, digits):
+    _, cls = readme_defense
+    d = _student(cls, digits, train_attack={"eps": 16 / 255, "steps": 2}, lr=0.01)
+    short = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2, "limit_val_batches": 1}
+    info = fit(d, digits.domain("target"), short, progress=False)
+    assert info["epochs"] == 1 and info["best_value"] is not None
+    assert info["selection_metric"] == "val/robust_acc" and "val/robust_acc" in info["trainer"].callback_metrics
+
+
+def test_readme_defense_step_is_the_gradient_of_its_loss(readme_defense, digits):
+    """One plain SGD step of the base loop moves every trainable weight by -lr * grad of the README loss."""
+    _, cls = readme_defense
+    d = _student(cls, digits, weight=0.5, lr=0.1, momentum=0.0, weight_decay=0.0, scheduler="none")
+    d.attack = _Recording()
+    d.train()
+    x, y = next(iter(digits.domain("target").train_dataloader()))
+    params = {n: p for n, p in d.model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    x_adv = (x + 0.05).clamp(0, 1)
+    loss = F.cross_entropy(d.model(x), y) + 0.5 * F.cross_entropy(d.model(x_adv), y)
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    one_step = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1, "limit_val_batches": 0}
+    fit(d, _OneBatch(x, y), one_step, progress=False)
+    (seen_x, seen_y), *_ = d.attack.seen
+    assert torch.equal(seen_x, x) and torch.equal(seen_y, y), "the attack crafts on the training batch"
+    for n, p in params.items():
+        torch.testing.assert_close(p.detach(), before[n] - 0.1 * grads[n], atol=1e-5, rtol=1e-4)
 
 
 class TwoOptimizers(StudentModule):
@@ -50,11 +119,6 @@ class TwoOptimizers(StudentModule):
         return [torch.optim.Adam(body, lr=1e-3), torch.optim.Adam(head, lr=1e-2)]
 
 
-def _student(cls, digits, **kwargs):
-    model = build_classifier("small_cnn", 10, 1, digits.mean, digits.std)
-    return cls(model, teacher_state=model.state_dict(), mode="finetune", **kwargs)
-
-
 class _Recording:
     """A stand-in attack that returns a fixed perturbation of its input and records what it was given."""
 
@@ -64,32 +128,6 @@ class _Recording:
     def __call__(self, model, x, y):
         self.seen.append((x.clone(), y.clone()))
         return (x + 0.05).clamp(0, 1)
-
-
-def test_readme_defense_trains_through_the_base_loop(digits):
-    d = _student(MyDefense, digits, eps=16 / 255, lr=0.01)
-    one_epoch = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2}
-    info = fit(d, digits.domain("target"), one_epoch, progress=False)
-    assert info["epochs"] == 1 and info["best_value"] is not None
-
-
-def test_readme_defense_step_is_the_gradient_of_its_loss(digits):
-    """One plain SGD step of the base loop moves every trainable weight by -lr * grad of the README loss."""
-    d = _student(MyDefense, digits, eps=16 / 255, weight=0.5, lr=0.1, momentum=0.0, weight_decay=0.0, scheduler="none")
-    d.attack = _Recording()
-    d.train()
-    x, y = next(iter(digits.domain("target").train_dataloader()))
-    params = {n: p for n, p in d.model.named_parameters() if p.requires_grad}
-    before = {n: p.detach().clone() for n, p in params.items()}
-    x_adv = (x + 0.05).clamp(0, 1)
-    loss = F.cross_entropy(d.model(x), y) + 0.5 * F.cross_entropy(d.model(x_adv), y)
-    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-    one_step = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 1, "limit_val_batches": 0}
-    fit(d, _OneBatch(x, y), one_step, progress=False)
-    (seen_x, seen_y), *_ = d.attack.seen
-    assert torch.equal(seen_x, x) and torch.equal(seen_y, y), "the attack crafts on the training batch"
-    for n, p in params.items():
-        torch.testing.assert_close(p.detach(), before[n] - 0.1 * grads[n], atol=1e-5, rtol=1e-4)
 
 
 def test_two_optimizers_are_both_stepped(digits):
@@ -124,7 +162,7 @@ EXPECTED = {
     "pgd_at-defaults": (PGDAT, {}, _pgd(8 / 255), _pgd(8 / 255), "val/robust_acc"),
     "pgd_at-l2": (
         PGDAT,
-        {"eps": "1/2", "norm": "L2", "steps": 3, "step_size": 0.2},
+        {"train_attack": {"eps": "1/2", "norm": "L2", "steps": 3, "step_size": 0.2}},
         _pgd(0.5, norm="l2", steps=3, step_size=0.2),
         _pgd(0.5, norm="l2", steps=3, step_size=0.2),
         "val/robust_acc",
@@ -133,21 +171,21 @@ EXPECTED = {
     "trades-defaults": (TRADES, {}, _pgd(8 / 255, step_size=2 / 255), _pgd(8 / 255), "val/robust_acc"),
     "trades-3-steps": (
         TRADES,
-        {"eps": 0.1, "steps": 3},
+        {"train_attack": {"eps": 0.1, "steps": 3}},
         _pgd(0.1, steps=3, step_size=0.025),
         _pgd(0.1, steps=3),
         "val/robust_acc",
     ),
     "trades-step": (
         TRADES,
-        {"eps": "16/255", "steps": 3, "step_size": "1/255"},
+        {"train_attack": {"eps": "16/255", "steps": 3, "step_size": "1/255"}},
         _pgd(16 / 255, steps=3, step_size=1 / 255),
         _pgd(16 / 255, steps=3),
         "val/robust_acc",
     ),
     "tla": (
         TLA,
-        {"eps": 0.1, "steps": 3, "step_size": 0.02},
+        {"train_attack": {"eps": 0.1, "steps": 3, "step_size": 0.02}},
         _pgd(0.1, steps=3, step_size=0.02),
         _pgd(0.1, steps=3, step_size=0.02),
         "val/robust_acc",
@@ -161,14 +199,14 @@ EXPECTED = {
     ),
     "atop-fgsm": (
         AToP,
-        {"adversarial": True, "attack_eps": "16/255"},
+        {"adversarial": True, "train_attack": {"eps": "16/255"}},
         FGSM(16 / 255),
         FGSM(16 / 255),
         "val/robust_acc",
     ),
     "atop-pgd": (
         AToP,
-        {"adversarial": True, "attack_eps": 0.1, "attack_steps": 3},
+        {"adversarial": True, "train_attack": {"eps": 0.1, "steps": 3}},
         _pgd(0.1, steps=3),
         _pgd(0.1, steps=3),
         "val/robust_acc",
@@ -199,19 +237,37 @@ def test_given_validation_attack_and_metric_win(digits):
 
 
 def test_a_step_larger_than_the_ball_is_an_error(digits):
-    # The experiments' `step_size: 150` for the learning-rate schedule would silently become PGD-AT's attack step.
-    with pytest.raises(ConfigError, match="PGDAT: the attack's step_size 150 exceeds .* lr_step_size"):
-        _student(PGDAT, digits, eps="8/255", step_size=150, scheduler="step")
+    with pytest.raises(
+        ConfigError, match=r"^PGDAT: train_attack.step_size 0.5 exceeds the eps ball's diameter 2 \* 8/255$"
+    ):
+        _student(PGDAT, digits, train_attack={"eps": "8/255", "step_size": 0.5})
     with pytest.raises(ConfigError, match="exceeds"):
-        _student(TLA, digits, eps=0.1, step_size=0.21)
-    assert _student(TLA, digits, eps=0.1, step_size=0.2).attack.step_size == 0.2
-    d = _student(PGDAT, digits, eps="8/255", step_size="2/255", scheduler="step", lr_step_size=150)
-    assert d.attack.step_size == 2 / 255
-    assert d.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 150
+        _student(TLA, digits, train_attack={"eps": 0.1, "step_size": 0.21})
+    assert _student(TLA, digits, train_attack={"eps": 0.1, "step_size": 0.2}).attack.step_size == 0.2
+
+
+@pytest.mark.parametrize("cls", [PGDAT, TRADES, TLA, GenAFDualTrack, AToP, CleanAndAdversarial])
+def test_no_defense_redeclares_the_training_attack(cls):
+    """The training attack's settings are one argument of the base: a subclass declares none of them."""
+    own = set(inspect.signature(cls.__init__).parameters)
+    assert own.isdisjoint(TRAIN_ATTACK_KEYS), f"{cls.__name__} re-declares {own & set(TRAIN_ATTACK_KEYS)}"
+
+
+def test_train_attack_keys_are_checked(digits):
+    with pytest.raises(ConfigError, match=r"^PGDAT: eps is a setting of the training attack: give train_attack.eps$"):
+        _student(PGDAT, digits, eps="8/255")
+    with pytest.raises(ConfigError, match=r"^TLA: random_start is a setting .*train_attack.random_start$"):
+        _student(TLA, digits, random_start=False)
+    valid = "eps, norm, random_start, step_size, steps"
+    with pytest.raises(ConfigError, match=rf"^unknown TRADES train_attack key 'epsilon'; valid: {valid}$"):
+        _student(TRADES, digits, train_attack={"epsilon": 0.1})
+    # a key left out keeps the defense's own default (Gen-AF: the authors' 0.007 step, no random start)
+    d = _student(GenAFDualTrack, digits, train_attack={"steps": 3})
+    assert d.attack.config() == _pgd(0.03, steps=3, step_size=0.007, random_start=False).config()
 
 
 def test_new_adversarial_defense_trains_and_selects_on_robust_accuracy(digits):
-    d = _student(CleanAndAdversarial, digits, eps=0.1, steps=2, lr=0.01)
+    d = _student(CleanAndAdversarial, digits, train_attack={"eps": 0.1, "steps": 2}, lr=0.01)
     assert d.attack.config() == _pgd(0.1, steps=2).config() == d.val_attack.config()
     short = {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 2, "limit_val_batches": 1}
     info = fit(d, digits.domain("target"), short, progress=False)

@@ -87,7 +87,7 @@ def _model():
 
 def test_dual_track_has_an_mlp_head_and_two_disjoint_optimizers():
     m = _model()
-    d = GenAFDualTrack(m, teacher_state=_model().state_dict(), eps=0.1, steps=2)
+    d = GenAFDualTrack(m, teacher_state=_model().state_dict(), train_attack={"eps": 0.1, "steps": 2})
     assert isinstance(d.model.head, NonLinearClassifier) and not d.automatic_optimization
     (opt_e, opt_h), _ = d.configure_optimizers()
     enc = {id(p) for g in opt_e.param_groups for p in g["params"]}

@@ -125,7 +125,7 @@ def peaked_model_and_data(seed: int = 0):
 @pytest.mark.parametrize("beta", [1.0, 6.0])
 def test_trades_loss_is_ce_plus_beta_kl_of_clean_to_adversarial(beta, monkeypatch):
     model, x, x_adv, y = peaked_model_and_data()
-    d = TRADES(model, teacher_state=model.state_dict(), beta=beta, eps=0.5)
+    d = TRADES(model, teacher_state=model.state_dict(), beta=beta, train_attack={"eps": 0.5})
     d.model.eval()
     # The inner maximization is the public `adversary(x)`; a fixed x' makes the loss a known function.
     assert callable(getattr(d, "adversary", None)), "TRADES no longer has adversary(x): adapt this test"
@@ -287,7 +287,9 @@ def test_gen_af_stage1_loss_uses_clean_logits_as_the_model_side():
         torch.eye(d, dtype=torch.float64), 4 * torch.randn(c, d, generator=g, dtype=torch.float64), torch.zeros(c)
     )
     gr_weight = 20.0
-    d_ = GenAFDualTrack(model, teacher_state=model.state_dict(), head="linear", gr_weight=gr_weight, eps=0.5)
+    d_ = GenAFDualTrack(
+        model, teacher_state=model.state_dict(), head="linear", gr_weight=gr_weight, train_attack={"eps": 0.5}
+    )
     d_.model.eval()
     d_.attack = FixedAdversary(x_adv)
     logged = capture_logs(d_)
@@ -330,12 +332,14 @@ def test_paper_defaults_and_given_budgets_reach_the_training_attack():
     trades, tla = TRADES(model, teacher_state=state), TLA(model, teacher_state=state)
     assert trades.beta == 6.0 and (trades.attack.eps, trades.attack.steps) == (8 / 255, 10)
     assert trades.attack.step_size == pytest.approx(8 / 255 / 4), "TRADES's inner step: eps / 4"
+    three = TRADES(model, teacher_state=state, train_attack={"eps": 0.1, "steps": 3})
+    assert three.attack.step_size == pytest.approx(0.025), "eps / 4 at any steps (PGD's default: 2.5 * eps / steps)"
     validation = PGD(8 / 255, steps=10, early_stop=False)
     assert trades.val_attack.config() == validation.config(), "validation: PGD at the budget, its default step"
     assert (tla.margin, tla.lambda_triplet, tla.lambda_norm, tla.dictionary_size) == (0.05, 0.5, 1e-4, 100)
     assert tla.positive_clean and tla.positive_other and (tla.attack.eps, tla.attack.steps) == (8 / 255, 10)
     for cls in (TRADES, TLA):
-        d = cls(model, teacher_state=state, eps=0.1, steps=3, step_size=0.02)
+        d = cls(model, teacher_state=state, train_attack={"eps": 0.1, "steps": 3, "step_size": 0.02})
         assert (d.attack.eps, d.attack.steps, d.attack.step_size) == (0.1, 3, 0.02), cls.__name__
     assert TLA(model, teacher_state=state, dictionary_size=2).dictionary_size == 2
     for kwargs, message in (
@@ -352,7 +356,7 @@ def test_paper_defaults_and_given_budgets_reach_the_training_attack():
 
 def test_trades_starts_its_inner_maximization_next_to_x():
     model, x, _, _ = peaked_model_and_data()
-    d = TRADES(model, teacher_state=model.state_dict(), eps=0.3, steps=1)
+    d = TRADES(model, teacher_state=model.state_dict(), train_attack={"eps": 0.3, "steps": 1})
     seen = []
     d.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ def test_cos_distance_ignores_the_sign():
 
 
 def _tla(**kwargs):
-    t = TLA(_model(), teacher_state=_model().state_dict(), eps=0.1, steps=2, **kwargs)
+    t = TLA(_model(), teacher_state=_model().state_dict(), train_attack={"eps": 0.1, "steps": 2}, **kwargs)
     t.model.features = lambda x: x.flatten(1)  # a known representation: the pixels themselves
     return t
 
@@ -51,7 +51,7 @@ def test_random_negatives_are_of_another_class():
 
 
 def test_trades_adversary_stays_in_the_ball_and_raises_the_kl():
-    d = TRADES(_model(), teacher_state=_model().state_dict(), eps=0.1, steps=5)
+    d = TRADES(_model(), teacher_state=_model().state_dict(), train_attack={"eps": 0.1, "steps": 5})
     d.model.eval()
     x = torch.rand(16, 1, 16, 16)
     x_adv = d.adversary(x)

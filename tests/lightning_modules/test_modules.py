@@ -120,7 +120,7 @@ def test_model_selection_uses_validation_only(teacher_state):
 
 
 def test_pgd_at_trains_on_adversarial_examples(teacher_state):
-    d = PGDAT(make(), teacher_state=teacher_state, mode="finetune", eps=0.1, steps=3)
+    d = PGDAT(make(), teacher_state=teacher_state, mode="finetune", train_attack={"eps": 0.1, "steps": 3})
     assert d.selection_metric == "val/robust_acc" and d.val_attack is not None
     d.model.eval()
     x, y = torch.rand(16, 1, 16, 16), torch.randint(0, 10, (16,))
@@ -138,9 +138,11 @@ def test_step_scheduler_takes_its_own_step_size(teacher_state):
     s = StudentModule(make(), teacher_state, scheduler="step", step_size=7, gamma=0.3)
     sched = s.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert (sched.step_size, sched.gamma) == (7, 0.3)
-    renamed = StudentModule(make(), teacher_state, scheduler="step", step_size=7, lr_step_size=9)
-    assert renamed.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 9
-    d = PGDAT(make(), teacher_state=teacher_state, scheduler="step", step_size="2/255")  # the attack's step
-    assert d.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 50 and d.attack.step_size == 2 / 255
+    # A defense's attack step lives under train_attack: the module's step_size stays the scheduler's.
+    d = PGDAT(make(), teacher_state=teacher_state, scheduler="step", step_size=9, train_attack={"step_size": "2/255"})
+    assert d.configure_optimizers()["lr_scheduler"]["scheduler"].step_size == 9 and d.attack.step_size == 2 / 255
     with pytest.raises(ConfigError, match="step scheduler's step_size must be an integer >= 1"):
         StudentModule(make(), teacher_state, scheduler="step", step_size=0)
+    # An attack's step given where the scheduler's goes is an error under any scheduler, not a silent no-op.
+    with pytest.raises(ConfigError, match="got '2/255'; a training attack's step is train_attack.step_size$"):
+        PGDAT(make(), teacher_state=teacher_state, scheduler="cosine", step_size="2/255")
