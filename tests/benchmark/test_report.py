@@ -331,12 +331,12 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
     first = logged()
     ids = {r["id"] for r in first.values()}
     assert len(ids) == len(first) == 2 + 1, "an eval run per model and the sweep run"
-    # W&B names an offline directory by the second and the id: a rerun within the same second would write into
-    # the first run's directory (a sweep's rerun never comes that fast).
+    # W&B names an offline directory by the second and the id: a rerun a second later gets new directories.
     time.sleep(1.1)
     assert track(cfg, rows, {}, [], stats, found) == []
     second = logged()
-    assert len(second) == 2 * len(first), "offline, each rerun writes its own fragment of the runs"
+    assert len(second) == len(first), "offline, a rerun replaces its runs (wandb sync uploads each run once)"
+    assert not set(second) & set(first), "the rerun's directories are new, the earlier ones removed"
     assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
     (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
     assert len(found) == 6 and sweep["tables"]["findings"]["nrows"] == len(found), "the six seed claims, as given"
