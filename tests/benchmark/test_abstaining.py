@@ -188,7 +188,7 @@ def test_only_the_worst_case_at_budgets_the_adaptive_attack_missed_is_flagged():
     made, worst = _made([16 / 255])
     checks.abstaining_without_adaptive_attack(made, worst)
     assert [r.flags for r in worst] == ["no_adaptive_attack", ""]
-    assert all(m[0].flags == "" for m in made)
+    assert [m[0].flags for m in made] == ["ignores_reject_option"] * 2 + [""], "pgd_linf ignores the reject option"
 
 
 def test_a_model_that_never_rejects_needs_no_adaptive_attack():

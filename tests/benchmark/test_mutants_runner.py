@@ -153,7 +153,8 @@ def test_without_an_adaptive_attack_every_non_sanity_row_is_flagged():
     made = [(row(), plain()), (aware(row("fgsm"), False), rejecting()), (row("s", "sanity"), plain())]
     worst = [row("worst_case"), row("worst_case", "sanity")]
     checks.abstaining_without_adaptive_attack(made, worst)
-    assert flags([m[0] for m in made]) == ["no_adaptive_attack", "no_adaptive_attack", ""]
+    ignores = "ignores_reject_option;no_adaptive_attack"  # white-box attacks that ignore the reject option
+    assert flags([m[0] for m in made]) == [ignores, ignores, ""]
     assert flags(worst) == ["no_adaptive_attack", ""]
 
 
@@ -168,7 +169,9 @@ def test_an_adaptive_attack_covers_its_norm_and_eps_only():
     worst = [row("worst_case"), row("worst_case", eps=0.2), row("worst_case", norm="l2"),
              row("worst_case", eps=0.1 + 3e-11)]  # fmt: skip
     checks.abstaining_without_adaptive_attack(made, worst)
-    assert flags([m[0] for m in made]) == ["", ""], "with an adaptive attack only the worst case is judged"
+    assert flags([m[0] for m in made]) == ["", "ignores_reject_option"], (
+        "with an adaptive attack only the worst case is judged; the plain white-box row ignores the reject option"
+    )
     assert flags(worst) == ["", "no_adaptive_attack", "no_adaptive_attack", ""]
     shifted = [row("worst_case")]
     checks.abstaining_without_adaptive_attack([(aware(row(eps=0.1 + 3e-11)), rejecting())], shifted)
