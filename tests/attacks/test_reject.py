@@ -72,6 +72,21 @@ def test_the_acceptance_margins_are_all_positive_exactly_when_the_pipeline_answe
     assert (out.argmax(1) == view.reject_label).any() and (out.argmax(1) < 10).any()
 
 
+def test_the_margins_are_those_of_the_heads_the_target_asks_not_the_current_label(pipeline, digits):
+    x = digits.test_tensors("target", 32)[0]
+    with torch.no_grad():
+        label = pipeline.student(x).argmax(1)
+        target = (label + 1) % 10  # never the current label: the two selections differ
+        _, margins = pipeline.acceptance_margins(x, target)
+        z, act = pipeline.layer_k(x)
+        for i in range(len(x)):
+            t = int(target[i])
+            heads = [pipeline._head(c, x[i : i + 1], act[i : i + 1])[0] for c in pipeline.selection[t].tolist()]
+            expected = [float(h[t] - torch.cat([h[:t], h[t + 1 :]]).max()) for h in heads]
+            assert margins[i, 1:].tolist() == pytest.approx(sorted(expected, reverse=True), abs=1e-4)
+            assert float(margins[i, 0]) == pytest.approx(float(z[i, t] - torch.cat([z[i, :t], z[i, t + 1 :]]).max()))
+
+
 def test_the_targets_are_the_likeliest_classes_other_than_the_label_and_never_the_reject_logit():
     logits = torch.tensor([[5.0, 1.0, 4.0, 9.0], [0.0, 3.0, 2.0, 1.0]])  # 4 logits, the last one is "reject"
     y = torch.tensor([0, 1])
