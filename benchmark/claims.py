@@ -45,9 +45,7 @@ def _matching(rows: list[dict], pair: str, attack: str, norm: str, eps: float | 
     ]
 
 
-def _item(claim, pair: str, eps: float, higher: str, lower: str, attack: str) -> dict:
-    from benchmark.findings import eps_str
-
+def _item(claim, pair: str, eps: float, higher: str, lower: str, attack: str, eps_str) -> dict:
     return {"claim": claim.text, "source": claim.source, "pair": pair, "higher": higher, "lower": lower,
             "attack": attack, "norm": claim.norm, "eps": eps, "eps_label": eps_str(claim.norm, eps), "seeds": 0,
             "per_seed": []}  # fmt: skip
@@ -68,11 +66,15 @@ class RateClaim:
     norm: str = "linf"
     eps: str = HEADLINE
 
-    def evaluate(self, rows: list[dict], per_example: dict, pair: str, hl: dict) -> dict:
+    def evaluate(self, rows: list[dict], per_example: dict, pair: str, hl: dict, paired_test, eps_str) -> dict:
+        """The finding of this claim on `pair` (`paired_test`, `eps_str`: the findings' own, handed in so that
+        this module does not import `benchmark.findings`, which imports it)."""
         from scipy import stats
 
         eps = _eps(self, hl)
-        item = _item(self, pair, eps, f"{self.defense} defense rate", f"threshold {100 * self.rate:g} %", self.attack)
+        item = _item(
+            self, pair, eps, f"{self.defense} defense rate", f"threshold {100 * self.rate:g} %", self.attack, eps_str
+        )
         attacked = {str(r["seed"]): r for r in _matching(rows, pair, self.attack, self.norm, eps)
                     if r["defense"] == self.defense}  # fmt: skip
         base_clean = {}
@@ -141,11 +143,10 @@ class StrongestAttackClaim:
     norm: str = "linf"
     eps: str = HEADLINE
 
-    def evaluate(self, rows: list[dict], per_example: dict, pair: str, hl: dict) -> dict:
-        from benchmark.findings import paired_test
-
+    def evaluate(self, rows: list[dict], per_example: dict, pair: str, hl: dict, paired_test, eps_str) -> dict:
+        """The finding of this claim on `pair`; see `RateClaim.evaluate`."""
         eps = _eps(self, hl)
-        item = _item(self, pair, eps, "the strongest other attack", self.attack, self.attack)
+        item = _item(self, pair, eps, "the strongest other attack", self.attack, self.attack, eps_str)
         robust: dict[str, dict[str, list]] = {}
         for a in self.attacks:
             for r in _matching(rows, pair, a, self.norm, eps):

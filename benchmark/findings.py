@@ -241,7 +241,7 @@ def findings(
     for pair in dict.fromkeys(r["pair"] for r in rows):
         for claim in claims:
             if hasattr(claim, "evaluate"):  # a claim of another shape (benchmark.claims): same tests, same table
-                out.append(claim.evaluate(rows, per_example, pair, hl))
+                out.append(claim.evaluate(rows, per_example, pair, hl, paired_test, eps_str))
                 tests += out[-1]["per_seed"]
                 continue
             eps = hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)
