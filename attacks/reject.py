@@ -129,8 +129,6 @@ class RejectAwarePGD(PGD):
             raise ConfigError("RejectAwarePGD needs untargeted=true or targets >= 1")
         if not kappa > 0:
             raise ConfigError(f"kappa must be > 0, got {kappa}")
-        if targets and self.eot > 1:
-            raise ConfigError("the targeted rounds trust one pass (early stop): use targets=0 with eot > 1")
         self.targets, self.untargeted, self.kappa = int(targets), bool(untargeted), float(kappa)
 
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce"):
@@ -173,26 +171,39 @@ class RejectAwarePGD(PGD):
         return n - 1 - (reject_label(model) is not None)
 
     def _targeted(self, model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, reject: int | None):
-        """One targeted run towards t (per example): ascend sum_r min(m_r, kappa) of the acceptance margins. An
-        example leaves at its first iterate that fools the model (any wrong class, accepted), the others keep their
-        last one. Returns the points and which of them fool the model."""
+        """One targeted run towards t (per example): ascend sum_r min(m_r, kappa) of the acceptance margins (the
+        gradient averaged over `eot` passes, their logits too). With `early_stop` an example leaves at its first
+        iterate that fools the model (any wrong class, accepted); otherwise every example keeps its last iterate.
+        Returns the points and which of them fool the model."""
         out, hit = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         active = torch.arange(len(x0), device=x0.device)
         xa, x0a, ya, ta = self.random_init(x0), x0, y, t
         for i in range(self.steps + 1):
             last = i == self.steps
-            xg = xa.detach().requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                logits, margins = acceptance_margins(model, xg, ta)
-            self.forward_passes += len(xa)
-            done = fooled(logits.detach(), ya, reject)
-            out[active[done]], hit[active[done]] = xa[done], True
-            keep = ~done
+            logits, grad = self._margin_step(model, xa, ta, 1 if last else self.eot, want_grad=not last)
+            done = fooled(logits, ya, reject)
+            if self.early_stop or last:
+                out[active[done]], hit[active[done]] = xa[done], True
+            keep = ~done if self.early_stop else torch.ones_like(done)
             if last or not keep.any():
                 out[active[keep]] = xa[keep]
                 break
-            (grad,) = torch.autograd.grad(margins.clamp(max=self.kappa).sum(), xg)
-            self.backward_passes += len(xa)
             active, xa, x0a, ya, ta, grad = active[keep], xa[keep], x0a[keep], ya[keep], ta[keep], grad[keep]
             xa = self.project(self.step(xa, grad, self.step_size), x0a)
         return out, hit
+
+    def _margin_step(self, model, x: torch.Tensor, t: torch.Tensor, passes: int, want_grad: bool = True):
+        """The mean logits over `passes` passes at x and the mean gradient of sum_r min(m_r, kappa) (None without
+        `want_grad`: the last iterate is only checked)."""
+        logits_sum, grad_sum = 0.0, None
+        for _ in range(passes):
+            xg = x.detach().requires_grad_(want_grad)
+            with torch.set_grad_enabled(want_grad):
+                logits, margins = acceptance_margins(model, xg, t)
+            if want_grad:
+                (grad,) = torch.autograd.grad(margins.clamp(max=self.kappa).sum(), xg)
+                grad_sum = grad if grad_sum is None else grad_sum + grad
+                self.backward_passes += len(x)
+            logits_sum = logits_sum + logits.detach()
+        self.forward_passes += len(x) * passes
+        return logits_sum / passes, None if grad_sum is None else grad_sum / passes

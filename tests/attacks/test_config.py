@@ -75,8 +75,7 @@ CHANGES: dict[type[Attack], tuple[dict, dict]] = {
         {"eps": 0.2, "attack": functools.partial(PGD, steps=6)},
     ),
 }
-# targets 0 in the reference: the targeted rounds refuse eot > 1 (one of the changes).
-CHANGES[RejectAwarePGD] = ({"eps": EPS, "targets": 0}, {**CHANGES[PGD][1], "targets": 2, "kappa": 2.0})
+CHANGES[RejectAwarePGD] = ({"eps": EPS}, {**CHANGES[PGD][1], "targets": 2, "untargeted": False, "kappa": 2.0})
 CHANGES[MimicryAttack] = (
     {"eps": EPS},
     {

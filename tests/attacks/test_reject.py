@@ -119,9 +119,8 @@ def test_a_model_without_acceptance_margins_gets_the_target_margin_over_every_lo
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"targets": -1}, "targets"), ({"targets": 0, "untargeted": False}, "untargeted"), ({"kappa": 0}, "kappa"),
-     ({"targets": 2, "eot": 4, "early_stop": False}, "eot")],
-)  # fmt: skip
+    [({"targets": -1}, "targets"), ({"targets": 0, "untargeted": False}, "untargeted"), ({"kappa": 0}, "kappa")],
+)
 def test_bad_settings_are_one_line(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         RejectAwarePGD(EPS, **kwargs)
