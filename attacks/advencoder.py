@@ -131,7 +131,8 @@ class AdvEncoderPER(UniversalAttack):
 
 
 class AdvEncoderPAT(AdvEncoderPER):
-    """AdvEncoder-PAT: the generator's output, clamped to [0, 1], pasted as one square patch on every input.
+    """AdvEncoder-PAT: the generator's output, mapped onto (0, 1) by (tanh + 1) / 2, pasted as one square patch on
+    every input.
 
     Its budget is not an L-p ball but the patch: `eps` is the patch's area as a fraction of the image (the
     authors' `noise_percentage` 0.03: 11 x 11 px on 64 x 64), and `check_adversarial(..., "patch", eps)` checks
@@ -186,7 +187,9 @@ class AdvEncoderPAT(AdvEncoderPER):
         return mask
 
     def perturbation(self, generated):
-        return generated.clamp(0, 1)  # the patch's pixels
+        # The patch's pixels: (tanh + 1) / 2 maps the generator's output onto (0, 1) smoothly; a clamp to [0, 1]
+        # would give the pixels below 0 or above 1 no gradient (about half of them at the start).
+        return (torch.tanh(generated) + 1) / 2
 
     def apply(self, x, perturbation):
         return torch.where(self.mask(x).bool(), perturbation.to(x.dtype), x)

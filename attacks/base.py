@@ -21,8 +21,9 @@ import math
 import numbers
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from fractions import Fraction
 from typing import Annotated, ClassVar, Union
 
@@ -63,6 +64,28 @@ def parse_norm(value) -> str:
 #: Argument types whose parser `config()` applies to the recorded value: the rule the attack itself uses.
 Eps = Annotated[float, parse_eps]
 Norm = Annotated[str, parse_norm]
+
+
+#: How an attack reads a tensor that a forward hook captured inside the model (an intermediate layer's output):
+#: as is, or, inside `benchmark.stages.attack.precision`, cast to fp32 with fp16's gradient scale, like the outputs
+#: of the model's entry points (`forward`, `features`).
+_READOUT: ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = ContextVar("attack_readout", default=None)
+
+
+def read_out(t: torch.Tensor) -> torch.Tensor:
+    """A captured activation as the attack should use it (see `_READOUT`)."""
+    fn = _READOUT.get()
+    return t if fn is None or not isinstance(t, torch.Tensor) or not t.is_floating_point() else fn(t)
+
+
+@contextmanager
+def readout(fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Read captured activations through `fn` inside the block."""
+    token = _READOUT.set(fn)
+    try:
+        yield
+    finally:
+        _READOUT.reset(token)
 
 
 def eps_tag(eps: float, norm: str) -> str:

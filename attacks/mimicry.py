@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import Attack, Eps, lp_norm, parse_eps
+from attacks.base import Attack, Eps, lp_norm, parse_eps, read_out
 from attacks.errors import ConfigError, choose
 from attacks.ms_ssim import dssim
 
@@ -83,7 +83,7 @@ def layer_function(model: nn.Module, layer: str) -> Callable[[torch.Tensor], tor
         raise ConfigError(f"layer '{layer}' is no module of {type(backbone).__name__}; valid: {valid}")
 
     def stop(_module, _inputs, out):
-        raise _Reached(out)  # the layers after K are not needed: skip them
+        raise _Reached(read_out(out))  # the layers after K are not needed: skip them
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         handle = module.register_forward_hook(stop)

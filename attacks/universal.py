@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import Attack, Eps, Norm
+from attacks.base import Attack, Eps, Norm, read_out
 from attacks.errors import ConfigError, choose
 
 SURROGATES = ("teacher", "common")
@@ -46,7 +46,7 @@ def captured(model: nn.Module, layers: list[str]):
             valid = [n for n in names if n and n.count(".") <= 2][:12]
             raise ConfigError(f"layer '{layer}' is not a module of {type(model).__name__}; e.g. {', '.join(valid)}")
     store: dict[str, torch.Tensor] = {}
-    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in layers]
+    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, read_out(o))) for n in layers]
     try:
         yield store
     finally:

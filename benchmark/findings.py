@@ -17,6 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass, fields
 
+from benchmark.claims import extra_claims
 from benchmark.records import Row, eps_str, headline_eps, same_eps
 from benchmark.stats import paired_test, t_interval
 
@@ -78,6 +79,7 @@ CLAIMS = [
         lower="purifier",
         attack="worst_case",
     ),
+    *extra_claims(Claim),  # the README's claims of papers 1-3 beyond these (benchmark.claims)
 ]
 
 
@@ -126,6 +128,10 @@ def findings(
     out, tests = [], []
     for pair in dict.fromkeys(r.pair for r in rows):
         for claim in claims:
+            if hasattr(claim, "evaluate"):  # a claim of another shape (benchmark.claims): same tests, same table
+                out.append(claim.evaluate(rows, per_example, pair, hl))
+                tests += out[-1]["per_seed"]
+                continue
             eps = hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)
             found = _rows_for(rows, claim, pair, eps)
             seeds = sorted({s for d, s in found if d == claim.higher} & {s for d, s in found if d == claim.lower})

@@ -114,26 +114,33 @@ class DifferentiatorPipeline(nn.Module):
         return torch.stack([self._head(c, x, activation) for c in range(len(self.heads))])
 
     def asked_logits(self, x: torch.Tensor, activation: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
-        """(n, k, C): each example through the k differentiators it asks only (inference)."""
+        """(n, k, C): each example through the k differentiators it asks only (inference); a head asked twice by
+        one example runs once for it."""
         out = activation.new_zeros(*asked.shape, self.reject_label)
         for c in asked.unique().tolist():
-            rows, slots = (asked == c).nonzero(as_tuple=True)
-            out = out.index_put((rows, slots), self._head(c, x[rows], activation[rows]).to(out.dtype))
+            hit = asked == c
+            rows = hit.any(1).nonzero().squeeze(1)
+            r, slots = hit[rows].nonzero(as_tuple=True)
+            out = out.index_put((rows[r], slots), self._head(c, x[rows], activation[rows])[r].to(out.dtype))
         return out
+
+    def head_margins(self, d: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(n, r): the margins of the asked differentiators (their (n, k, C) logits `d`) that must all be > 0 for
+        the rule to accept `label`: unanimous, all k margins z_label - max_{j != label} z_j; majority, the largest
+        k // 2 + 1 of them; mean_prob, their mean probability of `label` minus tau."""
+        n, k = d.shape[:2]
+        own_index = label[:, None, None].expand(n, k, 1)
+        if self.rule == "mean_prob":
+            return F.softmax(d, dim=2).gather(2, own_index).squeeze(2).mean(1, keepdim=True) - self.tau
+        own = d.gather(2, own_index).squeeze(2)
+        others = d.masked_fill(F.one_hot(label, d.shape[2]).bool()[:, None, :], float("-inf")).amax(2)
+        need = k if self.rule == "unanimous" else k // 2 + 1
+        return (own - others).topk(need, dim=1).values
 
     def decision_margin(self, student_logits: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Per example, > 0 when the asked differentiators (their (n, k, C) logits `d`) accept the student's label
         (see the module docstring)."""
-        n, k = d.shape[:2]
-        y_hat = student_logits.argmax(1)
-        own_index = y_hat[:, None, None].expand(n, k, 1)
-        if self.rule == "mean_prob":
-            return F.softmax(d, dim=2).gather(2, own_index).squeeze(2).mean(1) - self.tau
-        own = d.gather(2, own_index).squeeze(2)
-        others = d.masked_fill(F.one_hot(y_hat, d.shape[2]).bool()[:, None, :], float("-inf")).amax(2)
-        margins = own - others  # (n, k)
-        need = k if self.rule == "unanimous" else k // 2 + 1
-        return margins.topk(need, dim=1).values[:, -1]
+        return self.head_margins(d, student_logits.argmax(1))[:, -1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, activation = self.layer_k(x)
@@ -144,6 +151,21 @@ class DifferentiatorPipeline(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.features(x)
+
+    def acceptance_margins(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's logits at x (as `forward`) and, per example, the margins that must all be > 0 for it to
+        answer `target` and accept it: the student's margin for the target, then `head_margins` of the k
+        differentiators that the target would ask (`selection[target]`), not those the current label asks. What
+        the selection-aware adaptive attack ascends (`attacks.reject.RejectAwarePGD`, `targets`)."""
+        z, activation = self.layer_k(x)
+        y_hat, k = z.argmax(1), self.selection.shape[1]
+        # Each head once per example, for both selections: the current label's (the decision) and the target's.
+        d = self.asked_logits(x, activation, torch.cat([self.selection[y_hat], self.selection[target]], dim=1))
+        m = self.decision_margin(z, d[:, :k])
+        logits = torch.cat([z, (z.gather(1, y_hat[:, None]).squeeze(1) - m)[:, None]], dim=1)
+        z_t = z.gather(1, target[:, None])
+        student = z_t - z.scatter(1, target[:, None], float("-inf")).amax(1, keepdim=True)
+        return logits, torch.cat([student, self.head_margins(d[:, k:], target)], dim=1)
 
     def bpda(self) -> nn.Module:
         """The attack view (BPDA, Athalye et al. 2018): the same logits, and the gradient of a differentiable

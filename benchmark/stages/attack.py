@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack, attack_mode, check_adversarial
+from attacks.base import Attack, attack_mode, check_adversarial, readout
 from attacks.errors import choose
 
 #: eval.precision -> the autocast dtype of the attack's passes (None: no autocast).
@@ -42,12 +42,33 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+#: The methods besides `forward` through which an attack reads a model: the encoder (`features`: the
+#: downstream-agnostic and mimicry attacks), an abstaining model's acceptance margins (`pgd_reject_aware`).
+ENTRY_POINTS = ("features", "acceptance_margins")
+
+
+def _outputs(out, fn):
+    """`fn` applied to every floating-point tensor of an entry point's output (a tensor or a tuple of them)."""
+    if isinstance(out, tuple):
+        return tuple(_outputs(o, fn) for o in out)
+    return fn(out) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+
+def _method(model: nn.Module, name: str) -> bool:
+    """`model.name` is a method of its class (not a submodule, not already an instance attribute)."""
+    value = getattr(model, name, None)
+    return callable(value) and not isinstance(value, nn.Module) and name not in vars(model)
+
+
 @contextmanager
 def precision(model: nn.Module, device: torch.device, name: str = "fp32") -> Iterator[None]:
     """Run the attack passes of `model` under autocast in `name` (fp32: unchanged).
 
-    Hooks on `model` hand its logits back in fp32 (so the attack's loss, margins and early-stop checks are fp32)
-    and, for fp16, scale the gradient on its way into the network and back out at the input (`FP16_GRAD_SCALE`).
+    Every entry point an attack reads the model through (`forward`, and `ENTRY_POINTS` where the model has them)
+    hands its outputs back in fp32 (so the attack's loss, margins and early-stop checks are fp32) and, for fp16,
+    scales the gradient on its way into the network and back out at the input (`FP16_GRAD_SCALE`); activations that
+    an attack captures inside the model with a hook are read the same way (`attacks.base.readout`). Only the
+    outermost entry point of a call scales (a `forward` that calls `features` is scaled once).
     """
     choose("eval.precision", name, PRECISIONS)
     dtype = PRECISIONS[name]
@@ -55,26 +76,36 @@ def precision(model: nn.Module, device: torch.device, name: str = "fp32") -> Ite
         yield
         return
     scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+    depth = [0]
 
-    def inputs(module, args):
-        x = args[0]
-        if scale != 1.0 and isinstance(x, torch.Tensor) and x.requires_grad:
-            return (_ScaleGrad.apply(x, 1.0 / scale), *args[1:])
-        return None
+    def read(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        return _ScaleGrad.apply(t, scale) if scale != 1.0 and t.requires_grad else t
 
-    def logits(module, args, out):
-        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-            return None
-        out = out.float()
-        return _ScaleGrad.apply(out, scale) if scale != 1.0 and out.requires_grad else out
+    def entry(fn):
+        def wrapped(x, *args, **kwargs):
+            if depth[0]:
+                return fn(x, *args, **kwargs)
+            if scale != 1.0 and isinstance(x, torch.Tensor) and x.requires_grad:
+                x = _ScaleGrad.apply(x, 1.0 / scale)
+            depth[0] += 1
+            try:
+                out = fn(x, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+            return _outputs(out, read)
 
-    handles = [model.register_forward_pre_hook(inputs), model.register_forward_hook(logits)]
+        return wrapped
+
+    wrapped = [n for n in ("forward", *ENTRY_POINTS) if _method(model, n)]
+    for n in wrapped:
+        setattr(model, n, entry(getattr(model, n)))  # an instance attribute over the class's method
     try:
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype), readout(read):
             yield
     finally:
-        for h in handles:
-            h.remove()
+        for n in wrapped:
+            delattr(model, n)
 
 
 def fast_layout(model: nn.Module, device: torch.device, name: str) -> nn.Module:

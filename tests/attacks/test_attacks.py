@@ -103,6 +103,8 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
     "RejectAwarePGD": [
         ("linf", "linf", {"steps": 5}),
         ("l2-restarts2-margin", "l2", {"norm": "l2", "steps": 5, "restarts": 2, "loss": "margin"}),
+        ("linf-targeted", "linf", {"steps": 5, "targets": 2}),
+        ("linf-targeted-eot", "linf", {"steps": 3, "targets": 1, "eot": 2}),
     ],
     "AutoAttack": [
         ("standard-linf", "linf", {"version": "standard", "steps": 2}),

@@ -75,7 +75,7 @@ CHANGES: dict[type[Attack], tuple[dict, dict]] = {
         {"eps": 0.2, "attack": functools.partial(PGD, steps=6)},
     ),
 }
-CHANGES[RejectAwarePGD] = CHANGES[PGD]
+CHANGES[RejectAwarePGD] = ({"eps": EPS}, {**CHANGES[PGD][1], "targets": 2, "untargeted": False, "kappa": 2.0})
 CHANGES[MimicryAttack] = (
     {"eps": EPS},
     {

@@ -151,13 +151,13 @@ def test_the_adaptive_attack_beats_the_non_adaptive_one_on_a_detector_built_to_b
     assert adaptive_m["adv_rejection_rate"] < 0.05
 
 
-def test_the_adaptive_attack_is_plain_pgd_on_a_model_that_never_rejects():
+def test_the_untargeted_adaptive_attack_is_plain_pgd_on_a_model_that_never_rejects():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
     x = torch.rand(16, 1, 4, 4)
     y = net(x).argmax(1)
     torch.manual_seed(1)
-    a = RejectAwarePGD(0.1, steps=5)(net, x, y)
+    a = RejectAwarePGD(0.1, steps=5, targets=0)(net, x, y)
     torch.manual_seed(1)
     b = PGD(0.1, steps=5)(net, x, y)
     assert torch.equal(a, b)

@@ -139,13 +139,14 @@ def test_a_claim_without_rows_is_not_in_this_run():
 def test_the_seed_claims_find_their_rows():
     rows, per_example = [], {}
     a, b = outcomes(50, 30, 5, 15)
-    for claim in CLAIMS:
+    pairwise = [c for c in CLAIMS if isinstance(c, Claim)]  # the other shapes: tests/benchmark/test_claims.py
+    for claim in pairwise:
         for defense, robust in ((claim.higher, a), (claim.lower, b)):
             row = _row(defense, claim.attack)
             if row.row_id not in per_example:
                 rows.append(row)
                 per_example[row.row_id] = {"clean": [1.0] * 100, "robust": robust}
-    items = findings(rows, per_example, HEADLINE)
+    items = findings(rows, per_example, HEADLINE, pairwise)
     assert all(f["per_seed"] for f in items), [f["claim"] for f in items if not f["per_seed"]]
     transfer = next(f for f in items if f["attack"] == "transfer_pgd_linf")
     assert (transfer["higher"], transfer["lower"]) == ("scratch", "finetune"), "lower robust accuracy for finetune"

@@ -126,3 +126,81 @@ def test_the_batch_size_search_doubles_until_it_does_not_fit_and_keeps_headroom(
 def test_the_batch_size_search_stops_at_the_number_of_examples():
     assert find_batch_size(lambda size: True, 32, 100) == 100
     assert find_batch_size(lambda size: False, 32, 100) == 1
+
+
+# ---- every entry point an attack reads the model through ------------------------------------------------
+class _QuietEncoder(nn.Module):
+    """An encoder whose features are small (x 1e-4): the fp32 input gradient of an MSE on them is ~1e-9, below
+    fp16's smallest number, so only the scaled backward pass keeps it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return 1e-4 * self.enc(x.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _ssp_moves(model, x) -> bool:
+    """Whether SSP (an encoder attack: it reads `model.features`) crafted in fp16 leaves its random start."""
+    from attacks.universal import SSP
+
+    attack = SSP(0.1, steps=3, step_size=0.01)
+    torch.manual_seed(0)
+    start = attack.project(torch.randn_like(x), x)  # SSP's own start, drawn from the same seed
+    torch.manual_seed(0)
+    x_adv, _ = run_attack(attack, model, x, torch.zeros(len(x), dtype=torch.long), 64, CPU, precision_name="fp16")
+    return not torch.equal(x_adv, start)
+
+
+def test_an_encoder_attack_in_fp16_gets_the_scaled_gradient_of_the_features():
+    from attacks.universal import encoder_of
+
+    m, x = _QuietEncoder(), torch.rand(4, 1, 2, 4)
+    clean = m.features(x).detach()
+    xa = (x + 0.06).requires_grad_(True)
+    (exact,) = torch.autograd.grad(F.mse_loss(m.features(xa), clean, reduction="sum"), xa)
+    with precision(m, CPU, "fp16"):
+        (scaled,) = torch.autograd.grad(F.mse_loss(encoder_of(m)(xa), clean, reduction="sum"), xa)
+        assert encoder_of(m)(x).dtype == torch.float32
+    assert exact.abs().max() < 6e-8 and torch.equal(scaled.sign(), exact.sign())
+    assert "features" not in vars(m), "the wrapper outlived the context"
+    assert _ssp_moves(m, x)
+
+
+def test_without_wrapping_features_the_encoder_attack_silently_gets_no_gradient(monkeypatch):
+    """What the wrapper prevents (and the check that the test above tests it): `forward` alone is wrapped."""
+    monkeypatch.setattr(stage, "ENTRY_POINTS", ())
+    m, x = _QuietEncoder(), torch.rand(4, 1, 2, 4)
+    assert not _ssp_moves(m, x)
+
+
+@pytest.mark.parametrize("read", [True, False])
+def test_a_captured_layer_is_read_in_fp32_with_the_scale(read, monkeypatch):
+    """Attacks that read an intermediate layer (mimicry's layer K, L4A) capture it with a hook inside the model's
+    forward pass: the hook's value is read like an entry point's output (without that: no gradient at all)."""
+    from contextlib import nullcontext
+
+    from attacks.mimicry import layer_function
+
+    if not read:
+        monkeypatch.setattr(stage, "readout", lambda fn: nullcontext())
+
+    m, x = _QuietEncoder(), torch.rand(4, 1, 2, 4)
+    m.enc.weight.data.mul_(1e-4)  # the layer read is the small one
+    xa = x.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(layer_function(m, "enc")(xa).pow(2).sum() * 1e-4, xa)
+    with precision(m, CPU, "fp16"):
+        out = layer_function(m, "enc")(xa)
+        (scaled,) = torch.autograd.grad(out.pow(2).sum() * 1e-4, xa)
+    assert exact.abs().max() < 6e-8
+    if not read:
+        assert scaled.abs().max() == 0
+        return
+    nonzero = scaled != 0
+    assert out.dtype == torch.float32 and nonzero.float().mean() > 0.8
+    assert torch.equal(scaled.sign()[nonzero], exact.sign()[nonzero])
