@@ -60,7 +60,7 @@ class _Pair:
     def at_headline(self, attack: str, norm: str) -> tuple[str, str]:
         """An attack's metric tag at the headline budget (or its swept budget nearest it) and that budget."""
         eps = min(self.res.epsilons(attack, norm), key=lambda e: abs(e - self.hl[norm]))
-        return metric_tag({"attack": attack, "norm": norm, "eps": eps}), eps_str(norm, eps)
+        return metric_tag(attack, norm, eps), eps_str(norm, eps)
 
     def bars(self, what: str, key: str, attacks: list[tuple[str, str]]) -> list:
         """A bar chart per attack of the metric `key` (with `{tag}`) at the headline budget, where logged."""

@@ -13,16 +13,16 @@ from benchmark.results import PairResults, number
 CLEAN_BASE = "finetune"
 
 
-def metric_tag(row: dict) -> str:
+def metric_tag(attack: str, norm: str, eps: float) -> str:
     """A row's name in metric keys: `pgd_linf_8` (8/255), `pgd_l2_0.5`, `worst_case_linf_16`."""
     from attacks.base import eps_tag
 
-    return f"{curve_tag(row)}_{eps_tag(row.eps, row.norm)}"
+    return f"{curve_tag(attack, norm)}_{eps_tag(eps, norm)}"
 
 
-def curve_tag(row: dict) -> str:
-    """A row's attack in metric keys; the worst case, which spans the attacks of a norm, with its norm."""
-    return f"worst_case_{row.norm}" if row.attack == "worst_case" else row.attack
+def curve_tag(attack: str, norm: str) -> str:
+    """An attack in metric keys; the worst case, which spans the attacks of a norm, with its norm."""
+    return f"worst_case_{norm}" if attack == "worst_case" else attack
 
 
 def model_clean(rows: list[dict]) -> float | None:
@@ -45,7 +45,7 @@ def eval_metrics(rows: list[dict], clean_base: float | None = None) -> dict[str,
     if clean_base is not None and clean is not None:
         out["test/clean_cost"] = clean - clean_base
     for r in rows:
-        tag = metric_tag(r)
+        tag = metric_tag(r.attack, r.norm, r.eps)
         out[f"test/robust_acc/{tag}"] = number(r.robust_acc)
         out[f"test/success_rate/{tag}"] = number(r.success_rate)
         if int(number(r.draws) or 1) > 1:  # a randomized model: the worst of K draws beside their mean
@@ -69,7 +69,7 @@ def eval_curves(rows: list[dict]) -> list[dict[str, float]]:
     swept: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
         if r.threat_model != "sanity" and (acc := number(r.robust_acc)) is not None:
-            swept.setdefault((r.norm, curve_tag(r)), {})[r.budget_key[1]] = acc
+            swept.setdefault((r.norm, curve_tag(r.attack, r.norm)), {})[r.budget_key[1]] = acc
     out = []
     for norm in sorted({n for n, _ in swept}, key=lambda n: n != "linf"):
         lines = {tag: pts for (n, tag), pts in swept.items() if n == norm and len(pts) > 1}
@@ -147,14 +147,12 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
                         lines.setdefault(d, []).append((round(e * scale, 3), v))
             if len(epss) < 2 or not lines:
                 continue
-            charts[f"charts/{pair}/robust_vs_eps/{curve_tag({'attack': attack, 'norm': norm})}"] = (
-                wandb.plot.line_series(
-                    xs=[[x for x, _ in pts] for pts in lines.values()],
-                    ys=[[y for _, y in pts] for pts in lines.values()],
-                    keys=list(lines),
-                    title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon",
-                    xname=eps_axis(norm),
-                )
+            charts[f"charts/{pair}/robust_vs_eps/{curve_tag(attack, norm)}"] = wandb.plot.line_series(
+                xs=[[x for x, _ in pts] for pts in lines.values()],
+                ys=[[y for _, y in pts] for pts in lines.values()],
+                keys=list(lines),
+                title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon",
+                xname=eps_axis(norm),
             )
         for norm, eps in hl.items():
             if (WORST, norm) not in res.attacks:
@@ -192,7 +190,7 @@ def _tradeoff(res, hl: dict[str, float]):
         wandb.Table(columns=["defense", x_name, "robust_acc"], data=data),
         x_name,
         "robust_acc",
-        title=f"{res.first['pair']}: {what} against worst-case robust accuracy ({norm} {eps_str(norm, e)})",
+        title=f"{res.first.pair}: {what} against worst-case robust accuracy ({norm} {eps_str(norm, e)})",
     )
 
 
@@ -207,7 +205,7 @@ def long_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for r in rows:
         if r.threat_model == "sanity":
             continue
-        cell = {c: number(getattr(r, c)) for c in LONG_COLUMNS}
+        cell = {c: number(getattr(r, c, None)) for c in LONG_COLUMNS}  # clean_cost is the model's, set below
         cell.update({c: str(getattr(r, c) or "") for c in _TEXT})
         cell.update({c: int(cell[c]) if cell[c] is not None else None for c in _INTS})
         cell["clean_cost"] = costs[(r.pair, r.defense, str(r.seed), r.model_key or "")]

@@ -73,7 +73,7 @@ def units(plan: Plan, lcfg: dict, done: set[str]) -> list[Unit]:
             groups.setdefault(f"{s['teacher']}/craft", []).append(s["id"])
     for s in todo:
         if s["kind"] == "cell":
-            groups.setdefault(f"{s['model']}/cells", []).append(s["id"])
+            groups.setdefault(f"{s['cell'].model}/cells", []).append(s["id"])
     for name, ids in groups.items():
         for k in range(0, len(ids), size):
             add(Unit(f"{name}/{k // size}", ids[k : k + size], gpus=gpus))

@@ -16,6 +16,7 @@ from test_report import ATTACKS, DEFENSES, HEADLINE, fake_run
 from wandb_reader import chart_table_key, read_run, read_table
 
 from benchmark import dashboard, wandb_charts
+from benchmark import findings as fnd
 from benchmark.findings import findings
 from benchmark.records import Row
 from benchmark.results import PairResults, write_csv
@@ -150,7 +151,9 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
     first = long[0]
     assert (type(first["seed"]), type(first["eps"]), type(first["robust_acc"])) == (int, float, float)
     assert [r["robust_acc"] for r in long] == pytest.approx([r.robust_acc for r in plain])
-    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == 6 * len(PAIRS), "the six claims per pair"
+    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == len(fnd.CLAIMS) * len(PAIRS), (
+        "every claim per pair"
+    )
     assert any(h.get("plots/heatmap/_type") == "image-file" for h in run["history"]), "the PNGs stay"
 
 

@@ -242,6 +242,7 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
+    from benchmark.figure_style import label
     from benchmark.png_figures import figures
 
     rows, _ = fake_run(pairs=("svhn_mnist",))
@@ -258,8 +259,9 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
             if stem.startswith("heatmap"):
                 continue
             legend = fig.legends[0]
+            names = {label(d): d for d in colors}  # the legend says which models are references
             for handle, text in zip(legend.legend_handles, legend.get_texts()):
-                seen.setdefault(text.get_text(), set()).add(to_rgba(handle.get_color()))
+                seen.setdefault(names[text.get_text()], set()).add(to_rgba(handle.get_color()))
             for ax in fig.axes:
                 for line in ax.get_lines():
                     if not line.get_label().startswith("_"):
