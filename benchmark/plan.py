@@ -230,8 +230,10 @@ class Planner:
             build(teacher_module_cfg(tcfg), model=build_model(self.cfg["model"], dm))
         extra: dict = {}
         if tcfg.get("checkpoint"):
-            extra = {"public": True, "checkpoint": checkpoint_spec(tcfg["checkpoint"], where)}
-            load_checkpoint(extra["checkpoint"], build_model(self.cfg["model"], dm))  # a misfit fails before work
+            spec = checkpoint_spec(tcfg["checkpoint"], where, tcfg.get("checkpoint_format", "auto"))
+            extra = {"public": True, "checkpoint": spec}
+            loaded = load_checkpoint(spec, build_model(self.cfg["model"], dm))  # a misfit fails before work
+            self.notes.append(f"{pair}/{name}: {where}: {loaded.line()}")
         elif self.cfg["model"].get("pretrained") and common is None:
             extra = {"public": True}
         if common is not None and not extra:

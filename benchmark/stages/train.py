@@ -78,8 +78,7 @@ def run_public_job(job: dict) -> dict:
     dm = build_datamodule(job["data"])
     start = time.perf_counter()
     module = build_module(job, cache, dm)
-    if job.get("checkpoint"):
-        load_checkpoint(job["checkpoint"], module.model)
+    loaded = load_checkpoint(job["checkpoint"], module.model) if job.get("checkpoint") else None
     meta = {
         "fit_seconds": time.perf_counter() - start,
         "selection_metric": "val/acc (public model, not trained)",
@@ -93,6 +92,7 @@ def run_public_job(job: dict) -> dict:
         "name": job["name"],
         "key": job["key"],
         "public": job["checkpoint"]["path"] if job.get("checkpoint") else f"timm:{job['model']['backbone']}",
+        "checkpoint_report": loaded.line() if loaded else None,
         "randomized": False,
         "nondifferentiable": False,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
