@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format perf report dashboard clean mutate
+.PHONY: help install bench test test-fast lint format perf perf-checkpoints report dashboard clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ format:  ## ruff format and autofix
 
 perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward cost
 	$(PY) -m benchmark.perf $(ARGS)
+
+perf-checkpoints:  ## load time and matched tensors of a public checkpoint per format (results/perf_checkpoints.json)
+	$(PY) -m benchmark.perf_checkpoints $(ARGS)
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
 	$(PY) -m benchmark.report results/$(EXPERIMENT)
