@@ -177,7 +177,8 @@ class GenAF(StudentModule):
     Args:
         fraction: share of the probed layers to unfreeze.
         probe_eps, probe_steps, probe_step_size: the PGD of the adversarial set.
-        probe_epochs, probe_bound, probe_lr, probe_batch_size: the per-layer gradient ascent.
+        probe_epochs, probe_bound, probe_lr, probe_batch_size: the per-layer gradient ascent (the batch size is also
+            the chunk the adversarial set is crafted in).
         reset_optimizer_each_epoch: recreate the optimizer state every epoch, as the code does.
         head, head_hidden: must match stage 1.
         **kwargs: see `StudentModule` (optimizer adam, lr 1e-3, weight decay 8e-4 by default).
@@ -238,17 +239,19 @@ class GenAF(StudentModule):
         return total / len(loader.dataset)
 
     def _adversarial_split(self, datamodule, attack, model, device) -> TensorDataset:
-        """The target training split's adversarial copy, crafted 512 images at a time: the clean images are read
-        per chunk (never all at once), the copy is kept on the CPU and each probe batch goes to the device."""
+        """The target training split's adversarial copy, crafted `probe_batch_size` images at a time: the clean
+        images are read per chunk (never all at once), the copy is filled in place on the CPU (the probe's one
+        float copy of the split) and each probe batch goes to the device."""
         x, y = datamodule.lazy_tensors("target", "train")
         # Reading the split whole through a DataLoader drew one number from the global generator (its base seed);
         # drawing it here keeps the probe's random start, so the prepared layers, as they were.
         torch.empty((), dtype=torch.int64).random_()
-        chunks = []
-        for i in range(0, len(x), 512):
-            rows = torch.arange(i, min(i + 512, len(x)))
-            chunks.append(attack(model, x[rows].to(device), y[rows].to(device)).cpu())
-        return TensorDataset(torch.cat(chunks), y)
+        chunk = self.probe["batch_size"]
+        x_adv = torch.empty(x.shape) if len(x) else torch.empty(0)
+        for i in range(0, len(x), chunk):
+            rows = torch.arange(i, min(i + chunk, len(x)))
+            x_adv[rows] = attack(model, x[rows].to(device), y[rows].to(device)).cpu()
+        return TensorDataset(x_adv, y)
 
     def prepare(self, datamodule) -> tuple[dict, dict[str, torch.Tensor]]:
         """The robustness-sensitivity probe: the loss increase each layer's worst bounded change can cause."""
