@@ -55,6 +55,9 @@ perf-checkpoints:  ## load time and matched tensors of a public checkpoint per f
 perf-memory:  ## peak RSS of the whole-split steps on a fake 224-px CIFAR-10-size pair (results/perf_memory.json)
 	OMP_NUM_THREADS=1 $(PY) -m benchmark.perf_memory $(ARGS)
 
+gpu-check:  ## on a GPU (< 10 min): fp32 vs bf16 attacks, eval.batch_size=auto, DDP and workers on every GPU (results/gpu_check.json)
+	$(PY) -m benchmark.gpu_check $(ARGS)
+
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
 	$(PY) -m benchmark.report results/$(EXPERIMENT)
 
