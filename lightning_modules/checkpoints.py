@@ -206,18 +206,8 @@ def load_into(model: nn.Module, path: str, fmt: str = "auto", where: str = "teac
     name, mapping = detect(state, t) if fmt == "auto" else (fmt, rule(state, t))
     _check_backbone(state, mapping, t, path, name, where, type(model.backbone).__name__)
     load = {new: state[k] for k, new in mapping.items() if t.is_backbone(new) and _fits(state[k], t.own.get(new))}
-    head_keys = [k for k in t.own if k.startswith(t.head)]
-    head = {new: state[k] for k, new in mapping.items() if new.startswith(t.head)}
-    if head and sorted(head) == sorted(head_keys) and all(_fits(v, t.own[k]) for k, v in head.items()):
-        load.update(head)
-        head_note = f"loaded ({t.own[head_keys[0]].shape[0]} classes)"
-    else:
-        had = "none in the file"
-        if head and sorted(head) == sorted(head_keys):
-            had = f"the file's has {next(v for k, v in head.items() if k.endswith('weight')).shape[0]} outputs"
-        elif head:
-            had = f"the file's is another module: {', '.join(k for k, new in mapping.items() if new in head)[:80]}"
-        head_note = f"fresh for the data's {t.own[head_keys[0]].shape[0]} classes ({had})" if head_keys else "none"
+    head, head_note = _head(state, mapping, t)
+    load.update(head)
     norm = {new: state[k] for k, new in mapping.items() if new in ("mean", "std") and _fits(state[k], t.own[new])}
     load.update(norm)
     model.load_state_dict(load, strict=False)
@@ -226,6 +216,25 @@ def load_into(model: nn.Module, path: str, fmt: str = "auto", where: str = "teac
     matched = sum(1 for k in load if t.is_backbone(k))
     total = sum(1 for k in t.own if t.is_backbone(k))
     return LoadReport(path, name, matched, total, head_note, unmatched)
+
+
+def _head(state: dict, mapping: dict[str, str], t: Target) -> tuple[dict, str]:
+    """The file's head when it is the model's (same tensors, same shapes; else {}: the fresh head stays), and what
+    was done with it, in words."""
+    own = [k for k in t.own if k.startswith(t.head)]
+    head = {new: state[k] for k, new in mapping.items() if new.startswith(t.head)}
+    if not own:
+        return {}, "none"
+    classes = t.own[own[0]].shape[0]
+    same_keys = bool(head) and sorted(head) == sorted(own)
+    if same_keys and all(_fits(v, t.own[k]) for k, v in head.items()):
+        return head, f"loaded ({classes} classes)"
+    had = "none in the file"
+    if same_keys:
+        had = f"the file's has {next(v for k, v in head.items() if k.endswith('weight')).shape[0]} outputs"
+    elif head:
+        had = f"the file's is another module: {', '.join(k for k, new in mapping.items() if new in head)[:80]}"
+    return {}, f"fresh for the data's {classes} classes ({had})"
 
 
 def _check_backbone(state, mapping, t: Target, path: str, name: str, where: str, arch: str) -> None:

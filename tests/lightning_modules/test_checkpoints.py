@@ -101,7 +101,7 @@ def test_deit_style_model_wrapper_and_ddp_prefix(tmp_path):
     state = torch.load(path, weights_only=True)["model"]
     torch.save({"module": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ddp.pth")
     model = classifier("resnet18")
-    assert load_into(model, str(tmp_path / "ddp.pth")).matched == report.backbone_total
+    assert load_into(model, str(tmp_path / "ddp.pth"), fmt="timm").matched == report.backbone_total  # no prefix:
     assert_backbone_from(model, state)
 
 
@@ -145,6 +145,11 @@ def test_a_backbone_that_does_not_fit_stops_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"backbone tensors missing.*backbone tensors the model lacks") as e:
         load_into(classifier("resnet18"), str(tmp_path / "r.pth"))
     assert "\n" not in str(e.value)
+    deeper = torch.load(path)  # every ResNet-18 tensor and more blocks: a deeper ResNet's file
+    deeper.update({k.replace("layer4.1.", "layer4.2."): v for k, v in deeper.items() if k.startswith("layer4.1.")})
+    torch.save(deeper, tmp_path / "deeper.pth")
+    with pytest.raises(ConfigError, match=r"read as timm/torchvision: 12 backbone tensors the model lacks \(e.g. "):
+        load_into(classifier("resnet18"), str(tmp_path / "deeper.pth"))
 
 
 def test_training_script_files_with_args_need_unpickling(tmp_path):
