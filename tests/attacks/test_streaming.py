@@ -86,3 +86,20 @@ def test_the_generator_works_at_64_px_and_its_output_is_resized():
     assert count(at224) == count(at64)  # it had 32x the widest layer's width at 224 px
     assert at224(torch.randn(4, 100, 1, 1)).shape == (1, 3, 224, 224)
     assert Generator(1, (16, 16), ngf=16, z_batch=4).side == 16  # small images: generated at their own size
+
+
+def test_gen_af_probe_reads_the_split_in_chunks_never_whole(digits, digits_classifier, monkeypatch):
+    from defenses.gen_af import GenAF
+
+    dm = copy.copy(digits)
+    monkeypatch.setattr(dm, "tensors", lambda *a, **k: pytest.fail("a whole split was stacked"))
+    reads = []
+    real = LazyImages.__getitem__
+    monkeypatch.setattr(LazyImages, "__getitem__", lambda self, key: reads.append(key) or real(self, key))
+    state = digits_classifier.state_dict()
+    module = GenAF(copy.deepcopy(digits_classifier), teacher_state=state, probe_steps=1, probe_epochs=1,
+                   probe_batch_size=64)  # fmt: skip
+    meta, _ = module.prepare(dm)
+    n = len(dm.splits("target").train)
+    assert set(meta["sensitivity"]) == set(module.probed_layers())
+    assert max(len(k) for k in reads if not isinstance(k, (int, slice))) <= 64 and len(reads) >= n // 64
