@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format docs perf report dashboard clean mutate
+.PHONY: help install bench test test-fast lint format docs perf perf-checkpoints perf-memory gpu-check report dashboard clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,15 @@ docs:  ## build the documentation site (docs/, mkdocs.yml) into site/; a broken 
 
 perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward cost
 	$(PY) -m benchmark.perf $(ARGS)
+
+perf-checkpoints:  ## load time and matched tensors of a public checkpoint per format (results/perf_checkpoints.json)
+	$(PY) -m benchmark.perf_checkpoints $(ARGS)
+
+perf-memory:  ## peak RSS of the whole-split steps on a fake 224-px CIFAR-10-size pair (results/perf_memory.json)
+	OMP_NUM_THREADS=1 $(PY) -m benchmark.perf_memory $(ARGS)
+
+gpu-check:  ## on a GPU (< 10 min): fp32 vs bf16 attacks, eval.batch_size=auto, DDP and workers on every GPU (results/gpu_check.json)
+	$(PY) -m benchmark.gpu_check $(ARGS)
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
 	$(PY) -m benchmark.report results/$(EXPERIMENT)

@@ -21,17 +21,23 @@ from attacks.base import Eps, Norm, parse_eps, patch_side
 from attacks.errors import ConfigError
 from attacks.universal import UniversalAttack
 
+#: The side AdvEncoder's authors generate at (64 px); larger images get the generator's output resized, so its
+#: size does not grow with the image (doubling the width per upsampling, it had about 185 M parameters at 224 px).
+GENERATOR_SIDE = 64
+
 
 class Generator(nn.Module):
     """AdvEncoder's DCGAN generator: a fixed noise batch z -> images, collapsed into one perturbation.
 
-    ConvTranspose stack from 4x4 to the image side (the authors': 100 -> 1024 -> 512 -> 256 -> 128 -> 3 for 64 px,
-    i.e. `ngf` 128), batch norm and ReLU, tanh; then a Conv2d(z_batch -> 1, k3) over the batch axis.
+    ConvTranspose stack from 4x4 to the image side, at most `GENERATOR_SIDE` (the authors': 100 -> 1024 -> 512 ->
+    256 -> 128 -> 3 for 64 px, i.e. `ngf` 128), batch norm and ReLU, tanh; then a Conv2d(z_batch -> 1, k3) over the
+    batch axis; for images larger than 64 px that one perturbation is resized (bilinear) to the image.
     """
 
     def __init__(self, channels: int, size: tuple[int, int], nz: int = 100, ngf: int = 128, z_batch: int = 256):
         super().__init__()
-        ups = max(1, math.ceil(math.log2(max(size) / 4)))
+        self.side = min(max(size), GENERATOR_SIDE)  # larger images: generated at the authors' side, then resized
+        ups = max(1, math.ceil(math.log2(self.side / 4)))
         widths = [ngf * 2 ** (ups - 1 - i) for i in range(ups)]
         layers: list[nn.Module] = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False)]
         layers += [nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
@@ -44,6 +50,9 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images = self.net(z)
+        if max(self.size) > self.side:  # one perturbation generated at 64 px, resized to the image (authors' way)
+            out = self.collapse(images.transpose(0, 1)).transpose(0, 1)
+            return F.interpolate(out, size=tuple(self.size), mode="bilinear", align_corners=False)
         if tuple(images.shape[-2:]) != tuple(self.size):
             images = F.interpolate(images, size=tuple(self.size), mode="bilinear", align_corners=False)
         return self.collapse(images.transpose(0, 1)).transpose(0, 1)  # (1, C, H, W)
@@ -106,7 +115,7 @@ class AdvEncoderPER(UniversalAttack):
 
     def fit(self, model, x):
         g = torch.Generator().manual_seed(self.seed)
-        c, size = x.shape[1], tuple(x.shape[-2:])
+        c, size = x.shape[1], tuple(x.shape[-2:])  # x: the attacker's images (`AttackerImages`)
         radius = 8 * max(size) / 64 if self.radius is None else self.radius
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -119,7 +128,7 @@ class AdvEncoderPER(UniversalAttack):
                 clean = F.normalize(self.activations(model, xb)[0].flatten(1), dim=1)
             x_adv = self.apply(xb, self.perturbation(gen(z)))
             adv = F.normalize(self.activations(model, x_adv)[0].flatten(1), dim=1)
-            info_nce = F.cross_entropy(clean @ adv.T / self.temperature, torch.arange(len(xb), device=x.device))
+            info_nce = F.cross_entropy(clean @ adv.T / self.temperature, torch.arange(len(xb), device=xb.device))
             hfc = F.mse_loss(high_frequency(x_adv, radius), high_frequency(xb, radius))
             loss = self.alpha * -info_nce + F.mse_loss(x_adv, xb) - hfc
             opt.zero_grad()

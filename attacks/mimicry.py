@@ -54,6 +54,11 @@ BUDGETS = ("linf", "l2", "dssim")
 TANH_CONSTANT = 2 - 1e-6
 
 
+def _rows(images, start: int, n: int) -> torch.Tensor:
+    """Rows start..start+n of a tensor or of `LazyImages` (read now), as a tensor."""
+    return images[torch.arange(start, min(start + n, len(images)))]
+
+
 def resolve_layer(layer: str | Sequence[str]) -> str:
     """The layer name a config gives: a name, or the last of a list (a student's `feature_layers`)."""
     if isinstance(layer, str):
@@ -195,8 +200,8 @@ class MimicryAttack(Attack):
         """Target images from the attacker's data (see the module docstring), on x's device."""
         if self.attacker_data is None:
             raise RuntimeError("MimicryAttack.attacker_data is not set: the runner hands over the attacker's data")
-        ax, ay = self.attacker_data
-        ax, ay = ax.to(x.dtype), ay.cpu().long()  # the attacker's images in the inputs' dtype
+        ax, ay = self.attacker_data  # ax: a CPU tensor or `LazyImages` (read on access); only picks are moved
+        ay = ay.cpu().long()
         if self.targeted:
             classes = self.target_classes(x, y, num_classes)
             picks = []
@@ -205,16 +210,16 @@ class MimicryAttack(Attack):
                 if len(pool) == 0:
                     raise ConfigError(f"the attacker's data holds no image of class {t}: it cannot target it")
                 picks.append(int(pool[(key // (num_classes - 1)) % len(pool)]))
-            return ax[picks].to(x.device)
+            return ax[picks].to(x.device, x.dtype)
         with torch.no_grad():
             src = phi(x).flatten(1)
-            ref = torch.cat([phi(ax[i : i + 256].to(x.device)).flatten(1) for i in range(0, len(ax), 256)])
+            ref = torch.cat([phi(_rows(ax, i, 256).to(x.device, x.dtype)).flatten(1) for i in range(0, len(ax), 256)])
         self.forward_passes += len(x) + len(ax)
         dist = torch.cdist(src, ref)
         dist[y.to(x.device)[:, None] == ay.to(x.device)[None, :]] = float("inf")
         if torch.isinf(dist).all(1).any():
             raise ConfigError("the attacker's data holds no image of another class")
-        return ax.to(x.device)[dist.argmin(1)]
+        return ax[dist.argmin(1).cpu()].to(x.device, x.dtype)
 
     # ---- the attack --------------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

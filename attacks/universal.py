@@ -62,6 +62,23 @@ def encoder_of(model: nn.Module):
     return features
 
 
+class AttackerImages:
+    """The attacker's images, kept where they are (a CPU tensor, or `LazyImages` read on access) and moved to the
+    device one batch at a time: a fit never puts the whole attacker set on the device, nor reads it all at once."""
+
+    def __init__(self, images, device):
+        self.images, self.device = images, torch.device(device)
+        self.shape = tuple(images.shape)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            index = index.to(self.images.device)
+        return self.images[index].to(self.device)
+
+
 class EncoderAttack(Attack):
     """Base of the attacks crafted on an encoder alone: crafted once on the surrogate, scored on every student.
 
@@ -147,20 +164,20 @@ class UniversalAttack(EncoderAttack):
         return {"step_size": self.step_size}
 
     # ---- fitting -------------------------------------------------------------------------------
-    def attacker_images(self, device) -> torch.Tensor:
+    def attacker_images(self, device) -> AttackerImages:
         if self.attacker_data is None:
             raise RuntimeError(
                 f"{type(self).__name__}: attacker_data is not set; a universal perturbation is fitted on data the "
                 "attacker holds (the runner sets the source training split), never on the test inputs"
             )
         x = self.attacker_data[0] if isinstance(self.attacker_data, (tuple, list)) else self.attacker_data
-        return (x if self.max_examples is None else x[: self.max_examples]).to(device)
+        return AttackerImages(x if self.max_examples is None else x[: self.max_examples], device)
 
-    def batches(self, x: torch.Tensor, g: torch.Generator):
+    def batches(self, x: AttackerImages, g: torch.Generator):
         for _ in range(self.epochs):
-            order = torch.randperm(len(x), generator=g).to(x.device)
+            order = torch.randperm(len(x), generator=g)
             for i in range(0, len(x), self.batch_size):
-                yield x[order[i : i + self.batch_size]]
+                yield x.batch(order[i : i + self.batch_size])
 
     def initial_delta(self, shape, g: torch.Generator, device) -> torch.Tensor:
         if self.norm == "linf":
@@ -175,7 +192,7 @@ class UniversalAttack(EncoderAttack):
     def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, clean) -> torch.Tensor:
         raise NotImplementedError
 
-    def fit(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def fit(self, model: nn.Module, x: AttackerImages) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed)
         delta = self.initial_delta((1, *x.shape[1:]), g, x.device)
         for xb in self.batches(x, g):

@@ -216,7 +216,7 @@ class Executor:
             teacher = self._model(stage["teacher"], 1)
             attack.surrogate = teacher.model
             domain = getattr(attack, "attacker_domain", "target")  # source: the public pre-training data
-            attack.attacker_data = self._dm(stage["pair"]).tensors(domain, "train")  # never the test split
+            attack.attacker_data = self._dm(stage["pair"]).lazy_tensors(domain, "train")  # never the test split
             torch.manual_seed(self.cfg["eval"]["seed"])
             x_adv, cost = run_attack(
                 attack, teacher.model, x, y, teacher.batch_size, self.device, precision_name=self.precision

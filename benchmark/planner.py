@@ -13,7 +13,6 @@ from benchmark.plan import Plan, attack_modules, make_attack, module_of
 from benchmark.records import Budget, CellSpec
 from benchmark.stages.build import (
     NON_SEMANTIC_DATA_KEYS,
-    build,
     build_datamodule,
     build_model,
     checkpoint_spec,
@@ -159,12 +158,12 @@ class Planner:
         there is one), or a public model loaded as it is: a checkpoint file, or timm's pretrained weights for the
         first model of the chain (`model.pretrained=true`)."""
         where = "teacher.checkpoint" if name == "teacher" else "teacher.common.checkpoint"
-        if name == "common":  # the teacher's module is validated with the config; a bad SSL argument fails here
-            build(teacher_module_cfg(tcfg), model=build_model(self.cfg["model"], dm))
         extra: dict = {}
         if tcfg.get("checkpoint"):
-            extra = {"public": True, "checkpoint": checkpoint_spec(tcfg["checkpoint"], where)}
-            load_checkpoint(extra["checkpoint"], build_model(self.cfg["model"], dm))  # a misfit fails before work
+            spec = checkpoint_spec(tcfg["checkpoint"], where, tcfg.get("checkpoint_format", "auto"))
+            extra = {"public": True, "checkpoint": spec}
+            loaded = load_checkpoint(spec, build_model(self.cfg["model"], dm))  # a misfit fails before work
+            self.notes.append(f"{pair}/{name}: {where}: {loaded.line()}")
         elif self.cfg["model"].get("pretrained") and common is None:
             extra = {"public": True}
         if common is not None and not extra:

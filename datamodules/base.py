@@ -22,19 +22,61 @@ DOMAINS = ("source", "target")
 
 
 class LabeledTensors(Dataset):
-    """An in-memory dataset of images in [0, 1] and integer labels."""
+    """An in-memory dataset of images and integer labels: float images in [0, 1], or uint8 images (0..255) that
+    stay uint8 in memory and become float in [0, 1] one item (or one batch, `batch`) at a time."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if images.ndim != 4:
             raise ValueError(f"images must be NCHW, got shape {tuple(images.shape)}")
-        self.images = images.float().contiguous()
+        self.images = (images if images.dtype == torch.uint8 else images.float()).contiguous()
         self.labels = labels.long()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i], self.labels[i]
+        return self.batch(i), self.labels[i]
+
+    def batch(self, index) -> torch.Tensor:
+        x = self.images[index]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class LazyImages:
+    """The images of a dataset as an indexable that reads them on access, never all at once.
+
+    `x[i]` is one float image, `x[idx]` (a list or tensor of indices) a stacked float batch, `x[a:b]` another
+    `LazyImages` (a view, nothing read); `len(x)` and `x.shape` as a tensor's. In-memory `LabeledTensors` (through
+    `Subset`s) are indexed directly, other datasets item by item (their own transform: decode, resize).
+    """
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor | None = None):
+        while isinstance(dataset, Subset):  # resolve Subset chains to the base dataset's indices
+            inner = torch.as_tensor(dataset.indices, dtype=torch.long)
+            indices = inner if indices is None else inner[indices]
+            dataset = dataset.dataset
+        self.dataset = dataset
+        self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = self[0] if len(self) else torch.empty(0)
+        return (len(self), *first.shape)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return LazyImages(self.dataset, self.indices[key])
+        if isinstance(key, int):
+            return self._read(self.indices[key : key + 1])[0] if key >= 0 else self[len(self) + key]
+        return self._read(self.indices[torch.as_tensor(key, dtype=torch.long).flatten().cpu()])
+
+    def _read(self, rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.dataset, LabeledTensors):
+            return self.dataset.batch(rows)
+        return torch.stack([self.dataset[int(i)][0] for i in rows])
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -192,6 +234,12 @@ class TransferDataModule(L.LightningDataModule):
         loader = DataLoader(Subset(dataset, range(n)), batch_size=self.eval_batch_size, shuffle=False)
         xs, ys = zip(*loader) if n else ((), ())
         return torch.cat(xs), torch.cat(ys)
+
+    def lazy_tensors(self, domain: str, split: str) -> tuple[LazyImages, torch.Tensor]:
+        """A split's images read on access (`LazyImages`: a batch at a time, never a float copy of the whole split)
+        and its labels (read without the images)."""
+        dataset = self.splits(domain).as_dict()[split]
+        return LazyImages(dataset), labels_of(dataset)
 
     def test_tensors(self, domain: str = "target", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n test examples of a domain (all if n is None), stacked: the fixed evaluation subset."""

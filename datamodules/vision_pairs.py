@@ -11,7 +11,8 @@ shape (3, image_size, image_size) in [0, 1]; the geometry follows paper 1, which
 * SVHN, CIFAR-10 (32x32 RGB): unchanged.
 * STL-10 (96x96 RGB): bilinearly resized (with antialiasing) to 32x32.
 
-With `image_size != 32` the 32x32 image above is then resized (bilinear, antialias) to `image_size`.
+With `image_size != 32` the 32x32 image above is then resized (bilinear, antialias) to `image_size`; an image
+without padding is resized once, from its native size (STL-10: 96 -> `image_size`, not 96 -> 32 -> `image_size`).
 
 Normalization: paper 1 feeds every dataset through `Normalize(0.5, 0.5)` (inputs in [-1, 1]), so `mean` and
 `std` are 0.5 per channel for all pairs; the model applies them, the data stay in [0, 1].
@@ -73,8 +74,8 @@ class ToUnitImage:
         # torchvision hands over a PIL image (uint8); convert only this one image to float.
         x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
         x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1)).float().div_(255.0)
-        if self.resize is not None and x.shape[-1] != self.resize:
-            x = _resize(x, self.resize)
+        if self.resize is not None and x.shape[-1] != self.resize and (self.pad or self.size == self.resize):
+            x = _resize(x, self.resize)  # into the padded frame; without padding, resized once (below) to `size`
         if self.pad:
             x = F.pad(x, (self.pad,) * 4)
         if x.shape[-1] != self.size:

@@ -175,7 +175,8 @@ class GenAF(StudentModule):
     Args:
         fraction: share of the probed layers to unfreeze.
         probe_eps, probe_steps, probe_step_size: the PGD of the adversarial set.
-        probe_epochs, probe_bound, probe_lr, probe_batch_size: the per-layer gradient ascent.
+        probe_epochs, probe_bound, probe_lr, probe_batch_size: the per-layer gradient ascent (the batch size is also
+            the chunk the adversarial set is crafted in).
         reset_optimizer_each_epoch: recreate the optimizer state every epoch, as the code does.
         head, head_hidden: must match stage 1.
         **kwargs: see `StudentModule` (optimizer adam, lr 1e-3, weight decay 8e-4 by default).
@@ -231,18 +232,32 @@ class GenAF(StudentModule):
 
     @torch.no_grad()
     def _adv_loss(self, model: nn.Module, loader: DataLoader) -> float:
-        total = sum(F.cross_entropy(model(x), y, reduction="sum").item() for x, y in loader)
+        device = next(model.parameters()).device
+        total = sum(F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").item() for x, y in loader)
         return total / len(loader.dataset)
+
+    def _adversarial_split(self, datamodule, attack, model, device) -> TensorDataset:
+        """The target training split's adversarial copy, crafted `probe_batch_size` images at a time: the clean
+        images are read per chunk (never all at once), the copy is filled in place on the CPU (the probe's one
+        float copy of the split) and each probe batch goes to the device."""
+        x, y = datamodule.lazy_tensors("target", "train")
+        # Reading the split whole through a DataLoader drew one number from the global generator (its base seed);
+        # drawing it here keeps the probe's random start, so the prepared layers, as they were.
+        torch.empty((), dtype=torch.int64).random_()
+        chunk = self.probe["batch_size"]
+        x_adv = torch.empty(x.shape) if len(x) else torch.empty(0)
+        for i in range(0, len(x), chunk):
+            rows = torch.arange(i, min(i + chunk, len(x)))
+            x_adv[rows] = attack(model, x[rows].to(device), y[rows].to(device)).cpu()
+        return TensorDataset(x_adv, y)
 
     def prepare(self, datamodule) -> tuple[dict, dict[str, torch.Tensor]]:
         """The robustness-sensitivity probe: the loss increase each layer's worst bounded change can cause."""
         p = self.probe
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        x, y = (t.to(device) for t in datamodule.tensors("target", "train"))
         attack = PGD(p["eps"], steps=p["steps"], step_size=p["step_size"], random_start=True, early_stop=False)
         model = self.model.to(device)
-        x_adv = torch.cat([attack(model, x[i : i + 512], y[i : i + 512]) for i in range(0, len(x), 512)])
-        loader = DataLoader(TensorDataset(x_adv, y), batch_size=p["batch_size"], shuffle=True)
+        loader = DataLoader(self._adversarial_split(datamodule, attack, model, device), p["batch_size"], shuffle=True)
         with attack_mode(model):
             origin = self._adv_loss(model, loader)
         sensitivity = {}
@@ -258,7 +273,7 @@ class GenAF(StudentModule):
             for _ in range(p["epochs"]):
                 for xb, yb in loader:
                     opt.zero_grad()
-                    (-F.cross_entropy(probe(xb), yb)).backward()
+                    (-F.cross_entropy(probe(xb.to(device)), yb.to(device))).backward()
                     opt.step()
                 with torch.no_grad():
                     diff = weight - start

@@ -7,7 +7,8 @@ any other timm model alike. Inputs are normalized images; normalization is added
 - `small_cnn`: the embedded default for 16x16 digits (two conv blocks, one hidden FC layer).
 - `dtn`: the digits network of Zhang et al. 2020 (arXiv 2008.11089), for 32x32 inputs. Its parameter
   names follow the paper's code (`conv_params`, `fc_params`, `classifier`) so layer lists carry over.
-- `resnet18_cifar`: ResNet-18 with a 3x3 stride-1 stem and no max-pool (the CIFAR variant).
+- `resnet18_cifar`: ResNet-18 with a 3x3 stride-1 stem and no max-pool (the CIFAR variant; torchvision's
+  parameter names, as solo-learn's CIFAR checkpoints).
 - `wrn_28_10`: WideResNet-28-10 (Zagoruyko & Komodakis), dropout 0, as used for CIFAR-10/STL-10.
 """
 
@@ -17,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import ResNet
 
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
@@ -111,55 +114,44 @@ class DTN(TimmStyleClassifier):
         return self.fc_params(x)
 
 
-class BasicBlock(nn.Module):
-    """Pre-activation-free ResNet basic block (He et al.), with optional dropout between the convs (WRN)."""
+class PreActBlock(nn.Module):
+    """WideResNet's basic block (BN-ReLU-conv ordering), with optional dropout between the convs."""
 
-    def __init__(self, cin: int, cout: int, stride: int, preact: bool = False, drop: float = 0.0):
+    def __init__(self, cin: int, cout: int, stride: int, drop: float = 0.0):
         super().__init__()
-        self.preact = preact
         self.drop = drop
-        if preact:  # WideResNet ordering: BN-ReLU-conv
-            self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
-        else:
-            self.bn1, self.bn2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.shortcut = None
         if stride != 1 or cin != cout:
             self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
-            self.shortcut_bn = nn.Identity() if preact else nn.BatchNorm2d(cout)
 
     def forward(self, x):
-        if self.preact:
-            o = F.relu(self.bn1(x))
-            skip = x if self.shortcut is None else self.shortcut(o)
-            o = self.conv1(o)
-            o = F.relu(self.bn2(o))
-            if self.drop:
-                o = F.dropout(o, self.drop, self.training)
-            return self.conv2(o) + skip
-        o = F.relu(self.bn1(self.conv1(x)))
-        o = self.bn2(self.conv2(o))
-        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
-        return F.relu(o + skip)
+        o = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(o)
+        o = self.conv1(o)
+        o = F.relu(self.bn2(o))
+        if self.drop:
+            o = F.dropout(o, self.drop, self.training)
+        return self.conv2(o) + skip
 
 
-class ResNet18Cifar(TimmStyleClassifier):
-    """ResNet-18 for 32x32 images: 3x3 stride-1 stem, no max-pool, widths 64-128-256-512."""
+class ResNet18Cifar(ResNet):
+    """ResNet-18 for 32x32 images: a 3x3 stride-1 stem and no max-pool, widths 64-128-256-512.
+
+    It is timm's (= torchvision's) ResNet-18 with that stem, as solo-learn's CIFAR backbone is torchvision's
+    `resnet18()` with `conv1` a 3x3 stride-1 conv and `maxpool` an identity: the parameter names are
+    torchvision's (`conv1`, `bn1`, `layer1.0.conv1`, `layer2.0.downsample.0`, `fc`), so those checkpoints load
+    without remapping. The stem's top-level layers are `conv1`, `bn1`, `act1`, `maxpool` (an identity).
+    """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0):
-        super().__init__(512, num_classes, drop_rate)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        layers, cin = [], 64
-        for i, cout in enumerate((64, 128, 256, 512)):
-            stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
-            cin = cout
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-
-    def forward_features(self, x):
-        x = self.stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        super().__init__(TimmBasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_chans=in_chans,
+                         drop_rate=drop_rate, zero_init_last=False)  # fmt: skip
+        self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.maxpool = nn.Identity()
 
 
 class WideResNet(TimmStyleClassifier):
@@ -175,7 +167,7 @@ class WideResNet(TimmStyleClassifier):
         blocks, cin = [], widths[0]
         for i, cout in enumerate(widths[1:]):
             group = [
-                BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1, True, drop_rate)
+                PreActBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1, drop_rate)
                 for j in range(n)
             ]
             blocks.append(nn.Sequential(*group))

@@ -42,14 +42,20 @@ class ImageClassifier(nn.Module):
         return self.backbone.get_classifier()
 
 
+def known_model(name: str) -> bool:
+    """A timm architecture name (ours included), or one with a pretrained tag timm knows (`resnet50.a1_in1k`)."""
+    return name in timm.list_models() or ("." in name and name in timm.list_models(pretrained=True))
+
+
 def build_classifier(
     backbone: str, num_classes: int, in_chans: int, mean: Sequence[float], std: Sequence[float], **kwargs
 ) -> ImageClassifier:
     """Build `ImageClassifier` around `timm.create_model(backbone)`; a one-line error for unknown names."""
-    if backbone not in timm.list_models():
+    if not known_model(backbone):
         raise ConfigError(
             f"unknown model '{backbone}'; valid: {', '.join(OUR_BACKBONES)} "
-            f"or any of timm's {len(timm.list_models())} names (python -c 'import timm; print(timm.list_models())')"
+            f"or any of timm's {len(timm.list_models())} names (python -c 'import timm; print(timm.list_models())'), "
+            "or a name with its pretrained tag (timm.list_models(pretrained=True), e.g. vit_small_patch16_224.dino)"
         )
     if len(mean) != in_chans:  # broadcast a grey-scale normalization to every channel
         mean, std = list(mean) * in_chans, list(std) * in_chans

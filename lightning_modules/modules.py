@@ -286,8 +286,9 @@ class StudentModule(ClassifierModule):
                 raise ConfigError("mode 'freeze' needs frozen_layers (parameter-name prefixes of the backbone)")
             prefixes = [p if p.startswith("backbone.") else f"backbone.{p}" for p in frozen_layers]
             names = [n for n, _ in self.model.named_parameters()]
+            modules = {n for n, _ in self.model.named_modules()}  # parameter-free layers (an activation) are fine
             for p in prefixes:
-                if not any(_matches(n, [p]) for n in names):
+                if not any(_matches(n, [p]) for n in names) and p not in modules:
                     valid = sorted({n.split(".")[1] for n in names if n.startswith("backbone.")})
                     raise ConfigError(f"frozen layer '{p[9:]}' matches no parameter; valid: {', '.join(valid)}")
             self._freeze(lambda n: _matches(n, prefixes))

@@ -55,8 +55,11 @@ def build_model(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
     there is internet) and normalizes with the statistics those weights were trained with, not the data's."""
     kwargs = model_cfg.get("kwargs") or {}
     if not model_cfg.get("pretrained"):
+        if model_cfg.get("pretrained_file"):
+            raise ConfigError("model.pretrained_file: set model.pretrained=true as well (timm loads the file)")
         return build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
-    return pretrained_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], **kwargs)
+    file = model_cfg.get("pretrained_file")
+    return pretrained_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], file=file, **kwargs)
 
 
 def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
@@ -67,7 +70,9 @@ def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
 
     kwargs = model_cfg.get("kwargs") or {}
     model = build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
-    if model_cfg.get("pretrained") and not timm.is_model_pretrained(model_cfg["backbone"]):
+    if model_cfg.get("pretrained") and model_cfg.get("pretrained_file"):
+        pretrained_file(model_cfg["pretrained_file"])  # the file must be there; timm reads it in the stage
+    elif model_cfg.get("pretrained") and not timm.is_model_pretrained(model_cfg["backbone"]):
         raise ConfigError(
             f"model.pretrained=true: no pretrained weights for '{model_cfg['backbone']}' (timm lists none); "
             "give a local file as teacher.checkpoint=PATH"
@@ -75,20 +80,41 @@ def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
     return model
 
 
-def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
-    """timm's pretrained `backbone` with a new `num_classes` head, behind the normalization of its weights."""
+def pretrained_file(file: str) -> Path:
+    """The local file of timm's pretrained weights (`model.pretrained_file`), or one line."""
+    p = Path(file).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"model.pretrained_file: no file at '{file}' (timm's weights for the backbone, saved locally)"
+        )
+    return p.resolve()
+
+
+def model_key(model_cfg: dict) -> dict:
+    """The model config as a cache key: a local pretrained file by its sha256, not its path."""
+    if not model_cfg.get("pretrained_file"):
+        return model_cfg
+    return {**model_cfg, "pretrained_file": file_sha256(pretrained_file(model_cfg["pretrained_file"]))}
+
+
+def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, file: str | None = None, **kwargs):
+    """timm's pretrained `backbone` with a new `num_classes` head, behind the normalization of its weights; from
+    the local `file` when given (timm's `pretrained_cfg_overlay=dict(file=...)`, read weights-only by timm)."""
     import timm
 
     from lightning_modules.classifier import ImageClassifier
 
     build_classifier(backbone, num_classes, in_chans, (0.0,), (1.0,), **kwargs)  # a bad name: the usual one line
+    if file:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file(file))}
     try:
         net = timm.create_model(backbone, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except Exception as e:  # no weights for the name, no internet, a hub error: one line, and the local way out
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ConfigError(
             f"model.pretrained=true: no pretrained weights for '{backbone}' ({type(e).__name__}: {first}); "
-            "without internet, give a local file as teacher.checkpoint=PATH"
+            "without internet, give a local file: model.pretrained_file=PATH (timm's weights) or "
+            "teacher.checkpoint=PATH"
         ) from None
     cfg = getattr(net, "pretrained_cfg", None) or {}
     mean, std = list(cfg.get("mean", (0.5,))), list(cfg.get("std", (0.5,)))
@@ -97,49 +123,31 @@ def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, **kwar
     return ImageClassifier(net, mean, std)
 
 
-def checkpoint_spec(path: str, where: str = "teacher.checkpoint") -> dict:
-    """A checkpoint file as a stage input: its absolute path and its sha256 (the cache key follows the file)."""
+def checkpoint_spec(path: str, where: str = "teacher.checkpoint", fmt: str = "auto") -> dict:
+    """A checkpoint file as a stage input: its absolute path, its sha256 (the cache key follows the file) and the
+    format its keys are read in (`lightning_modules.checkpoints`)."""
+    from lightning_modules.checkpoints import rule_of
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{where}: no file at '{path}' (give the path of a state-dict file saved with torch.save)")
-    return {"path": str(p.resolve()), "sha256": file_sha256(p), "where": where}
+    rule_of(fmt)  # a bad format: one line, before any work
+    return {"path": str(p.resolve()), "sha256": file_sha256(p), "where": where, "format": fmt}
 
 
-def load_checkpoint(spec: dict, model: nn.Module) -> None:
-    """Load a checkpoint file into an `ImageClassifier` (`weights_only=True`: no code is run from the file).
+def load_checkpoint(spec: dict, model: nn.Module):
+    """Load a checkpoint file into an `ImageClassifier` (`weights_only=True`: no code is run from the file) in the
+    formats people download (`lightning_modules.checkpoints`); returns its `LoadReport` (`.line()`)."""
+    from lightning_modules.checkpoints import load_into
 
-    Accepted layouts: the classifier's own state dict (`backbone.*`, optionally `mean` / `std`), a module's
-    (`model.*`, as the suite's cache stores; other keys such as projection heads are ignored), a Lightning
-    checkpoint (`state_dict`), or a bare backbone's (timm names). A file that does not fit is one line.
-    """
-    import torch
+    where = spec.get("where", "teacher.checkpoint")
+    return load_into(model, spec["path"], spec.get("format", "auto"), where)
 
-    where, path = spec.get("where", "teacher.checkpoint"), spec["path"]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{where}: '{path}' is not a weights-only state dict ({type(e).__name__})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{where}: '{path}' holds no state dict of tensors")
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if not any(k.startswith("backbone.") for k in state):
-        state = {f"backbone.{k}": v for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and k not in ("mean", "std")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        problems = [
-            f"{len(v)} {what} (e.g. {v[0]})"
-            for what, v in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
-            if v
-        ]
-        backbone = type(getattr(model, "backbone", model)).__name__
-        raise ConfigError(f"{where}: '{path}' does not fit the model ({backbone}): {'; '.join(problems)}")
-    model.load_state_dict(state, strict=False)
+
+def checkpoint_key(spec: dict) -> str:
+    """The file's hash, and the format when one is named (`auto` keeps the keys of files planned before formats)."""
+    fmt = spec.get("format", "auto")
+    return spec["sha256"] if fmt == "auto" else f"{spec['sha256']}:{fmt}"
 
 
 def semantic(cfg: dict, drop: tuple[str, ...]) -> dict:
@@ -162,14 +170,14 @@ def job_key_spec(job: dict) -> dict:
         "data": semantic(job["data"], NON_SEMANTIC_DATA_KEYS),
         "data_fingerprint": job["data_fingerprint"],
         "domain": job["domain"],
-        "model": job["model"],
+        "model": model_key(job["model"]),
         "module": job["module"],
         "trainer": semantic(job["trainer"], NON_SEMANTIC_TRAINER_KEYS),
         "seed": job["seed"],
         "teacher_key": job.get("teacher_key"),
         "init_key": job.get("init_key"),
         # a public model instead of training: the file's hash (not its path), or timm's weights
-        **({"checkpoint": job["checkpoint"]["sha256"]} if job.get("checkpoint") else {}),
+        **({"checkpoint": checkpoint_key(job["checkpoint"])} if job.get("checkpoint") else {}),
         **({"init_kind": job["init_kind"]} if job.get("init_kind") else {}),
     }
 

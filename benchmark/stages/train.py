@@ -64,9 +64,9 @@ def _param_checksum(module: nn.Module) -> float:
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, dm: TransferDataModule, domain: str, split: str) -> float:
-    x, y = dm.tensors(domain, split)
+    x, y = dm.lazy_tensors(domain, split)  # read 256 images at a time, not the whole split
     model.eval()
-    pred = torch.cat([model(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+    pred = torch.cat([model(x[torch.arange(i, min(i + 256, len(x)))]).argmax(1) for i in range(0, len(x), 256)])
     return float((pred == y).float().mean())
 
 
@@ -78,8 +78,7 @@ def run_public_job(job: dict) -> dict:
     dm = build_datamodule(job["data"])
     start = time.perf_counter()
     module = build_module(job, cache, dm)
-    if job.get("checkpoint"):
-        load_checkpoint(job["checkpoint"], module.model)
+    loaded = load_checkpoint(job["checkpoint"], module.model) if job.get("checkpoint") else None
     meta = {
         "fit_seconds": time.perf_counter() - start,
         "selection_metric": "val/acc (public model, not trained)",
@@ -93,6 +92,7 @@ def run_public_job(job: dict) -> dict:
         "name": job["name"],
         "key": job["key"],
         "public": job["checkpoint"]["path"] if job.get("checkpoint") else f"timm:{job['model']['backbone']}",
+        "checkpoint_report": loaded.line() if loaded else None,
         "randomized": False,
         "nondifferentiable": False,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),

@@ -133,20 +133,44 @@ def test_a_missing_or_mismatched_checkpoint_is_one_line(tmp_path, checkpoint):
     base = ["logger=none", "defense=[finetune]", "attack=[fgsm]"]
     cases = {
         tmp_path / "nowhere.pt": "no file at",
+        tmp_path / "shapes.pt": r"does not fit the model \(SmallCNN\) read as suite: 1 shape mismatches "
+        r"\(e.g. backbone.fc.1.weight: file \(3, 3\), model \(128, 1024\)\)",
         tmp_path
-        / "shapes.pt": r"does not fit the model \(SmallCNN\): 1 shape mismatches \(e.g. backbone.fc.1.weight\)",
-        tmp_path / "keys.pt": r"does not fit the model \(SmallCNN\): 1 missing keys .*; 1 unexpected keys",
+        / "keys.pt": r"\(SmallCNN\) read as suite: 1 of \d+ backbone tensors missing .*; 1 backbone tensors the",
         tmp_path / "code.pt": "is not a weights-only state dict",
     }
     torch.save({**state, "backbone.fc.1.weight": torch.zeros(3, 3)}, tmp_path / "shapes.pt")
     renamed = dict(state)
-    renamed["backbone.head.weight"] = renamed.pop("backbone.classifier.weight")
+    renamed["backbone.features.9.weight"] = renamed.pop("backbone.features.0.weight")
     torch.save(renamed, tmp_path / "keys.pt")
     torch.save({"fn": Path}, tmp_path / "code.pt")  # a pickled class: refused by weights_only loading
     for file, message in cases.items():
         with pytest.raises(ConfigError, match=message) as e:
             plan_of(tmp_path, *base, f"++teacher.checkpoint={file}")
         assert "\n" not in str(e.value) and str(e.value).startswith("teacher.checkpoint")
+
+
+def test_a_checkpoint_of_other_classes_gets_a_fresh_head_and_the_plan_says_so(tmp_path, checkpoint):
+    path, state = checkpoint
+    other = {**state, "backbone.classifier.weight": torch.zeros(100, 128), "backbone.classifier.bias": torch.zeros(100)}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in other.items()}, "epoch": 3}, path)
+    base = ["logger=none", f"++teacher.checkpoint={path}", "defense=[finetune]", "attack=[fgsm]"]
+    cfg = compose([*base, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'results'}"])
+    plan, notes, _ = make_plan(cfg)
+    line = next(n for n in notes if "teacher.checkpoint" in n)
+    assert "loaded as suite" in line and "head fresh for the data's 10 classes (the file's has 100 outputs)" in line
+    teacher = plan.stage("digits/teacher")
+    meta = run_train_job(teacher["job"])
+    assert meta["checkpoint_report"] in line
+    stored = Cache(tmp_path / "cache").tensors("teacher", teacher["key"], "state")
+    assert torch.equal(stored["model.backbone.fc.1.weight"], state["backbone.fc.1.weight"])
+    assert stored["model.backbone.classifier.weight"].shape == (10, 128)
+    assert stored["model.backbone.classifier.weight"].abs().sum() > 0  # the fresh head, not the file's zeros
+    # a named format is part of the key; a format that does not fit the file stops in one line
+    _, named = plan_of(tmp_path, *base, "++teacher.checkpoint_format=suite")
+    assert named.stage("digits/teacher")["key"] != teacher["key"]
+    with pytest.raises(ConfigError, match=r"^teacher.checkpoint: .* read as timm: .* backbone tensors missing"):
+        plan_of(tmp_path, *base, "++teacher.checkpoint_format=timm")
 
 
 def test_pretrained_timm_weights_bring_their_own_normalization(tmp_path, monkeypatch):

@@ -60,3 +60,14 @@ def test_unknown_model_is_one_line_naming_ours():
         build_classifier("no_such_net", 10, 1, (0.5,), (0.5,))
     msg = str(e.value)
     assert "\n" not in msg and "no_such_net" in msg and all(n in msg for n in OUR_BACKBONES)
+
+
+def test_resnet18_cifar_is_torchvisions_resnet18_with_the_cifar_stem():
+    """solo-learn's CIFAR backbone (torchvision's resnet18, 3x3 stride-1 conv1, no max-pool) loads as it is."""
+    from benchmark.checkpoint_layouts import cifar_resnet18
+
+    tv = cifar_resnet18(num_classes=10).eval()
+    net = timm.create_model("resnet18_cifar", num_classes=10).eval()
+    net.load_state_dict(tv.state_dict())  # strict: the same names and shapes
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(net(x), tv(x), atol=1e-5)
