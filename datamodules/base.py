@@ -79,6 +79,13 @@ class LazyImages:
         return torch.stack([self.dataset[int(i)][0] for i in rows])
 
 
+def chunks(x, size: int):
+    """Float batches of `size` images of `x` in order: a tensor's slices, or a `LazyImages` read a batch at a time
+    (a whole split is never stacked)."""
+    for i in range(0, len(x), size):
+        yield x[torch.arange(i, min(i + size, len(x)))]
+
+
 def labels_of(dataset: Dataset) -> torch.Tensor:
     """The labels of a dataset without loading its images (`labels` attribute, through `Subset`s)."""
     if isinstance(dataset, Subset):

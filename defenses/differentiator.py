@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks.errors import ConfigError, choose
+from datamodules.base import chunks
 from lightning_modules.modules import StudentModule
 
 RULES = ("unanimous", "majority", "mean_prob")
@@ -279,10 +280,10 @@ class DifferentiatorStudent(StudentModule):
         the student predicts it (from the validation split)."""
         self.model.eval()
         pipeline = self.deployed_model()
-        x, y = datamodule.tensors("target", "train")
+        x, y = datamodule.lazy_tensors("target", "train")  # read a batch at a time
         sums, counts, shape = None, torch.zeros(self.num_classes), None
-        for i in range(0, len(x), 256):
-            xb, yb = x[i : i + 256], y[i : i + 256]
+        for i, xb in zip(range(0, len(x), 256), chunks(x, 256)):
+            yb = y[i : i + 256]
             logits, act = pipeline.layer_k(xb)
             if i == 0:
                 self._check_split(xb, logits, act)
@@ -300,8 +301,8 @@ class DifferentiatorStudent(StudentModule):
             mask = torch.ones(sums.shape[1])
             mask[order[: int(round(self.prune_ratio * len(mask)))]] = 0
             masks.append(mask.view(shape))
-        xv, yv = datamodule.tensors("target", "val")
-        prob = torch.cat([F.softmax(self.model(xv[i : i + 256]), dim=1) for i in range(0, len(xv), 256)])
+        xv, yv = datamodule.lazy_tensors("target", "val")
+        prob = torch.cat([F.softmax(self.model(xb), dim=1) for xb in chunks(xv, 256)])
         mass = torch.stack(
             [
                 prob[yv == c].mean(0) if (yv == c).any() else torch.zeros(self.num_classes)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from attacks.errors import ConfigError, choose
 from attacks.mimicry import layer_function, resolve_layer
+from datamodules.base import chunks
 from lightning_modules.modules import StudentModule
 
 CAP_UNITS = ("absolute", "teacher_norm")
@@ -144,11 +145,11 @@ class NeuronDistancePatch(StudentModule):
     @torch.no_grad()
     def prepare(self, datamodule) -> tuple[dict, dict[str, torch.Tensor]]:
         """The teacher's mean weighted layer-K norm on the training split (the cap's unit for teacher_norm)."""
-        x, _ = datamodule.tensors("target", "train")
+        x, _ = datamodule.lazy_tensors("target", "train")  # read a batch at a time
         phi = layer_function(self.teacher, self.layer)
         norms = []
-        for i in range(0, len(x), 256):
-            t = phi(x[i : i + 256]).flatten(1)
+        for xb in chunks(x, 256):
+            t = phi(xb).flatten(1)
             norms.append((t.pow(2) * self.unit_weights(t.shape[1])).sum(1).sqrt())
         scale = torch.cat(norms).mean()
         return {"scale": float(scale)}, {"scale": scale}

@@ -199,3 +199,23 @@ def test_training_moves_only_the_differentiators(digits):
     assert logits.shape == (32, 10)
     assert all(p.grad is None for p in module.model.parameters())
     assert all(h.backbone.features.value is None for h in module.heads)  # no activation left behind
+
+
+def test_the_preparations_read_the_splits_a_batch_at_a_time_never_whole(digits, monkeypatch):
+    """Neuron-distance patching and the differentiators prepare from lazily read batches (at real image sizes a
+    stacked float32 split does not fit in memory), with the numbers of the whole-split computation."""
+    import copy as copy_module
+
+    dm = copy_module.copy(digits)
+    monkeypatch.setattr(dm, "tensors", lambda *a, **k: pytest.fail("a whole split was stacked"))
+    teacher = small_cnn(0)
+    patch = NeuronDistancePatch(small_cnn(0), teacher_state=teacher.state_dict(), cap_unit="teacher_norm")
+    scale = patch.prepare(dm)[1]["scale"]
+    x, _ = digits.tensors("target", "train")
+    with torch.no_grad():  # the whole-split computation, in the same batches
+        t = [layer_function(teacher, "features")(x[i : i + 256]).flatten(1) for i in range(0, len(x), 256)]
+        norms = torch.cat([(b.pow(2) * patch.unit_weights(b.shape[1])).sum(1).sqrt() for b in t])
+    assert torch.equal(scale, norms.mean())
+    module = DifferentiatorStudent(small_cnn(1), teacher_state=small_cnn(0).state_dict(), trunk_layers=["features"])
+    masks = module.prepare(dm)[1]["masks"]
+    assert masks.shape[0] == module.num_classes and bool(((masks == 0) | (masks == 1)).all())
