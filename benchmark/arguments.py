@@ -57,6 +57,12 @@ def _locate(path: str) -> Any | None:
         return None
 
 
+def _train_attack_keys() -> tuple[str, ...]:
+    from defenses.base import TRAIN_ATTACK_KEYS
+
+    return TRAIN_ATTACK_KEYS
+
+
 def check_arguments(cfg: dict, where: str, runtime: Iterable[str] = ()) -> None:
     """Raise a one-line `ConfigError` for a key of `cfg` that its `_target_` does not take, or for a required
     argument that neither `cfg` nor the runner (`runtime`) gives; recurse into nested `_target_` configs."""
@@ -79,6 +85,8 @@ def check_arguments(cfg: dict, where: str, runtime: Iterable[str] = ()) -> None:
             continue
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if "train_attack" in named and key in _train_attack_keys():
+            hint = f" (a setting of the training attack: give train_attack.{key})"
         raise ConfigError(f"{where}: {name} has no argument '{key}'{hint}; valid: {', '.join(valid)}")
     if cfg.get("_partial_"):  # the rest comes later (a transfer attack's inner attack gets its budget)
         return

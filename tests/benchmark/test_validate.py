@@ -68,7 +68,11 @@ def test_what_the_check_learns_is_what_the_built_modules_declare():
         ),
         (
             ["+defense.pgd_at.module.step=3"],
-            "defense.pgd_at.module: PGDAT has no argument 'step' (did you mean 'steps'?)",
+            "defense.pgd_at.module: PGDAT has no argument 'step' (did you mean 'step_size'?)",
+        ),
+        (
+            ["+defense.pgd_at.module.steps=3"],
+            "PGDAT has no argument 'steps' (a setting of the training attack: give train_attack.steps)",
         ),
         (
             ["+defense.finetune.module.model=x"],
@@ -113,7 +117,7 @@ def test_what_the_check_learns_is_what_the_built_modules_declare():
         (["defense.tla.module.dictionary_size=1"], "dictionary_size must be >= 2, got 1"),
         (["defense.atop.module.transform=rt9"], "unknown transform 'rt9'; valid:"),
         (["defense.genaf.module.fraction=0"], "fraction must be in (0, 1], got 0"),
-        (["++defense.pgd_at.module.step_size=1"], "exceeds the eps ball's diameter"),
+        (["++defense.pgd_at.module.train_attack.step_size=1"], "exceeds the eps ball's diameter"),
         (["defense.finetune.module.optimizer=adagrad"], "unknown optimizer 'adagrad'; valid: adam, adamw, sgd"),
         (["experiment=digits_ssl", "+teacher.common.module.transform.normalize=true"], "'normalize' is not an option"),
         (["++model.pretrained=true"], "no pretrained weights for 'small_cnn'"),
