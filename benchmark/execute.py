@@ -29,6 +29,7 @@ from attacks.base import check_adversarial
 from attacks.errors import ConfigError
 from benchmark.cache import Cache
 from benchmark.detection import RepresentationDetector
+from benchmark.numerics import stage_numerics
 from benchmark.plan import Plan, make_attack
 from benchmark.stages.attack import compute_cell, fast_layout, precision, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
@@ -163,7 +164,8 @@ class Executor:
         waiting = lambda: self.log(f"waiting: another process is computing {stage['id']}")  # noqa: E731
         with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
             if held:
-                run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
+                with stage_numerics(self.cfg):  # the same torch threads whoever runs it (benchmark/numerics.py)
+                    run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
                 self.done.stats.update(charge(stage, self.done))
         return held
 

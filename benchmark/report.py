@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from benchmark import findings as fnd
+from benchmark import seeds
 from benchmark.checks import flag_warnings
 from benchmark.findings import eps_str, headline_eps
 from benchmark.metrics import SANITY_TOL
@@ -378,7 +379,8 @@ def rebuild(out_dir: Path) -> dict[str, Path]:
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
     claims = fnd.claims_from_config(config["claims"]) if config.get("claims") else None
     found = fnd.findings(rows, saved["per_example"], headline, claims)
-    (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found))
+    methods = seeds.markdown(rows, saved["per_example"], headline, claims)  # several seeds: claims about methods
+    (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found) + methods)
     from benchmark.plots import plots  # matplotlib: only when the figures are drawn
 
     return plots(rows, out_dir, headline)
