@@ -24,9 +24,14 @@ BENCH_EXPERIMENTS ?= digits digits_ssl
 # BENCH_LAUNCHER=slurm submits to a cluster (launcher/slurm.yaml).
 BENCH_LAUNCHER ?= workers
 
+# A group name runs its experiments in turn: `make bench EXPERIMENT=fashion` is Fashion-MNIST (docs/fashion.md):
+# paper 1 and the defenses on the rotated pair, paper 2 on task transfer, paper 3 and CommonInit with an SSL encoder.
+BENCH_GROUP_fashion ?= fashion_shift fashion_task fashion_ssl
+
 bench:  ## run the embedded experiments (digits, digits_ssl), or EXPERIMENT=name; ARGS='defense=pgd_at ...' overrides
 ifeq ($(origin EXPERIMENT),command line)
-	$(PY) -m benchmark.run experiment=$(EXPERIMENT) launcher=$(BENCH_LAUNCHER) $(ARGS)
+	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do echo "make bench: experiment=$$e"; \
+		$(PY) -m benchmark.run experiment=$$e launcher=$(BENCH_LAUNCHER) $(ARGS) || exit $$?; done
 else
 	@for e in $(BENCH_EXPERIMENTS); do echo "make bench: experiment=$$e"; \
 		$(PY) -m benchmark.run experiment=$$e launcher=$(BENCH_LAUNCHER) $(ARGS) || exit $$?; done
@@ -50,7 +55,7 @@ perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward c
 	$(PY) -m benchmark.perf $(ARGS)
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
-	$(PY) -m benchmark.report results/$(EXPERIMENT)
+	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do $(PY) -m benchmark.report results/$$e || exit $$?; done
 
 dashboard:  ## save a W&B workspace per pair of results/$(EXPERIMENT) (needs `wandb login`; ARGS='--pair P --seed 0')
 	$(PY) -m benchmark.dashboard results/$(EXPERIMENT) $(ARGS)

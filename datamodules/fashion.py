@@ -15,8 +15,9 @@ Pairs (28 x 28 grey images in [0, 1], labels the dataset's 10 classes in both do
 * `FashionTask` -- task transfer (Wang et al. 2018's setting: a public model fine-tuned for a new task; papers 2, 3):
   the teacher learns classes 0-4 (T-shirt/top, trouser, pullover, dress, coat) from the training images; the
   students learn the other five (sandal, shirt, sneaker, bag, ankle boot) from `target_train_per_class` labels each.
-  Validation: held-out training images (never test images). Test: the official test images of the students'
-  classes (5,000).
+  Each domain numbers its own five classes 0-4 (a model has five outputs; the students' head learns a new meaning
+  for them). Validation: held-out training images (never test images). Test: the official test images of the
+  students' classes (5,000).
 * `FashionShift` -- the same-label pair of paper 1 (its transfer attack needs a teacher and students that share the
   labels): all ten classes; the source domain is half of the training images, upright; the target domain is the
   other half (disjoint images), rotated by `rotation_deg` (the digits pair's shift), with few labels; its test
@@ -25,6 +26,7 @@ Pairs (28 x 28 grey images in [0, 1], labels the dataset's 10 classes in both do
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -94,6 +96,18 @@ def missing_message(root: str | None, debian_dir: str | None = None) -> str:
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _read_files(files: tuple[tuple[str, Path, Path, float, float], ...]) -> dict[str, tuple]:
+    """The decoded files, kept for the next pair this process builds (keyed by path and modification time)."""
+    out = {}
+    for split, images, labels, _, _ in files:
+        x, y = read_idx(images), read_idx(labels).astype(np.int64)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ConfigError(f"{images} and {labels} do not match: shapes {x.shape} and {y.shape}")
+        out[split] = (x, y)
+    return out
+
+
 def load_fashion(root: str | None, download: bool = False, debian_dir: str | None = None) -> dict[str, tuple]:
     """{"train": (images, labels), "test": (images, labels)}: images uint8 (N, 28, 28), labels int64 (N,)."""
     files = find_files(root, debian_dir)
@@ -110,13 +124,7 @@ def load_fashion(root: str | None, download: bool = False, debian_dir: str | Non
         files = find_files(target, debian_dir)
     if files is None:
         raise ConfigError(missing_message(root, debian_dir))
-    out = {}
-    for split, (images, labels) in files.items():
-        x, y = read_idx(images), read_idx(labels).astype(np.int64)
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ConfigError(f"{images} and {labels} do not match: shapes {x.shape} and {y.shape}")
-        out[split] = (x, y)
-    return out
+    return _read_files(tuple((s, i, lb, i.stat().st_mtime, lb.stat().st_mtime) for s, (i, lb) in files.items()))
 
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
@@ -209,34 +217,39 @@ class FashionTask(FashionPair):
     """
 
     name = "fashion_task"
-    source_name = "fashion_0-4"
-    target_name = "fashion_5-9"
-    label_mapping_doc = (
-        "task transfer: one 10-class label space; the source holds classes 0-4 (T-shirt/top, trouser, pullover, "
-        "dress, coat), the target classes 5-9 (sandal, shirt, sneaker, bag, ankle boot)"
-    )
+    class_names = CLASSES[5:]
 
     def __init__(self, source_classes: tuple[int, ...] | list[int] = (0, 1, 2, 3, 4), **kwargs):
         super().__init__(**kwargs)
         source = sorted(int(c) for c in source_classes)
-        if not source or len(set(source)) != len(source) or source[0] < 0 or source[-1] >= len(CLASSES):
+        if len(set(source)) != len(source) or not source or source[0] < 0 or source[-1] >= len(CLASSES):
             raise ConfigError(f"source_classes must be distinct classes in 0..9, got {list(source_classes)}")
-        if len(source) == len(CLASSES):
-            raise ConfigError("source_classes must leave the students at least one class")
+        if 2 * len(source) != len(CLASSES):
+            raise ConfigError(
+                f"source_classes must be five of the ten classes (the rest are the students'), got {source}"
+            )
         self.source_classes = tuple(source)
         self.target_classes = tuple(c for c in range(len(CLASSES)) if c not in source)
+        self.class_names = tuple(CLASSES[c] for c in self.target_classes)  # what the students (and the report) learn
         self.source_name = "fashion_" + "".join(map(str, self.source_classes))
         self.target_name = "fashion_" + "".join(map(str, self.target_classes))
+        self.label_mapping_doc = (
+            "task transfer: each domain numbers its own five classes 0-4; source "
+            + ", ".join(f"{i}={CLASSES[c]}" for i, c in enumerate(self.source_classes))
+            + "; target "
+            + ", ".join(f"{i}={CLASSES[c]}" for i, c in enumerate(self.target_classes))
+        )
 
     def build_domains(self) -> dict[str, Splits]:
         data = self.load()
         (x, y), (tx, ty) = data["train"], data["test"]
         domains = {}
         for domain, classes in (("source", self.source_classes), ("target", self.target_classes)):
-            keep = torch.isin(y, torch.tensor(classes))
-            test = torch.isin(ty, torch.tensor(classes))
+            relabel = torch.full((len(CLASSES),), -1, dtype=torch.long)
+            relabel[list(classes)] = torch.arange(len(classes))  # the domain's own numbering 0..4
+            keep, test = relabel[y] >= 0, relabel[ty] >= 0
             build = self._source if domain == "source" else self._target
-            domains[domain] = build(x[keep], y[keep], tx[test], ty[test])
+            domains[domain] = build(x[keep], relabel[y[keep]], tx[test], relabel[ty[test]])
         return domains
 
 
