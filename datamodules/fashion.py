@@ -180,6 +180,8 @@ class FashionPair(TransferDataModule):
         rest = torch.ones(len(y), dtype=torch.bool)
         rest[val] = False
         train = rest.nonzero().flatten()
+        if len(train) == 0:
+            raise ConfigError(f"source_val_per_class={self.source_val_per_class} leaves no source training image")
         if self.source_train_max is not None and len(train) > self.source_train_max:
             keep = split_indices(len(train), (1.0,), self.split_seed + 11)[0][: self.source_train_max]
             train = train[keep.sort().values]

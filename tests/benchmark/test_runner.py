@@ -283,7 +283,7 @@ FAST = [
 def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
     skip_md5(monkeypatch)
     write_all(str(tmp_path / "data"))
-    write_fashion(str(tmp_path / "data"), per_class_train=150, per_class_test=10)  # 100 per class held out for val
+    write_fashion(str(tmp_path / "data"), per_class_train=300, per_class_test=10)  # 100 per class held out for val
     cfg = compose([f"experiment={experiment}"])
     overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
     for name in cfg["data"]:

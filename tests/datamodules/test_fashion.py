@@ -97,13 +97,13 @@ def test_task_pair_splits_the_classes_and_holds_out_validation(tiny):
     assert not ids(target.train) & ids(target.val)
     x, _ = dm.test_tensors("target")
     assert x.shape[1:] == (1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1
-    assert (
-        FashionTask(root=str(tiny), target_train_per_class=3).fingerprint()
-        == FashionTask(root=str(tiny), target_train_per_class=3).fingerprint()
-    )
+    same = dict(root=str(tiny), target_train_per_class=3, source_val_per_class=5)
+    assert FashionTask(**same).fingerprint() == FashionTask(**same).fingerprint()
 
 
 def test_task_pair_rejects_bad_classes(tiny):
+    with pytest.raises(ConfigError, match="source_val_per_class=25 leaves no source training image"):
+        FashionTask(root=str(tiny), source_val_per_class=25).setup()
     with pytest.raises(ConfigError, match="distinct classes in 0..9"):
         FashionTask(root=str(tiny), source_classes=[0, 0, 1])
     with pytest.raises(ConfigError, match="five of the ten classes"):
@@ -121,7 +121,7 @@ def test_shift_pair_rotates_disjoint_target_images(tiny):
     up, turned = source.test.images[:, 0], target.test.images[:, 0]
     assert float(up[:, 10, 10].mean()) == pytest.approx(1.0)
     assert float(turned[:, 10, 10].mean()) < 0.9
-    unrotated = FashionShift(root=str(tiny), rotation_deg=0, target_train_per_class=2)
+    unrotated = FashionShift(root=str(tiny), rotation_deg=0, target_train_per_class=2, source_val_per_class=2)
     unrotated.setup()
     assert torch.equal(unrotated.splits("source").test.images.sort(0).values, source.test.images.sort(0).values)
 
