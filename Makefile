@@ -21,7 +21,8 @@ BENCH_EXPERIMENTS ?= digits digits_ssl
 # The stages run on local worker processes (launcher/workers.yaml: one per GPU, or one per CPU core with one torch
 # thread each; the stage cache is their only coordination). On the 2-core CPU this is 1.2x faster than one process
 # with 2 threads (digits: 214 s against 265 s from an empty cache). BENCH_LAUNCHER=inline runs in this process;
-# BENCH_LAUNCHER=slurm submits to a cluster (launcher/slurm.yaml).
+# BENCH_LAUNCHER=slurm submits to a cluster (launcher/slurm.yaml). Every stage runs with numerics.threads torch threads
+# (1) whoever runs it, so inline and workers give identical rows (the inline time above was measured with 2 threads).
 BENCH_LAUNCHER ?= workers
 
 # A group name runs its experiments in turn: `make bench EXPERIMENT=fashion` is Fashion-MNIST (docs/fashion.md):
