@@ -192,7 +192,8 @@ def markdown(rows: list[dict], per_example: dict | None, headline: dict, claims=
         c = t["claim"]
         attack = f"{c.attack} {c.norm} {fnd.eps_str(c.norm, t['eps'])}"
         if "p" not in t:
-            cells = [c.text, t["pair"], attack, "-", "-", "-", "-", "-", f"fewer than 2 seeds ({t['seeds']})"]
+            why = "not in this run" if t["seeds"] == 0 else f"one seed: about one trained model ({t['seeds']})"
+            cells = [c.text, t["pair"], attack, "-", "-", "-", "-", "-", why]
         else:
             diff = f"{100 * t['difference']:+.1f} [{100 * t['ci_low']:+.1f}, {100 * t['ci_high']:+.1f}]"
             sign = f"{t['seeds_with_sign']}/{t['seeds']}"
