@@ -22,12 +22,18 @@ BENCH_EXPERIMENTS ?= digits digits_ssl
 # The stages run on local worker processes (launcher/workers.yaml: one per GPU, or one per CPU core with one torch
 # thread each; the stage cache is their only coordination). On the 2-core CPU this is 1.2x faster than one process
 # with 2 threads (digits: 214 s against 265 s from an empty cache). BENCH_LAUNCHER=inline runs in this process;
-# BENCH_LAUNCHER=slurm submits to a cluster (launcher/slurm.yaml).
+# BENCH_LAUNCHER=slurm submits to a cluster (launcher/slurm.yaml). Every stage runs with numerics.threads torch threads
+# (1) whoever runs it, so inline and workers give identical rows (the inline time above was measured with 2 threads).
 BENCH_LAUNCHER ?= workers
+
+# A group name runs its experiments in turn: `make bench EXPERIMENT=fashion` is Fashion-MNIST (docs/fashion.md):
+# paper 1 and the defenses on the rotated pair, paper 2 on task transfer, paper 3 and CommonInit with an SSL encoder.
+BENCH_GROUP_fashion ?= fashion_shift fashion_task fashion_ssl
 
 bench:  ## run the embedded experiments (digits, digits_ssl), or EXPERIMENT=name; ARGS='defense=pgd_at ...' overrides
 ifeq ($(origin EXPERIMENT),command line)
-	$(PY) -m benchmark.run experiment=$(EXPERIMENT) launcher=$(BENCH_LAUNCHER) $(ARGS)
+	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do echo "make bench: experiment=$$e"; \
+		$(PY) -m benchmark.run experiment=$$e launcher=$(BENCH_LAUNCHER) $(ARGS) || exit $$?; done
 else
 	@for e in $(BENCH_EXPERIMENTS); do echo "make bench: experiment=$$e"; \
 		$(PY) -m benchmark.run experiment=$$e launcher=$(BENCH_LAUNCHER) $(ARGS) || exit $$?; done
@@ -63,7 +69,7 @@ gpu-check:  ## on a GPU (< 10 min): fp32 vs bf16 attacks, eval.batch_size=auto, 
 	$(PY) -m benchmark.gpu_check $(ARGS)
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
-	$(PY) -m benchmark.report results/$(EXPERIMENT)
+	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do $(PY) -m benchmark.report results/$$e || exit $$?; done
 
 dashboard:  ## save a W&B workspace per pair of results/$(EXPERIMENT) (needs `wandb login`; ARGS='--pair P --seed 0')
 	$(PY) -m benchmark.dashboard results/$(EXPERIMENT) $(ARGS)

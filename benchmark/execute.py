@@ -30,6 +30,7 @@ from benchmark.batch_size import AUTO_BATCH_CPU, AUTO_BATCH_START, cuda_fits, fi
 from benchmark.cache import Cache
 from benchmark.checks import autoattack_flags
 from benchmark.detection import RepresentationDetector
+from benchmark.numerics import stage_numerics
 from benchmark.plan import Plan
 from benchmark.records import CellSpec
 from benchmark.stages.attack import compute_cell, fast_layout, predict_draws, run_attack
@@ -132,7 +133,8 @@ class Executor:
         waiting = lambda: self.log(f"waiting: another process is computing {stage['id']}")  # noqa: E731
         with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
             if held:
-                run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
+                with stage_numerics(self.cfg):  # the same torch threads whoever runs it (benchmark/numerics.py)
+                    run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
                 self.done.stats.update(charge(stage, self.done))
         return held
 

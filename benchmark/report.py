@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark import findings as fnd
+from benchmark import seeds
 from benchmark.checks import flag_warnings
 from benchmark.leaderboard import leaderboard
 from benchmark.records import Row
@@ -63,7 +64,8 @@ def write_report(
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
     claims = fnd.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
     found = fnd.findings(rows, per_example, headline, claims)
-    (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found))
+    methods = seeds.markdown(rows, per_example, headline, claims)  # several seeds: claims about methods
+    (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found) + methods)
     from benchmark.png_figures import plots  # matplotlib: only when the figures are drawn
 
     return plots(rows, out_dir, headline), found

@@ -30,6 +30,7 @@ from attacks.base import parse_eps
 from attacks.errors import ConfigError
 from benchmark.config import compose
 from benchmark.execute import Executor
+from benchmark.numerics import stage_numerics
 from benchmark.plan import make_attack
 from benchmark.planner import make_plan
 from benchmark.stages.attack import compute_cell, predict_draws, run_attack
@@ -73,7 +74,8 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     ex = Executor(cfg, plan)
     for stage in plan.stages:
         if stage["kind"] in ("teacher", "student"):
-            ex._train(stage)
+            with stage_numerics(cfg):  # the cached models are the sweep's: the same threads as its stages
+                ex._train(stage)
     (defense,) = cfg["defense"]
     pair = next(iter(cfg["data"]))
     student = plan.stage(f"{pair}/{defense}/seed{cfg['seeds'][0]}")

@@ -6,6 +6,7 @@ Shared by the dataset tests and the runner tests (the fast runs of the paper-1 e
 from __future__ import annotations
 
 import bz2
+import gzip
 import os
 import pickle
 import struct
@@ -113,6 +114,32 @@ def write_stl10(root: str) -> dict:
 
 WRITERS = {"mnist": write_mnist, "usps": write_usps, "svhn": write_svhn, "cifar10": write_cifar10, "stl10": write_stl10}
 MAPS = {"mnist": IDENTITY, "usps": IDENTITY, "svhn": IDENTITY, "cifar10": CIFAR_MAP, "stl10": STL_MAP}
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """LeCun's IDX format (Fashion-MNIST): 0, 0, type 0x08 (ubyte), ndim, big-endian int32 sizes, the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion(root: str, per_class_train: int = 25, per_class_test: int = 6, gz: bool = True) -> dict:
+    """Tiny Fashion-MNIST IDX files in `root`. Each image is filled with its index in the file (mod 251), so an
+    image can be traced when a file holds at most 251, with a bright 8 x 8 square in the middle."""
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+    written = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
+        images = (np.arange(len(labels)) % 251).astype(np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
+        images[:, 10:18, 10:18] = 255
+        for name, array in zip(files[split], (images, labels)):
+            write_idx(os.path.join(root, name + (".gz" if gz else "")), array)
+        written[split] = (images, labels)
+    return written
 
 
 def write_all(root: str) -> dict:

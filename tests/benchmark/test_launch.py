@@ -2,9 +2,10 @@
 checked without a cluster; a killed worker loses nothing and its stage is taken by the next run; two processes
 reaching one stage compute it once; a failed stage is one line and the rest of the sweep goes on.
 
-Rows are compared on every column but timing and `cached`. The inline reference runs with one torch thread, as
-each worker here does: CPU float reductions depend on the thread count, so a stage computed with 2 threads can
-differ in the last bits (and then in a borderline example) from the same stage computed with 1.
+Rows are compared on every column but timing and `cached`. The inline reference runs in a process with two torch
+threads, each worker here with one: CPU float reductions depend on the thread count, and a stage computed with 2
+threads differed in the last bits (and then in borderline examples) from the same stage computed with 1, until every
+stage ran with `numerics.threads` (benchmark/numerics.py).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def assert_same_rows(expected: list[dict], got: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def inline(tmp_path_factory) -> list[dict]:
-    """The narrowed digits sweep run inline, with one torch thread (see the module docstring)."""
+    """The narrowed digits sweep run inline, in a process with two torch threads (see the module docstring)."""
     tmp = tmp_path_factory.mktemp("inline")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     try:
         runner.run(compose(tiny(tmp)))
     finally:

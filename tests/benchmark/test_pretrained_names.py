@@ -12,7 +12,7 @@ import torch
 from attacks.errors import ConfigError
 from benchmark.cache import Cache
 from benchmark.config import compose
-from benchmark.plan import make_plan
+from benchmark.planner import make_plan
 from benchmark.stages.train import run_train_job
 from lightning_modules.classifier import build_classifier
 

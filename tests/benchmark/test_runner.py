@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_data import skip_md5, write_all
+from fake_data import skip_md5, write_all, write_fashion
 from wandb_reader import read_run
 
 from benchmark import config
@@ -293,6 +293,7 @@ FAST = [
 def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
     skip_md5(monkeypatch)
     write_all(str(tmp_path / "data"))
+    write_fashion(str(tmp_path / "data"), per_class_train=300, per_class_test=10)  # 100 per class held out for val
     cfg = compose([f"experiment={experiment}"])
     overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
     for name in cfg["data"]:

@@ -1,0 +1,44 @@
+"""The numerics of a stage: what, besides its key, decides the bits of what it computes on a given machine.
+
+On the CPU, torch splits a convolution's or a matrix product's sums over its intra-op threads, and the order of float
+additions changes the last bits of the result; a borderline example then flips, a training run drifts, and the same
+stage gives different numbers in a process with two threads (`launcher=inline` on two cores) and in a worker with one
+(`launcher=workers`). So every stage runs with a fixed number of torch threads, `numerics.threads` (default 1), set
+here for the stage and restored after, whichever launcher runs it: the inline and the workers runs give the same
+rows (tests/benchmark/test_launch.py). The setting is not in the stage keys: like the machine itself (its CPU, its
+BLAS), it is part of "on a given machine" -- give another `cache_dir` when you change it. On a GPU, the threads only
+drive the CPU side (data, bookkeeping); GPU kernels have their own nondeterminism (docs/fashion.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from attacks.errors import ConfigError
+
+#: torch intra-op threads in every stage unless `numerics.threads` says otherwise.
+STAGE_THREADS = 1
+
+
+def stage_threads(cfg: dict) -> int | None:
+    """The torch threads a stage runs with (`numerics.threads`; null: the process's own setting)."""
+    numerics = cfg.get("numerics") or {}
+    threads = numerics.get("threads", STAGE_THREADS)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"numerics.threads must be an integer >= 1 or null, got {threads!r}")
+    return threads
+
+
+@contextmanager
+def stage_numerics(cfg: dict):
+    """Run the body with the stage's torch threads, then restore the process's."""
+    threads = stage_threads(cfg)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
