@@ -22,7 +22,7 @@ import torch
 DEFAULT_SECONDS_PER_PASS = 205 / 1.54e6
 #: `make bench` on the default experiments takes about 5 minutes on a 2-core CPU; a run estimated above this many
 #: seconds is far beyond it, and the runner says so before it starts.
-FAR_BEYOND_SECONDS = 30 * 60
+FAR_BEYOND_SECONDS = 15 * 60
 #: The kinds of stage as the summary names them.
 KINDS = {"teacher": "training", "student": "training", "craft": "crafted sets", "cell": "attack cells"}
 
