@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from toy_models import Gatekeeper
 
 from attacks.errors import ConfigError
 from attacks.reject import RejectAwarePGD, fooled, likeliest_others, target_margin
@@ -93,19 +94,6 @@ def test_the_targets_are_the_likeliest_classes_other_than_the_label_and_never_th
     assert likeliest_others(logits, y, reject=3, n=2).tolist() == [[2, 1], [2, 0]]
     assert likeliest_others(logits, y, reject=None, n=1).tolist() == [[3], [2]]
     assert target_margin(logits, torch.tensor([3, 2])).flatten().tolist() == [4.0, -1.0]
-
-
-class Gatekeeper(torch.nn.Module):
-    """An abstaining model on 1x2x2 images: the class is the brightest of the first three pixels; rejected (the last
-    logit) when the fourth pixel is above 0.5. It has no `acceptance_margins`."""
-
-    reject_label = 3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        classes = 10 * flat[:, :3]
-        reject = torch.where(flat[:, 3] > 0.5, classes.amax(1) + 1, classes.amin(1) - 1)
-        return torch.cat([classes, reject[:, None]], dim=1)
 
 
 def test_a_model_without_acceptance_margins_gets_the_target_margin_over_every_logit():

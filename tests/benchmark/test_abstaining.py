@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from hand_cells import cell
+from toy_models import Gatekeeper
 
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD, _Merged
@@ -18,19 +19,6 @@ from benchmark.records import Row
 from benchmark.results import write_csv
 from benchmark.stages.attack import compute_cell, predict_draws
 from benchmark.stages.score import metrics, outcome, targeted_success
-
-
-class Gatekeeper(nn.Module):
-    """A hand-made abstaining model on 1x2x2 images: the class is the index of the brightest of the first three
-    pixels; the input is rejected (the last logit) when the fourth pixel is above 0.5."""
-
-    reject_label = 3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        classes = 10 * flat[:, :3]
-        reject = torch.where(flat[:, 3] > 0.5, classes.amax(1) + 1, classes.amin(1) - 1)
-        return torch.cat([classes, reject[:, None]], dim=1)
 
 
 def image(values) -> torch.Tensor:
