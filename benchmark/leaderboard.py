@@ -89,9 +89,11 @@ def leaderboard(
     transferability_form: str,
     warnings: list[str],
     found: list[dict] | None = None,
+    methods: str = "",
 ) -> str:
     """Markdown: per dataset pair, defenses ranked by per-example worst-case robust accuracy at the headline budget,
-    then its sections; then the findings (`benchmark.findings`, when given) and every warning of the run. `rows` as
+    then its sections; then the findings (`benchmark.findings`, when given), the verdicts about methods (`methods`,
+    `benchmark.seeds.markdown`) and every warning of the run. `rows` as
     the report passes them: with the numbers of `no_adaptive_attack` rows withheld (`benchmark.report.withheld`)."""
     hl = headline_eps(rows, headline)
     lines = _intro(rows, hl, warnings)
@@ -107,6 +109,8 @@ def leaderboard(
         lines += _transfer_section(res, ranked, transferability_form)
     if found is not None:
         lines += fnd.markdown(found)
+    if methods:  # verdicts about methods, or the one-seed caveat (`benchmark.seeds`)
+        lines += [*methods.strip("\n").splitlines(), ""]
     lines += ["## Sanity checks", ""]
     if warnings:
         lines += [f"- WARNING: {w}" for w in warnings]

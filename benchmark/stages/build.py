@@ -70,6 +70,8 @@ def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
 
     kwargs = model_cfg.get("kwargs") or {}
     model = build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
+    if model_cfg.get("pretrained_file") and not model_cfg.get("pretrained"):
+        raise ConfigError("model.pretrained_file: set model.pretrained=true as well (timm loads the file)")
     if model_cfg.get("pretrained") and model_cfg.get("pretrained_file"):
         pretrained_file(model_cfg["pretrained_file"])  # the file must be there; timm reads it in the stage
     elif model_cfg.get("pretrained") and not timm.is_model_pretrained(model_cfg["backbone"]):

@@ -2,7 +2,8 @@
 
 The golden results.csv and leaderboard.md were written by the runner before the typed-record refactor (issue 17), on
 this project's CI machine kind, with one torch thread; the PNGs were redrawn once after it, on purpose, for issue 21
-(a hue per family of methods, reference models labelled, the experiment in the titles, marks only when used).
+(a hue per family of methods, reference models labelled, the experiment in the titles, marks only when used), and
+the leaderboard once for issues 18 and 20, which only added lines (six claim rows, the one-seed caveat).
 Everything that measures time (seconds columns and table cells) and the cache keys (they fingerprint the suite's own
 code, so any edit changes them) is left out of the comparison; every other column, every leaderboard line and every
 plot's pixels must be identical.
