@@ -32,7 +32,7 @@ def sweep(accuracies: dict[str, list[float]], n: int = 1000, attack: str = "pgd"
         for seed, acc in enumerate(by_seed):
             row = _row(defense, seed, attack)
             rows.append(row)
-            per_example[row["row_id"]] = {"robust": outcomes(n, acc, rng)}
+            per_example[row.row_id] = {"robust": outcomes(n, acc, rng)}
     return rows, per_example
 
 
