@@ -40,6 +40,7 @@ class Planner:
         self.seeds = seeds_of(cfg)
         self.plan = Plan(cfg["name"])
         self.notes: list[str] = []  # what the plan leaves out by design (the log shows them)
+        self._skipped: dict[tuple[str, str, str], list[str]] = {}  # (pair, kind, attacks) -> the models
         self.warnings: list[str] = []  # checks the plan cannot run (every report shows them)
         self.teachers: dict[str, dict] = {}  # pair -> the teacher stage
         self.commons: dict[str, dict] = {}  # pair -> CommonInit's common model stage (teacher.common)
@@ -47,6 +48,8 @@ class Planner:
     def make(self) -> Plan:
         for pair in self.cfg["data"]:
             self._pair(pair)
+        for (pair, kind, attacks), models in self._skipped.items():  # one line per group, not per model
+            self.notes.append(f"{pair}: not run on the {kind} models {', '.join(models)} (by design): {attacks}")
         return self.plan
 
     # ---- training stages -------------------------------------------------------------------------
@@ -184,7 +187,7 @@ class Planner:
         skipped = [e.name for e in self.entries if not e.applies(declared.kinds, model["defense"])]
         if skipped:
             kind = " and ".join(sorted(declared.kinds)) or "deterministic"
-            self.notes.append(f"{pair}/{model['defense']}: not run on this {kind} model: {', '.join(skipped)}")
+            self._skipped.setdefault((pair, kind, ", ".join(skipped)), []).append(model["defense"])
         base_cells = {}
         for entry in self.entries:
             if not entry.applies(declared.kinds, model["defense"]):

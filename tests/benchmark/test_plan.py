@@ -40,7 +40,7 @@ def test_plan_is_json_in_dependency_order(tmp_path):
     assert len(ids) == len(set(ids)) and len({s["key"] for s in plan.stages}) == len(ids)
     roles = {c.role for c in plan.cells() if c.defense == "purifier"}
     assert {"attack", "frozen", "x2", "unbounded"} <= roles
-    assert any("not run on this randomized model: fgsm, pgd_linf" in n for n in notes)
+    assert any("not run on the randomized models " in n and "(by design): fgsm, pgd_linf" in n for n in notes)
 
 
 def test_transfer_reference_is_the_sweeps_own_whitebox_cell(tmp_path):
