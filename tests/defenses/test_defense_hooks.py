@@ -285,3 +285,35 @@ class _OneBatch(L.LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(TensorDataset(self.x, self.y), batch_size=len(self.x), shuffle=False)
+
+
+@pytest.mark.slow
+def test_the_readmes_add_a_defense_walkthrough_runs_end_to_end(readme_defense, tmp_path, monkeypatch):
+    """As a newcomer follows the README: its defense file and config in place, then its `make bench` command (made
+    small), run by the runner: the defense trains and is attacked, and its sweep writes its own folder, not the
+    experiment's."""
+    import shlex
+    import shutil
+
+    from benchmark import config as config_module
+    from benchmark import run as runner
+
+    configs = tmp_path / "configs"
+    shutil.copytree(config_module.CONFIG_DIR, configs)
+    blocks = readme_blocks()
+    name = next(iter(yaml.safe_load(blocks["yaml"])))
+    (configs / "defense" / f"{name}.yaml").write_text(blocks["yaml"])
+    monkeypatch.setattr(config_module, "CONFIG_DIR", configs)
+    command = re.search(r'`make bench EXPERIMENT=(\w+) ARGS="(.*?)"`', README.read_text())
+    assert command, "the README gives the command that runs the new defense"
+    experiment, args = command.group(1), shlex.split(command.group(2))
+    small = ["logger=none", "progress=false", "attack=[fgsm]", "attack.fgsm.epsilons=[8/255]", "eval.n_examples=32",
+             "eval.detection=false", "teacher.trainer.max_epochs=1", "defense.finetune.trainer.max_epochs=1",
+             f"defense.{name}.trainer.max_epochs=1", f"defense.{name}.module.train_attack.steps=2",
+             f"cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([f"experiment={experiment}", *args, *small]) == 0
+    assert not (tmp_path / "results" / experiment / "results.csv").exists(), "the experiment's own results untouched"
+    (csv_path,) = (tmp_path / "results" / experiment / "sweeps").glob("*/results.csv")
+    defenses = {line.split(",")[6] for line in csv_path.read_text().splitlines()[1:]}
+    assert defenses == {"teacher", "finetune", name}
