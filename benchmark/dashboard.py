@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.records import eps_axis, eps_str, headline_eps
+from benchmark.records import eps_axis, eps_str, headline_eps, seed_note
 from benchmark.results import PairResults
 from benchmark.wandb_charts import WORST, evaluated_models, metric_tag
 
@@ -146,7 +146,7 @@ def workspace(
     return ws.Workspace(
         entity=entity,
         project=project,
-        name=f"{group}: {pair}, defenses compared",
+        name=f"{group}: {pair}, defenses compared ({seed_note(len(seeds), 'band: lowest to highest seed')})",
         sections=[ws.Section(name=k, panels=v, is_open=True) for k, v in panel_sections(rows, headline, pair)],
         settings=ws.WorkspaceSettings(max_runs=max(10, len(models))),
         runset_settings=ws.RunsetSettings(

@@ -9,6 +9,7 @@ import statistics
 
 from benchmark import findings as fnd
 from benchmark.metrics import SANITY_TOL
+from benchmark.numerics import machine_line
 from benchmark.records import Row, eps_str, headline_eps, same_eps
 from benchmark.results import PairResults, number
 from benchmark.stats import t_interval
@@ -59,7 +60,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 # ---- the page -------------------------------------------------------------------------------------------------
-def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str]) -> list[str]:
+def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: dict | None) -> list[str]:
     warned = [
         f"**{len(warnings)} warning(s)**: some numbers may overestimate robustness or a check did not run; "
         "see [Sanity checks](#sanity-checks) at the end.",
@@ -80,6 +81,7 @@ def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str]) -> list[s
         "defended, a rejected clean input as an error; its numbers are withheld (-) at budgets where no attack aimed "
         "at its reject decision ran.",
         "",
+        *([machine_line(machine), ""] if machine else []),
     ]
 
 
@@ -90,13 +92,15 @@ def leaderboard(
     warnings: list[str],
     found: list[dict] | None = None,
     methods: str = "",
+    machine: dict | None = None,
 ) -> str:
     """Markdown: per dataset pair, defenses ranked by per-example worst-case robust accuracy at the headline budget,
     then its sections; then the findings (`benchmark.findings`, when given), the verdicts about methods (`methods`,
-    `benchmark.seeds.markdown`) and every warning of the run. `rows` as
+    `benchmark.seeds.markdown`) and every warning of the run; `machine` (`benchmark.numerics.machine`) is named
+    at the top. `rows` as
     the report passes them: with the numbers of `no_adaptive_attack` rows withheld (`benchmark.report.withheld`)."""
     hl = headline_eps(rows, headline)
-    lines = _intro(rows, hl, warnings)
+    lines = _intro(rows, hl, warnings, machine)
     for pair in dict.fromkeys(r.pair for r in rows):
         res = PairResults([r for r in rows if r.pair == pair])
         unranked = _unranked(res, hl)  # its headline number is withheld: listed last, without a rank

@@ -42,3 +42,43 @@ def stage_numerics(cfg: dict):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine(cfg: dict | None = None) -> dict:
+    """What, besides the stage keys, decides a run's numbers: the CPU model, the instruction set torch's CPU
+    kernels use (`torch.backends.cpu.get_cpu_capability`), torch's version and build, the GPU when there is one,
+    and the stage threads. The same commit moves between two machines by about a seed's noise (docs/fashion.md,
+    Reproducible stages); the report names the machine so that a reader compares runs accordingly."""
+    threads = stage_threads(cfg or {})
+    return {
+        "cpu": _cpu_model(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": threads if threads is not None else torch.get_num_threads(),
+    }
+
+
+def machine_line(m: dict) -> str:
+    """One sentence for a report: where the numbers were computed and how to read them against another machine's."""
+    where = f"{m['cpu']} ({m['isa']})" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+    return (
+        f"Computed on {where}, torch {m['torch']}, {m['threads']} torch thread(s) per stage. The same commit gives "
+        "other numbers on another CPU, GPU or torch build (float sums in another order flip borderline examples and "
+        "steer training): compare runs from different machines as noise of about a training seed's size, not digit "
+        "by digit (docs/fashion.md, Reproducible stages)."
+    )

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from benchmark.figure_style import label, model_styles
-from benchmark.records import budget_key, eps_axis, eps_str, headline_eps
+from benchmark.records import budget_key, eps_axis, eps_str, headline_eps, seed_note
 from benchmark.results import PairResults
 from benchmark.stats import t_interval
 
@@ -130,8 +130,8 @@ def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple], markers
         ax.axis("off")
     _legend(fig, colors, markers, [d for d in colors if d in shown])
     seeds = len({str(r.seed) for r in res.rows})
-    spread = f" (mean over {seeds} seeds; band or bar: 95 % t interval)" if seeds > 1 else ""
-    fig.suptitle(f"{_title(res, pair)}: robust accuracy against the attack budget{spread}", fontsize=12)
+    spread = seed_note(seeds, "band or bar: 95 % t interval")
+    fig.suptitle(f"{_title(res, pair)}: robust accuracy against the attack budget ({spread})", fontsize=12)
     return fig
 
 
@@ -183,7 +183,8 @@ def heatmap(res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7 if "\n" in text else 8)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)", shrink=0.9)
     budgets = ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
-    title = f"{_title(res, pair)}: robust accuracy (%) by attack and model at the headline budget ({budgets})"
+    seeds = seed_note(len({str(r.seed) for r in res.rows}), "a cell is the mean")
+    title = f"{_title(res, pair)}: robust accuracy (%) by attack and model at the headline budget ({budgets}; {seeds})"
     if off:
         title += "; * the attack's only budget, the nearest to the headline"
     ax.set_title("\n".join(textwrap.wrap(title, width=max(40, int(9 * len(cols))))), fontsize=10)
@@ -228,7 +229,10 @@ def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str
     )
     ax.grid(alpha=0.3)
     _legend(fig, colors, markers, [d for d in colors if d in shown])
-    ax.set_title(f"{_title(res, pair)}: clean against robust accuracy", fontsize=11)
+    seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % t interval")
+    ax.set_title(
+        "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 70)), fontsize=11
+    )
     return fig
 
 

@@ -51,6 +51,15 @@ def headline_eps(rows: list[Row], headline: dict) -> dict[str, float]:
     return out
 
 
+def seed_note(n_seeds: int, spread: str) -> str:
+    """How a figure or panel reads its seeds, by the leaderboard's rule (`benchmark.seeds`): with one training seed
+    a bar or line is one trained model per defense, not the method; with several it is the mean over seeds and
+    `spread` says what its band or error bar is."""
+    if n_seeds <= 1:
+        return "one training seed: one trained model per defense, not the method"
+    return f"mean over {n_seeds} seeds; {spread}"
+
+
 @dataclass(frozen=True)
 class Budget:
     """An attack's budget: the norm (or budget type: dssim, patch), epsilon as a float, and the label it was

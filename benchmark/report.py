@@ -65,7 +65,9 @@ def write_report(
     claims = fnd.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
     found = fnd.findings(rows, per_example, headline, claims)
     methods = seeds.markdown(rows, per_example, headline, claims)  # several seeds: claims about methods
-    (out_dir / "leaderboard.md").write_text(leaderboard(rows, headline, form, warnings, found, methods))
+    (out_dir / "leaderboard.md").write_text(
+        leaderboard(rows, headline, form, warnings, found, methods, report_config.get("machine"))
+    )
     from benchmark.png_figures import plots  # matplotlib: only when the figures are drawn
 
     return plots(rows, out_dir, headline), found

@@ -33,6 +33,7 @@ from attacks.errors import ConfigError
 from benchmark import estimate
 from benchmark.checks import flag_warnings
 from benchmark.config import compose, usage
+from benchmark.numerics import machine
 from benchmark.records import Row
 from benchmark.timing import split
 
@@ -43,6 +44,7 @@ def report_config(cfg: dict) -> dict:
         "headline": {k.lower(): parse_eps(v) for k, v in cfg["report"]["headline"].items()},
         "transferability": cfg["report"]["transferability"],
         "claims": cfg["report"].get("claims"),
+        "machine": machine(cfg),
     }
 
 
@@ -104,7 +106,8 @@ def run(cfg: dict) -> dict:
     failures = track(cfg, rows, plots, warnings, stats, found)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
     elapsed = time.perf_counter() - start
-    (out / "run_stats.json").write_text(json.dumps({**stats, **timings, "seconds": elapsed}, indent=1))
+    run_stats = {**stats, **timings, "seconds": elapsed, "machine": machine(cfg)}
+    (out / "run_stats.json").write_text(json.dumps(run_stats, indent=1))
     _closing_log(console, cfg, stats, elapsed, warnings, out, plots)
     return {
         "rows": rows,

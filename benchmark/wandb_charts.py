@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmark.records import eps_axis, eps_str, headline_eps
+from benchmark.records import eps_axis, eps_str, headline_eps, seed_note
 from benchmark.results import PairResults, number
 
 #: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
@@ -135,6 +135,7 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
     for pair in dict.fromkeys(r.pair for r in rows if r.threat_model != "sanity"):
         res = PairResults([r for r in rows if r.pair == pair])
         hl = headline_eps(res.rows, headline)
+        seeds = f" ({seed_note(len({str(r.seed) for r in res.rows}), 'no band in this chart')})"
         for attack, norm in res.attacks:
             epss = res.epsilons(attack, norm)
             scale = 255 if norm == "linf" else 1
@@ -151,7 +152,7 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
                 xs=[[x for x, _ in pts] for pts in lines.values()],
                 ys=[[y for _, y in pts] for pts in lines.values()],
                 keys=list(lines),
-                title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon",
+                title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon{seeds}",
                 xname=eps_axis(norm),
             )
         for norm, eps in hl.items():
@@ -163,14 +164,14 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
                 wandb.Table(columns=["defense", "robust_acc", "seeds"], data=data),
                 "defense",
                 "robust_acc",
-                title=f"{pair}: per-example worst-case robust accuracy at {norm} {eps_str(norm, e)}",
+                title=f"{pair}: per-example worst-case robust accuracy at {norm} {eps_str(norm, e)}{seeds}",
             )
-        if (scatter := _tradeoff(res, hl)) is not None:
+        if (scatter := _tradeoff(res, hl, seeds)) is not None:
             charts[f"charts/{pair}/clean_cost_vs_robust"] = scatter
     return charts
 
 
-def _tradeoff(res, hl: dict[str, float]):
+def _tradeoff(res, hl: dict[str, float], seeds: str):
     """The clean cost against the worst case at the headline L-inf budget (else the first norm's), or None."""
     import wandb
 
@@ -190,7 +191,7 @@ def _tradeoff(res, hl: dict[str, float]):
         wandb.Table(columns=["defense", x_name, "robust_acc"], data=data),
         x_name,
         "robust_acc",
-        title=f"{res.first.pair}: {what} against worst-case robust accuracy ({norm} {eps_str(norm, e)})",
+        title=f"{res.first.pair}: {what} against worst-case robust accuracy ({norm} {eps_str(norm, e)}){seeds}",
     )
 
 

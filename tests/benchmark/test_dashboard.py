@@ -233,6 +233,7 @@ def test_the_seed_filter_narrows_the_run_set(sweep):
                                pair=PAIRS[0], seeds=[1])  # fmt: skip
     shown = {r["name"] for r in _shown(view, sweep["runs"])}
     assert shown == {f"eval-{PAIRS[0]}-{d}-seed1" for d in KEEP}
+    assert view.name.endswith("(one training seed: one trained model per defense, not the method)"), view.name
 
 
 # ---- make dashboard ---------------------------------------------------------------------------------------
@@ -257,7 +258,8 @@ def test_without_a_login_make_dashboard_says_what_to_do_in_one_line(sweep, no_lo
 def test_with_a_login_a_workspace_per_pair_is_saved(sweep, no_login, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert dashboard.main([str(sweep["out"]), "--entity", "someone"]) == 0
-    assert [v.name for v in no_login] == [f"fake: {p}, defenses compared" for p in PAIRS]
+    band = f"mean over {len(SEEDS)} seeds; band: lowest to highest seed"
+    assert [v.name for v in no_login] == [f"fake: {p}, defenses compared ({band})" for p in PAIRS]
     assert {v.entity for v in no_login} == {"someone"}
 
 

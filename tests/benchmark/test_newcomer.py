@@ -194,6 +194,23 @@ def test_the_heatmap_explains_only_the_marks_it_shows_and_titles_name_the_experi
     assert title.startswith("fake (svhn_mnist):"), title
 
 
+def test_every_figure_says_what_its_seeds_are():
+    """The leaderboard's rule in the figures: one seed is one trained model per defense, several are a mean with
+    an interval."""
+    one = "one training seed: one trained model per defense, not the method"
+    for seeds, want in (((0,), one), ((0, 1, 2), "mean over 3 seeds")):
+        rows, _ = fake_run(seeds=seeds, defenses=DEFENSES[:4])
+        figs, _ = figures(rows, HEADLINE)
+        titles = {
+            "robust_vs_eps": figs["robust_vs_eps"]._suptitle.get_text(),
+            "heatmap": figs["heatmap"].axes[0].get_title().replace("\n", " "),
+            "tradeoff": figs["tradeoff"].axes[0].get_title().replace("\n", " "),
+        }
+        for name, title in titles.items():
+            assert want in title, (name, title)
+            assert (one in title) == (len(seeds) == 1), (name, title)
+
+
 # ---- W&B -------------------------------------------------------------------------------------------------------
 def test_a_rerun_replaces_its_offline_run(tmp_path):
     for name in ("offline-run-20261202_080000-eval-abc", "offline-run-20261202_090000-eval-abc", "offline-run-1-x"):
