@@ -8,6 +8,7 @@ Examples:
     python -m benchmark.run --cfg                             # print the composed config and stop
     python -m benchmark.run --plan                            # what it will compute, what is cached, the time
     python -m benchmark.run --plan-json                       # the plan itself (stages, cells, keys) as JSON
+    python -m benchmark.run --experiments "digits digits_ssl"  # several experiments in turn, in this one process
     python -m benchmark.run launcher=workers                  # one worker process per GPU (or CPU core)
     python -m benchmark.run launcher=slurm launcher.partition=gpu cache_dir=/shared/cache   # SLURM jobs
 
@@ -144,6 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if {"-h", "--help"} & set(argv):
         print(usage(__doc__))
+        return 0
+    if "--experiments" in argv:  # in turn, in one process: a warm rerun's main cost is importing torch and Lightning
+        i = argv.index("--experiments")
+        names, rest = argv[i + 1 : i + 2], argv[:i] + argv[i + 2 :]
+        for name in (names[0].replace(",", " ").split() if names else []) or [None]:
+            if name is None:
+                print("error: --experiments needs a list of experiment names, e.g. --experiments 'digits digits_ssl'",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            print(f"make bench: experiment={name}", flush=True)
+            if code := main([f"experiment={name}", *rest]):
+                return code
         return 0
     print_cfg, print_plan, print_json = "--cfg" in argv, "--plan" in argv, "--plan-json" in argv
     argv = [a for a in argv if a not in ("--cfg", "--plan", "--plan-json")]

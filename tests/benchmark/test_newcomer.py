@@ -217,3 +217,22 @@ def test_a_rerun_replaces_its_offline_run(tmp_path):
         (tmp_path / "wandb" / name).mkdir(parents=True)
     gone = replace_offline(tmp_path, "eval-abc")
     assert len(gone) == 2 and [p.name for p in (tmp_path / "wandb").iterdir()] == ["offline-run-1-x"]
+
+
+# ---- make bench: several experiments in one process ---------------------------------------------------------------
+def test_experiments_run_in_turn_in_one_process_with_the_same_overrides(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda cfg: seen.append((cfg["name"], cfg["logger"]["mode"])) or {"failed": 0})
+    assert runner.main(["--experiments", "digits digits_ssl", "logger=none"]) == 0
+    assert seen == [("digits", "disabled"), ("digits_ssl", "disabled")]
+    assert "make bench: experiment=digits_ssl" in capsys.readouterr().out
+
+
+def test_experiments_stop_at_the_first_that_fails_and_an_empty_list_is_refused(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda cfg: seen.append(cfg["name"]) or {"failed": 1})
+    assert runner.main(["--experiments", "digits,digits_ssl"]) == 1 and seen == ["digits"]
+    assert runner.main(["--experiments", "nope"]) == 2
+    assert runner.main(["--experiments"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nope" in err[0] and "--experiments needs" in err[1]
