@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Subset
 
 from attacks.advencoder import AdvEncoderPER, Generator
 from attacks.universal import L4A, AttackerImages, FeatureUAP
-from datamodules.base import LabeledTensors, LazyImages
+from datamodules.base import ImageFile, LabeledTensors, LazyImages
 
 
 class Counting(LabeledTensors):
@@ -103,3 +104,23 @@ def test_gen_af_probe_reads_the_split_in_chunks_never_whole(digits, digits_class
     n = len(dm.splits("target").train)
     assert set(meta["sensitivity"]) == set(module.probed_layers())
     assert max(len(k) for k in reads if not isinstance(k, (int, slice))) <= 64 and len(reads) >= n // 64
+
+
+def test_an_image_file_reads_back_the_rows_written_and_is_a_numpy_file(tmp_path):
+    x = torch.rand(10, 3, 4, 5)
+    named = ImageFile(x.shape, tmp_path / "x.npy")
+    named.write(0, x[:4])
+    named.write(4, x[4:])
+    assert torch.equal(named.batch([9, 3, 4, 5, 0]), x[[9, 3, 4, 5, 0]])
+    named.close()
+    assert np.array_equal(np.load(tmp_path / "x.npy"), x.numpy())
+    lazy = LazyImages(ImageFile.open(tmp_path / "x.npy"))
+    assert lazy.shape == (10, 3, 4, 5) and torch.equal(lazy[2:6][[0, 3]], x[[2, 5]])
+    temporary = ImageFile((3, 2))
+    with pytest.raises(IndexError, match="rows 2..3 out of range for 3 images"):
+        temporary.write(2, torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"images of shape \(3,\), the file holds \(2,\)"):
+        temporary.write(0, torch.ones(1, 3))
+    np.save(tmp_path / "d.npy", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not a C-ordered float32 array"):
+        ImageFile.open(tmp_path / "d.npy")
