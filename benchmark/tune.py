@@ -92,6 +92,7 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     randomized = bool(getattr(module, "randomized", False))
     draws = cfg["eval"]["draws"] if randomized else 1
     bs = cfg["eval"]["batch_size"]
+    torch.manual_seed(cfg["eval"]["seed"])  # a randomized model's clean draws: seeded, as the runner's
     pred = predict_draws(model, x, draws, bs, ex.device)
     per_attack, robust = {}, None
     for name in attack_names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmark import tune
 from datamodules.base import TransferDataModule
@@ -58,3 +59,20 @@ def test_the_validation_pass_on_images_read_a_batch_at_a_time_is_the_pass_on_the
     whole = tune.validation_robustness(cfg, attacks)
     assert read == whole
     assert read["per_attack"]["transfer_pgd_linf"] < read["val_clean"], "the crafted attack must do some work"
+
+
+@pytest.mark.slow
+def test_a_randomized_defense_is_tuned_with_the_same_draws_whatever_ran_before(tmp_path):
+    """Its clean draws are seeded (eval.seed), as the runner's: a cold tune (training first) and a warm one agree."""
+    from benchmark.config import compose
+
+    cfg = compose([
+        "defense=dropout", "teacher.trainer.max_epochs=1", "++defense.freeze.trainer.max_epochs=1",
+        "defense.dropout.trainer.max_epochs=1", "attack.pgd_linf.attack.steps=2", "attack=[pgd_linf]", "eval.draws=4",
+        "logger=none", "progress=false", f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}",
+    ])  # fmt: skip
+    runs = []
+    for burn in (0, 7):
+        torch.rand(burn)  # whatever this process drew before
+        runs.append(tune.validation_robustness(cfg, ["pgd_linf"]))
+    assert runs[0] == runs[1]
