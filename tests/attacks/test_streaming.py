@@ -106,6 +106,34 @@ def test_gen_af_probe_reads_the_split_in_chunks_never_whole(digits, digits_class
     assert max(len(k) for k in reads if not isinstance(k, (int, slice))) <= 64 and len(reads) >= n // 64
 
 
+def test_gen_af_probe_reading_its_adversarial_copy_from_a_file_is_the_probe_on_the_copy_in_memory(
+    digits, digits_classifier, monkeypatch
+):
+    from torch.utils.data import TensorDataset
+
+    from defenses.gen_af import GenAF
+
+    def in_memory(self, datamodule, attack, model, device):  # the copy held whole on the CPU, as it was
+        x, y = datamodule.lazy_tensors("target", "train")
+        torch.empty((), dtype=torch.int64).random_()
+        x_adv = torch.empty(x.shape)
+        for i in range(0, len(x), self.probe["batch_size"]):
+            rows = torch.arange(i, min(i + self.probe["batch_size"], len(x)))
+            x_adv[rows] = attack(model, x[rows].to(device), y[rows].to(device)).cpu()
+        return TensorDataset(x_adv, y)
+
+    metas = []
+    for split in (GenAF._adversarial_split, in_memory):
+        monkeypatch.setattr(GenAF, "_adversarial_split", split)
+        state = digits_classifier.state_dict()
+        torch.manual_seed(0)  # the new head's weights, then the probe's random start
+        module = GenAF(copy.deepcopy(digits_classifier), teacher_state=state, probe_steps=2, probe_epochs=2,
+                       probe_batch_size=32)  # fmt: skip
+        metas.append(module.prepare(digits)[0])
+    assert metas[0] == metas[1]  # every layer's sensitivity, bitwise
+    assert len(set(metas[0]["sensitivity"].values())) > 1, "the probe must tell layers apart"
+
+
 def test_an_image_file_reads_back_the_rows_written_and_is_a_numpy_file(tmp_path):
     x = torch.rand(10, 3, 4, 5)
     named = ImageFile(x.shape, tmp_path / "x.npy")
