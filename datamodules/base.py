@@ -174,10 +174,10 @@ class Pairs(Dataset):
 
 
 def chunks(x, size: int):
-    """Float batches of `size` images of `x` in order: a tensor's slices, or a `LazyImages` read a batch at a time
-    (a whole split is never stacked)."""
+    """Float batches of `size` images of `x` in order: a tensor's slices (views, nothing copied), or images read on
+    access (`LazyImages`) read a batch at a time (a whole split is never stacked)."""
     for i in range(0, len(x), size):
-        yield x[torch.arange(i, min(i + size, len(x)))]
+        yield x[i : i + size] if isinstance(x, torch.Tensor) else x[torch.arange(i, min(i + size, len(x)))]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:

@@ -162,25 +162,23 @@ class Attacked:
         attack.forward_passes = attack.backward_passes = 0
         seconds, made, k = 0.0, {}, 0  # made: attacked rows not handed out yet; k: where the next attack batch starts
         for start in range(0, n, size):
-            rows = torch.arange(start, min(start + size, n))
-            while k < len(idx) and int(idx[k]) < start + len(rows):  # attack until the window's attacked rows are made
+            rows = range(start, min(start + size, n))
+            while k < len(idx) and int(idx[k]) < rows.stop:  # attack until the window's attacked rows are made
                 b = idx[k : k + size]
                 tick = time.perf_counter()
                 made.update(zip(b.tolist(), self._attack(b)))
                 seconds += time.perf_counter() - tick
                 k += len(b)
-            attacked = torch.tensor([i in made for i in rows.tolist()])
-            if attacked.all():
-                window = torch.stack([made.pop(i) for i in rows.tolist()])
-            else:  # the clean rows are read here; an attacked row's clean image only by its attack batch
-                clean = self.x[rows[~attacked]]
-                window = clean.new_empty((len(rows), *clean.shape[1:]))
-                window[~attacked] = clean
-                if attacked.any():
-                    window[attacked] = torch.stack([made.pop(i) for i in rows[attacked].tolist()])
-            yield window
+            yield self._window(rows, made)  # no local of this loop holds it while the next batch is attacked
         self.cost = {"attack_seconds": seconds, "forward_passes": attack.forward_passes,
                      "backward_passes": attack.backward_passes, "n_attacked": len(idx)}  # fmt: skip
+
+    def _window(self, rows: range, made: dict) -> torch.Tensor:
+        """The window's x': its attacked rows taken out of `made`, the others read clean here (an attacked row's clean
+        image is read by its attack batch only)."""
+        clean = [i for i in rows if i not in made]
+        read = iter(self.x[clean] if clean else ())
+        return torch.stack([made.pop(i) if i in made else next(read) for i in rows])
 
 
 def run_attack(
@@ -205,6 +203,7 @@ def run_attack(
             out = ImageFile((len(x), *window.shape[1:]), path)
         out.write(start, window)
         start += len(window)
+        del window  # not held while the next batch is attacked
     return LazyImages(ImageFile((0,), path) if out is None else out), adv.cost
 
 
@@ -277,4 +276,5 @@ def _scored_as_made(adv: Attacked, model: nn.Module, detector) -> tuple[torch.Te
         preds.append(predict(model, window, len(window), adv.device))
         if detector is not None:
             embedded.append(detector.embed(window))
+        del window  # not held while the next batch is attacked
     return torch.cat(preds)[None], torch.cat(embedded) if detector is not None else None

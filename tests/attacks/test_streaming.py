@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from attacks.advencoder import AdvEncoderPER, Generator
 from attacks.universal import L4A, AttackerImages, FeatureUAP
-from datamodules.base import ImageFile, LabeledTensors, LazyImages
+from datamodules.base import ImageFile, LabeledTensors, LazyImages, chunks
 
 
 class Counting(LabeledTensors):
@@ -152,3 +152,12 @@ def test_an_image_file_reads_back_the_rows_written_and_is_a_numpy_file(tmp_path)
     np.save(tmp_path / "d.npy", np.zeros((2, 2)))
     with pytest.raises(ValueError, match="not a C-ordered float32 array"):
         ImageFile.open(tmp_path / "d.npy")
+
+
+def test_chunks_of_a_tensor_are_views_of_it_and_chunks_of_lazy_images_read_the_same_rows():
+    x = torch.rand(10, 1, 2, 2)
+    parts = list(chunks(x, 4))
+    assert [len(p) for p in parts] == [4, 4, 2] and torch.equal(torch.cat(parts), x)
+    assert all(p.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for p in parts), "nothing copied"
+    lazy = LazyImages(LabeledTensors(x, torch.zeros(10)))
+    assert all(torch.equal(a, b) for a, b in zip(chunks(lazy, 4), parts))
