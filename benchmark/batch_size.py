@@ -28,10 +28,12 @@ def find_batch_size(fits: Callable[[int], bool], start: int, limit: int) -> int:
 
 
 def cuda_fits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision_name: str):
-    """`fits(size)` for `find_batch_size`: one attack-like pass of `model` on `size` examples like `x`."""
+    """`fits(size)` for `find_batch_size`: one attack-like pass of `model` on `size` examples like `x` (a tensor, or
+    images read on access: one is read)."""
+    first = x[[0]]
 
     def fits(size: int) -> bool:
-        xb = x[:1].expand(size, *x.shape[1:]).contiguous().to(device).requires_grad_(True)
+        xb = first.expand(size, *first.shape[1:]).contiguous().to(device).requires_grad_(True)
         try:
             with precision(model, device, precision_name):
                 torch.autograd.grad(model(xb).float().sum(), xb)

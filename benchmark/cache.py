@@ -204,6 +204,21 @@ class Cache:
         except DamagedEntry:
             return None
 
+    def file(self, kind: str, key: str, name: str) -> Path:
+        """The path of a file of the entry (verified), for files read in parts (a crafted set, `put(files=...)`)."""
+        if self._verified(kind, key) is None:
+            raise FileNotFoundError(f"cache entry {kind}/{key} is missing: its stage has not finished")
+        return self.path(kind, key) / name
+
+    @contextmanager
+    def staging(self, kind: str, key: str) -> Iterator[Path]:
+        """A temporary folder beside the entries (removed after), to write a file a batch at a time before `put`
+        moves it into the entry (`files`)."""
+        parent = self.root / kind
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{key}.staging.", dir=parent) as tmp:
+            yield Path(tmp)
+
     def tensors(self, kind: str, key: str, name: str) -> Any:
         if self._verified(kind, key) is None:
             raise FileNotFoundError(f"cache entry {kind}/{key} is missing: its stage has not finished")
@@ -246,18 +261,23 @@ class Cache:
         log.warning("cache: damaged entry %s/%s removed (%s); its stage is computed again", kind, key, why)
         raise DamagedEntry(f"cache entry {kind}/{key}: {why}")
 
-    def put(self, kind: str, key: str, meta: dict, tensors: dict[str, Any] | None = None) -> Path:
-        """Write an entry atomically (temporary folder, then rename), with the sha256 of each file and of the meta."""
+    def put(self, kind: str, key: str, meta: dict, tensors: dict | None = None, files: dict | None = None) -> Path:
+        """Write an entry atomically (temporary folder, then rename), with the sha256 of each file and of the meta.
+        `tensors` are saved as `<name>.pt`; `files` (name -> path: a file already written, e.g. a batch at a time in
+        `staging`) are moved in under their name."""
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         try:
-            files = {}
+            sums = {}
             for name, value in (tensors or {}).items():
                 torch.save(value, tmp / f"{name}.pt")
-                files[f"{name}.pt"] = file_sha256(tmp / f"{name}.pt")
+                sums[f"{name}.pt"] = file_sha256(tmp / f"{name}.pt")
+            for name, path in (files or {}).items():
+                shutil.move(path, tmp / name)
+                sums[name] = file_sha256(tmp / name)
             plain = _plain(meta)
-            record = {**plain, CHECKSUMS: {"meta": _meta_sha256(plain), "files": files}}
+            record = {**plain, CHECKSUMS: {"meta": _meta_sha256(plain), "files": sums}}
             (tmp / "meta.json").write_text(json.dumps(record, indent=1))
             if final.exists():  # a concurrent writer finished first; both computed the same thing
                 shutil.rmtree(tmp)

@@ -19,34 +19,41 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules.base import chunks
+
 
 class RepresentationDetector:
     """Nearest-clean-neighbour distance of the predicted class, in the model's representation space.
 
     Args:
         embed: [0, 1] images -> representation (e.g. `module.representation`).
-        ref_x: clean reference images (the target training split).
+        ref_x: clean reference images (the target training split; a tensor, or images read on access).
         ref_y: their labels.
         batch_size: batch size of the embedding passes.
         device: where to embed.
     """
 
-    def __init__(self, embed, ref_x: torch.Tensor, ref_y: torch.Tensor, batch_size: int, device: torch.device):
-        self.embed, self.batch_size, self.device = embed, batch_size, device
-        self.ref = self._unit(ref_x)
+    def __init__(self, embed, ref_x, ref_y: torch.Tensor, batch_size: int, device: torch.device):
+        self.embed_fn, self.batch_size, self.device = embed, batch_size, device
+        self.ref = F.normalize(self.embed(ref_x), dim=1)
         self.ref_y = ref_y.to(device)
 
     @torch.no_grad()
-    def _unit(self, x: torch.Tensor) -> torch.Tensor:
-        out = [self.embed(x[i : i + self.batch_size].to(self.device)) for i in range(0, len(x), self.batch_size)]
-        return F.normalize(torch.cat(out).flatten(1).float(), dim=1)
+    def embed(self, x) -> torch.Tensor:
+        """The flattened representations of x (a tensor, or images read on access), `batch_size` at a time."""
+        return torch.cat([self.embed_fn(xb.to(self.device)) for xb in chunks(x, self.batch_size)]).flatten(1).float()
 
     @torch.no_grad()
-    def scores(self, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """1 - |cos| to the nearest clean reference example of each input's predicted class (CPU tensor)."""
-        dist = 1 - (self._unit(x) @ self.ref.T).abs()
+    def nearest(self, embedded: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """1 - |cos| of each representation (`embed`) to the nearest clean reference example of its predicted class
+        (CPU tensor)."""
+        dist = 1 - (F.normalize(embedded, dim=1) @ self.ref.T).abs()
         other_class = pred.to(self.device)[:, None] != self.ref_y[None, :]
         return dist.masked_fill(other_class, float("inf")).amin(1).cpu()
+
+    def scores(self, x, pred: torch.Tensor) -> torch.Tensor:
+        """1 - |cos| to the nearest clean reference example of each input's predicted class (CPU tensor)."""
+        return self.nearest(self.embed(x), pred)
 
 
 def detection_auroc(out: dict) -> float:

@@ -24,7 +24,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from attacks.base import check_adversarial
 from attacks.errors import ConfigError
 from benchmark.batch_size import AUTO_BATCH_CPU, AUTO_BATCH_START, cuda_fits, find_batch_size
 from benchmark.cache import Cache
@@ -33,11 +32,22 @@ from benchmark.detection import RepresentationDetector
 from benchmark.numerics import stage_numerics
 from benchmark.plan import Plan
 from benchmark.records import CellSpec
-from benchmark.stages.attack import compute_cell, fast_layout, predict_draws, run_attack
+from benchmark.stages.attack import check_crafted, compute_cell, fast_layout, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained, train_stage
 from benchmark.timing import charge
+from datamodules.base import ImageFile, LazyImages
+
+#: A crafted set's file in its cache entry: float32 images, NumPy's .npy format (`datamodules.base.ImageFile`).
+CRAFTED = "x_adv.npy"
+
+
+def evaluation_subset(dm, n: int | None) -> tuple[LazyImages, torch.Tensor]:
+    """The fixed evaluation subset, the first n target test examples (all if None): images read on access, a batch
+    at a time (`LazyImages`, never stacked whole), and their labels."""
+    x, y = dm.lazy_tensors("target", "test")
+    return x[:n], y[:n]
 
 
 def device_of(name: str) -> torch.device:
@@ -60,7 +70,7 @@ class Executed:
     outcomes: dict[str, dict] = field(default_factory=dict)
     metas: dict[str, dict] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
-    data: dict[str, Any] = field(default_factory=dict)  # pair -> (x, y) of the evaluation subset
+    data: dict[str, Any] = field(default_factory=dict)  # pair -> (x, y) of the evaluation subset (x: `LazyImages`)
 
 
 @dataclass
@@ -88,7 +98,7 @@ class Executor:
         self.done = Executed()
         self._models: dict[str, _Model] = {}
         self._dms: dict[str, Any] = {}
-        self._crafted: dict[str, torch.Tensor] = {}
+        self._crafted: dict[str, LazyImages] = {}
         self._progress: Progress | None = None
 
     def log(self, msg: str) -> None:
@@ -144,10 +154,10 @@ class Executor:
             dm = build_datamodule(self.cfg["data"][pair])
             dm.setup()
             self._dms[pair] = dm
-            self.done.data[pair] = dm.test_tensors("target", self.plan.pairs[pair]["n"])
+            self.done.data[pair] = evaluation_subset(dm, self.plan.pairs[pair]["n"])
         return self._dms[pair]
 
-    def _xy(self, pair: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _xy(self, pair: str, n: int) -> tuple[LazyImages, torch.Tensor]:
         self._dm(pair)
         x, y = self.done.data[pair]
         return x[:n], y[:n]
@@ -165,13 +175,18 @@ class Executor:
         torch.manual_seed(self.cfg["eval"]["seed"])  # a randomized model's clean draws: not the order stages ran in
         loaded = _Model(module, model, predict_draws(model, x, draws, bs, self.device), bs)
         if self.cfg["eval"]["detection"]:
-            ref_x, ref_y = dm.tensors("target", "train", self.cfg["eval"]["detection_reference"])
+            ref_x, ref_y = dm.lazy_tensors("target", "train")  # read a batch at a time
+            # Stacking the reference images through a DataLoader drew one number from the global generator (its base
+            # seed); drawn here, a randomized representation (AToP's) embeds them with the same draws as before.
+            torch.empty((), dtype=torch.int64).random_()
+            n_ref = self.cfg["eval"]["detection_reference"]
+            ref_x, ref_y = ref_x[:n_ref], ref_y[:n_ref]
             loaded.detector = RepresentationDetector(module.representation, ref_x, ref_y, bs, self.device)
             loaded.score_clean = loaded.detector.scores(x, loaded.pred_clean[0])
         self._models[stage_id] = loaded
         return loaded
 
-    def _batch_size(self, model: torch.nn.Module, x: torch.Tensor) -> int:
+    def _batch_size(self, model: torch.nn.Module, x) -> int:
         bs = self.cfg["eval"]["batch_size"]
         if bs != "auto":
             return bs
@@ -181,11 +196,12 @@ class Executor:
         self.log(f"  eval batch size {found} (eval.batch_size=auto, {self.precision})")
         return found
 
-    def _crafted_set(self, stage_id: str) -> tuple[torch.Tensor, dict]:
-        """A crafted set and its meta: from this process, or from the cache (crafted by another process)."""
+    def _crafted_set(self, stage_id: str) -> tuple[LazyImages, dict]:
+        """A crafted set (read a batch at a time from its cache entry's file) and its meta: from this process, or from
+        the cache (crafted by another process)."""
         if stage_id not in self._crafted:
             key = self.plan.stage(stage_id)["key"]
-            self._crafted[stage_id] = self.cache.tensors("craft", key, "x_adv")
+            self._crafted[stage_id] = LazyImages(ImageFile.open(self.cache.file("craft", key, CRAFTED)))
             self.done.metas[stage_id] = self.cache.meta("craft", key)
         return self._crafted[stage_id], self.done.metas[stage_id]
 
@@ -220,19 +236,21 @@ class Executor:
             domain = getattr(attack, "attacker_domain", "target")  # source: the public pre-training data
             attack.attacker_data = self._dm(stage["pair"]).lazy_tensors(domain, "train")  # never the test split
             torch.manual_seed(self.cfg["eval"]["seed"])
-            x_adv, cost = run_attack(
-                attack, teacher.model, x, y, teacher.batch_size, self.device, precision_name=self.precision
-            )
-            attack.surrogate = attack.attacker_data = None  # the plan keeps the attack: not the model and data
-            meta = {**cost, "plan_id": stage["id"]}
-            self.cache.put("craft", stage["key"], meta, {"x_adv": x_adv})
+            with self.cache.staging("craft", stage["key"]) as tmp:  # written a batch at a time, then moved in
+                x_adv, cost = run_attack(attack, teacher.model, x, y, teacher.batch_size, self.device,
+                                         precision_name=self.precision, path=tmp / CRAFTED)  # fmt: skip
+                x_adv.dataset.close()  # flushed: the file moves into the entry
+                attack.surrogate = attack.attacker_data = None  # the plan keeps the attack: not the model and data
+                meta = {**cost, "plan_id": stage["id"]}
+                self.cache.put("craft", stage["key"], meta, files={CRAFTED: tmp / CRAFTED})
             self.done.stats["crafted"] += 1
         else:
-            x_adv = self.cache.tensors("craft", stage["key"], "x_adv")
-            check_adversarial(x, x_adv, attack.norm, attack.eps)  # cached examples are re-checked, not trusted
             self.done.stats["cache_hits"] += 1
-        self._crafted[stage["id"]] = x_adv
-        self.done.metas[stage["id"]] = {**meta, "cached": self.done.stats["crafted"] == crafted_before}
+        cached = self.done.stats["crafted"] == crafted_before
+        x_adv = self._crafted_set(stage["id"])[0]
+        if cached:
+            check_crafted(x, x_adv, attack)  # cached examples are re-checked, not trusted
+        self.done.metas[stage["id"]] = {**meta, "cached": cached}
 
     def _cell(self, stage: dict) -> None:
         cell: CellSpec = stage["cell"]

@@ -7,12 +7,15 @@ Everything a row says about its attack comes from the cell's spec: no attack is 
 
 from __future__ import annotations
 
+import torch
+
 from benchmark import checks
 from benchmark.detection import detection_auroc
 from benchmark.execute import Executed
 from benchmark.plan import Plan
 from benchmark.records import CellSpec, Row
 from benchmark.stages.score import metrics, per_example, targeted_success, transferability, worst_case
+from datamodules.base import chunks
 
 #: Row fields that describe one attack's run; empty in the per-example worst-case rows.
 PER_ATTACK_FIELDS = (
@@ -130,8 +133,11 @@ def _targeted(plan: Plan, done: Executed, cell: CellSpec, out: dict) -> float | 
     if data is None or "pred_adv" not in out:
         return None
     x, y = data
-    targets = plan.attack(cell.id).target_classes(x[: cell.n], y[: cell.n], plan.pairs[cell.pair]["num_classes"])
-    return targeted_success(out, targets)
+    attack, n, classes = plan.attack(cell.id), cell.n, plan.pairs[cell.pair]["num_classes"]
+    # 256 images at a time: an example's target class depends on its own pixels only
+    batches = zip(chunks(x[:n], 256), y[:n].split(256))
+    targets = [attack.target_classes(xb, yb, classes) for xb, yb in batches]
+    return targeted_success(out, torch.cat(targets))
 
 
 def _lists(out: dict) -> dict:

@@ -37,18 +37,25 @@ from benchmark.stages.attack import compute_cell, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained
+from datamodules.base import LazyImages
 
 
-def _val_split(cfg: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
+def validation_split(dm) -> tuple[LazyImages, torch.Tensor]:
+    """The target validation split: its images read a batch at a time (`LazyImages`, never stacked whole), labels."""
+    return dm.lazy_tensors("target", "val")
+
+
+def _val_split(cfg: dict) -> tuple[LazyImages, torch.Tensor, object]:
     pair = next(iter(cfg["data"]))
     dm = build_datamodule(cfg["data"][pair])  # not the executor's: it loads the test split for its cells
     dm.setup()
-    return (*dm.tensors("target", "val"), dm)
+    return (*validation_split(dm), dm)
 
 
-def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> torch.Tensor:
+def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> LazyImages:
     """A crafted attack's examples for the validation images: crafted on its surrogate (trained or cached) at the
-    headline budget, fitted on the attacker's data (never the test split) as the sweep does."""
+    headline budget, fitted on the attacker's data (never the test split) as the sweep does. They are kept in a
+    temporary file (`run_attack`), read a batch at a time by every candidate."""
     headline = parse_eps(cfg["report"]["headline"]["linf"])
     stage = next(
         (s for s in plan.stages if s["kind"] == "craft" and f"/craft/{attack_name}/" in s["id"]
@@ -61,7 +68,7 @@ def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> torch.Ten
     attack = make_attack(stage["attack"])
     x, y, dm = _val_split(cfg)
     attack.surrogate = surrogate
-    attack.attacker_data = dm.tensors(getattr(attack, "attacker_domain", "target"), "train")
+    attack.attacker_data = dm.lazy_tensors(getattr(attack, "attacker_domain", "target"), "train")
     torch.manual_seed(cfg["eval"]["seed"])
     return run_attack(attack, surrogate, x, y, cfg["eval"]["batch_size"], ex.device)[0]
 
@@ -85,6 +92,7 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     randomized = bool(getattr(module, "randomized", False))
     draws = cfg["eval"]["draws"] if randomized else 1
     bs = cfg["eval"]["batch_size"]
+    torch.manual_seed(cfg["eval"]["seed"])  # a randomized model's clean draws: seeded, as the runner's
     pred = predict_draws(model, x, draws, bs, ex.device)
     per_attack, robust = {}, None
     for name in attack_names:

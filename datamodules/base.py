@@ -9,10 +9,13 @@ Checkpoint and model selection use the val split; the test split is for the fina
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -47,7 +50,8 @@ class LazyImages:
 
     `x[i]` is one float image, `x[idx]` (a list or tensor of indices) a stacked float batch, `x[a:b]` another
     `LazyImages` (a view, nothing read); `len(x)` and `x.shape` as a tensor's. In-memory `LabeledTensors` (through
-    `Subset`s) are indexed directly, other datasets item by item (their own transform: decode, resize).
+    `Subset`s) and `ImageFile`s are read a batch of rows at once, other datasets item by item (their own transform:
+    decode, resize).
     """
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor | None = None):
@@ -74,16 +78,106 @@ class LazyImages:
         return self._read(self.indices[torch.as_tensor(key, dtype=torch.long).flatten().cpu()])
 
     def _read(self, rows: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.dataset, LabeledTensors):
+        if isinstance(self.dataset, (LabeledTensors, ImageFile)):
             return self.dataset.batch(rows)
         return torch.stack([self.dataset[int(i)][0] for i in rows])
 
 
+class ImageFile:
+    """Float32 images in a NumPy `.npy` file, written and read a batch of rows at a time: a set that has to be kept
+    whole (a crafted attack's examples, a randomized model's examples that each draw scores, Gen-AF's adversarial
+    copy) without being held in memory. Rows go through the file's reads and writes, not a memory map, so what was
+    read is not kept in the process's memory (the kernel may cache the file in free memory).
+
+    `ImageFile(shape)` makes an anonymous temporary file (in `$TMPDIR`; removed when closed or collected),
+    `ImageFile(shape, path)` a named one, `ImageFile.open(path)` reads one. `LazyImages(file)` indexes it as a split.
+    """
+
+    def __init__(self, shape: tuple[int, ...], path: str | Path | None = None):
+        f = tempfile.TemporaryFile() if path is None else open(path, "w+b")  # noqa: SIM115 (kept open)
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+        self._attach(f, shape, path)
+        f.truncate(self._start + self.row_bytes * len(self))
+
+    def _attach(self, f, shape: tuple[int, ...], path: str | Path | None) -> None:
+        self._file, self._start = f, f.tell()  # the rows start after the header
+        self.shape = tuple(int(s) for s in shape)
+        self.path = None if path is None else Path(path)
+        self.row_bytes = 4 * int(np.prod(self.shape[1:]))
+
+    @classmethod
+    def open(cls, path: str | Path) -> ImageFile:
+        f = open(path, "rb")  # noqa: SIM115 (kept open)
+        version = np.lib.format.read_magic(f)
+        if version != (1, 0):
+            raise ValueError(f"{path}: .npy version {version}, expected (1, 0)")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        if fortran or dtype != np.dtype("<f4"):
+            raise ValueError(f"{path}: not a C-ordered float32 array ({dtype}, fortran_order={fortran})")
+        images = cls.__new__(cls)
+        images._attach(f, shape, path)
+        return images
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, rows) -> list[int]:
+        rows = torch.as_tensor(rows, dtype=torch.long).flatten().tolist()
+        if rows and (min(rows) < 0 or max(rows) >= len(self)):
+            raise IndexError(f"rows {min(rows)}..{max(rows)} out of range for {len(self)} images")
+        return rows
+
+    def write(self, start: int, images: torch.Tensor) -> None:
+        """Write `images` as rows start, start + 1, ..."""
+        data = images.detach().to("cpu", torch.float32).contiguous()
+        if tuple(data.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"images of shape {tuple(data.shape[1:])}, the file holds {self.shape[1:]}")
+        self._rows([start, start + len(data) - 1] if len(data) else [])
+        self._file.seek(self._start + start * self.row_bytes)
+        self._file.write(memoryview(data.numpy()).cast("B"))
+
+    def batch(self, rows) -> torch.Tensor:
+        """The given rows, stacked (runs of consecutive rows are read at once)."""
+        rows = self._rows(rows)
+        out = torch.empty((len(rows), *self.shape[1:]))
+        flat = out.numpy().reshape(len(rows), self.row_bytes // 4)
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                j += 1
+            self._file.seek(self._start + rows[i] * self.row_bytes)
+            if self._file.readinto(memoryview(flat[i:j]).cast("B")) != (j - i) * self.row_bytes:
+                raise EOFError(f"{self.path or 'temporary image file'} ends before row {rows[j - 1]}")
+            i = j
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Pairs(Dataset):
+    """(image, label) pairs from images read on access (a tensor, `LazyImages`) and their labels; a DataLoader reads
+    each batch of images at once (`__getitems__`)."""
+
+    def __init__(self, images, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, rows: list[int]) -> list:
+        return list(zip(self.images[torch.as_tensor(rows, dtype=torch.long)], self.labels[rows]))
+
+
 def chunks(x, size: int):
-    """Float batches of `size` images of `x` in order: a tensor's slices, or a `LazyImages` read a batch at a time
-    (a whole split is never stacked)."""
+    """Float batches of `size` images of `x` in order: a tensor's slices (views, nothing copied), or images read on
+    access (`LazyImages`) read a batch at a time (a whole split is never stacked)."""
     for i in range(0, len(x), size):
-        yield x[torch.arange(i, min(i + size, len(x)))]
+        yield x[i : i + size] if isinstance(x, torch.Tensor) else x[torch.arange(i, min(i + size, len(x)))]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:

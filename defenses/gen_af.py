@@ -18,11 +18,12 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from attacks.base import attack_mode, parse_eps
 from attacks.errors import choose
 from attacks.pgd import PGD
+from datamodules.base import ImageFile, LazyImages, Pairs
 from defenses.base import AdversarialStudent
 from lightning_modules.classifier import replace_head
 from lightning_modules.modules import StudentModule
@@ -236,20 +237,20 @@ class GenAF(StudentModule):
         total = sum(F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").item() for x, y in loader)
         return total / len(loader.dataset)
 
-    def _adversarial_split(self, datamodule, attack, model, device) -> TensorDataset:
+    def _adversarial_split(self, datamodule, attack, model, device) -> Pairs:
         """The target training split's adversarial copy, crafted `probe_batch_size` images at a time: the clean
-        images are read per chunk (never all at once), the copy is filled in place on the CPU (the probe's one
-        float copy of the split) and each probe batch goes to the device."""
+        images are read per chunk (never all at once), the copy is written to a temporary file (`ImageFile`, the
+        probe reads it for every layer and epoch) and read back a probe batch at a time."""
         x, y = datamodule.lazy_tensors("target", "train")
         # Reading the split whole through a DataLoader drew one number from the global generator (its base seed);
         # drawing it here keeps the probe's random start, so the prepared layers, as they were.
         torch.empty((), dtype=torch.int64).random_()
         chunk = self.probe["batch_size"]
-        x_adv = torch.empty(x.shape) if len(x) else torch.empty(0)
+        x_adv = ImageFile(x.shape if len(x) else (0,))
         for i in range(0, len(x), chunk):
             rows = torch.arange(i, min(i + chunk, len(x)))
-            x_adv[rows] = attack(model, x[rows].to(device), y[rows].to(device)).cpu()
-        return TensorDataset(x_adv, y)
+            x_adv.write(i, attack(model, x[rows].to(device), y[rows].to(device)))
+        return Pairs(LazyImages(x_adv), y)
 
     def prepare(self, datamodule) -> tuple[dict, dict[str, torch.Tensor]]:
         """The robustness-sensitivity probe: the loss increase each layer's worst bounded change can cause."""

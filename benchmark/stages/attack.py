@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack, attack_mode, check_adversarial, readout
+from attacks.base import Attack, AttackConstraintError, attack_mode, check_adversarial, readout
 from attacks.errors import choose
+from datamodules.base import ImageFile, LazyImages, chunks
 
 #: eval.precision -> the autocast dtype of the attack's passes (None: no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -118,80 +120,106 @@ def fast_layout(model: nn.Module, device: torch.device, name: str) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Predicted labels of `model` (eval mode, restored after) on x, in batches."""
+def predict(model: nn.Module, x, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Predicted labels of `model` (eval mode, restored after) on x (a tensor, or images read on access), in batches."""
     with attack_mode(model):
-        return torch.cat(
-            [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-        )
+        return torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in chunks(x, batch_size)])
 
 
-def predict_draws(model: nn.Module, x: torch.Tensor, draws: int, batch_size: int, device) -> torch.Tensor:
+def predict_draws(model: nn.Module, x, draws: int, batch_size: int, device) -> torch.Tensor:
     """(K, n) predictions over K passes: fresh draws of a randomized model's randomness (K = 1: deterministic)."""
     return torch.stack([predict(model, x, batch_size, device) for _ in range(draws)])
+
+
+class Attacked:
+    """x' of x (a tensor, or images read on access), a window of `batch_size` examples at a time, in order: iterate it
+    once. The attack runs, its passes in `precision_name` (`precision`), on the examples in `only` (all if None) in
+    batches of `batch_size` of those examples, as when x' was made whole; the others keep x' = x. Every attacked
+    batch is checked against the threat model, in fp32, before anything is scored. Nothing holds more than about
+    two batches of images. After the iteration `cost` holds the attack's seconds, passes and examples attacked.
+    """
+
+    def __init__(self, attack: Attack, model: nn.Module, x, y: torch.Tensor, batch_size: int, device: torch.device,
+                 only: torch.Tensor | None = None, on_batch: Callable[[int], None] | None = None,
+                 precision_name: str = "fp32"):  # fmt: skip
+        self.attack, self.model, self.x, self.y, self.batch_size, self.device = attack, model, x, y, batch_size, device
+        self.idx = torch.arange(len(x)) if only is None else only.nonzero().flatten()
+        self.on_batch, self.precision_name = on_batch, precision_name
+        self.cost: dict = {}
+
+    def _attack(self, b: torch.Tensor) -> torch.Tensor:
+        xb, yb = self.x[b].to(self.device), self.y[b].to(self.device)
+        with precision(self.model, self.device, self.precision_name):
+            xb_adv = self.attack(self.model, xb, yb)
+        xb_adv = xb_adv.float()
+        check_adversarial(xb, xb_adv, self.attack.norm, self.attack.eps)
+        if self.on_batch:
+            self.on_batch(len(b))
+        return xb_adv.cpu()
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        attack, idx, n, size = self.attack, self.idx, len(self.x), self.batch_size
+        attack.forward_passes = attack.backward_passes = 0
+        seconds, made, k = 0.0, {}, 0  # made: attacked rows not handed out yet; k: where the next attack batch starts
+        for start in range(0, n, size):
+            rows = range(start, min(start + size, n))
+            while k < len(idx) and int(idx[k]) < rows.stop:  # attack until the window's attacked rows are made
+                b = idx[k : k + size]
+                tick = time.perf_counter()
+                made.update(zip(b.tolist(), self._attack(b)))
+                seconds += time.perf_counter() - tick
+                k += len(b)
+            yield self._window(rows, made)  # no local of this loop holds it while the next batch is attacked
+        self.cost = {"attack_seconds": seconds, "forward_passes": attack.forward_passes,
+                     "backward_passes": attack.backward_passes, "n_attacked": len(idx)}  # fmt: skip
+
+    def _window(self, rows: range, made: dict) -> torch.Tensor:
+        """The window's x': its attacked rows taken out of `made`, the others read clean here (an attacked row's clean
+        image is read by its attack batch only)."""
+        clean = [i for i in rows if i not in made]
+        read = iter(self.x[clean] if clean else ())
+        return torch.stack([made.pop(i) if i in made else next(read) for i in rows])
 
 
 def run_attack(
     attack: Attack,
     model: nn.Module,
-    x: torch.Tensor,
+    x,
     y: torch.Tensor,
     batch_size: int,
     device: torch.device,
     only: torch.Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
     precision_name: str = "fp32",
-) -> tuple[torch.Tensor, dict]:
+    path: str | Path | None = None,
+) -> tuple[LazyImages, dict]:
     """Craft x_adv on `model` for the examples in `only` (all if None; the others keep x' = x), its passes in
-    `precision_name` (`precision`).
-
-    Every batch is checked against the threat model, in fp32, before anything is scored.
-    """
-    x_adv = x.clone()
-    idx = torch.arange(len(x)) if only is None else only.nonzero().flatten()
-    attack.forward_passes = attack.backward_passes = 0
-    start = time.perf_counter()
-    for i in range(0, len(idx), batch_size):
-        b = idx[i : i + batch_size]
-        xb, yb = x[b].to(device), y[b].to(device)
-        with precision(model, device, precision_name):
-            xb_adv = attack(model, xb, yb)
-        xb_adv = xb_adv.float()
-        check_adversarial(xb, xb_adv, attack.norm, attack.eps)
-        x_adv[b] = xb_adv.cpu()
-        if on_batch:
-            on_batch(len(b))
-    cost = {
-        "attack_seconds": time.perf_counter() - start,
-        "forward_passes": attack.forward_passes,
-        "backward_passes": attack.backward_passes,
-        "n_attacked": len(idx),
-    }
-    return x_adv, cost
+    `precision_name`: `Attacked`, written a window at a time to an `ImageFile` (at `path`, else a temporary file)
+    and returned as `LazyImages` over it, with the attack's cost."""
+    adv = Attacked(attack, model, x, y, batch_size, device, only, on_batch, precision_name)
+    out, start = None, 0
+    for window in adv:
+        if out is None:  # the shape of the first window: no image read for it
+            out = ImageFile((len(x), *window.shape[1:]), path)
+        out.write(start, window)
+        start += len(window)
+        del window  # not held while the next batch is attacked
+    return LazyImages(ImageFile((0,), path) if out is None else out), adv.cost
 
 
-def attack_model(
-    attack: Attack,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    clean_pred: torch.Tensor,
-    randomized: bool,
-    batch_size: int,
-    device: torch.device,
-    on_batch: Callable[[int], None] | None = None,
-    precision_name: str = "fp32",
-) -> tuple[torch.Tensor, dict]:
-    """A white-box cell's adversarial examples: every example of a randomized model, else the clean-correct ones
-    (`clean_pred`: the model's (K, n) clean predictions)."""
-    only = None if randomized else clean_pred[0] == y
-    return run_attack(attack, model, x, y, batch_size, device, only, on_batch, precision_name)
+def check_crafted(x, x_adv, attack: Attack, batch_size: int = 256) -> None:
+    """`check_adversarial` of a crafted set against the threat model of `attack`, `batch_size` examples at a time (x,
+    x_adv: tensors, or images read on access)."""
+    if len(x_adv) != len(x):
+        raise AttackConstraintError(f"x_adv has {len(x_adv)} examples, expected {len(x)}")
+    for xb, ab in zip(chunks(x, batch_size), chunks(x_adv, batch_size)):
+        check_adversarial(xb, ab, attack.norm, attack.eps)
 
 
 def compute_cell(
     attack: Attack,
     model: nn.Module,
-    x: torch.Tensor,
+    x,
     y: torch.Tensor,
     pred_clean: torch.Tensor,
     *,
@@ -199,31 +227,54 @@ def compute_cell(
     batch_size: int,
     device: torch.device,
     seed: int,
-    x_adv: torch.Tensor | None = None,
+    x_adv=None,
     detector=None,
     score_clean: torch.Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
     precision_name: str = "fp32",
 ) -> tuple[dict, dict]:
-    """One cell: attack `model` (or take the crafted `x_adv` of a transfer attack), then score the final
-    examples (in fp32, whatever `precision_name` the attack ran in) over as many fresh draws as `pred_clean` has
-    rows. Returns the outcome (`score.outcome`, with the detection scores of draw 0 when a detector is given) and
-    the attack's cost."""
+    """One cell: attack `model` (every example of a randomized model, else the clean-correct ones: `pred_clean`, the
+    model's (K, n) clean predictions) or take the crafted `x_adv` of a transfer attack, then score the final examples
+    (in fp32, whatever `precision_name` the attack ran in) over as many fresh draws as `pred_clean` has rows. Returns
+    the outcome (`score.outcome`, with the detection scores of draw 0 when a detector is given) and the attack's cost.
+
+    x and x_adv may be images read on access (`LazyImages`): nothing here holds a float copy of either whole. A
+    deterministic model's examples are scored window by window as they are made (it draws no random numbers, so the
+    attack draws what it drew when x' was made whole first). A randomized model's are written to a temporary
+    `ImageFile` first: each of its draws scores every final example after the attack, in that order of random draws.
+    """
     from benchmark.stages.score import outcome
 
-    draws = len(pred_clean)
-    if x_adv is None:
+    if x_adv is None and not randomized:  # the clean-correct examples' x', scored window by window as it is made
         torch.manual_seed(seed)
-        x_adv, cost = attack_model(
-            attack, model, x, y, pred_clean, randomized, batch_size, device, on_batch, precision_name
-        )
+        adv = Attacked(attack, model, x, y, batch_size, device, pred_clean[0] == y, on_batch, precision_name)
+        pred_adv, embedded = _scored_as_made(adv, model, detector)
+        cost = adv.cost
     else:
-        check_adversarial(x, x_adv, attack.norm, attack.eps)  # crafted examples are re-checked, not trusted
-        cost = {}
-        torch.manual_seed(seed)  # a randomized model's scoring draws: not what this process ran before
-    pred_adv = predict_draws(model, x_adv, draws, batch_size, device)
+        if x_adv is None:  # every example's x', kept in a temporary file, then scored draw after draw
+            torch.manual_seed(seed)
+            x_adv, cost = run_attack(attack, model, x, y, batch_size, device, None, on_batch, precision_name)
+        else:
+            check_crafted(x, x_adv, attack, batch_size)  # crafted examples are re-checked, not trusted
+            torch.manual_seed(seed)  # a randomized model's scoring draws: not what this process ran before
+            cost = {}
+        pred_adv = predict_draws(model, x_adv, len(pred_clean), batch_size, device)
+        embedded = None if detector is None else detector.embed(x_adv)
     out = outcome(pred_clean, pred_adv, y, getattr(model, "reject_label", None))
     if detector is not None:
         out["score_clean"] = score_clean
-        out["score_adv"] = detector.scores(x_adv, pred_adv[0])
+        out["score_adv"] = detector.nearest(embedded, pred_adv[0])
     return out, cost
+
+
+def _scored_as_made(adv: Attacked, model: nn.Module, detector) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A deterministic model's (1, n) predictions of x' and the detector's embeddings of it (None without one), each
+    window predicted and embedded as it is made: the windows and arithmetic of `predict` and `detector.embed` on x'
+    whole."""
+    preds, embedded = [], []
+    for window in adv:
+        preds.append(predict(model, window, len(window), adv.device))
+        if detector is not None:
+            embedded.append(detector.embed(window))
+        del window  # not held while the next batch is attacked
+    return torch.cat(preds)[None], torch.cat(embedded) if detector is not None else None

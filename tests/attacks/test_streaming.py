@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Subset
 
 from attacks.advencoder import AdvEncoderPER, Generator
 from attacks.universal import L4A, AttackerImages, FeatureUAP
-from datamodules.base import LabeledTensors, LazyImages
+from datamodules.base import ImageFile, LabeledTensors, LazyImages, chunks
 
 
 class Counting(LabeledTensors):
@@ -103,3 +104,60 @@ def test_gen_af_probe_reads_the_split_in_chunks_never_whole(digits, digits_class
     n = len(dm.splits("target").train)
     assert set(meta["sensitivity"]) == set(module.probed_layers())
     assert max(len(k) for k in reads if not isinstance(k, (int, slice))) <= 64 and len(reads) >= n // 64
+
+
+def test_gen_af_probe_reading_its_adversarial_copy_from_a_file_is_the_probe_on_the_copy_in_memory(
+    digits, digits_classifier, monkeypatch
+):
+    from torch.utils.data import TensorDataset
+
+    from defenses.gen_af import GenAF
+
+    def in_memory(self, datamodule, attack, model, device):  # the copy held whole on the CPU, as it was
+        x, y = datamodule.lazy_tensors("target", "train")
+        torch.empty((), dtype=torch.int64).random_()
+        x_adv = torch.empty(x.shape)
+        for i in range(0, len(x), self.probe["batch_size"]):
+            rows = torch.arange(i, min(i + self.probe["batch_size"], len(x)))
+            x_adv[rows] = attack(model, x[rows].to(device), y[rows].to(device)).cpu()
+        return TensorDataset(x_adv, y)
+
+    metas = []
+    for split in (GenAF._adversarial_split, in_memory):
+        monkeypatch.setattr(GenAF, "_adversarial_split", split)
+        state = digits_classifier.state_dict()
+        torch.manual_seed(0)  # the new head's weights, then the probe's random start
+        module = GenAF(copy.deepcopy(digits_classifier), teacher_state=state, probe_steps=2, probe_epochs=2,
+                       probe_batch_size=32)  # fmt: skip
+        metas.append(module.prepare(digits)[0])
+    assert metas[0] == metas[1]  # every layer's sensitivity, bitwise
+    assert len(set(metas[0]["sensitivity"].values())) > 1, "the probe must tell layers apart"
+
+
+def test_an_image_file_reads_back_the_rows_written_and_is_a_numpy_file(tmp_path):
+    x = torch.rand(10, 3, 4, 5)
+    named = ImageFile(x.shape, tmp_path / "x.npy")
+    named.write(0, x[:4])
+    named.write(4, x[4:])
+    assert torch.equal(named.batch([9, 3, 4, 5, 0]), x[[9, 3, 4, 5, 0]])
+    named.close()
+    assert np.array_equal(np.load(tmp_path / "x.npy"), x.numpy())
+    lazy = LazyImages(ImageFile.open(tmp_path / "x.npy"))
+    assert lazy.shape == (10, 3, 4, 5) and torch.equal(lazy[2:6][[0, 3]], x[[2, 5]])
+    temporary = ImageFile((3, 2))
+    with pytest.raises(IndexError, match="rows 2..3 out of range for 3 images"):
+        temporary.write(2, torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"images of shape \(3,\), the file holds \(2,\)"):
+        temporary.write(0, torch.ones(1, 3))
+    np.save(tmp_path / "d.npy", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not a C-ordered float32 array"):
+        ImageFile.open(tmp_path / "d.npy")
+
+
+def test_chunks_of_a_tensor_are_views_of_it_and_chunks_of_lazy_images_read_the_same_rows():
+    x = torch.rand(10, 1, 2, 2)
+    parts = list(chunks(x, 4))
+    assert [len(p) for p in parts] == [4, 4, 2] and torch.equal(torch.cat(parts), x)
+    assert all(p.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for p in parts), "nothing copied"
+    lazy = LazyImages(LabeledTensors(x, torch.zeros(10)))
+    assert all(torch.equal(a, b) for a, b in zip(chunks(lazy, 4), parts))
