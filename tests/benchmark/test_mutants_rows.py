@@ -66,8 +66,8 @@ def c(model: str, name: str, eps: float = EPS, label: str = "8/255", **kw) -> Ce
 
 @pytest.fixture
 def sweep():
-    """A teacher, a student with no cells, a fine-tuned student (white-box PGD on 4 examples, FGSM on 2, a transfer
-    attack on 6 with its white-box reference, PGD at a second budget) and a two-stage randomized student (a
+    """A teacher, a student with no cells, a fine-tuned student (PGD at a second budget, white-box PGD on 4 examples,
+    FGSM on 2, a transfer attack on 6 after its white-box reference) and a two-stage randomized student (a
     transfer attack without reference, a targeted mimicry attack, a sanity cell)."""
     ft, two = "p/finetune/seed0", "p/two/seed0"
     cells = {
@@ -75,9 +75,9 @@ def sweep():
         "pgd2": c(ft, "pgd", eps=0.2, label="0.2", n=6),
         "pgd": c(ft, "pgd", steps=10, n=4),
         "fgsm": c(ft, "fgsm", label="0.0313725", steps=1, n=2),  # the same budget under another label
+        "reference": c(ft, "reference", role="reference", n=6),
         "transfer": c(ft, "transfer", threat_model="transfer", surrogate="teacher", crafted=True, transfer=True,
                       reference=f"{ft}/reference/8/255", n=6, steps=10),
-        "reference": c(ft, "reference", role="reference", n=6),
         "t2": c(two, "transfer", threat_model="transfer", crafted=True, transfer=True, n=6, randomized=True, draws=3),
         "mimicry": c(two, "mimicry", threat_model="mimicry", crafted=True, targeted=True, n=4, randomized=True),
         "unbounded": c(two, "sanity_unbounded", threat_model="sanity", role="unbounded", n=6, randomized=True),
