@@ -72,6 +72,7 @@ STAGE_TESTS = "tests/benchmark/test_mutants_stages.py"
 ROWS_TESTS = "tests/benchmark/test_mutants_rows.py"
 FINDINGS_TESTS = "tests/benchmark/test_mutants_findings.py"
 PLAN_TESTS = "tests/benchmark/test_mutants_plan.py"
+LEADERBOARD_TESTS = "tests/benchmark/test_mutants_leaderboard.py"
 #: The precision tests that need no trained classifier.
 PRECISION_TESTS = tuple(
     f"tests/benchmark/test_precision.py::{t}"
@@ -159,14 +160,10 @@ MODULES: tuple[Target, ...] = (
     ),
     Target(
         "benchmark/leaderboard.py",
-        (FINDINGS_TESTS,),
-        functions=("x__mean_ci", "x__unranked", "x__ranking"),
+        (LEADERBOARD_TESTS,),
+        functions=("x_leaderboard", "x__mean_ci", "x__unranked", "x__ranking"),
     ),
-    Target(
-        "benchmark/results.py",
-        (FINDINGS_TESTS,),
-        functions=("x_number", "xǁPairResultsǁ*"),
-    ),
+    Target("benchmark/results.py", (LEADERBOARD_TESTS,), functions=("x_number", "xǁPairResultsǁ*")),
     # The plan: the stages, their keys and dependencies, each cell's spec.
     Target("benchmark/plan.py", (PLAN_TESTS, *PLANNER_TESTS)),
     Target("benchmark/planner.py", (PLAN_TESTS, *PLANNER_TESTS)),
