@@ -73,9 +73,12 @@ def test_mcnemar_counts_the_discordant_examples_on_the_common_ones():
     assert t["p_two_sided"] == pytest.approx(stats.binomtest(4, 5, 0.5).pvalue) and t["p_two_sided"] < 1
     assert all(type(t[k]) is float for k in ("p", "p_reverse", "p_two_sided", "higher_acc", "difference"))
     assert type(t["n"]) is int
+    tie = paired_test([1, 0, 1], [0, 1, 1])  # one discordant example each way: a test, no evidence
+    assert (tie["p"], tie["p_reverse"], tie["p_two_sided"], tie["discordant"]) == (0.75, 0.75, 1.0, "1 vs 1")
     same = paired_test([1, 0, 1], [1, 0, 1])
     assert (same["p"], same["p_reverse"], same["p_two_sided"], same["discordant"]) == (1.0, 1.0, 1.0, "0 vs 0")
-    with pytest.raises(ValueError, match="needs examples that both rows cover"):
+    with pytest.raises(ValueError, match="^a paired test needs examples that both rows cover; one row has no "
+                       "per-example outcomes$"):  # fmt: skip
         paired_test([1.0], [])
 
 
@@ -141,9 +144,9 @@ def test_a_claims_rows_are_its_two_defenses_at_its_attack_and_budget():
         row("a", eps=2 * EPS),
         row("c"),
     ]
-    found = fnd._rows_for(noise + keep, CLAIM, "p", EPS)
+    found = fnd._rows_for(keep + noise, CLAIM, "p", EPS)
     assert set(found) == {("a", "0"), ("b", "0"), ("a", "1")}
-    assert found[("a", "0")] is keep[3], "the last matching row of a model"
+    assert found[("a", "0")] is keep[3], "the last matching row of a model, none of the rows after it"
 
 
 def run(by_seed: dict[int, tuple[list, list]], claims=(CLAIM,), pair: str = "p", per_example=None, extra=()):
@@ -198,6 +201,7 @@ def test_the_headline_budget_or_the_claims_own():
     (l2,) = findings(rows, ex, HL, [Claim("t", "s", "a", "b", "pgd", norm="l2")])
     assert math.isnan(l2["eps"]) and l2["verdict"] == "not in this run" and l2["seeds"] == 0
     assert math.isnan(l2["difference"]) and math.isnan(l2["p"]) and l2["n"] == 0 and l2["test"] == ""
+    assert math.isnan(l2["p_holm"]) and math.isnan(l2["higher_acc"]) and math.isnan(l2["lower_acc"])
     assert findings([], {}, HL, [CLAIM]) == [], "no rows, no pair"
 
 
@@ -238,6 +242,8 @@ def test_the_verdict_needs_every_seed_and_the_summary_over_seeds():
     assert h["verdict"] == "contradicted"
     (n,) = run({0: (ones(10, 12), ones(0, 12)), 1: (ones(10, 20), ones(0, 20))})
     assert n["n"] == 12, "the smallest n over seeds"
+    (mixed,) = run({0: (ones(10, 12), ones(0, 12)), 1: ([0.5] * 12, [0.25] * 12), 2: (ones(9, 12), ones(0, 12))})
+    assert mixed["test"] == "exact McNemar / paired bootstrap", "each test once, in seed order"
 
 
 def test_the_verdict_rule_at_alpha(monkeypatch):
