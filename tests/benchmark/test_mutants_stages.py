@@ -7,7 +7,9 @@ tiny linear models, fake data modules and a cache in a temporary folder: no trai
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,9 +340,10 @@ class Prepared(nn.Module):
         self.applied.append((meta, tensors))
 
 
-def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path):
+def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path, monkeypatch):
     from benchmark.stages.train import ensure_prepared
 
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
     cache = Cache(tmp_path)
     job = {"key": "k1", "seed": 3}
     assert ensure_prepared(job, Prepared(None), "dm", cache) is None
@@ -350,6 +353,7 @@ def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_pa
     torch.manual_seed(3)
     want = torch.rand(3)
     assert meta["key"] == key and meta["cached"] is False and meta["dm"] == "dm" and 0 <= meta["seconds"] < 60
+    assert os.environ["PL_SEED_WORKERS"] == "1", "data-loader workers seeded too"
     assert torch.equal(module.applied[0][1], want) and module.applied[0][0] is meta
     stored = cache.meta("prep", key)
     assert stored["key"] == key and "cached" not in stored and torch.equal(cache.tensors("prep", key, "result"), want)
@@ -440,21 +444,24 @@ def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fak
     from benchmark.stages.train import train_stage
 
     seen = {}
+    root = tmp_path / "fresh" / "cache"  # not there yet: the job file's folder is made with its parents
 
     def run(cmd, check, env):
         seen.update(cmd=cmd, check=check, env=env)
-        Cache(tmp_path).put("student", "abc", {"m": 3})
+        Cache(root).put("student", json.loads(Path(cmd[-1]).read_text())["key"], {"m": 3})
 
     monkeypatch.setattr(subprocess, "run", run)
     for var, value in (("MASTER_PORT", "1"), ("WORLD_SIZE", "2"), ("PL_GLOBAL_SEED", "0"), ("KEEP_ME", "yes")):
         monkeypatch.setenv(var, value)
-    j = job(tmp_path, **trainer)
+    j = job(root, **trainer)
     assert train_stage(j) == {"m": 3, "cached": False}
-    path = tmp_path / "jobs" / "student-abc.json"
+    path = root / "jobs" / "student-abc.json"
     assert seen["cmd"] == [sys.executable, "-m", "benchmark.stages.train", str(path)] and seen["check"] is True
     assert json.loads(path.read_text()) == j
     assert seen["env"]["KEEP_ME"] == "yes" and not {"MASTER_PORT", "WORLD_SIZE", "PL_GLOBAL_SEED"} & set(seen["env"])
     assert fakes == [("prep", "module of dm", "dm")], "the preparation runs once, before the ranks"
+    assert train_stage({**j, "key": "def"})["m"] == 3, "a second job in the same folder"
+    assert (root / "jobs" / "student-def.json").exists()
 
 
 def test_a_ddp_stage_that_writes_nothing_is_an_error(tmp_path, fakes, monkeypatch):
