@@ -331,6 +331,23 @@ def test_a_rate_claims_tests_and_fields():
         "stops 90 %",
         "paper 2",
     )
+    assert (f["pair"], f["norm"], f["eps"]) == ("p", "linf", EPS)
+
+
+def test_a_rate_claims_reverse_test_a_clear_loss():
+    """Half the clean accuracy lost: the one-sided reverse t-test, doubled (Bonferroni over the two parts)."""
+    base, clean = ones(20, 20), [1.0, 0.0] * 10
+    rows, ex = rate_rows({("diff", "adaptive"): {"clean": clean, "robust": clean}, ("student", "pgd"): {"clean": base}})
+    (t,) = findings(rows, ex, HL, [RATE])[0]["per_seed"]
+    loss = np.asarray(base) - np.asarray(clean)
+    rev_loss = stats.ttest_1samp(loss, 0.1, alternative="greater").pvalue
+    assert rev_loss < 0.01 and t["p_reverse"] == pytest.approx(2 * rev_loss)
+    assert (
+        findings(rows, ex, HL, [RateClaim("l2", "s", defense="diff", base="student", attack="adaptive", norm="l2")])[0][
+            "verdict"
+        ]
+        == "not in this run"
+    ), "no L2 budget swept"
 
 
 def test_a_rate_claims_rows_and_the_guarded_models_longest_clean_row():
@@ -349,10 +366,14 @@ def test_a_rate_claims_rows_and_the_guarded_models_longest_clean_row():
         row("student", "y"),
     ]
     ex = {r.row_id: ex_d for r in rows[:7]}
+    for r in rows[2:7]:  # the rows the claim must leave out: were one taken, its 1 clean example would show
+        ex[r.row_id] = {"clean": ones(1, 4), "robust": ones(1, 4)}
     ex[rows[7].row_id] = {"clean": ones(2, 3)}
     ex[rows[8].row_id] = {"clean": ones(1, 6)}  # the longest: the loss is on its first 4 examples
     ex[rows[9].row_id] = {"clean": ones(8, 8)}  # another pair
     ex[rows[10].row_id] = {"clean": []}
+    rows += [row("student", "z"), row("student", "w")]  # no outcomes; as long as the longest, after it
+    ex[rows[12].row_id] = {"clean": ones(6, 6)}
     f, other_pair = findings(rows, ex, HL, [RATE])
     (t,) = f["per_seed"]
     assert t["discordant"] == "clean loss -75.0 points vs student on 4" and t["n"] == 4
@@ -372,6 +393,8 @@ def test_a_rate_claim_without_its_rows_or_outcomes():
     ex[rows[0].row_id] = {"clean": ones(4, 4), "robust": []}
     f = findings(rows, ex, HL, [RATE])[0]
     assert f["verdict"] == "not tested (no per-example outcomes for its rows)" and f["seeds"] == 0
+    del ex[rows[0].row_id]
+    assert findings(rows, ex, HL, [RATE])[0]["verdict"] == "not tested (no per-example outcomes for its rows)"
 
 
 def test_a_constant_clean_loss_decides_the_loss_test_outright():
@@ -413,7 +436,7 @@ def test_rate_claims_over_seeds():
 def test_the_strongest_attack_per_model():
     claim = StrongestAttackClaim("uap", "r", attack="uap", attacks=("uap", "ssp", "l4a"), exclude=("teacher",))
     per = {
-        "a": {"uap": ones(0, 12), "ssp": ones(9, 12), "l4a": ones(5, 12) + [1.0] * 8},
+        "a": {"uap": ones(0, 12), "ssp": ones(9, 12), "l4a": ones(5, 12) + [1.0] * 28},
         "teacher": {"uap": ones(0, 12), "ssp": ones(12, 12)},
         "b": {"uap": ones(3, 12)},
     }
@@ -439,11 +462,12 @@ def test_the_strongest_attack_per_model():
             extra[4].row_id: {"robust": ones(1, 12)},
         }
     )
+    extra.append(row("a", "ssp", threat="transfer"))  # matches, no outcome entry
     f, _ = findings(rows + extra, ex, HL, [claim])
     (t,) = f["per_seed"]
     assert t["seed"] == "a: l4a", "on the common 12 examples l4a (5) is stronger than ssp (9); not seed 1's ssp"
     assert t == {
-        **paired_test(ones(5, 12) + [1.0] * 8, ones(0, 12)),
+        **paired_test(ones(5, 12) + [1.0] * 28, ones(0, 12)),
         "seed": "a: l4a",
         **{k: t[k] for k in ("p_holm", "p_reverse_holm", "verdict")},
     }
