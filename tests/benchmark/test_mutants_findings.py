@@ -551,8 +551,10 @@ def test_method_claims_pair_seeds_and_examples_they_share():
         row("b", seed=2, norm="l2"),
         row("b", seed=2, eps=2 * EPS),
         row("b", seed=3),
+        row("a", seed=1, threat="sanity"),  # after a's seed 1: were it taken, a would lose 4 points there
     ]
-    ex.update({r.row_id: {"robust": ones(4, 8)} for r in extra[:-1]})
+    ex.update({r.row_id: {"robust": ones(4, 8)} for r in extra[:-2]})
+    ex[extra[-1].row_id] = {"robust": ones(0, 8)}
     t, other_pair = sds.method_claims(rows + extra, ex, HL, [CLAIM])
     assert (
         other_pair["seeds"] == 0
@@ -580,6 +582,10 @@ def test_method_claims_need_two_seeds_and_take_holm_over_the_tested(monkeypatch)
     rows, ex = method_sweep({"a": [8], "b": [0]})
     (one,) = sds.method_claims(rows, ex, HL, [CLAIM])
     assert one == {"claim": CLAIM, "pair": "p", "eps": EPS, "seeds": 1}
+    more_lower, more_ex = method_sweep({"a": [8], "b": [0, 0]})
+    assert sds.method_claims(more_lower, more_ex, HL, [CLAIM])[0] == {**one, "seeds": 1}, "the seeds both have"
+    (l2,) = sds.method_claims(rows, ex, HL, [Claim("t", "s", "a", "b", "pgd", norm="l2")])
+    assert math.isnan(l2["eps"]) and l2["seeds"] == 0, "no L2 budget swept"
     assert sds.method_claims(rows, None, HL, [CLAIM])[0]["seeds"] == 0
     fixed = iter(
         [
@@ -622,8 +628,8 @@ def test_method_claims_default_claims_and_their_budget():
 def test_the_ranking_over_seeds():
     rows, ex = method_sweep({"a": [2, 4], "b": [8, 6], "c": [3, 3]}, attack="worst_case")
     ex[rows[0].row_id] = {"robust": ones(2, 8) + [1.0] * 4}  # a's seed 0 on 12 examples: cut to 8
-    rows += [row("d", "worst_case", pair="q"), row("e", "pgd")]
-    ex[rows[-2].row_id] = {"robust": ones(1, 8)}
+    rows = [row("e", "pgd"), *rows, row("d", "worst_case", pair="q")]  # e first, without a worst case
+    ex[rows[-1].row_id] = {"robust": ones(1, 8)}
     ranked = sds.ranking(rows, ex, HL)
     assert list(ranked) == ["p", "q"] and [e["defense"] for e in ranked["q"]] == ["d"]
     assert [e["defense"] for e in ranked["p"]] == ["b", "a", "c"], "best first; no worst-case row: not ranked"
