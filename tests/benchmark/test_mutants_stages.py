@@ -340,15 +340,18 @@ class Prepared(nn.Module):
         self.applied.append((meta, tensors))
 
 
-def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path, monkeypatch):
+def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path, monkeypatch, caplog):
     from benchmark.stages.train import ensure_prepared
 
     monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what `seed_everything(None)` would take
     cache = Cache(tmp_path)
     job = {"key": "k1", "seed": 3}
     assert ensure_prepared(job, Prepared(None), "dm", cache) is None
     module = Prepared({"a": 1})
-    meta = ensure_prepared(job, module, "dm", cache)
+    with caplog.at_level("INFO"):
+        meta = ensure_prepared(job, module, "dm", cache)
+    assert not [r for r in caplog.records if "Seed set" in r.getMessage()], "quietly"
     key = stage_key("prep", {"stage": "k1", "spec": {"a": 1}})
     torch.manual_seed(3)
     want = torch.rand(3)
@@ -401,7 +404,8 @@ def test_accuracy_over_every_batch_of_the_split_in_eval_mode():
 
 
 def job(tmp_path, **trainer) -> dict:
-    return {"kind": "student", "key": "abc", "cache_dir": str(tmp_path), "data": {}, "trainer": trainer, "seed": 0}
+    return {"kind": "student", "key": "abc", "cache_dir": str(tmp_path), "data": {"name": "d"}, "trainer": trainer,
+            "seed": 0}  # fmt: skip
 
 
 @pytest.fixture
@@ -410,11 +414,13 @@ def fakes(monkeypatch):
     import benchmark.stages.train as train
 
     calls = []
-    monkeypatch.setattr(train, "run_train_job", lambda j, progress=True: calls.append(("train", progress)) or {"m": 1})
-    monkeypatch.setattr(train, "run_public_job", lambda j: calls.append(("public",)) or {"m": 2})
-    monkeypatch.setattr(train, "build_datamodule", lambda cfg: "dm")
-    monkeypatch.setattr(train, "build_module", lambda j, cache, dm: f"module of {dm}")
-    monkeypatch.setattr(train, "ensure_prepared", lambda j, module, dm, cache: calls.append(("prep", module, dm)))
+    train_job = lambda j, progress=True: calls.append(("train", j["key"], progress)) or {"m": 1}  # noqa: E731
+    monkeypatch.setattr(train, "run_train_job", train_job)
+    monkeypatch.setattr(train, "run_public_job", lambda j: calls.append(("public", j["key"])) or {"m": 2})
+    monkeypatch.setattr(train, "build_datamodule", lambda cfg: f"dm of {cfg['name']}")
+    monkeypatch.setattr(train, "build_module", lambda j, cache, dm: f"module of {j['key']} in {cache.root.name}, {dm}")
+    prep = lambda j, module, dm, cache: calls.append(("prep", j["key"], module, dm, cache.root.name))  # noqa: E731
+    monkeypatch.setattr(train, "ensure_prepared", prep)
     return calls
 
 
@@ -427,14 +433,17 @@ def test_a_cached_stage_is_not_run_again(tmp_path, fakes):
 
 @pytest.mark.parametrize(
     "trainer, public, want",
-    [({}, False, ("train", False)), ({"devices": 1, "num_nodes": 1}, False, ("train", False)),
-     ({"devices": "auto"}, False, ("train", False)), ({"devices": 2}, True, ("public",))],
+    [({}, False, ("train", "abc", False)), ({"devices": 1, "num_nodes": 1}, False, ("train", "abc", False)),
+     ({"devices": "auto"}, False, ("train", "abc", False)), ({"devices": 2}, True, ("public", "abc"))],
 )  # fmt: skip
 def test_a_single_process_stage_runs_in_process(tmp_path, fakes, trainer, public, want):
     from benchmark.stages.train import train_stage
 
     j = {**job(tmp_path, **trainer), **({"public": True} if public else {})}
     assert train_stage(j, progress=False) == {"m": 2 if public else 1, "cached": False} and fakes == [want]
+    if not public:
+        train_stage({**j, "key": "k2"})
+        assert fakes[-1] == ("train", "k2", True), "with a progress bar by default"
 
 
 @pytest.mark.parametrize("trainer", [{"devices": 2}, {"devices": 1, "num_nodes": 2}])
@@ -459,7 +468,7 @@ def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fak
     assert seen["cmd"] == [sys.executable, "-m", "benchmark.stages.train", str(path)] and seen["check"] is True
     assert json.loads(path.read_text()) == j
     assert seen["env"]["KEEP_ME"] == "yes" and not {"MASTER_PORT", "WORLD_SIZE", "PL_GLOBAL_SEED"} & set(seen["env"])
-    assert fakes == [("prep", "module of dm", "dm")], "the preparation runs once, before the ranks"
+    assert fakes == [("prep", "abc", "module of abc in cache, dm of d", "dm of d", "cache")], "once, before the ranks"
     assert train_stage({**j, "key": "def"})["m"] == 3, "a second job in the same folder"
     assert (root / "jobs" / "student-def.json").exists()
 
