@@ -32,6 +32,7 @@ def row(
     **kw,
 ) -> Row:
     return Row(
+        experiment="exp",
         pair="p",
         source="S",
         target="T",
@@ -146,6 +147,7 @@ def test_withheld_defenses_at_the_headline_only():
         row("d", "pgd", flags="no_adaptive_attack"),
         row("e", flags="no_adaptive_attack", norm="l2"),
         row("f", flags="ignores_reject_option"),
+        row("g", flags="no_adaptive_attack", norm="l2", eps=1.0),  # a norm without a headline budget
     ]
     assert lb._unranked(PairResults(rows), HL) == {"a", "b"}
     assert lb._unranked(PairResults(rows), {"linf": EPS, "l2": EPS}) == {"a", "b", "e"}
@@ -199,8 +201,9 @@ def test_the_leaderboard_ranks_withheld_defenses_last_and_lists_the_warnings():
             n_examples=3,
         ),
     ]
-    text = lb.leaderboard(rows, {"linf": EPS}, "success_ratio", ["w1", "w2"], found=None, methods="")
+    text = lb.leaderboard(rows, {"linf": EPS}, "success_ratio", ["w1", "w2"])
     lines = text.splitlines()
+    assert lines[0] == "# Leaderboard: exp" and "XXXX" not in text
     ranks = [
         line for line in lines if line.startswith("| ") and line.split(" | ")[1] in ("off", "tla", "finetune", "d")
     ]
@@ -215,10 +218,32 @@ def test_the_leaderboard_ranks_withheld_defenses_last_and_lists_the_warnings():
     )
     assert text.endswith("## Sanity checks\n\n- WARNING: w1\n- WARNING: w2\n")
     assert "## Findings" not in text and "Verdicts about methods" not in text
-    quiet = lb.leaderboard(rows[1:3], {"linf": EPS}, "success_ratio", [], found=[], methods="\n## Methods\n\nx\n\n")
+    item = {"claim": "c", "pair": "p", "higher": "a", "lower": "b", "attack": "x", "norm": "linf",
+            "eps_label": "16/255", "per_seed": [], "verdict": "not in this run"}  # fmt: skip
+    quiet = lb.leaderboard(rows[1:3], HL, "success_ratio", [], found=[item], methods="\n  ## Methods X\n\n")
+    assert quiet.startswith("# Leaderboard: exp\n") and "| c | p | a | b | x linf 16/255 | - |" in quiet
     assert quiet.endswith(
-        "## Methods\n\nx\n\n## Sanity checks\n\nNo check failed: iterative attacks are at least as strong as "
+        "  ## Methods X\n\n## Sanity checks\n\nNo check failed: iterative attacks are at least as strong as "
         "single-step ones, white-box at least as strong as transfer, and robust accuracy falls with epsilon "
         "(tolerance 1 points).\n"
     )
-    assert "## Findings\n\n" in quiet and "No rows to test." in quiet
+    assert "## Findings\n\n" in quiet and "No rows to test." not in quiet
+
+
+def test_the_leaderboard_sections_read_the_headline_the_ranking_and_the_form():
+    """Detection, rejecting models and transferability: each section gets the pair's headline budgets, the ranked
+    defenses and the configured transferability form."""
+    rows = [
+        row("tla", "pgd", 0.5, detection_auroc=0.75),
+        row("tla", robust=0.5),
+        row("diff", "pgd", 0.25, false_rejection_rate=0.1, clean_acc_accepted=0.9, defense_rate=0.8,
+            adv_rejection_rate=0.3),
+        row("diff", robust=0.25),
+        row("tla", "transfer", 0.6, threat="transfer", transferability=0.4),
+    ]  # fmt: skip
+    text = lb.leaderboard(rows, HL, "accuracy_drop", [])
+    detection = "| defense | pgd 16/255 | worst_case linf 16/255 |\n|---|---|---|\n| tla | 75.0 | - |\n| diff | - | - |"
+    assert detection in text, "at the headline, in ranked order"
+    assert "| diff | 0 | pgd | linf 16/255 | 90.0 | 90.0 | 10.0 | 25.0 | 80.0 | 30.0 |" in text
+    assert "T = accuracy_drop: (acc_B(x) - acc_B(x'_A))" in text
+    assert "| defense | transfer 16/255 |\n|---|---|\n| tla | 0.40 |\n| diff | - |" in text, "in ranked order"
