@@ -419,10 +419,10 @@ def test_the_sanity_cells_of_a_randomized_model(planned):
 
 
 def test_the_sanity_checks_take_the_budget_nearest_the_headline():
-    plan = plan_of(attack__eot_pgd_linf__epsilons=["4/255", "12/255", "32/255"], report__headline__linf="16/255")[0]
+    plan = plan_of(attack__eot_pgd_linf__epsilons=["10/255", "18/255", "30/255"], report__headline__linf="16/255")[0]
     sanity = [c for c in plan.cells() if c.role in ("frozen", "x2", "unbounded")]
-    assert {c.attack["eps"] for c in sanity} == {"12/255"} and len(sanity) == 3
-    assert {c.base for c in sanity} == {"digits/dropout/seed0/eot_pgd_linf/12/255"}
+    assert {c.attack["eps"] for c in sanity} == {"18/255"} and len(sanity) == 3
+    assert {c.base for c in sanity} == {"digits/dropout/seed0/eot_pgd_linf/18/255"}
 
 
 def test_without_an_eot_attack_or_frozen_randomness_no_sanity_checks():
