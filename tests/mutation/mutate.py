@@ -151,8 +151,8 @@ MODULES: tuple[Target, ...] = (
     # The rows and the records they are made of.
     Target("benchmark/rows.py", (ROWS_TESTS,)),
     Target("benchmark/records.py", (ROWS_TESTS, *RECORDS_TESTS)),
-    # The verdicts and the ranking. Not mutated: the findings' and seeds' markdown tables (formatting, pinned by
-    # tests/benchmark/test_golden.py) and claims.extra_claims (the claim list itself, data like findings.CLAIMS).
+    # The verdicts and the ranking. Not mutated: the findings' and seeds' markdown tables (formatting, read by
+    # test_golden.py, test_findings.py, test_seeds.py) and claims.extra_claims (the claim list: data, like CLAIMS).
     Target("benchmark/stats.py", (FINDINGS_TESTS, "tests/benchmark/test_findings.py")),
     Target(
         "benchmark/findings.py",
