@@ -73,8 +73,10 @@ def plan_of(cfg: dict = CFG, **changes):
     return make_plan(cfg)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def planned():
+    """A plan per test, not per module: mutmut runs a mutant against the tests it saw call the mutated function, and
+    a module-scoped plan would be seen by the first test only."""
     return plan_of()
 
 
@@ -454,7 +456,7 @@ def test_a_bpda_eot_attack_is_no_sanity_base():
 
 
 # ---- CommonInit: the common model, its students, attacks crafted on it --------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ssl_planned():
     return plan_of(SSL)
 
