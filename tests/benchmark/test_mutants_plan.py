@@ -527,3 +527,10 @@ def test_a_teacher_with_timms_pretrained_weights():
     ssl = stages(plan_of(SSL, **only, **pretrained)[0])
     assert ssl["digits/common"]["job"]["public"] is True
     assert "public" not in ssl["digits/teacher"]["job"], "the first model of the chain only"
+
+
+def test_two_entries_with_one_recipe_share_the_crafted_set_and_the_cell():
+    twice = plan_of(attack__transfer_again=copy.deepcopy(CFG["attack"]["transfer_pgd_linf"]))[0]
+    crafts = [s["id"] for s in twice.stages if s["kind"] == "craft"]
+    assert crafts == [s["id"] for s in plan_of()[0].stages if s["kind"] == "craft"]
+    assert "digits/finetune/seed0/transfer_again/16/255" not in stages(twice), "the same cell: computed once"
