@@ -185,6 +185,7 @@ def test_single_process_strategy():
 
 def test_the_teachers_job_and_key(planned):
     plan, notes, warnings = planned
+    assert plan.name == "digits"
     t = stages(plan)["digits/teacher"]
     job = t["job"]
     assert {k: v for k, v in job.items() if k != "key"} == {
