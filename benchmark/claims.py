@@ -97,8 +97,8 @@ class RateClaim:
             loss = np.asarray(base_clean[s][:m], float) - clean[:m]
             p_rate = stats.binomtest(k, n, self.rate, alternative="greater").pvalue if n else 1.0
             p_rate_rev = stats.binomtest(k, n, self.rate, alternative="less").pvalue if n else 1.0
-            if loss.std() == 0:
-                p_loss, p_loss_rev = float(loss.mean() < self.max_loss), float(loss.mean() > self.max_loss)
+            if loss.std() == 0:  # every example loses the same: the loss part holds, or fails, outright
+                p_loss, p_loss_rev = float(loss.mean() >= self.max_loss), float(loss.mean() <= self.max_loss)
             else:
                 p_loss = stats.ttest_1samp(loss, self.max_loss, alternative="less").pvalue
                 p_loss_rev = stats.ttest_1samp(loss, self.max_loss, alternative="greater").pvalue

@@ -67,6 +67,45 @@ ATTACK_TESTS = (
 DEFENSE_TESTS = ("tests/defenses/test_losses.py", "tests/defenses/test_tla_trades.py")
 #: The runner's fast tests on hand-made outcomes, rows and cache entries (no training), written to kill mutants.
 RUNNER_TESTS = "tests/benchmark/test_mutants_runner.py"
+#: The same for the attack and training stages, the rows, the verdicts and the plan.
+STAGE_TESTS = "tests/benchmark/test_mutants_stages.py"
+ROWS_TESTS = "tests/benchmark/test_mutants_rows.py"
+FINDINGS_TESTS = "tests/benchmark/test_mutants_findings.py"
+PLAN_TESTS = "tests/benchmark/test_mutants_plan.py"
+LEADERBOARD_TESTS = "tests/benchmark/test_mutants_leaderboard.py"
+#: The precision tests that need no trained classifier.
+PRECISION_TESTS = tuple(
+    f"tests/benchmark/test_precision.py::{t}"
+    for t in (
+        "test_fp16_scales_the_gradient_so_small_ones_keep_their_sign",
+        "test_fp16_without_the_scale_loses_the_gradient",
+        "test_an_unknown_precision_is_one_line",
+        "test_an_encoder_attack_in_fp16_gets_the_scaled_gradient_of_the_features",
+        "test_without_wrapping_features_the_encoder_attack_silently_gets_no_gradient",
+        "test_a_captured_layer_is_read_in_fp32_with_the_scale",
+    )
+)
+RECORDS_TESTS = (
+    "tests/benchmark/test_records.py::test_a_row_keeps_its_types_through_results_csv",
+    "tests/benchmark/test_records.py::test_one_grouping_rule_for_budgets",
+)
+#: The plan's tests on small configs (a plan takes about a second: no training, no attack); not test_plan.py's tests
+#: of the source files themselves (their length, their imports), which read mutmut's rewritten copies.
+PLANNER_TESTS = (
+    *(
+        f"tests/benchmark/test_plan.py::{t}"
+        for t in (
+            "test_plan_is_json_in_dependency_order",
+            "test_transfer_reference_is_the_sweeps_own_whitebox_cell",
+            "test_sanity_cells_come_from_eot_pgd_whatever_the_attack_order",
+            "test_cell_keys_cover_every_value_the_cell_reads",
+            "test_keys_change_with_library_versions",
+        )
+    ),
+    "tests/benchmark/test_records.py::test_every_cell_is_resolved_once_into_its_spec",
+    "tests/benchmark/test_records.py::test_the_plan_survives_json_with_its_specs",
+    "tests/benchmark/test_precision.py::test_the_precision_enters_the_cells_cache_key",
+)
 
 # The single place to edit: the modules that decide the numbers and the fast tests that cover each.
 # Modules that do not exist (yet) are reported and skipped.
@@ -88,6 +127,57 @@ MODULES: tuple[Target, ...] = (
         "benchmark/stages/score.py", ("tests/benchmark/test_checks.py", "tests/benchmark/test_score.py", RUNNER_TESTS)
     ),
     Target("benchmark/cache.py", ("tests/benchmark/test_cache.py", RUNNER_TESTS)),
+    # A cell's numbers: crafting (every batch checked), the predictions over draws, the outcome and its precision.
+    Target("benchmark/stages/attack.py", (STAGE_TESTS, "tests/benchmark/test_score.py", *PRECISION_TESTS)),
+    # A training stage's identity: what its key is made of (build.job_key_spec, planner's _job), the preparation's
+    # key and the cache lookup before training. The training itself is not mutated (it needs minutes per mutant).
+    Target(
+        "benchmark/stages/train.py",
+        (STAGE_TESTS,),
+        functions=("x_ensure_prepared", "x__param_checksum", "x__accuracy", "x_train_stage"),
+    ),
+    Target(
+        "benchmark/stages/build.py",
+        (STAGE_TESTS,),
+        functions=(
+            "x_semantic",
+            "x_model_key",
+            "x_checkpoint_key",
+            "x_teacher_module_cfg",
+            "x_declared",
+            "x_job_key_spec",
+        ),
+    ),
+    # The rows and the records they are made of.
+    Target("benchmark/rows.py", (ROWS_TESTS,)),
+    Target("benchmark/records.py", (ROWS_TESTS, *RECORDS_TESTS)),
+    # The verdicts and the ranking. Not mutated: the findings' and seeds' markdown tables (formatting, read by
+    # test_golden.py, test_findings.py, test_seeds.py) and claims.extra_claims (the claim list: data, like CLAIMS).
+    Target("benchmark/stats.py", (FINDINGS_TESTS, "tests/benchmark/test_findings.py")),
+    Target(
+        "benchmark/findings.py",
+        (FINDINGS_TESTS, "tests/benchmark/test_findings.py"),
+        functions=("x_claims_from_config", "x__rows_for", "x_findings", "x__summarize"),
+    ),
+    Target(
+        "benchmark/claims.py",
+        (FINDINGS_TESTS, "tests/benchmark/test_claims.py"),
+        functions=("x__eps", "x__matching", "x__item", "xǁRateClaimǁevaluate", "xǁStrongestAttackClaimǁevaluate"),
+    ),
+    Target(
+        "benchmark/seeds.py",
+        (FINDINGS_TESTS, "tests/benchmark/test_seeds.py"),
+        functions=("x_crossed_bootstrap", "x__matrix", "x_claim_test", "x_method_claims", "x_ranking"),
+    ),
+    Target(
+        "benchmark/leaderboard.py",
+        (LEADERBOARD_TESTS,),
+        functions=("x_leaderboard", "x__mean_ci", "x__unranked", "x__ranking"),
+    ),
+    Target("benchmark/results.py", (LEADERBOARD_TESTS,), functions=("x_number", "xǁPairResultsǁ*")),
+    # The plan: the stages, their keys and dependencies, each cell's spec.
+    Target("benchmark/plan.py", (PLAN_TESTS, *PLANNER_TESTS)),
+    Target("benchmark/planner.py", (PLAN_TESTS, *PLANNER_TESTS)),
 )
 
 

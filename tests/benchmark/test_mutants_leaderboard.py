@@ -1,0 +1,249 @@
+"""The leaderboard's ranking (benchmark/leaderboard.py) and the lookups it ranks with (benchmark/results.py), on
+hand-made rows: the order, the withheld defenses, the cells of the ranking table, the mean over seeds. Written against
+the mutants `make mutate` (tests/mutation/mutate.py) found alive.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from benchmark import leaderboard as lb
+from benchmark.records import Row
+from benchmark.results import PairResults, number
+from benchmark.stats import t_interval
+
+EPS = 16 / 255
+HL = {"linf": EPS}
+
+
+def row(
+    defense: str,
+    attack: str = "worst_case",
+    robust: float | None = 0.5,
+    seed: int = 0,
+    eps: float = EPS,
+    norm: str = "linf",
+    threat: str = "white-box",
+    clean: float | None = 0.9,
+    n: int = 10,
+    **kw,
+) -> Row:
+    return Row(
+        experiment="exp",
+        pair="p",
+        source="S",
+        target="T",
+        model="cnn",
+        defense=defense,
+        attack=attack,
+        robust_acc=robust,
+        seed=seed,
+        eps=eps,
+        norm=norm,
+        threat_model=threat,
+        clean_acc=clean,
+        n_examples=n,
+        **kw,
+    )
+
+
+# ---- results.py ------------------------------------------------------------------------------------------------
+def test_number():
+    assert [number(v) for v in (None, "", "None", "nan", math.nan, "x")] == [None] * 6
+    assert number("0.5") == 0.5 and number(2) == 2.0 and number(0) == 0.0 and number("-1") == -1.0
+
+
+def test_pair_results_lookups():
+    rows = [
+        row("a", "pgd", 0.25, seed=0),
+        row("a", "pgd", "nan", seed=1),
+        row("a", "pgd", 0.5, seed=2, eps=EPS + 5e-10),
+        row("a", "pgd", 0.75, eps=2 * EPS),
+        row("a", "pgd", 0.1, norm="l2"),
+        row("a", "sanity_x", 0.0, threat="sanity"),
+        row("b", "fgsm", 0.3, clean=0.6, n=4),
+        row("b", "pgd", 0.2, clean=0.8, n=8),
+        row("b", "x", 0.2, clean=0.7, n=8),
+        row("b", "pgd", 0.2, seed=1, clean=None, n=20),
+        row("b", "pgd", 0.2, seed=1, clean=0.5, n=10),
+    ]
+    res = PairResults(rows)
+    assert [r.attack for r in res.sanity] == ["sanity_x"] and len(res.rows) == 10 and res.first is rows[0]
+    assert res.defenses == ["a", "b"] and res.attacks == [
+        ("pgd", "linf"),
+        ("pgd", "l2"),
+        ("fgsm", "linf"),
+        ("x", "linf"),
+    ]
+    assert res.values("a", "pgd", "linf", EPS) == [0.25, 0.5], "absent and NaN values left out; eps to 1e-9"
+    assert res.values("a", "pgd", "linf", EPS, "clean_acc") == [0.9, 0.9, 0.9]
+    assert res.values("b", "pgd", "l2", EPS) == [] and res.values("a", "fgsm", "linf", EPS) == []
+    assert res.clean_by_seed("b") == {"0": 0.8}, "the row with the most examples; seed 1's has no clean accuracy"
+    assert res.clean("b") == [0.8] and res.clean("a") == [0.9, 0.9, 0.9]
+    assert res.clean_cost("b", base="a") == pytest.approx([-0.1]) and res.clean_cost("a") == []
+    assert res.epsilons("pgd", "linf") == [round(e, 10) for e in (EPS, EPS + 5e-10, 2 * EPS)]
+    assert res.epsilons("pgd", "l2") == [round(EPS, 10)]
+    assert res.whitebox_at("a", "linf", EPS) and not res.whitebox_at("a", "linf", 3 * EPS)
+    assert not res.whitebox_at("b", "l2", EPS) and not res.whitebox_at("c", "linf", EPS)
+    assert not PairResults([row("a", threat="transfer")]).whitebox_at("a", "linf", EPS)
+
+
+def test_clean_by_seed_keeps_the_first_of_equal_sizes_and_fields_per_seed():
+    res = PairResults([row("a", clean=0.5, n=10), row("a", clean=0.7, n=10), row("a", clean=0.8, n=11, seed=2)])
+    assert res.clean_by_seed("a") == {"0": 0.5, "2": 0.8}
+    res = PairResults(
+        [
+            row("a", train_seconds=3.0),
+            row("a", train_seconds=3.0),
+            row("a", seed=1, train_seconds=None),
+            row("a", seed=2, train_seconds=5.0),
+            row("b", train_seconds=9.0),
+        ]
+    )
+    assert res.field("a", "train_seconds") == [3.0, 5.0]
+
+
+def test_ranked_by_the_worst_case_at_the_headline_else_the_weakest_attack():
+    rows = [
+        row("a", robust=0.2),
+        row("a", robust=0.6, seed=1),
+        row("b", robust=0.5),
+        row("c", robust=0.9, eps=2 * EPS),
+        row("c", "pgd", 0.45),
+        row("c", "fgsm", 0.7),
+        row("d", "pgd", 0.1, norm="l2"),
+        row("e", robust=0.3, norm="l2"),
+        row("e", "pgd", 0.8),
+    ]
+    res = PairResults(rows)
+    assert res.ranked(HL) == ["e", "b", "c", "a", "d"], "e and c by their weakest attack; a by its mean; d has none: 0"
+    assert res.ranked({"linf": EPS, "l2": EPS}) == ["b", "c", "a", "e", "d"], "e by its L2 worst case, d its L2 pgd"
+    assert res.ranked({"linf": 2 * EPS}) == ["c", "a", "b", "d", "e"], "only c has a value there; the rest keep order"
+
+
+# ---- leaderboard.py ------------------------------------------------------------------------------------------
+def test_mean_ci_formats_one_value_or_the_mean_and_interval():
+    assert lb._mean_ci([], ".1f") == "-" and lb._mean_ci([None, None], ".1f") == "-"
+    assert lb._mean_ci([0.5, None], ".2f") == "0.50" and lb._mean_ci([0.5], ".1f", 100) == "50.0"
+    low, high = t_interval([10.0, 20.0, 30.0])
+    assert lb._mean_ci([0.1, 0.2, 0.3, None], ".1f", 100) == f"20.0 [{low:.1f}, {high:.1f}]"
+    assert lb._pct([0.25]) == "25.0" and lb._signed([-0.05]) == "-5.0" and lb._signed([0.05]) == "+5.0"
+    assert lb._mean_str([1.234]) == "1.23" and lb._mean_str([1.25], ".1f") == "1.2"
+    values = [0.1, 0.3]
+    assert (
+        lb._pct(values) == f"{100 * statistics.mean(values):.1f} [{t_interval([10, 30])[0]:.1f}, "
+        f"{t_interval([10, 30])[1]:.1f}]"
+    )
+
+
+def test_withheld_defenses_at_the_headline_only():
+    rows = [
+        row("a", flags="no_adaptive_attack"),
+        row("b", flags="x;no_adaptive_attack", eps=EPS + 5e-10),
+        row("c", flags="no_adaptive_attack", eps=2 * EPS),
+        row("d", "pgd", flags="no_adaptive_attack"),
+        row("e", flags="no_adaptive_attack", norm="l2"),
+        row("f", flags="ignores_reject_option"),
+        row("g", flags="no_adaptive_attack", norm="l2", eps=1.0),  # a norm without a headline budget
+    ]
+    assert lb._unranked(PairResults(rows), HL) == {"a", "b"}
+    assert lb._unranked(PairResults(rows), {"linf": EPS, "l2": EPS}) == {"a", "b", "e"}
+
+
+def test_the_ranking_table():
+    rows = [
+        row("finetune", robust=0.5, clean=0.9),
+        row("finetune", "pgd", 0.6, clean=0.9),
+        row("tla", robust=0.7, clean=0.8),
+        row("tla", "pgd", 0.75, clean=0.8),
+        row("tla", "fgsm", 0.9, eps=2 * EPS),
+        row("off", robust=0.95, clean=0.85, flags="no_adaptive_attack"),
+        row("q", "never", None, clean=0.1),
+    ]
+    res = PairResults(rows)
+    lines = lb._ranking("p", res, HL, ["tla", "finetune", "off"], {"off"})
+    assert lines == [
+        "## p: S -> T (cnn, 10 target test examples)",
+        "",
+        "`clean cost`: clean accuracy minus plain fine-tuning's (points).",
+        "",
+        "| rank | defense | clean | clean cost | worst_case linf 16/255 | pgd 16/255 |",
+        "|---|---|---|---|---|---|",
+        "| 1 | tla | 80.0 | -10.0 | 70.0 | 75.0 |",
+        "| 2 | finetune | 90.0 | +0.0 | 50.0 | 60.0 |",
+        "| - | off | 85.0 | -5.0 | 95.0 | - |",
+    ], "no column for an attack without values at the headline (fgsm at 32/255, q's)"
+    without = lb._ranking("p", PairResults([r for r in rows if r.defense != "finetune"]), HL, ["tla"], set())
+    assert without[2:4] == ["| rank | defense | clean | worst_case linf 16/255 | pgd 16/255 |", "|---|---|---|---|---|"]
+    assert without[4] == "| 1 | tla | 80.0 | 70.0 | 75.0 |"
+
+
+def test_the_leaderboard_ranks_withheld_defenses_last_and_lists_the_warnings():
+    rows = [
+        row("off", robust=0.95, flags="no_adaptive_attack"),
+        row("tla", robust=0.7),
+        row("finetune", robust=0.5),
+        Row(
+            pair="q",
+            source="S2",
+            target="T2",
+            model="m",
+            defense="d",
+            attack="worst_case",
+            robust_acc=0.1,
+            eps=EPS,
+            norm="linf",
+            threat_model="white-box",
+            clean_acc=0.5,
+            n_examples=3,
+        ),
+    ]
+    text = lb.leaderboard(rows, {"linf": EPS}, "success_ratio", ["w1", "w2"])
+    lines = text.splitlines()
+    assert lines[0] == "# Leaderboard: exp" and "XXXX" not in text
+    ranks = [
+        line for line in lines if line.startswith("| ") and line.split(" | ")[1] in ("off", "tla", "finetune", "d")
+    ]
+    assert ranks[:4] == [
+        "| 1 | tla | 90.0 | +0.0 | 70.0 |",
+        "| 2 | finetune | 90.0 | +0.0 | 50.0 |",
+        "| - | off | 90.0 | +0.0 | 95.0 |",
+        "| 1 | d | 50.0 | 10.0 |",
+    ]
+    assert lines.index("## p: S -> T (cnn, 10 target test examples)") < lines.index(
+        "## q: S2 -> T2 (m, 3 target test examples)"
+    )
+    assert text.endswith("## Sanity checks\n\n- WARNING: w1\n- WARNING: w2\n")
+    assert "## Findings" not in text and "Verdicts about methods" not in text
+    item = {"claim": "c", "pair": "p", "higher": "a", "lower": "b", "attack": "x", "norm": "linf",
+            "eps_label": "16/255", "per_seed": [], "verdict": "not in this run"}  # fmt: skip
+    quiet = lb.leaderboard(rows[1:3], HL, "success_ratio", [], found=[item], methods="\n  ## Methods X\n\n")
+    assert quiet.startswith("# Leaderboard: exp\n") and "| c | p | a | b | x linf 16/255 | - |" in quiet
+    assert quiet.endswith(
+        "  ## Methods X\n\n## Sanity checks\n\nNo check failed: iterative attacks are at least as strong as "
+        "single-step ones, white-box at least as strong as transfer, and robust accuracy falls with epsilon "
+        "(tolerance 1 points).\n"
+    )
+    assert "## Findings\n\n" in quiet and "No rows to test." not in quiet
+
+
+def test_the_leaderboard_sections_read_the_headline_the_ranking_and_the_form():
+    """Detection, rejecting models and transferability: each section gets the pair's headline budgets, the ranked
+    defenses and the configured transferability form."""
+    rows = [
+        row("tla", "pgd", 0.5, detection_auroc=0.75),
+        row("tla", robust=0.5),
+        row("diff", "pgd", 0.25, false_rejection_rate=0.1, clean_acc_accepted=0.9, defense_rate=0.8,
+            adv_rejection_rate=0.3),
+        row("diff", robust=0.25),
+        row("tla", "transfer", 0.6, threat="transfer", transferability=0.4),
+    ]  # fmt: skip
+    text = lb.leaderboard(rows, HL, "accuracy_drop", [])
+    detection = "| defense | pgd 16/255 | worst_case linf 16/255 |\n|---|---|---|\n| tla | 75.0 | - |\n| diff | - | - |"
+    assert detection in text, "at the headline, in ranked order"
+    assert "| diff | 0 | pgd | linf 16/255 | 90.0 | 90.0 | 10.0 | 25.0 | 80.0 | 30.0 |" in text
+    assert "T = accuracy_drop: (acc_B(x) - acc_B(x'_A))" in text
+    assert "| defense | transfer 16/255 |\n|---|---|\n| tla | 0.40 |\n| diff | - |" in text, "in ranked order"

@@ -1,0 +1,537 @@
+"""The plan (benchmark/plan.py) on hand-made stages, and the planner (benchmark/planner.py) on small composed configs:
+every stage's job, key and dependencies, every cell's spec and key, the crafted sets, the sanity cells, the CommonInit
+chain and a public teacher. No training, no attack. Written against the mutants `make mutate`
+(tests/mutation/mutate.py) found alive.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import pytest
+import torch
+from hand_cells import cell
+
+from attacks.errors import ConfigError
+from attacks.fgsm import FGSM
+from attacks.pgd import PGD
+from attacks.transfer import TransferAttack
+from benchmark.cache import stage_key
+from benchmark.config import compose
+from benchmark.plan import Plan, attack_modules, make_attack, module_of
+from benchmark.planner import CELL_MODULES, make_plan, single_process_strategy
+from benchmark.records import Budget
+from benchmark.stages.build import job_key_spec, teacher_module_cfg
+
+EIGHT, SIXTEEN = 8 / 255, 16 / 255
+#: Never created: planning writes nothing.
+WHERE = ["cache_dir=plan-tests-cache", "results_dir=plan-tests-results"]
+#: A deterministic student and a randomized one that starts from an earlier stage (dropout from freeze); FGSM at two
+#: budgets, a transfer attack (its white-box reference), mimicry (targeted, on 7 examples), EOT-PGD (on 6) with the
+#: sanity checks (on 5), and PGD made to apply to every model (its early stop is turned off on the randomized one).
+SWEEP = [
+    "logger=none",
+    "defense=[finetune,dropout]",
+    "attack=[fgsm,transfer_pgd_linf,eot_pgd_linf,mimicry_linf,pgd_linf]",
+    "attack.fgsm.epsilons=[8/255,16/255]",
+    "attack.transfer_pgd_linf.epsilons=[16/255]",
+    "attack.transfer_pgd_linf.attack.attack.steps=3",
+    "attack.eot_pgd_linf.attack.steps=4",
+    "attack.eot_pgd_linf.attack.eot=2",
+    "attack.eot_pgd_linf.n_examples=6",
+    "attack.mimicry_linf.epsilons=[8/255]",
+    "attack.mimicry_linf.attack.steps=2",
+    "attack.mimicry_linf.n_examples=7",
+    "attack.pgd_linf.applies_to=all",
+    "attack.pgd_linf.epsilons=[8/255]",
+    "attack.pgd_linf.attack.steps=2",
+    "eval.n_examples=10",
+    "eval.draws=3",
+    "eval.sanity_examples=5",
+    *WHERE,
+]
+#: Composed once, at import (the composition is not under test); each test plans a copy.
+CFG = compose(SWEEP)
+SSL = compose(["experiment=digits_ssl", "logger=none", "defense=[commoninit,finetune]",
+               "attack=[uap_feature,transfer_pgd_linf]", "attack.uap_feature.epsilons=[16/255]",
+               "attack.transfer_pgd_linf.attack.attack.steps=3", "eval.n_examples=10", *WHERE])  # fmt: skip
+
+
+def plan_of(cfg: dict = CFG, **changes):
+    cfg = copy.deepcopy(cfg)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        d = cfg
+        for p in parents:
+            d = d[p]
+        if value is KeyError:
+            del d[last]
+        else:
+            d[last] = value
+    return make_plan(cfg)
+
+
+@pytest.fixture
+def planned():
+    """A plan per test, not per module: mutmut runs a mutant against the tests it saw call the mutated function, and
+    a module-scoped plan would be seen by the first test only."""
+    return plan_of()
+
+
+def stages(plan: Plan) -> dict[str, dict]:
+    return {s["id"]: s for s in plan.stages}
+
+
+# ---- the plan on hand-made stages -------------------------------------------------------------------------------
+def test_module_of_and_the_modules_of_an_attack():
+    assert module_of("a.b.C") == "a.b" and module_of("C") == "C"
+    assert attack_modules(FGSM(0.1)) == ["attacks.fgsm"]
+    transfer = TransferAttack(0.1, attack=functools.partial(PGD, steps=2))
+    assert attack_modules(transfer) == ["attacks.transfer", "attacks.pgd"]
+
+
+def test_make_attack_at_its_epsilon_with_the_changes():
+    cfg = {"_target_": "attacks.pgd.PGD", "steps": 4}
+    plain = make_attack({"cfg": cfg, "eps": "8/255"})
+    assert isinstance(plain, PGD) and plain.eps == pytest.approx(EIGHT) and plain.steps == 4
+    changed = make_attack({"cfg": cfg, "eps": "8/255", "changes": {"steps": 2, "early_stop": False}})
+    assert (changed.steps, changed.early_stop, changed.eps) == (2, False, pytest.approx(EIGHT))
+    assert make_attack({"cfg": cfg, "eps": 0.5, "changes": {}}).steps == 4
+
+
+def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw) -> dict:
+    s = {"id": sid, "kind": kind, "key": key, "deps": []}
+    if kind == "cell":
+        s["cell"] = cell(id=sid, role=role, **kw)
+    return s
+
+
+def test_plan_lookups():
+    p = Plan("x")
+    assert len(p) == 0
+    p.add(stage("m", kind="student", key="km"))
+    p.add(stage("c1", key="k1", model="m"))
+    p.add(stage("c2", key="k2", model="n"))
+    assert len(p) == 3 and p.stage("c1")["key"] == "k1" and p.cell("c2").model == "n"
+    assert [c.id for c in p.cells()] == ["c1", "c2"] and [c.id for c in p.cells("m")] == ["c1"]
+    assert p.cells("none") == []
+    p.update_cell("c1", reference="r", n=3)
+    assert (p.cell("c1").reference, p.cell("c1").n, p.cell("c1").model) == ("r", 3, "m")
+
+
+def test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe():
+    p = Plan("x")
+    recipe = {"cfg": {"_target_": "attacks.fgsm.FGSM"}, "eps": "8/255", "changes": {}}
+    p.add({**stage("c", key="kc"), "cell": cell(id="c", attack=recipe)})
+    p.add({"id": "t", "kind": "craft", "key": "kt", "deps": [], "attack": {**recipe, "eps": "16/255"}})
+    made = FGSM(0.5)
+    p.add(stage("given", key="kg"), made)
+    first = p.attack("c")
+    assert isinstance(first, FGSM) and first.eps == pytest.approx(EIGHT) and p.attack("c") is first
+    assert p.attack("t").eps == pytest.approx(SIXTEEN) and p.attack("given") is made
+
+
+def test_plan_add_one_stage_per_key_and_kind():
+    p = Plan("x")
+    assert p.add(stage("a", kind="student", key="k")) == "a"
+    assert p.add(stage("b", kind="teacher", key="k")) == "b", "another kind"
+    assert p.add(stage("a2", kind="student", key="k"), FGSM(0.1)) == "a" and len(p) == 2
+    with pytest.raises(KeyError):
+        p.attack("a2")
+    # a transfer attack's white-box reference, then the same attack in the sweep: one cell, a row
+    p.add(stage("ref", key="kr", role="reference", reference="of-ref", base="base-ref", n=5))
+    assert p.add(stage("row", key="kr", role="attack", n=6)) == "ref"
+    merged = p.cell("ref")
+    assert (merged.id, merged.role, merged.n, merged.reference, merged.base) == (
+        "ref",
+        "attack",
+        6,
+        "of-ref",
+        "base-ref",
+    )
+    # the other order: the row stays as it is
+    p.add(stage("row2", key="kq", role="attack", n=6))
+    assert p.add(stage("ref2", key="kq", role="reference", n=5)) == "row2" and p.cell("row2").role == "attack"
+    assert p.add(stage("same", key="kq", role="attack")) == "row2" and p.cell("row2").n == 6
+    for role in ("frozen", "x2", "unbounded"):
+        with pytest.raises(RuntimeError, match=f"plan stages row2 and {role} compute the same thing"):
+            p.add(stage(role, key="kq", role=role))
+    p.add(stage("f", key="kf", role="frozen"))
+    assert p.add(stage("f2", key="kf", role="frozen")) == "f", "the same sanity cell twice"
+
+
+def test_a_plan_through_json():
+    p = Plan("x", {"pair": {"n": 3}})
+    p.add(stage("m", kind="student", key="km"))
+    p.add(stage("c", key="kc", model="m", reference="r"))
+    text = p.to_json()
+    assert json.loads(text)["stages"][1]["cell"]["budget"] == {"norm": "linf", "eps": 0.1, "label": "x"}
+    assert "\n " in text, "indented"
+    back = Plan.from_json(text)
+    assert (back.name, back.pairs, back.stages) == ("x", {"pair": {"n": 3}}, p.stages)
+    assert isinstance(back.cell("c").budget, Budget) and back.stage("m") == p.stage("m")
+
+
+# ---- training stages ------------------------------------------------------------------------------------------
+def test_single_process_strategy():
+    ddp = {"devices": 1, "num_nodes": 1, "strategy": "ddp_spawn", "x": 1}
+    assert single_process_strategy(ddp) == {**ddp, "strategy": "auto"}
+    assert single_process_strategy({"strategy": "ddp"}) == {"strategy": "auto"}
+    for kept in ({**ddp, "devices": 2}, {**ddp, "num_nodes": 2}, {**ddp, "strategy": "auto"}, {"strategy": None}):
+        assert single_process_strategy(kept) == kept
+
+
+def test_the_teachers_job_and_key(planned):
+    plan, notes, warnings = planned
+    assert plan.name == "digits"
+    t = stages(plan)["digits/teacher"]
+    job = t["job"]
+    assert {k: v for k, v in job.items() if k != "key"} == {
+        "kind": "teacher",
+        "name": "teacher",
+        "data_name": "digits",
+        "data": CFG["data"]["digits"],
+        "data_fingerprint": plan.pairs["digits"]["fingerprint"],
+        "domain": "source",
+        "model": CFG["model"],
+        "module": teacher_module_cfg(CFG["teacher"]),
+        "trainer": {**CFG["trainer"], **CFG["teacher"]["trainer"]},
+        "seed": 0,
+        "teacher_key": None,
+        "init_key": None,
+        "cache_dir": "plan-tests-cache",
+        "wandb": {**CFG["logger"], "group": "digits"},
+    }
+    modules = ["datamodules.digits", "lightning_modules.modules", "benchmark.stages.train"]
+    assert t["key"] == job["key"] == stage_key("teacher", job_key_spec(job), modules)
+    assert (t["kind"], t["deps"], t["defense"], t["seed"]) == ("teacher", [], "teacher", 0)
+    assert warnings == []
+
+
+def test_the_students_jobs_keys_and_earlier_stages(planned):
+    plan = planned[0]
+    by = stages(plan)
+    teacher = by["digits/teacher"]
+    ft, freeze, drop = by["digits/finetune/seed0"], by["digits/freeze/seed0"], by["digits/dropout/seed0"]
+    assert list(by).index("digits/freeze/seed0") < list(by).index("digits/dropout/seed0"), "the earlier stage first"
+    for s, name in ((ft, "finetune"), (freeze, "freeze"), (drop, "dropout")):
+        job = s["job"]
+        dcfg = {**CFG["defense"], **CFG["earlier_defenses"]}[name]
+        assert (s["kind"], s["defense"], s["seed"], s["id"]) == ("student", name, 0, f"digits/{name}/seed0")
+        assert (job["kind"], job["name"], job["domain"], job["teacher_key"]) == (
+            "student",
+            name,
+            "target",
+            teacher["key"],
+        )
+        assert job["module"] == dcfg["module"] and job["trainer"] == {**CFG["trainer"], **dcfg["trainer"]}
+        modules = ["datamodules.digits", module_of(dcfg["module"]["_target_"]), "benchmark.stages.train"]
+        assert s["key"] == job["key"] == stage_key("student", job_key_spec(job), modules)
+    assert ft["deps"] == [teacher["id"]] and ft["job"]["init_key"] is None
+    assert drop["deps"] == [teacher["id"], freeze["id"]] and drop["job"]["init_key"] == freeze["key"]
+    assert len({ft["key"], freeze["key"], drop["key"], teacher["key"]}) == 4
+
+
+def test_seeds_and_a_shared_earlier_stage():
+    plan = plan_of(seeds=[0, 3], defense__freeze=copy.deepcopy(CFG["earlier_defenses"]["freeze"]))[0]
+    by = stages(plan)
+    students = [s["id"] for s in plan.stages if s["kind"] == "student"]
+    assert students == [f"digits/{d}/seed{s}" for s in (0, 3) for d in ("finetune", "freeze", "dropout")], (
+        "the earlier stage the sweep also runs is one stage, planned before the stage that starts from it"
+    )
+    assert by["digits/dropout/seed3"]["job"]["seed"] == 3 and by["digits/freeze/seed3"]["seed"] == 3
+    assert by["digits/dropout/seed3"]["job"]["init_key"] == by["digits/freeze/seed3"]["key"]
+    assert by["digits/dropout/seed3"]["key"] != by["digits/dropout/seed0"]["key"]
+    assert "digits/freeze/seed3/fgsm/8/255" in by, "its cells too"
+
+
+def test_without_a_logger_no_wandb_and_the_default_strategy():
+    plan = plan_of(logger=None, trainer__strategy="ddp", trainer__devices=1)[0]
+    for s in plan.stages:
+        if s["kind"] in ("teacher", "student"):
+            assert "wandb" not in s["job"] and s["job"]["trainer"]["strategy"] == "auto"
+
+
+def test_init_from_errors():
+    with pytest.raises(ConfigError, match="^init_from names unknown defense 'nope'$"):
+        plan_of(defense__dropout__init_from="nope", earlier_defenses={})
+    with pytest.raises(
+        ConfigError, match=r"^defense 'dropout' starts from itself: init_from chain dropout -> dropout$"
+    ):
+        plan_of(defense__dropout__init_from="dropout")
+    loop = copy.deepcopy(CFG)
+    loop["earlier_defenses"]["freeze"]["init_from"] = "dropout"
+    with pytest.raises(
+        ConfigError, match="^defense 'freeze' starts from itself: init_from chain dropout -> freeze -> dropout$"
+    ):
+        make_plan(loop)
+    with pytest.raises(ConfigError, match="start_from 'nowhere'"):
+        plan_of(defense__finetune__start_from="nowhere")
+    with pytest.raises(ConfigError, match="^defense 'finetune' starts from the common model, but teacher.common is"):
+        plan_of(defense__finetune__start_from="common")
+
+
+# ---- a data pair ----------------------------------------------------------------------------------------------
+def test_the_pairs_evaluation_subset(planned):
+    info = planned[0].pairs["digits"]
+    from benchmark.stages.build import build_datamodule
+
+    dm = build_datamodule(CFG["data"]["digits"])
+    dm.setup()
+    assert info["fingerprint"] == dm.fingerprint() and (info["source"], info["target"]) == (
+        dm.source_name,
+        dm.target_name,
+    )
+    assert info["num_classes"] == 10 and info["n"] == 10
+    assert info["train_sizes"] == {"source": len(dm.splits("source").train), "target": len(dm.splits("target").train)}
+    data = {
+        k: v
+        for k, v in CFG["data"]["digits"].items()
+        if k not in ("root", "download", "num_workers", "eval_batch_size")
+    }
+    assert info["eval"] == {"data": data, "fingerprint": dm.fingerprint(), "seed": 0, "batch_size": 256,
+                            "precision": "fp32", "detection": True, "detection_reference": 2000}  # fmt: skip
+    n_test = len(dm.splits("target").test)
+    for n in (None, n_test + 1):
+        assert plan_of(eval__n_examples=n)[0].pairs["digits"]["n"] == n_test
+    off = plan_of(eval__detection=False, eval__precision=KeyError, eval__seed=4)[0].pairs["digits"]["eval"]
+    assert (off["detection"], off["detection_reference"], off["precision"], off["seed"]) == (False, None, "fp32", 4)
+
+
+# ---- cells ----------------------------------------------------------------------------------------------------
+def key_of(plan: Plan, cid: str) -> str:
+    """A cell's key from what it reads: its model, its attack, the evaluation subset, its role, its crafted set."""
+    c, info = plan.cell(cid), plan.pairs[c_pair(plan, cid)]
+    attack = plan.attack(cid)
+    spec = {
+        "model": plan.stage(c.model)["key"],
+        "attack": attack.config(),
+        "eval": {**info["eval"], "n": c.n, "draws": c.draws},
+        "frozen": c.role == "frozen",
+        "craft": plan.stage(c.craft)["key"] if c.craft else None,
+    }
+    return stage_key("attack", spec, [*attack_modules(attack), *CELL_MODULES])
+
+
+def c_pair(plan: Plan, cid: str) -> str:
+    return plan.cell(cid).pair
+
+
+def test_every_cells_key_covers_what_it_reads(planned):
+    plan = planned[0]
+    for s in plan.stages:
+        if s["kind"] == "cell":
+            assert s["key"] == key_of(plan, s["id"]), s["id"]
+    keys = [s["key"] for s in plan.stages]
+    assert len(keys) == len(set(keys))
+
+
+def test_a_white_box_cell(planned):
+    plan = planned[0]
+    c = plan.cell("digits/finetune/seed0/fgsm/16/255")
+    assert (c.pair, c.model, c.defense, c.seed, c.entry, c.role, c.name) == (
+        "digits", "digits/finetune/seed0", "finetune", 0, "fgsm", "attack", "fgsm")  # fmt: skip
+    assert c.attack == {"cfg": CFG["attack"]["fgsm"]["attack"], "eps": "16/255", "changes": {}}
+    assert c.budget == Budget("linf", SIXTEEN, "16/255") and (c.threat_model, c.surrogate, c.steps) == (
+        "white-box",
+        "",
+        1,
+    )
+    assert (c.crafted, c.transfer, c.targeted, c.reject_aware, c.n, c.randomized, c.draws) == (
+        False, False, False, False, 10, False, 1)  # fmt: skip
+    assert (c.craft, c.reference, c.base) == (None, None, None)
+    assert plan.stage(c.id)["deps"] == ["digits/finetune/seed0"]
+    pgd = plan.cell("digits/finetune/seed0/pgd_linf/8/255")
+    assert pgd.steps == 2 and pgd.attack["changes"] == {}, "a deterministic model keeps the early stop"
+
+
+def test_a_transfer_cell_its_crafted_set_and_reference(planned):
+    plan = planned[0]
+    by = stages(plan)
+    c = plan.cell("digits/finetune/seed0/transfer_pgd_linf/16/255")
+    craft = by["digits/teacher/craft/transfer_pgd_linf/16/255"]
+    assert (c.threat_model, c.surrogate, c.steps, c.crafted, c.transfer, c.targeted) == (
+        "transfer", "teacher", 3, True, True, False)  # fmt: skip
+    assert c.craft == craft["id"] and by[c.id]["deps"] == ["digits/finetune/seed0", craft["id"]]
+    attack = plan.attack(c.id)
+    spec = {
+        "teacher": by["digits/teacher"]["key"],
+        "attack": attack.config(),
+        "eval": {**plan.pairs["digits"]["eval"], "n": 10},
+    }
+    assert craft["key"] == stage_key("craft", spec, [*attack_modules(attack), "benchmark.stages.attack"])
+    assert {k: craft[k] for k in ("kind", "deps", "pair", "teacher", "attack", "n")} == {
+        "kind": "craft", "deps": ["digits/teacher"], "pair": "digits", "teacher": "digits/teacher",
+        "attack": c.attack, "n": 10}  # fmt: skip
+    assert plan.attack(craft["id"]) is plan.attack(by["digits/teacher/transfer_pgd_linf/16/255"]["id"]), "built once"
+    ref = plan.cell(c.reference)
+    assert ref.id == c.id + "/reference" and (ref.role, ref.name, ref.entry, ref.threat_model) == (
+        "reference", "transfer_pgd_linf", "transfer_pgd_linf", "white-box")  # fmt: skip
+    inner = {k: v for k, v in CFG["attack"]["transfer_pgd_linf"]["attack"]["attack"].items() if k != "_partial_"}
+    assert ref.attack == {"cfg": inner, "eps": "16/255", "changes": {}} and ref.steps == 3 and ref.craft is None
+    assert (ref.n, ref.draws, ref.randomized, ref.reference) == (10, 1, False, None)
+    drop = plan.cell("digits/dropout/seed0/transfer_pgd_linf/16/255")
+    assert drop.reference is None and drop.randomized and drop.draws == 3, (
+        "no white-box reference on a randomized model"
+    )
+
+
+def test_a_targeted_crafted_cell_on_its_examples(planned):
+    plan = planned[0]
+    c = plan.cell("digits/finetune/seed0/mimicry_linf/8/255")
+    assert (c.threat_model, c.targeted, c.transfer, c.n, c.reference) == ("mimicry", True, False, 7, None)
+    assert stages(plan)[c.craft]["n"] == 7
+    few = plan_of(eval__n_examples=5)[0]
+    assert few.cell("digits/finetune/seed0/mimicry_linf/8/255").n == 5 and stages(few)[c.craft]["n"] == 5
+
+
+def test_cells_by_kind_of_model_and_what_is_left_out(planned):
+    plan, notes, _ = planned
+    ids = {s["id"] for s in plan.stages}
+    assert "digits/dropout/seed0/fgsm/8/255" not in ids and "digits/finetune/seed0/eot_pgd_linf/16/255" not in ids
+    assert notes == [
+        "digits: not run on the deterministic models teacher, finetune (by design): eot_pgd_linf",
+        "digits: not run on the randomized models dropout (by design): fgsm",
+    ]
+    rnd = plan.cell("digits/dropout/seed0/pgd_linf/8/255")
+    assert rnd.attack["changes"] == {"early_stop": False} and (rnd.randomized, rnd.draws) == (True, 3)
+    assert plan.attack(rnd.id).early_stop is False
+    eot = plan.cell("digits/dropout/seed0/eot_pgd_linf/16/255")
+    assert eot.attack["changes"] == {} and eot.n == 6 and eot.draws == 3
+
+
+def test_the_sanity_cells_of_a_randomized_model(planned):
+    plan = planned[0]
+    base = "digits/dropout/seed0/eot_pgd_linf/16/255"
+    frozen, x2, unbounded = (plan.cell(f"{base}/{r}") for r in ("frozen", "x2", "unbounded"))
+    step = plan.attack(base).step_size
+    assert frozen.attack["changes"] == {"eot": 1, "early_stop": False}
+    assert x2.attack["changes"] == {"steps": 8, "eot": 4, "step_size": step / 2, "early_stop": False}
+    assert unbounded.attack["changes"] == {"eps": 1.0, "step_size": 2.5 / 4, "early_stop": False}
+    for c, name, threat, draws in ((frozen, "sanity_frozen_randomness", "sanity", 1), (x2, "eot_pgd_linf_x2",
+                                    "white-box", 3), (unbounded, "sanity_unbounded", "sanity", 3)):  # fmt: skip
+        assert (c.name, c.threat_model, c.draws, c.n, c.base, c.randomized, c.entry) == (
+            name, threat, draws, 5, base, True, "eot_pgd_linf")  # fmt: skip
+        assert c.attack["eps"] == "16/255" and c.attack["cfg"] == CFG["attack"]["eot_pgd_linf"]["attack"]
+    assert frozen.budget == Budget("linf", SIXTEEN, "16/255") and unbounded.budget == Budget("linf", 1.0, "1")
+    assert x2.steps == 8 and plan.attack(x2.id).eot == 4
+    more = plan_of(eval__sanity_examples=50)[0]
+    assert more.cell(f"{base}/x2").n == 10, "at most the evaluation subset"
+
+
+def test_the_sanity_checks_take_the_budget_nearest_the_headline():
+    plan = plan_of(attack__eot_pgd_linf__epsilons=["10/255", "18/255", "30/255"], report__headline__linf="16/255")[0]
+    sanity = [c for c in plan.cells() if c.role in ("frozen", "x2", "unbounded")]
+    assert {c.attack["eps"] for c in sanity} == {"18/255"} and len(sanity) == 3
+    assert {c.base for c in sanity} == {"digits/dropout/seed0/eot_pgd_linf/18/255"}
+
+
+def test_without_an_eot_attack_or_frozen_randomness_no_sanity_checks():
+    for changes, missing in (
+        ({"attack__eot_pgd_linf__attack__eot": 1}, "an EOT-PGD attack (eot > 1, L-inf, no BPDA)"),
+        ({"attack__eot_pgd_linf__attack__norm": "l2"}, "an EOT-PGD attack (eot > 1, L-inf, no BPDA)"),
+    ):
+        plan, _, warnings = plan_of(**changes)
+        assert warnings == [f"digits/dropout: randomness sanity checks not run: needs {missing}"]
+        assert not [c for c in plan.cells() if c.role != "attack" and c.role != "reference"]
+
+
+def test_sanity_checks_need_a_model_that_freezes(monkeypatch):
+    from benchmark import config
+
+    declared = config._declarations
+
+    def unfreezable(cfg):
+        return {k: config.Declared(v.kinds, False) for k, v in declared(cfg).items()}
+
+    monkeypatch.setattr(config, "_declarations", unfreezable)
+    plan, _, warnings = plan_of()
+    assert warnings == ["digits/dropout: randomness sanity checks not run: needs `frozen(seed)`"]
+
+
+def test_a_bpda_eot_attack_is_no_sanity_base():
+    plan, _, warnings = plan_of(attack__eot_pgd_linf__attack__bpda=True, defense__dropout__module__p=0.3)
+    assert warnings and "needs an EOT-PGD attack" in warnings[0]
+
+
+# ---- CommonInit: the common model, its students, attacks crafted on it --------------------------------------
+@pytest.fixture
+def ssl_planned():
+    return plan_of(SSL)
+
+
+def test_the_common_model_comes_first_and_starts_the_teacher(ssl_planned):
+    plan = ssl_planned[0]
+    by = stages(plan)
+    common, teacher = by["digits/common"], by["digits/teacher"]
+    assert list(by)[:2] == ["digits/common", "digits/teacher"]
+    assert (common["kind"], common["defense"], common["deps"], common["job"]["name"]) == (
+        "teacher",
+        "common",
+        [],
+        "common",
+    )
+    assert common["job"]["module"] == teacher_module_cfg(SSL["teacher"]["common"])
+    assert "init_key" not in common["job"] or common["job"]["init_key"] is None
+    assert teacher["deps"] == ["digits/common"] and teacher["job"]["init_key"] == common["key"]
+    assert teacher["job"]["init_kind"] == "teacher" and job_key_spec(teacher["job"])["init_kind"] == "teacher"
+    ci, ft = by["digits/commoninit/seed0"], by["digits/finetune/seed0"]
+    assert ci["deps"] == ["digits/common"] and ci["job"]["teacher_key"] == common["key"]
+    assert ft["deps"] == ["digits/teacher"] and ft["job"]["teacher_key"] == teacher["key"]
+    assert "digits/common/uap_feature/16/255" in by, "the common model gets its own rows"
+
+
+def test_attacks_crafted_on_the_common_model(ssl_planned):
+    plan = ssl_planned[0]
+    by = stages(plan)
+    uap = plan.cell("digits/finetune/seed0/uap_feature/16/255")
+    assert uap.craft == "digits/common/craft/uap_feature/16/255" and uap.surrogate == "common"
+    assert by[uap.craft]["teacher"] == "digits/common" and by[uap.craft]["deps"] == ["digits/common"]
+    transfer = plan.cell("digits/common/transfer_pgd_linf/16/255")
+    assert transfer.craft == "digits/teacher/craft/transfer_pgd_linf/16/255", "crafted on the teacher"
+    with pytest.raises(
+        ConfigError, match="^attack 'uap_feature' is crafted on the common model, but teacher.common is"
+    ):
+        plan_of(CFG, attack__uap_feature=copy.deepcopy(SSL["attack"]["uap_feature"]))
+
+
+# ---- a public teacher -----------------------------------------------------------------------------------------
+def test_a_teacher_from_a_checkpoint_file(tmp_path):
+    from benchmark.stages.build import build_datamodule, build_model, checkpoint_spec
+
+    dm = build_datamodule(CFG["data"]["digits"])
+    dm.setup()
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    torch.save(build_model(CFG["model"], dm).state_dict(), path)
+    plan, notes, _ = plan_of(teacher__checkpoint=str(path))
+    job = stages(plan)["digits/teacher"]["job"]
+    assert job["public"] is True and job["checkpoint"] == checkpoint_spec(str(path), "teacher.checkpoint", "auto")
+    assert notes[0].startswith("digits/teacher: teacher.checkpoint: ") and len(notes) == 3
+    assert job_key_spec(job)["checkpoint"] == job["checkpoint"]["sha256"]
+    ssl = plan_of(SSL, teacher__common__checkpoint=str(path))
+    common = stages(ssl[0])["digits/common"]["job"]
+    assert common["public"] is True and common["checkpoint"]["where"] == "teacher.common.checkpoint"
+    assert ssl[1][0].startswith("digits/common: teacher.common.checkpoint: ")
+    teacher = stages(ssl[0])["digits/teacher"]["job"]
+    assert teacher["init_key"] == stages(ssl[0])["digits/common"]["key"] and "public" not in teacher
+
+
+def test_a_teacher_with_timms_pretrained_weights():
+    """`model.pretrained=true`: the first model of the chain is timm's weights (listed by timm; nothing downloads)."""
+    only = {"defense": {"finetune": CFG["defense"]["finetune"]}, "attack": {"fgsm": CFG["attack"]["fgsm"]}}
+    pretrained = {"model__pretrained": True, "model__backbone": "resnet18", "earlier_defenses": {}}
+    job = stages(plan_of(**only, **pretrained)[0])["digits/teacher"]["job"]
+    assert job["public"] is True and "checkpoint" not in job and job["init_key"] is None
+    ssl = stages(plan_of(SSL, **only, **pretrained)[0])
+    assert ssl["digits/common"]["job"]["public"] is True
+    assert "public" not in ssl["digits/teacher"]["job"], "the first model of the chain only"
+
+
+def test_two_entries_with_one_recipe_share_the_crafted_set_and_the_cell():
+    twice = plan_of(attack__transfer_again=copy.deepcopy(CFG["attack"]["transfer_pgd_linf"]))[0]
+    crafts = [s["id"] for s in twice.stages if s["kind"] == "craft"]
+    assert crafts == [s["id"] for s in plan_of()[0].stages if s["kind"] == "craft"]
+    assert "digits/finetune/seed0/transfer_again/16/255" not in stages(twice), "the same cell: computed once"

@@ -1,0 +1,294 @@
+"""The rows of a sweep (benchmark/rows.py) from a hand-made plan and hand-made outcomes, and the records they are made
+of (benchmark/records.py): every field a row takes from its model, its cell and its outcome, the transferability,
+the per-example worst case and the budget helpers. No training, no attack. Written against the mutants
+`make mutate` (tests/mutation/mutate.py) found alive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+from hand_cells import cell
+
+from benchmark.execute import Executed
+from benchmark.plan import Plan
+from benchmark.records import (
+    COLUMNS,
+    Budget,
+    CellSpec,
+    Row,
+    _parse,
+    budget_key,
+    eps_axis,
+    eps_str,
+    headline_eps,
+    same_eps,
+)
+from benchmark.rows import make_rows, row_id
+from benchmark.stages.score import outcome
+
+EPS = 8 / 255  # its budget key (rounded to 1e-10) differs from the float itself
+Y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def out(clean: list[int], adv: list[int], n: int = 6, reject: int | None = None, **extra) -> dict:
+    """A deterministic outcome on the first n examples from its clean and adversarial predictions."""
+    o = outcome(torch.tensor([clean]), torch.tensor([adv]), Y[:n], reject)
+    return {**o, **extra}
+
+
+class Targets:
+    """A targeted attack's `target_classes`, recording what it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def target_classes(self, x, y, num_classes):
+        self.calls.append((x, y, num_classes))
+        return (y + 1) % num_classes
+
+
+def model_stage(sid: str, kind: str, defense: str, key: str, deps=(), mode: str | None = None) -> dict:
+    module = {"_target_": "m.M", **({"mode": mode} if mode else {})}
+    return {"id": sid, "kind": kind, "key": key, "deps": list(deps), "defense": defense, "seed": 0,
+            "job": {"data_name": "p", "module": module}}  # fmt: skip
+
+
+def c(model: str, name: str, eps: float = EPS, label: str = "8/255", **kw) -> CellSpec:
+    defense = model.split("/")[1]
+    return cell(
+        "linf", eps, label, **{"id": f"{model}/{name}/{label}", "model": model, "defense": defense, "name": name, **kw}
+    )
+
+
+@pytest.fixture
+def sweep():
+    """A teacher, a student with no cells, a fine-tuned student (PGD at a second budget, white-box PGD on 4 examples,
+    FGSM on 2, a transfer attack on 6 after its white-box reference) and a two-stage randomized student (a
+    transfer attack without reference, a targeted mimicry attack, a sanity cell)."""
+    ft, two = "p/finetune/seed0", "p/two/seed0"
+    cells = {
+        "teacher": c("p/teacher", "pgd", n=6),
+        "pgd2": c(ft, "pgd", eps=0.2, label="0.2", n=6),
+        "pgd": c(ft, "pgd", steps=10, n=4),
+        "fgsm": c(ft, "fgsm", label="0.0313725", steps=1, n=2),  # the same budget under another label
+        "reference": c(ft, "reference", role="reference", n=6),
+        "transfer": c(ft, "transfer", threat_model="transfer", surrogate="teacher", crafted=True, transfer=True,
+                      reference=f"{ft}/reference/8/255", n=6, steps=10),
+        "t2": c(two, "transfer", threat_model="transfer", crafted=True, transfer=True, n=6, randomized=True, draws=3),
+        "mimicry": c(two, "mimicry", threat_model="mimicry", crafted=True, targeted=True, n=4, randomized=True),
+        "unbounded": c(two, "sanity_unbounded", threat_model="sanity", role="unbounded", n=6, randomized=True),
+    }  # fmt: skip
+    stages = [
+        model_stage("p/teacher", "teacher", "teacher", "kt"),
+        model_stage("p/empty/seed0", "student", "empty", "ke", ["p/teacher"], "freeze"),
+        model_stage(ft, "student", "finetune", "kf", ["p/teacher"], "finetune"),
+        model_stage(two, "student", "two", "k2", ["p/teacher", ft, "p/empty/seed0"], "finetune"),
+        {"id": "p/teacher/craft", "kind": "craft", "key": "kc", "deps": []},
+        *({"id": x.id, "kind": "cell", "key": x.id, "deps": [x.model], "cell": x} for x in cells.values()),
+    ]
+    plan = Plan("exp", {"p": {"source": "S", "target": "T", "num_classes": 3}}, stages)
+    targets = Targets()
+    plan._attacks[cells["mimicry"].id] = targets
+    noisy = {"clean": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]).bool(),
+             "adv": torch.tensor([[1, 0, 1, 1, 0, 0], [1, 1, 0, 1, 0, 0], [1, 1, 1, 0, 0, 0]]).bool()}  # fmt: skip
+    outcomes = {
+        "teacher": out([0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2]),
+        "pgd": out([0, 1, 2, 1], [0, 2, 2, 1], 4),  # clean 3/4; robust examples 0, 2
+        "fgsm": out([0, 1], [0, 2], 2, score_clean=torch.tensor([0.1, 0.2]), score_adv=torch.tensor([0.9, 0.8])),
+        # transfer: robust 0, 1, 3 of the 4; example 3 wrong clean but right under the transfer attack
+        "transfer": out([0, 1, 2, 1, 1, 2], [0, 1, 0, 0, 1, 0]),
+        "reference": out([0, 1, 2, 1, 1, 2], [1, 0, 2, 1, 1, 2]),
+        "pgd2": out([0, 1, 2, 0, 1, 2], [0, 0, 0, 0, 0, 0]),
+        "t2": noisy,
+        "mimicry": {**out([0, 1, 2, 0], [1, 2, 2, 0], 4), "clean": torch.ones(1, 4).bool()},
+        "unbounded": out([0, 1, 2, 0, 1, 2], [0, 1, 2, 1, 2, 0]),
+    }
+    metas = {x.id: {"cached": True} for x in cells.values()}
+    metas[cells["pgd"].id] = {"cached": True, "attack_seconds": 1.5, "forward_passes": 40, "wall_seconds": 2.0,
+                              "attack_flags": ["a", "b"], "detection_auroc": 0.123, "not_a_field": 1}  # fmt: skip
+    metas[cells["fgsm"].id] = {"cached": False}
+    trained = {
+        "p/teacher": {"fit_seconds": 100.0},
+        ft: {"fit_seconds": 2.0, "prep": {"seconds": 1.5}},
+        two: {"fit_seconds": 3.0, "randomized": True, "nondifferentiable": 1},
+    }
+    done = Executed(
+        trained=trained,
+        outcomes={cells[k].id: v for k, v in outcomes.items()},
+        metas=metas,
+        data={"p": (torch.arange(6.0)[:, None], Y)},
+    )
+    cfg = {"name": "exp", "model": {"backbone": "small_cnn"}, "report": {"transferability": "accuracy_drop"}}
+    rows, examples = make_rows(cfg, plan, done)
+    return {r.row_id: r for r in rows}, examples, targets, cells
+
+
+def test_row_ids_and_order(sweep):
+    rows, examples, _, _ = sweep
+    assert row_id("p", "d", 3, "a", "l2", "0.5") == "p/d/seed3/a/l2/0.5"
+    assert list(rows) == [
+        "p/teacher/seed0/pgd/linf/8/255",
+        "p/finetune/seed0/pgd/linf/0.2",
+        "p/finetune/seed0/pgd/linf/8/255",
+        "p/finetune/seed0/fgsm/linf/0.0313725",
+        "p/finetune/seed0/transfer/linf/8/255",
+        "p/finetune/seed0/worst_case/linf/8/255",
+        "p/two/seed0/transfer/linf/8/255",
+        "p/two/seed0/mimicry/linf/8/255",
+        "p/two/seed0/sanity_unbounded/linf/8/255",
+        "p/two/seed0/worst_case/linf/8/255",
+    ], "no row for a reference cell, none for a model without cells; worst cases after each model's rows"
+    assert list(examples) == list(rows)
+
+
+def test_a_models_fields(sweep):
+    rows = sweep[0]
+    teacher, ft, two = (rows[f"p/{d}/seed0/{a}/linf/8/255"] for d, a in (("teacher", "pgd"), ("finetune", "pgd"),
+                                                                     ("two", "transfer")))  # fmt: skip
+    assert (teacher.experiment, teacher.pair, teacher.source, teacher.target, teacher.model) == (
+        "exp", "p", "S", "T", "small_cnn")  # fmt: skip
+    assert (teacher.defense, teacher.mode, teacher.seed, teacher.model_key) == ("teacher", "pretrain", 0, "kt")
+    assert (ft.defense, ft.mode, ft.model_key, two.mode) == ("finetune", "finetune", "kf", "finetune")
+    assert teacher.train_seconds == 100.0 and ft.train_seconds == 2.0, "the teacher's time is not the student's"
+    assert two.train_seconds == 5.0, "a later stage adds the earlier student's time (one without a meta: 0)"
+    assert ft.prep_seconds == 1.5 and teacher.prep_seconds is None and two.prep_seconds is None
+    assert (ft.randomized_defense, ft.nondifferentiable_defense) == (False, False)
+    assert two.randomized_defense is True and two.nondifferentiable_defense is True
+
+
+def test_a_cells_fields_and_metrics(sweep):
+    rows = sweep[0]
+    pgd = rows["p/finetune/seed0/pgd/linf/8/255"]
+    assert (pgd.attack, pgd.threat_model, pgd.surrogate, pgd.norm, pgd.eps, pgd.eps_label, pgd.steps) == (
+        "pgd", "white-box", "", "linf", EPS, "8/255", 10)  # fmt: skip
+    assert pgd.examples == "first 4 target test examples"
+    assert (pgd.clean_acc, pgd.robust_acc, pgd.n_examples, pgd.draws) == (0.75, 0.5, 4, 1)
+    assert (pgd.attack_seconds, pgd.forward_passes, pgd.wall_seconds, pgd.backward_passes) == (1.5, 40, 2.0, None)
+    assert math.isnan(pgd.detection_auroc), "computed from the outcome, never taken from the meta"
+    assert pgd.cached is True and pgd.cell is not None and pgd.cell.id == "p/finetune/seed0/pgd/8/255"
+    assert pgd.flags == "a;b" and pgd.transfer_acc is None and pgd.targeted_success is None
+    fgsm = rows["p/finetune/seed0/fgsm/linf/0.0313725"]
+    assert fgsm.cached is False and fgsm.flags == "" and fgsm.detection_auroc == 1.0 and fgsm.steps == 1
+    assert rows["p/finetune/seed0/pgd/linf/0.2"].eps == 0.2
+
+
+def test_transferability_against_the_reference_cell(sweep):
+    rows = sweep[0]
+    t = rows["p/finetune/seed0/transfer/linf/8/255"]
+    # clean right on 0, 1, 2, 4, 5; the reference fools 0, 1; the transfer attack 2, 5 (and makes 3 right)
+    assert (t.threat_model, t.surrogate, t.transfer_acc) == ("transfer", "teacher", pytest.approx(3 / 6))
+    assert t.transferability_success_ratio == pytest.approx(1.0)
+    assert t.transferability_accuracy_drop == pytest.approx((5 - 4) / (5 - 3))
+    assert t.transferability == t.transferability_accuracy_drop, "the configured form"
+    assert t.transferability_form.startswith("accuracy_drop")
+    two = rows["p/two/seed0/transfer/linf/8/255"]
+    assert two.transfer_acc == two.robust_acc == pytest.approx(8 / 18) and two.transferability is None
+
+
+def test_a_targeted_rows_success_from_the_recomputed_targets(sweep):
+    rows, _, targets, _ = sweep
+    m = rows["p/two/seed0/mimicry/linf/8/255"]
+    # targets (y + 1) % 3 = 1, 2, 0, 1; the attack gives 1, 2, 2, 0: two of four clean-correct draws hit
+    assert m.targeted_success == pytest.approx(0.5)
+    ((x, y, k),) = targets.calls
+    assert torch.equal(x, torch.arange(4.0)[:, None]) and torch.equal(y, Y[:4]) and k == 3
+    assert rows["p/two/seed0/transfer/linf/8/255"].targeted_success is None
+
+
+def test_the_worst_case_covers_the_whitebox_examples(sweep):
+    rows, examples, _, _ = sweep
+    w = rows["p/finetune/seed0/worst_case/linf/8/255"]
+    assert (w.attack, w.threat_model, w.surrogate, w.norm, w.eps_label) == (
+        "worst_case", "union: pgd+fgsm+transfer", "", "linf", "8/255")  # fmt: skip
+    assert w.eps == budget_key("linf", EPS)[1] != EPS and w.steps == 10
+    assert w.examples == "first 4 target test examples (each example: every attack that ran on it)"
+    # robust: pgd 1 0 1 0, fgsm 1 1, transfer 1 1 0 1 -> 1 0 0 0 (not the transfer attack's 6 examples)
+    assert (w.n_examples, w.robust_acc, w.clean_acc) == (4, 0.25, 0.75)
+    assert examples[w.row_id] == {"clean": [1.0, 1.0, 1.0, 0.0], "robust": [1.0, 0.0, 0.0, 0.0]}
+    assert w.cached is False, "one of its rows was computed"
+    assert all(getattr(w, f) is None for f in ("transfer_acc", "attack_seconds", "forward_passes", "detection_auroc"))
+    assert (w.model_key, w.train_seconds, w.flags, w.cell) == ("kf", 2.0, "", None)
+    assert "p/finetune/seed0/worst_case/linf/0.2" not in rows, "one attack at a budget makes no worst case"
+
+
+def test_a_worst_case_of_crafted_attacks_only_and_of_draws(sweep):
+    rows, examples, _, _ = sweep
+    w = rows["p/two/seed0/worst_case/linf/8/255"]
+    assert w.threat_model == "union: transfer+mimicry", "no sanity cell"
+    assert w.n_examples == 6 and w.cached is True and w.draws == 3 and w.steps == 20
+    assert examples[w.row_id]["robust"] == [0.0, 0.0, 0.666667, 0.666667, 0.0, 0.0], "mimicry pads its 4"
+    assert examples["p/two/seed0/transfer/linf/8/255"] == {
+        "clean": [1.0, 0.666667, 1.0, 1.0, 1.0, 1.0],
+        "robust": [1.0, 0.333333, 0.666667, 0.666667, 0.0, 0.0],
+    }
+
+
+def test_checks_run_on_the_rows(sweep):
+    rows = sweep[0]
+    assert rows["p/two/seed0/sanity_unbounded/linf/8/255"].flags == "unbounded_attack_not_chance"
+    assert rows["p/finetune/seed0/pgd/linf/0.2"].flags == "", "falls with epsilon"
+
+
+def test_without_the_data_or_predictions_no_targeted_success():
+    from benchmark.rows import _targeted
+
+    x = c("p/two/seed0", "mimicry", targeted=True)
+    plan = Plan("exp", {"p": {"num_classes": 3}}, [])
+    plan._attacks[x.id] = Targets()
+    o = out([0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2])
+    assert _targeted(plan, Executed(data={}), x, o) is None
+    no_pred = {k: v for k, v in o.items() if k != "pred_adv"}
+    assert _targeted(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, no_pred) is None
+    assert _targeted(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, o) == 0.0
+
+
+# ---- records ------------------------------------------------------------------------------------------------
+def test_budget_helpers():
+    assert budget_key("linf", "0.5") == ("linf", 0.5) and budget_key("l2", 1 / 3) == ("l2", 0.3333333333)
+    assert Budget("linf", EPS, "8/255").key == budget_key("linf", EPS)
+    assert same_eps(0.1, 0.1 + 9e-10) and not same_eps(0.1, 0.1 + 1.1e-9) and same_eps("0.1", 0.1)
+    assert not same_eps(0.0, 1e-9), "closer than 1e-9"
+    assert not same_eps(0.1 + 1.1e-9, 0.1)
+    assert eps_str("linf", EPS) == "8/255" and eps_str("linf", 1.23456 / 255) == "1.235/255"
+    assert eps_str("linf", 0.5 / 255) == "0.5/255" and eps_str("l2", 0.5) == "0.5" and eps_str("dssim", 1e-7) == "1e-07"
+    assert eps_str("linf", math.nan) == "-" and eps_str("l2", 100000.0) == "100000"
+    assert [eps_axis(n) for n in ("linf", "l2", "dssim", "patch", "l1")] == [
+        "epsilon (x/255)", "epsilon (L2)", "DSSIM threshold P", "patch area (fraction)", "budget (l1)"]  # fmt: skip
+
+
+def test_the_headline_budget_per_norm():
+    rows = [Row(norm="l2", eps=e) for e in (0.25, 0.5)] + [Row(norm="linf", eps=e) for e in (1, 2, 3, 4, 4 + 1e-12)]
+    assert list(headline_eps(rows, {})) == ["linf", "l2"], "L-inf first"
+    for others in (["patch"], ["l2", "dssim", "patch"], ["dssim"]):
+        mixed = [Row(norm=n, eps=0.5) for n in [*others, "linf"]]
+        assert list(headline_eps(mixed, {}))[0] == "linf", others
+    assert headline_eps(rows, {}) == {"linf": 3, "l2": 0.5}, "the upper median of the distinct swept values"
+    assert headline_eps(rows, {"linf": 2, "l2": None}) == {"linf": 2, "l2": 0.5}
+    assert headline_eps(rows, {"linf": 2 + 5e-10}) == {"linf": 2 + 5e-10, "l2": 0.5}, "the configured value"
+    assert headline_eps(rows, {"linf": 5}) == {"linf": 3, "l2": 0.5}, "not swept: the median"
+    assert headline_eps([Row(norm="dssim", eps=0.1)], {"linf": 1}) == {"dssim": 0.1}
+
+
+def test_a_cell_spec_through_json_and_a_rows_columns():
+    x = cell(craft="c", reference="r", base="b")
+    assert CellSpec.from_json(asdict(x)) == x and isinstance(CellSpec.from_json(asdict(x)).budget, Budget)
+    r = Row(norm="linf", eps=EPS, flags="a;;b", cell=x)
+    assert r.flag_list == ["a", "b"] and Row().flag_list == [] and r.budget_key == budget_key("linf", EPS)
+    assert list(r.csv()) == COLUMNS and "cell" not in COLUMNS and r.csv()["flags"] == "a;;b"
+    back = Row.from_csv({"seed": "3", "eps": "0.5", "flags": "x"})
+    assert (back.seed, back.eps, back.flags, back.attack, back.cell) == (3, 0.5, "x", "", None)
+
+
+@pytest.mark.parametrize(
+    "text, kind, want",
+    [("", float | None, None), ("None", int | None, None), ("", str, ""), ("None", str, ""), ("", int, None),
+     ("True", bool, True), ("False", bool, False), ("true", bool, False), ("3.0", int, 3), ("7", int | None, 7),
+     ("0.5", float | None, 0.5), ("x", str | None, "x"), ("x", str, "x"), ("1", float, 1.0)],
+)  # fmt: skip
+def test_parse_a_results_csv_cell(text, kind, want):
+    got = _parse(text, kind)
+    assert got == want and type(got) is type(want)

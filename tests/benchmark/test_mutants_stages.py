@@ -1,0 +1,559 @@
+"""The attack stage's cell computation (benchmark/stages/attack.py) and what makes a training stage's identity (the
+preparation's key and the cache lookup in benchmark/stages/train.py, the key spec in benchmark/stages/build.py), on
+tiny linear models, fake data modules and a cache in a temporary folder: no training. Written against the mutants
+`make mutate` (tests/mutation/mutate.py) found alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from attacks.base import Attack
+from benchmark.cache import Cache, stage_key
+from benchmark.stages.attack import (
+    _method,
+    _outputs,
+    _ScaleGrad,
+    attack_model,
+    compute_cell,
+    fast_layout,
+    precision,
+    predict,
+    predict_draws,
+    run_attack,
+)
+
+CPU = torch.device("cpu")
+
+
+class Linear(nn.Module):
+    """x (n, 4) -> logits (n, 3); `features` is the encoder an attack may read."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Noisy(Linear):
+    """A randomized model: fresh input noise on every pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + torch.randn_like(x))
+
+
+class Shift(Attack):
+    """Moves every attacked example by +eps (or a random sign per example, `random`), counting its passes, and
+    records what it saw (batch sizes, whether autocast was on, the model's output dtype)."""
+
+    name = "shift"
+
+    def __init__(self, eps=0.1, norm="linf", random: bool = False):
+        super().__init__(eps, norm)
+        self.random, self.seen = random, []
+
+    def perturb(self, model, x, y):
+        out = model(x)
+        self.seen.append((len(x), torch.is_autocast_enabled("cpu"), out.dtype))
+        self.forward_passes += len(x)
+        self.backward_passes += 2 * len(x)
+        step = torch.randint(0, 2, (len(x), 1)).float() * 2 - 1 if self.random else torch.ones(len(x), 1)
+        return (x + self.eps * step).clamp(0, 1)
+
+
+def data(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.rand(n, 4) * 0.5 + 0.25, torch.randint(0, 3, (n,))
+
+
+# ---- precision ------------------------------------------------------------------------------------------------
+def test_scale_grad_is_the_identity_forward_and_scales_the_gradient_back():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    y = _ScaleGrad.apply(x, 4.0)
+    assert torch.equal(y, x)
+    (y * torch.tensor([1.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([4.0, 12.0]))
+
+
+def test_outputs_applies_to_floating_tensors_at_any_depth_only():
+    f, i = torch.tensor([1.0]), torch.tensor([1])
+    out = _outputs((f, (i, f), "s"), lambda t: t * 2)
+    assert torch.equal(out[0], torch.tensor([2.0])) and torch.equal(out[1][1], torch.tensor([2.0]))
+    assert out[1][0] is i and out[2] == "s"
+    assert torch.equal(_outputs(f, lambda t: t + 1), torch.tensor([2.0])) and _outputs(i, lambda t: t + 1) is i
+
+
+def test_an_entry_point_is_a_method_of_the_class_only():
+    m = Linear()
+    assert _method(m, "features") and _method(m, "forward")
+    assert not _method(m, "head"), "a submodule is not an entry point"
+    assert not _method(m, "acceptance_margins"), "absent"
+    m.extra = lambda x: x
+    assert not _method(m, "extra"), "an instance attribute is not a method of the class"
+    assert not _method(m, "training"), "not callable"
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_under_autocast_every_entry_point_hands_back_fp32_and_the_hooks_go_after(name, dtype):
+    m, x = Linear(), torch.rand(2, 4)
+    inner = []
+    handle = m.head.register_forward_hook(lambda mod, a, out: inner.append(out.dtype))
+    with precision(m, CPU, name):
+        assert set(vars(m)) >= {"forward", "features"} and "acceptance_margins" not in vars(m)
+        assert torch.is_autocast_enabled("cpu")
+        outs = [m(x), m(x), m.features(x)]  # a second call: the depth counter was restored
+    handle.remove()
+    assert inner == [dtype, dtype], "the network ran in the autocast dtype"
+    assert [o.dtype for o in outs] == [torch.float32] * 3
+    assert "forward" not in vars(m) and "features" not in vars(m) and not torch.is_autocast_enabled("cpu")
+
+
+def test_fp32_is_no_autocast_and_no_wrapper():
+    m = Linear()
+    with precision(m, CPU, "fp32"):
+        assert not torch.is_autocast_enabled("cpu") and "forward" not in vars(m)
+        assert m(torch.rand(2, 4)).dtype == torch.float32
+
+
+def test_the_wrappers_go_when_the_attack_fails():
+    m = Linear()
+    with pytest.raises(RuntimeError, match="boom"), precision(m, CPU, "bf16"):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(m) and "features" not in vars(m)
+
+
+class Quiet(nn.Module):
+    """Small logits: fp16's scaled gradient must come back at the input exactly once (forward calls features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0, -2.0, 0.5, 1.5], [0.5, 1.0, -1.0, 2.0]]))
+
+    def features(self, x):
+        return x @ self.w.T
+
+    def forward(self, x):
+        return 1e-3 * self.features(x)
+
+
+def test_fp16_gradient_through_nested_entry_points_is_unscaled_once():
+    m, x = Quiet(), torch.tensor([[0.25, 0.5, 0.75, 1.0]], requires_grad=True)
+    (exact,) = torch.autograd.grad(m(x).sum(), x)
+    with precision(m, CPU, "fp16"):
+        (mixed,) = torch.autograd.grad(m(x).sum(), x)
+        (feat,) = torch.autograd.grad(m.features(x).sum(), x)
+        plain = m(x.detach())  # an input without gradient passes as it is
+    assert torch.allclose(mixed, exact, rtol=1e-2) and mixed.dtype == torch.float32
+    assert torch.allclose(feat, 1e3 * exact, rtol=1e-2)
+    assert not plain.requires_grad or plain.dtype == torch.float32
+
+
+def test_fast_layout_only_for_a_convolution_in_half_precision_on_cuda():
+    cuda = torch.device("cuda")  # a device object; nothing runs on it
+
+    def conv():
+        return nn.Sequential(nn.Conv2d(3, 4, 3))
+
+    def last(m):
+        return m[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+    assert last(fast_layout(conv(), cuda, "bf16")) and last(fast_layout(conv(), cuda, "fp16"))
+    assert not last(fast_layout(conv(), CPU, "bf16")) and not last(fast_layout(conv(), cuda, "fp32"))
+    assert not last(fast_layout(conv(), cuda, "fp8")), "an unknown precision is no half precision"
+    lin = nn.Linear(2, 2)
+    assert fast_layout(lin, cuda, "bf16") is lin
+
+
+# ---- predictions ----------------------------------------------------------------------------------------------
+def test_predict_in_batches_in_eval_mode_restored_after():
+    m = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.9))
+    x = torch.rand(7, 4)
+    with torch.no_grad():
+        want = m[0](x).argmax(1)
+    m.train()
+    for batch in (1, 2, 3, 7, 10):
+        assert torch.equal(predict(m, x, batch, CPU), want)
+    assert m.training and m[1].training
+
+
+def test_predict_draws_stacks_fresh_draws():
+    x, _ = data(6)
+    torch.manual_seed(0)
+    draws = predict_draws(Noisy(), x, 4, 4, CPU)
+    assert draws.shape == (4, 6) and draws.dtype == torch.long
+    assert len({tuple(d.tolist()) for d in draws}) > 1, "each draw passes the model afresh"
+    assert predict_draws(Linear(), x, 1, 4, CPU).shape == (1, 6)
+
+
+# ---- crafting --------------------------------------------------------------------------------------------------
+def test_run_attack_attacks_the_chosen_examples_in_batches_and_counts_its_cost():
+    x, y = data(5)
+    attack = Shift(0.1)
+    attack.forward_passes = attack.backward_passes = 99  # left over from an earlier cell
+    sizes = []
+    x_adv, cost = run_attack(attack, Linear(), x, y, 2, CPU, on_batch=sizes.append)
+    assert torch.allclose(x_adv, x + 0.1) and sizes == [2, 2, 1] and [s[0] for s in attack.seen] == [2, 2, 1]
+    assert {k: v for k, v in cost.items() if k != "attack_seconds"} == {
+        "forward_passes": 5,
+        "backward_passes": 10,
+        "n_attacked": 5,
+    }
+    assert 0 <= cost["attack_seconds"] < 60
+    only = torch.tensor([False, True, False, True, True])
+    x_adv, cost = run_attack(Shift(0.1), Linear(), x, y, 2, CPU, only=only)
+    assert torch.equal(x_adv[~only], x[~only]) and torch.allclose(x_adv[only], x[only] + 0.1)
+    assert cost["n_attacked"] == 3 and cost["forward_passes"] == 3
+    assert not torch.equal(x_adv, x) and x_adv is not x
+
+
+def test_run_attack_runs_in_the_precision_and_returns_fp32():
+    x, y = data(3)
+    for name, on in (("fp32", False), ("bf16", True)):
+        attack = Shift(0.1)
+        x_adv, _ = run_attack(attack, Linear(), x, y, 8, CPU, precision_name=name)
+        assert attack.seen == [(3, on, torch.float32)] and x_adv.dtype == torch.float32
+
+
+class Half(Shift):
+    """Returns its examples in bf16 (on the grid of eighths, exact in bf16)."""
+
+    def perturb(self, model, x, y):
+        return super().perturb(model, x, y).bfloat16()
+
+
+def test_each_batch_is_checked_and_kept_in_fp32():
+    x, y = torch.tensor([[0.25, 0.5, 0.375, 0.625]] * 4), torch.zeros(4, dtype=torch.long)
+    x_adv, _ = run_attack(Half(0.125), Linear(), x, y, 2, CPU)
+    assert x_adv.dtype == torch.float32 and torch.equal(x_adv, x + 0.125)
+    from attacks.base import AttackConstraintError
+
+    with pytest.raises(AttackConstraintError, match="leaves the l2 ball"):
+        run_attack(Shift(0.1, norm="l2"), Linear(), x, y, 2, CPU)  # +0.1 on 4 pixels: L2 0.2 > 0.1
+
+
+def test_attack_model_attacks_the_clean_correct_of_the_first_draw_or_every_example():
+    x, y = data(4)
+    pred = torch.stack([y, (y + 1) % 3])  # draw 0 right everywhere, draw 1 wrong everywhere
+    pred[0, 1] = (y[1] + 1) % 3
+    sizes = []
+    x_adv, cost = attack_model(Shift(0.1), Linear(), x, y, pred, False, 8, CPU, sizes.append, "bf16")
+    assert cost["n_attacked"] == 3 and torch.equal(x_adv[1], x[1]) and sizes == [3]
+    attack = Shift(0.1)
+    _, cost = attack_model(attack, Linear(), x, y, pred, True, 8, CPU, precision_name="bf16")
+    assert cost["n_attacked"] == 4 and attack.seen[0][1], "the precision is passed on"
+    attack = Shift(0.1)
+    attack_model(attack, Linear(), x, y, pred, True, 8, CPU)
+    assert attack.seen == [(4, False, torch.float32)], "fp32 by default"
+
+
+class Detector:
+    def __init__(self):
+        self.calls = []
+
+    def scores(self, x, pred):
+        self.calls.append((x, pred))
+        return torch.arange(len(x)).float()
+
+
+def test_compute_cell_attacks_then_scores_every_draw_with_the_seed():
+    x, y = data(6)
+    model = Noisy()
+    torch.manual_seed(5)
+    pred = predict_draws(model, x, 3, 4, CPU)
+    outs = []
+    for burn in (0, 3):
+        torch.rand(burn)
+        sizes, attack = [], Shift(0.1, random=True)
+        common = {"randomized": True, "batch_size": 4, "device": CPU, "seed": 7, "on_batch": sizes.append}
+        outs.append(compute_cell(attack, model, x, y, pred, **common, precision_name="bf16"))
+        assert sizes == [4, 2] and [s[1] for s in attack.seen] == [True, True], "in the cell's precision"
+    (out, cost), (again, _) = outs
+    assert out["pred_adv"].shape == (3, 6) and torch.equal(out["pred_adv"], again["pred_adv"])
+    assert torch.equal(out["clean"], pred == y) and torch.equal(out["adv"], out["pred_adv"] == y)
+    assert cost["n_attacked"] == 6 and "clean_rejected" not in out and "score_adv" not in out
+    other, _ = compute_cell(Shift(0.1, random=True), model, x, y, pred, **{**common, "seed": 8})
+    assert not torch.equal(other["pred_adv"], out["pred_adv"]), "the seed decides the attack's and draws' noise"
+
+
+def test_compute_cell_attacks_a_deterministic_model_on_its_clean_correct_examples():
+    x, y = data(6)
+    model = Linear()
+    pred = predict_draws(model, x, 1, 8, CPU)
+    out, cost = compute_cell(Shift(0.1), model, x, y, pred, randomized=False, batch_size=8, device=CPU, seed=0)
+    assert cost["n_attacked"] == int((pred[0] == y).sum()) < 6
+    wrong = pred[0] != y
+    assert torch.equal(out["pred_adv"][0][wrong], pred[0][wrong]), "the others keep x' = x"
+
+
+def test_compute_cell_scores_a_crafted_set_with_the_models_reject_label_and_detector():
+    x, y = data(6)
+    model = Linear()
+    model.reject_label = 2
+    pred = predict_draws(model, x, 1, 8, CPU)
+    x_adv = (x + 0.05).clamp(0, 1)
+    det, score_clean = Detector(), torch.ones(6)
+    common = {"randomized": False, "batch_size": 8, "device": CPU, "seed": 0}
+    attack = Shift(0.1)
+    out, cost = compute_cell(attack, model, x, y, pred, **common, x_adv=x_adv, detector=det, score_clean=score_clean)
+    assert cost == {} and attack.seen == [], "a crafted set is scored, not attacked"
+    want = predict(model, x_adv, 8, CPU)
+    assert torch.equal(out["pred_adv"], want[None]) and torch.equal(out["adv_rejected"], want[None] == 2)
+    assert torch.equal(out["clean_rejected"], pred == 2)
+    assert out["score_clean"] is score_clean and torch.equal(out["score_adv"], torch.arange(6).float())
+    ((seen_x, seen_pred),) = det.calls
+    assert torch.equal(seen_x, x_adv) and torch.equal(seen_pred, want)
+    out, _ = compute_cell(Shift(0.1), Linear(), x, y, pred, **common, detector=det, score_clean=score_clean)
+    assert "clean_rejected" not in out and out["score_clean"] is score_clean and len(det.calls) == 2
+
+
+# ---- a training stage's identity -----------------------------------------------------------------------------
+class Prepared(nn.Module):
+    """A module with a preparation step (`prepare_spec` / `prepare` / `apply_preparation`), recording its calls."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec, self.prepared, self.applied = spec, 0, []
+        self.w = nn.Parameter(torch.tensor([1.0, 2.5]))
+        self.v = nn.Parameter(torch.tensor([[-0.5]]))
+
+    def prepare_spec(self):
+        return self.spec
+
+    def prepare(self, dm):
+        self.prepared += 1
+        return {"dm": dm}, torch.rand(3)
+
+    def apply_preparation(self, meta, tensors):
+        self.applied.append((meta, tensors))
+
+
+def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path, monkeypatch, caplog):
+    from benchmark.stages.train import ensure_prepared
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what `seed_everything(None)` would take
+    cache = Cache(tmp_path)
+    job = {"key": "k1", "seed": 3}
+    assert ensure_prepared(job, Prepared(None), "dm", cache) is None
+    module = Prepared({"a": 1})
+    with caplog.at_level("INFO"):
+        meta = ensure_prepared(job, module, "dm", cache)
+    assert not [r for r in caplog.records if "Seed set" in r.getMessage()], "quietly"
+    key = stage_key("prep", {"stage": "k1", "spec": {"a": 1}})
+    torch.manual_seed(3)
+    want = torch.rand(3)
+    assert meta["key"] == key and meta["cached"] is False and meta["dm"] == "dm" and 0 <= meta["seconds"] < 60
+    assert os.environ["PL_SEED_WORKERS"] == "1", "data-loader workers seeded too"
+    assert torch.equal(module.applied[0][1], want) and module.applied[0][0] is meta
+    stored = cache.meta("prep", key)
+    assert stored["key"] == key and "cached" not in stored and torch.equal(cache.tensors("prep", key, "result"), want)
+    again = Prepared({"a": 1})
+    meta2 = ensure_prepared(job, again, "dm", cache)
+    assert again.prepared == 0 and meta2["cached"] is True and meta2["key"] == key
+    assert torch.equal(again.applied[0][1], want) and again.applied[0][0] is meta2
+    for other_job, spec in (({"key": "k2", "seed": 3}, {"a": 1}), (job, {"a": 2})):
+        fresh = Prepared(spec)
+        assert ensure_prepared(other_job, fresh, "dm", cache)["cached"] is False and fresh.prepared == 1
+
+
+def test_param_checksum_sums_every_parameter_in_double():
+    from benchmark.stages.train import _param_checksum
+
+    assert _param_checksum(Prepared(None)) == 3.0
+    m = nn.Linear(1, 1)
+    with torch.no_grad():
+        m.weight.fill_(1e8)
+        m.bias.fill_(1.0)
+    assert _param_checksum(m) == 1e8 + 1.0, "float32 would round the sum"
+
+
+class FakeData:
+    def __init__(self, n: int):
+        torch.manual_seed(0)
+        self.x, self.y = torch.rand(n, 4), torch.randint(0, 3, (n,))
+        self.asked = []
+
+    def lazy_tensors(self, domain, split):
+        self.asked.append((domain, split))
+        return self.x, self.y
+
+
+def test_accuracy_over_every_batch_of_the_split_in_eval_mode():
+    from benchmark.stages.train import _accuracy
+
+    m = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.9))
+    dm = FakeData(600)
+    with torch.no_grad():
+        want = float((m[0](dm.x).argmax(1) == dm.y).float().mean())
+    m.train()
+    assert _accuracy(m, dm, "source", "val") == pytest.approx(want, abs=1e-9) and dm.asked == [("source", "val")]
+    assert not m.training
+
+
+def job(tmp_path, **trainer) -> dict:
+    return {"kind": "student", "key": "abc", "cache_dir": str(tmp_path), "data": {"name": "d"}, "trainer": trainer,
+            "seed": 0}  # fmt: skip
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """The training functions of benchmark.stages.train replaced by recorders."""
+    import benchmark.stages.train as train
+
+    calls = []
+    train_job = lambda j, progress=True: calls.append(("train", j["key"], progress)) or {"m": 1}  # noqa: E731
+    monkeypatch.setattr(train, "run_train_job", train_job)
+    monkeypatch.setattr(train, "run_public_job", lambda j: calls.append(("public", j["key"])) or {"m": 2})
+    monkeypatch.setattr(train, "build_datamodule", lambda cfg: f"dm of {cfg['name']}")
+    monkeypatch.setattr(train, "build_module", lambda j, cache, dm: f"module of {j['key']} in {cache.root.name}, {dm}")
+    prep = lambda j, module, dm, cache: calls.append(("prep", j["key"], module, dm, cache.root.name))  # noqa: E731
+    monkeypatch.setattr(train, "ensure_prepared", prep)
+    return calls
+
+
+def test_a_cached_stage_is_not_run_again(tmp_path, fakes):
+    from benchmark.stages.train import train_stage
+
+    Cache(tmp_path).put("student", "abc", {"m": 0})
+    assert train_stage(job(tmp_path, devices=4)) == {"m": 0, "cached": True} and fakes == []
+
+
+@pytest.mark.parametrize(
+    "trainer, public, want",
+    [({}, False, ("train", "abc", False)), ({"devices": 1, "num_nodes": 1}, False, ("train", "abc", False)),
+     ({"devices": "auto"}, False, ("train", "abc", False)), ({"devices": 2}, True, ("public", "abc"))],
+)  # fmt: skip
+def test_a_single_process_stage_runs_in_process(tmp_path, fakes, trainer, public, want):
+    from benchmark.stages.train import train_stage
+
+    j = {**job(tmp_path, **trainer), **({"public": True} if public else {})}
+    assert train_stage(j, progress=False) == {"m": 2 if public else 1, "cached": False} and fakes == [want]
+    if not public:
+        train_stage({**j, "key": "k2"})
+        assert fakes[-1] == ("train", "k2", True), "with a progress bar by default"
+
+
+@pytest.mark.parametrize("trainer", [{"devices": 2}, {"devices": 1, "num_nodes": 2}])
+def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fakes, monkeypatch, trainer):
+    import subprocess
+
+    from benchmark.stages.train import train_stage
+
+    seen = {}
+    root = tmp_path / "fresh" / "cache"  # not there yet: the job file's folder is made with its parents
+
+    def run(cmd, check, env):
+        seen.update(cmd=cmd, check=check, env=env)
+        Cache(root).put("student", json.loads(Path(cmd[-1]).read_text())["key"], {"m": 3})
+
+    monkeypatch.setattr(subprocess, "run", run)
+    for var, value in (("MASTER_PORT", "1"), ("WORLD_SIZE", "2"), ("PL_GLOBAL_SEED", "0"), ("KEEP_ME", "yes")):
+        monkeypatch.setenv(var, value)
+    j = job(root, **trainer)
+    assert train_stage(j) == {"m": 3, "cached": False}
+    path = root / "jobs" / "student-abc.json"
+    assert seen["cmd"] == [sys.executable, "-m", "benchmark.stages.train", str(path)] and seen["check"] is True
+    assert json.loads(path.read_text()) == j
+    assert seen["env"]["KEEP_ME"] == "yes" and not {"MASTER_PORT", "WORLD_SIZE", "PL_GLOBAL_SEED"} & set(seen["env"])
+    assert fakes == [("prep", "abc", "module of abc in cache, dm of d", "dm of d", "cache")], "once, before the ranks"
+    assert train_stage({**j, "key": "def"})["m"] == 3, "a second job in the same folder"
+    assert (root / "jobs" / "student-def.json").exists()
+
+
+def test_a_ddp_stage_that_writes_nothing_is_an_error(tmp_path, fakes, monkeypatch):
+    import subprocess
+
+    from benchmark.stages.train import train_stage
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)
+    with pytest.raises(RuntimeError, match=r"the DDP training job .*student-abc\.json finished without writing"):
+        train_stage(job(tmp_path, devices=2))
+
+
+# ---- what a training stage's key is made of (benchmark/stages/build.py) ---------------------------------------
+def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path):
+    from benchmark.stages.build import job_key_spec
+
+    base = {
+        "kind": "student",
+        "data": {"_target_": "d", "root": "/here", "download": True, "num_workers": 4, "eval_batch_size": 9, "n": 1},
+        "data_fingerprint": "fp",
+        "domain": "target",
+        "model": {"backbone": "small_cnn"},
+        "module": {"lr": 0.1},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 5},
+        "seed": 1,
+        "teacher_key": "t",
+        "name": "finetune",
+        "cache_dir": "/cache",
+    }
+    assert job_key_spec(base) == {
+        "kind": "student",
+        "data": {"_target_": "d", "n": 1},
+        "data_fingerprint": "fp",
+        "domain": "target",
+        "model": {"backbone": "small_cnn"},
+        "module": {"lr": 0.1},
+        "trainer": {"max_epochs": 2},
+        "seed": 1,
+        "teacher_key": "t",
+        "init_key": None,
+    }
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    from benchmark.cache import file_sha256
+
+    full = {
+        **base,
+        "init_key": "i",
+        "checkpoint": {"sha256": "s", "format": "auto"},
+        "init_kind": "teacher",
+        "model": {"backbone": "b", "pretrained": True, "pretrained_file": str(weights)},
+    }
+    spec = job_key_spec(full)
+    assert spec["init_key"] == "i" and spec["checkpoint"] == "s" and spec["init_kind"] == "teacher"
+    assert spec["model"] == {"backbone": "b", "pretrained": True, "pretrained_file": file_sha256(weights)}
+    assert list(spec)[-2:] == ["checkpoint", "init_kind"]
+    assert job_key_spec({**full, "checkpoint": {"sha256": "s", "format": "timm"}})["checkpoint"] == "s:timm"
+    assert job_key_spec({**full, "checkpoint": {"sha256": "s"}})["checkpoint"] == "s"
+    assert "checkpoint" not in job_key_spec({**base, "checkpoint": None, "init_kind": ""})
+    assert "init_kind" not in job_key_spec({**base, "init_kind": None})
+
+
+def test_the_teacher_module_and_the_declared_kinds():
+    from benchmark.stages.build import TEACHER_MODULE, declared, teacher_module_cfg
+
+    assert teacher_module_cfg({}) == TEACHER_MODULE == teacher_module_cfg({"module": None})
+    assert teacher_module_cfg({"module": {"lr": 1, "_target_": "x.Y"}}) == {"_target_": "x.Y", "lr": 1}
+    assert teacher_module_cfg({"module": {"lr": 1}}) == {**TEACHER_MODULE, "lr": 1}
+
+    class M:
+        randomized, nondifferentiable = True, 0
+
+    assert declared(M()) == frozenset({"randomized"}) and declared(object()) == frozenset()
+    M.nondifferentiable = 1
+    assert declared(M()) == frozenset({"randomized", "nondifferentiable"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cell_on_the_gpu_moves_each_batch_there_and_brings_the_results_back():
+    x, y = data(6)
+    gpu = torch.device("cuda")
+    model = Linear().to(gpu)
+    pred = predict_draws(model, x, 2, 4, gpu)
+    assert pred.device.type == "cpu"
+    out, cost = compute_cell(Shift(0.1), model, x, y, pred, randomized=True, batch_size=4, device=gpu, seed=0)
+    assert out["pred_adv"].device.type == "cpu" and cost["n_attacked"] == 6
