@@ -21,13 +21,11 @@ from benchmark.stages.attack import (
     _method,
     _outputs,
     _ScaleGrad,
-    attack_model,
     compute_cell,
     fast_layout,
     precision,
     predict,
     predict_draws,
-    run_attack,
 )
 
 CPU = torch.device("cpu")
@@ -199,64 +197,11 @@ def test_predict_draws_stacks_fresh_draws():
 
 
 # ---- crafting --------------------------------------------------------------------------------------------------
-def test_run_attack_attacks_the_chosen_examples_in_batches_and_counts_its_cost():
-    x, y = data(5)
-    attack = Shift(0.1)
-    attack.forward_passes = attack.backward_passes = 99  # left over from an earlier cell
-    sizes = []
-    x_adv, cost = run_attack(attack, Linear(), x, y, 2, CPU, on_batch=sizes.append)
-    assert torch.allclose(x_adv, x + 0.1) and sizes == [2, 2, 1] and [s[0] for s in attack.seen] == [2, 2, 1]
-    assert {k: v for k, v in cost.items() if k != "attack_seconds"} == {
-        "forward_passes": 5,
-        "backward_passes": 10,
-        "n_attacked": 5,
-    }
-    assert 0 <= cost["attack_seconds"] < 60
-    only = torch.tensor([False, True, False, True, True])
-    x_adv, cost = run_attack(Shift(0.1), Linear(), x, y, 2, CPU, only=only)
-    assert torch.equal(x_adv[~only], x[~only]) and torch.allclose(x_adv[only], x[only] + 0.1)
-    assert cost["n_attacked"] == 3 and cost["forward_passes"] == 3
-    assert not torch.equal(x_adv, x) and x_adv is not x
-
-
-def test_run_attack_runs_in_the_precision_and_returns_fp32():
-    x, y = data(3)
-    for name, on in (("fp32", False), ("bf16", True)):
-        attack = Shift(0.1)
-        x_adv, _ = run_attack(attack, Linear(), x, y, 8, CPU, precision_name=name)
-        assert attack.seen == [(3, on, torch.float32)] and x_adv.dtype == torch.float32
-
-
 class Half(Shift):
     """Returns its examples in bf16 (on the grid of eighths, exact in bf16)."""
 
     def perturb(self, model, x, y):
         return super().perturb(model, x, y).bfloat16()
-
-
-def test_each_batch_is_checked_and_kept_in_fp32():
-    x, y = torch.tensor([[0.25, 0.5, 0.375, 0.625]] * 4), torch.zeros(4, dtype=torch.long)
-    x_adv, _ = run_attack(Half(0.125), Linear(), x, y, 2, CPU)
-    assert x_adv.dtype == torch.float32 and torch.equal(x_adv, x + 0.125)
-    from attacks.base import AttackConstraintError
-
-    with pytest.raises(AttackConstraintError, match="leaves the l2 ball"):
-        run_attack(Shift(0.1, norm="l2"), Linear(), x, y, 2, CPU)  # +0.1 on 4 pixels: L2 0.2 > 0.1
-
-
-def test_attack_model_attacks_the_clean_correct_of_the_first_draw_or_every_example():
-    x, y = data(4)
-    pred = torch.stack([y, (y + 1) % 3])  # draw 0 right everywhere, draw 1 wrong everywhere
-    pred[0, 1] = (y[1] + 1) % 3
-    sizes = []
-    x_adv, cost = attack_model(Shift(0.1), Linear(), x, y, pred, False, 8, CPU, sizes.append, "bf16")
-    assert cost["n_attacked"] == 3 and torch.equal(x_adv[1], x[1]) and sizes == [3]
-    attack = Shift(0.1)
-    _, cost = attack_model(attack, Linear(), x, y, pred, True, 8, CPU, precision_name="bf16")
-    assert cost["n_attacked"] == 4 and attack.seen[0][1], "the precision is passed on"
-    attack = Shift(0.1)
-    attack_model(attack, Linear(), x, y, pred, True, 8, CPU)
-    assert attack.seen == [(4, False, torch.float32)], "fp32 by default"
 
 
 class Detector:
@@ -296,27 +241,6 @@ def test_compute_cell_attacks_a_deterministic_model_on_its_clean_correct_example
     assert cost["n_attacked"] == int((pred[0] == y).sum()) < 6
     wrong = pred[0] != y
     assert torch.equal(out["pred_adv"][0][wrong], pred[0][wrong]), "the others keep x' = x"
-
-
-def test_compute_cell_scores_a_crafted_set_with_the_models_reject_label_and_detector():
-    x, y = data(6)
-    model = Linear()
-    model.reject_label = 2
-    pred = predict_draws(model, x, 1, 8, CPU)
-    x_adv = (x + 0.05).clamp(0, 1)
-    det, score_clean = Detector(), torch.ones(6)
-    common = {"randomized": False, "batch_size": 8, "device": CPU, "seed": 0}
-    attack = Shift(0.1)
-    out, cost = compute_cell(attack, model, x, y, pred, **common, x_adv=x_adv, detector=det, score_clean=score_clean)
-    assert cost == {} and attack.seen == [], "a crafted set is scored, not attacked"
-    want = predict(model, x_adv, 8, CPU)
-    assert torch.equal(out["pred_adv"], want[None]) and torch.equal(out["adv_rejected"], want[None] == 2)
-    assert torch.equal(out["clean_rejected"], pred == 2)
-    assert out["score_clean"] is score_clean and torch.equal(out["score_adv"], torch.arange(6).float())
-    ((seen_x, seen_pred),) = det.calls
-    assert torch.equal(seen_x, x_adv) and torch.equal(seen_pred, want)
-    out, _ = compute_cell(Shift(0.1), Linear(), x, y, pred, **common, detector=det, score_clean=score_clean)
-    assert "clean_rejected" not in out and out["score_clean"] is score_clean and len(det.calls) == 2
 
 
 # ---- a training stage's identity -----------------------------------------------------------------------------
