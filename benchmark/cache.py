@@ -185,7 +185,8 @@ def _signature(folder: Path) -> tuple:
 
 
 class Cache:
-    """Stage results on disk: `<root>/<kind>/<key>/{meta.json, *.pt}`; claims in `<root>/<kind>/.<key>.claim`."""
+    """Stage results on disk: `<root>/<kind>/<key>/{meta.json, *.pt, *.npy}` (a crafted set: `x_adv.npy`); claims in
+    `<root>/<kind>/.<key>.claim`."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)

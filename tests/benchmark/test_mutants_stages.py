@@ -11,21 +11,25 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack
+from attacks.base import Attack, AttackConstraintError
 from benchmark.cache import Cache, stage_key
 from benchmark.stages.attack import (
+    Attacked,
     _method,
     _outputs,
     _ScaleGrad,
+    check_crafted,
     compute_cell,
     fast_layout,
     precision,
     predict,
     predict_draws,
+    run_attack,
 )
 
 CPU = torch.device("cpu")
@@ -204,13 +208,101 @@ class Half(Shift):
         return super().perturb(model, x, y).bfloat16()
 
 
-class Detector:
-    def __init__(self):
-        self.calls = []
+def test_run_attack_attacks_the_chosen_examples_in_batches_and_counts_its_cost(tmp_path):
+    x, y = data(5)
+    attack = Shift(0.1)
+    attack.forward_passes = attack.backward_passes = 99  # left over from an earlier cell
+    sizes = []
+    x_adv, cost = run_attack(attack, Linear(), x, y, 2, CPU, on_batch=sizes.append)
+    assert len(x_adv) == 5 and torch.allclose(x_adv[torch.arange(5)], x + 0.1)
+    assert sizes == [2, 2, 1] and [s[0] for s in attack.seen] == [2, 2, 1]
+    assert {k: v for k, v in cost.items() if k != "attack_seconds"} == {
+        "forward_passes": 5,
+        "backward_passes": 10,
+        "n_attacked": 5,
+    }
+    assert 0 <= cost["attack_seconds"] < 60
+    only = torch.tensor([False, True, False, True, True])
+    sizes, path = [], tmp_path / "x_adv.npy"
+    x_adv, cost = run_attack(Shift(0.1), Linear(), x, y, 2, CPU, only=only, on_batch=sizes.append, path=path)
+    got = x_adv[torch.arange(5)]
+    x_adv.dataset.close()  # flushed, as the executor does before moving the file into its cache entry
+    whole = torch.from_numpy(np.load(path))
+    assert torch.equal(got, whole), "written to the named file, read back from it"
+    assert torch.equal(whole[~only], x[~only]) and torch.allclose(whole[only], x[only] + 0.1)
+    assert sizes == [2, 1], "batches of the attacked examples, not of the windows"
+    assert cost["n_attacked"] == 3 and cost["forward_passes"] == 3 and cost["backward_passes"] == 6
+    empty, cost = run_attack(Shift(0.1), Linear(), x[:0], y[:0], 2, CPU)
+    assert len(empty) == 0 and cost["n_attacked"] == 0
 
-    def scores(self, x, pred):
-        self.calls.append((x, pred))
-        return torch.arange(len(x)).float()
+
+def test_run_attack_runs_in_the_precision_and_returns_fp32():
+    x, y = data(3)
+    for name, on in (("fp32", False), ("bf16", True)):
+        attack = Shift(0.1)
+        x_adv, _ = run_attack(attack, Linear(), x, y, 8, CPU, precision_name=name)
+        assert attack.seen == [(3, on, torch.float32)] and x_adv[torch.arange(3)].dtype == torch.float32
+
+
+def test_attacked_hands_out_windows_in_order_each_read_once():
+    x, y = data(7)
+    reads = []
+
+    class Counted:  # images read on access, recording which rows each read asks for
+        shape = x.shape
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, rows):
+            reads.append(torch.as_tensor(rows).tolist())
+            return x[rows]
+
+    only = torch.tensor([True, False, False, True, True, False, True])
+    adv = Attacked(Shift(0.1), Linear(), Counted(), y, 3, CPU, only=only)
+    assert adv.cost == {}, "no cost before the iteration"
+    windows = list(adv)
+    assert [len(w) for w in windows] == [3, 3, 1]
+    got = torch.cat(windows)
+    assert torch.allclose(got[only], x[only] + 0.1) and torch.equal(got[~only], x[~only])
+    assert sorted(i for r in reads for i in r) == list(range(7)), "every image read exactly once"
+    assert adv.cost["n_attacked"] == 4 and adv.cost["forward_passes"] == 4
+
+
+def test_each_batch_is_checked_and_kept_in_fp32():
+    x, y = torch.tensor([[0.25, 0.5, 0.375, 0.625]] * 4), torch.zeros(4, dtype=torch.long)
+    x_adv, _ = run_attack(Half(0.125), Linear(), x, y, 2, CPU)
+    got = x_adv[torch.arange(4)]
+    assert got.dtype == torch.float32 and torch.equal(got, x + 0.125)
+    with pytest.raises(AttackConstraintError, match="leaves the l2 ball"):
+        run_attack(Shift(0.1, norm="l2"), Linear(), x, y, 2, CPU)  # +0.1 on 4 pixels: L2 0.2 > 0.1
+
+
+def test_a_crafted_set_is_checked_for_its_size_and_its_ball():
+    x, _ = data(5)
+    check_crafted(x, x + 0.1, Shift(0.1), batch_size=2)
+    with pytest.raises(AttackConstraintError, match="x_adv has 4 examples, expected 5"):
+        check_crafted(x, x[:4], Shift(0.1))
+    bad = x.clone()
+    bad[4] += 0.2  # in the last batch only: every batch is checked
+    with pytest.raises(AttackConstraintError, match="linf"):
+        check_crafted(x, bad, Shift(0.1), batch_size=2)
+
+
+class Detector:
+    """Embeds an image as its pixel sum; its score is the embedding plus the predicted label. Records its calls."""
+
+    def __init__(self):
+        self.embedded, self.asked = [], []
+
+    def embed(self, x):
+        x = x if isinstance(x, torch.Tensor) else x[torch.arange(len(x))]
+        self.embedded.append(x.clone())
+        return x.sum(1, keepdim=True)
+
+    def nearest(self, embedded, pred):
+        self.asked.append((embedded, pred))
+        return embedded[:, 0] + pred
 
 
 def test_compute_cell_attacks_then_scores_every_draw_with_the_seed():
@@ -241,6 +333,51 @@ def test_compute_cell_attacks_a_deterministic_model_on_its_clean_correct_example
     assert cost["n_attacked"] == int((pred[0] == y).sum()) < 6
     wrong = pred[0] != y
     assert torch.equal(out["pred_adv"][0][wrong], pred[0][wrong]), "the others keep x' = x"
+
+
+def test_compute_cell_scores_a_deterministic_model_window_by_window_with_its_detector():
+    x, y = data(6)
+    model = Linear()
+    pred = predict_draws(model, x, 1, 8, CPU)
+    right = pred[0] == y
+    det, score_clean, attack, sizes = Detector(), torch.ones(6), Shift(0.1), []
+    common = {"randomized": False, "device": CPU, "seed": 0, "on_batch": sizes.append, "precision_name": "bf16"}
+    out, cost = compute_cell(attack, model, x, y, pred, batch_size=2, **common, detector=det, score_clean=score_clean)
+    x_adv = torch.where(right[:, None], (x + 0.1).clamp(0, 1), x)
+    want = predict(model, x_adv, 8, CPU)
+    assert torch.equal(out["pred_adv"], want[None]) and cost["n_attacked"] == int(right.sum()) == sum(sizes)
+    assert all(s[1] for s in attack.seen), "the attack ran in the cell's precision"
+    assert [len(e) for e in det.embedded] == [2, 2, 2], "embedded a window at a time"
+    assert torch.allclose(torch.cat(det.embedded), x_adv)
+    ((embedded, asked),) = det.asked
+    assert torch.allclose(embedded, x_adv.sum(1, keepdim=True)) and torch.equal(asked, want)
+    assert out["score_clean"] is score_clean and torch.allclose(out["score_adv"], x_adv.sum(1) + want)
+    assert "clean_rejected" not in out, "no reject label"
+
+
+def test_compute_cell_scores_a_crafted_set_with_the_models_reject_label_and_detector():
+    x, y = data(6)
+    model = Noisy()
+    model.reject_label = 2
+    torch.manual_seed(3)
+    pred = predict_draws(model, x, 2, 8, CPU)
+    x_adv = (x + 0.05).clamp(0, 1)
+    det, score_clean = Detector(), torch.ones(6)
+    common = {"randomized": True, "batch_size": 4, "device": CPU, "seed": 4}
+    attack = Shift(0.1)
+    out, cost = compute_cell(attack, model, x, y, pred, **common, x_adv=x_adv, detector=det, score_clean=score_clean)
+    assert cost == {} and attack.seen == [], "a crafted set is scored, not attacked"
+    torch.manual_seed(4)
+    want = predict_draws(model, x_adv, 2, 4, CPU)
+    assert torch.equal(out["pred_adv"], want), "the scoring draws follow the cell's seed"
+    assert torch.equal(out["adv_rejected"], want == 2) and torch.equal(out["clean_rejected"], pred == 2)
+    ((embedded, asked),) = det.asked
+    assert torch.equal(det.embedded[0], x_adv) and torch.equal(asked, want[0]), "draw 0 is the detector's"
+    assert out["score_clean"] is score_clean and torch.allclose(out["score_adv"], x_adv.sum(1) + want[0])
+    with pytest.raises(AttackConstraintError):
+        compute_cell(Shift(0.01), model, x, y, pred, **common, x_adv=x_adv)  # 0.05 > 0.01: re-checked, not trusted
+    out, _ = compute_cell(Shift(0.1), Linear(), x, y, pred[:1], **{**common, "randomized": False}, x_adv=x_adv)
+    assert torch.equal(out["pred_adv"], predict(Linear(), x_adv, 8, CPU)[None]) and "score_adv" not in out
 
 
 # ---- a training stage's identity -----------------------------------------------------------------------------
