@@ -173,17 +173,17 @@ def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: floa
         raise AttackConstraintError(f"x_adv has shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     if not torch.isfinite(x_adv).all():
         raise AttackConstraintError(f"{int((~torch.isfinite(x_adv)).sum())} non-finite values in x_adv")
-    lo, hi = float(x_adv.min()), float(x_adv.max())
+    lo, hi = float(x_adv.min()), float(x_adv.max())  # an empty batch raises here: no attack makes one
     if lo < -atol or hi > 1 + atol:
         raise AttackConstraintError(f"x_adv leaves [0, 1]: min {lo:.3g}, max {hi:.3g}")
     if norm == "patch":
         side = patch_side(eps, *x.shape[-2:])
-        extent = int(patch_extent(x, x_adv).max()) if len(x) else 0
+        extent = int(patch_extent(x, x_adv).max())
         if extent > side:
             raise AttackConstraintError(f"x_adv leaves the patch budget: changes span {extent} px > side {side} px")
         return
     if norm == "dssim":
-        dist = float(dssim(x_adv.double(), x.double()).max()) if len(x) else 0.0
+        dist = float(dssim(x_adv.double(), x.double()).max())
         if not dist <= eps + DSSIM_ATOL:  # `not <=`: a NaN distance fails too
             raise AttackConstraintError(f"x_adv leaves the DSSIM budget: DSSIM {dist:.6g} > P {eps:.6g}")
         return

@@ -428,3 +428,72 @@ def test_check_adversarial_budgets():
     with pytest.raises(AttackConstraintError, match="DSSIM"):
         check_adversarial(x, x_adv, "dssim", math.nextafter(eps, 0.0))
     assert Attack(0.1).arguments["norm"] == "linf"
+
+
+# ---- captured layers' read-out, the patch budget ------------------------------------------------------------
+def test_read_out_applies_the_blocks_function_to_floating_tensors_only():
+    from attacks.base import read_out, readout
+
+    f, i = torch.tensor([1.0, -2.0]), torch.tensor([3])
+    assert read_out(f) is f, "outside a block: as captured"
+    seen = []
+
+    def double(t):
+        seen.append(t)
+        return 2 * t
+
+    with readout(double):
+        assert torch.equal(read_out(f), torch.tensor([2.0, -4.0])) and seen[0] is f
+        assert read_out(i) is i and read_out("layer") == "layer", "integer tensors and non-tensors pass as they are"
+    assert read_out(f) is f and len(seen) == 1, "the block's function is gone after it"
+
+
+@pytest.mark.parametrize(
+    "area, h, w, side",
+    [(0.03, 64, 64, 11), (0.25, 8, 32, 8), (0.25, 32, 8, 8), (0.5, 4, 8, 4), (0.01, 8, 8, 0), (1.0, 5, 5, 5)],
+)
+def test_patch_side_is_the_floor_of_the_square_root_of_the_area(area, h, w, side):
+    from attacks.base import patch_side
+
+    assert patch_side(area, h, w) == side  # 0.25 * 8 * 32 = 64: exactly 8, not 7 by round-off
+
+
+def test_patch_extent_is_the_side_of_the_smallest_square_holding_every_change():
+    from attacks.base import patch_extent
+
+    x = torch.zeros(4, 2, 6, 7)
+    x_adv = x.clone()
+    x_adv[0, 1, 2:5, 1:3] = 0.5  # rows 2..4, columns 1..2, in the second channel only: 3
+    x_adv[1, 0, 0, 0] = x_adv[1, 0, 0, 6] = 1.0  # one row, columns 0 and 6: 7
+    x_adv[2, 0, 1, 3] = x_adv[2, 1, 5, 3] = 1.0  # rows 1 and 5 in different channels, one column: 5
+    assert patch_extent(x, x_adv).tolist() == [3, 7, 5, 0], "no change: 0"
+    assert patch_extent(x, x).tolist() == [0, 0, 0, 0]
+    one = x[:1].clone()
+    one_adv = one.clone()
+    one_adv[0, 0, 5, 6] = 1.0  # the last row and column: a 1-px patch
+    assert patch_extent(one, one_adv).tolist() == [1]
+
+
+def test_check_adversarial_holds_a_patch_to_its_side():
+    x = torch.full((2, 1, 8, 8), 0.5)
+    side = 4  # floor(sqrt(0.25 * 64))
+    ok = x.clone()
+    ok[0, 0, 1 : 1 + side, 2 : 2 + side] = 1.0  # exactly the side: allowed
+    ok[1, 0, 7, 7] = 0.0
+    check_adversarial(x, ok, "patch", 0.25)
+    wide = ok.clone()
+    wide[1] = x[1]
+    wide[1, 0, 3, 0] = wide[1, 0, 3, side] = 1.0  # columns 0..4 in the second example: 5 px
+    with pytest.raises(AttackConstraintError, match=r"^x_adv leaves the patch budget: changes span 5 px > side 4 px$"):
+        check_adversarial(x, wide, "patch", 0.25)
+    with pytest.raises(AttackConstraintError, match="> side 0 px"):
+        check_adversarial(x, ok, "patch", 0.01)
+    with pytest.raises(AttackConstraintError, match=r"leaves \[0, 1\]"):
+        check_adversarial(x, ok + 1.0, "patch", 1.0)  # the range is checked before the patch
+
+
+def test_an_attack_is_linf_by_default():
+    class Still(FGSM):
+        pass
+
+    assert Still(0.1).norm == "linf" and FGSM(0.1).norm == "linf"

@@ -327,3 +327,25 @@ def test_a_claim_is_released_and_waited_for_in_one_process(tmp_path):
         assert got == [], "the claim was taken while held"
     waiter.join(10)
     assert got == [True]
+
+
+def test_a_file_written_in_staging_moves_into_its_entry_with_its_checksum(tmp_path, caplog):
+    cache = Cache(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^cache entry craft/k is missing: its stage has not finished$"):
+        cache.file("craft", "k", "x_adv.npy")
+    with cache.staging("craft", "k") as tmp:
+        assert tmp.parent == tmp_path / "craft" and tmp.name.startswith(".k.staging.")
+        (tmp / "x_adv.npy").write_bytes(b"rows" * 1000)
+        folder = cache.put("craft", "k", {"n": 1}, files={"x_adv.npy": tmp / "x_adv.npy"})
+        assert not (tmp / "x_adv.npy").exists(), "moved, not copied"
+    assert not tmp.exists(), "the staging folder is removed after"
+    path = cache.file("craft", "k", "x_adv.npy")
+    assert path == folder / "x_adv.npy" and path.read_bytes() == b"rows" * 1000
+    assert cache.meta("craft", "k") == {"n": 1}
+    path.write_bytes(b"ROWS" * 1000)  # same size, other bytes: the checksum catches it
+    from benchmark import cache as cache_mod
+
+    cache_mod._VERIFIED.clear()  # a new process: the entry is verified afresh
+    with caplog.at_level(logging.WARNING), pytest.raises(DamagedEntry, match="x_adv.npy is truncated or altered"):
+        cache.file("craft", "k", "x_adv.npy")
+    assert not folder.exists(), "a damaged entry is moved aside, to be computed again"

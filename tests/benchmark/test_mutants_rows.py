@@ -246,6 +246,31 @@ def test_without_the_data_or_predictions_no_targeted_success():
     assert _targeted(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, o) == 0.0
 
 
+def test_the_targets_of_more_than_one_batch_pair_each_image_with_its_label():
+    from benchmark.rows import _targeted
+
+    n = 300  # more than the 256 images recomputed at a time
+    y = torch.arange(n) % 3
+    x = c("p/two/seed0", "mimicry", targeted=True, n=n)
+    plan = Plan("exp", {"p": {"num_classes": 3}}, [])
+    plan._attacks[x.id] = targets = Targets()
+    hit = outcome(y[None], ((y + 1) % 3)[None], y, None)  # every example sent to its target
+    assert (
+        _targeted(plan, Executed(data={"p": (torch.arange(n + 5.0)[:, None], torch.arange(n + 5) % 3)}), x, hit) == 1.0
+    )
+    assert [(len(xb), len(yb)) for xb, yb, _ in targets.calls] == [(256, 256), (44, 44)]
+    assert torch.equal(torch.cat([xb for xb, _, _ in targets.calls])[:, 0], torch.arange(n + 0.0)), "the first n"
+
+
+def test_a_figures_seed_note_follows_the_number_of_seeds():
+    from benchmark.records import seed_note
+
+    one = "one training seed: one trained model per defense, not the method"
+    assert seed_note(1, "band") == one and seed_note(0, "band") == one
+    assert seed_note(2, "band: min-max over seeds") == "mean over 2 seeds; band: min-max over seeds"
+    assert seed_note(3, "x") == "mean over 3 seeds; x"
+
+
 # ---- records ------------------------------------------------------------------------------------------------
 def test_budget_helpers():
     assert budget_key("linf", "0.5") == ("linf", 0.5) and budget_key("l2", 1 / 3) == ("l2", 0.3333333333)

@@ -372,3 +372,70 @@ def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
     key = stage_key("cell", {}, ["attacks.a"])
     (tree / "attacks/b.py").write_text("import attacks.a\nx = 2\n")
     assert stage_key("cell", {}, ["attacks.a"]) != key
+
+
+# ---- one model's per-example checks: which rule each cell goes to -------------------------------------------
+def test_model_checks_sends_each_cell_to_its_rule_with_its_base(monkeypatch):
+    calls = []
+    for name in ("transfer_vs_whitebox", "frozen_randomness", "converged", "unbounded"):
+        monkeypatch.setattr(checks, name, lambda *a, name=name: calls.append((name, *a)))
+    monkeypatch.setattr(checks, "abstaining_without_adaptive_attack", lambda *a: calls.append(("abstain", *a)))
+    base = cell(label="b")
+    made = [
+        (wb := row(cell=base), o_wb := robust(4, 8)),
+        (tr := row("transfer", "transfer", cell=cell(label="t", crafted=True, threat_model="transfer")), o_tr := {}),
+        (fr := row("frozen", "sanity", cell=cell(label="f", role="frozen", base=base.id)), o_fr := {}),
+        (x2 := row("x2", "sanity", cell=cell(label="x", role="x2", base=base.id)), o_x2 := {}),
+        (ub := row("unb", "sanity", cell=cell(label="u", role="unbounded", base="nowhere")), o_ub := {}),
+    ]
+    outcomes = {base.id: o_wb}
+    worst = [(w := row("worst_case", cell=None), {})]
+    checks.model_checks(made, worst, outcomes)
+    assert [c[0] for c in calls] == ["transfer_vs_whitebox", "frozen_randomness", "converged", "unbounded", "abstain"]
+    assert calls[0][1] is tr and calls[0][2] is o_tr and calls[0][3] == [(wb, o_wb)], "the white-box rows only"
+    assert calls[1][1:] == (fr, o_fr, o_wb) and calls[2][1:] == (x2, o_x2, o_wb), "each against its base's outcome"
+    assert calls[3][1:] == (ub, o_ub)
+    assert calls[4][1] is made and calls[4][2] == [w]
+
+
+def test_model_checks_without_a_base_passes_none_and_a_white_box_cell_goes_nowhere(monkeypatch):
+    calls = []
+    monkeypatch.setattr(checks, "converged", lambda *a: calls.append(a))
+    monkeypatch.setattr(checks, "transfer_vs_whitebox", lambda *a: calls.append(("transfer", *a)))
+    monkeypatch.setattr(checks, "abstaining_without_adaptive_attack", lambda *a: None)
+    x2 = row("x2", "sanity", cell=cell(label="x", role="x2"))  # no base: looked up as "" (absent)
+    checks.model_checks([(row(cell=cell()), {}), (x2, {})], [], {"": "the empty id's outcome"})
+    assert calls == [(x2, {}, "the empty id's outcome")], "a missing base is looked up under the empty id"
+    calls.clear()
+    checks.model_checks([(row(cell=cell()), {})], [], {})
+    assert calls == []
+
+
+def test_autoattack_flags_are_each_flag_once_in_the_order_raised():
+    messages = [
+        "the model looks like a dynamic defense; see the flags",
+        "Square Attack has decreased the robust accuracy of 2.0 %",
+        "it seems to be a randomized defense",
+        "dynamic defense again",
+        "nothing to report",
+    ]
+    assert checks.autoattack_flags(messages) == [
+        "autoattack_dynamic",
+        "autoattack_square_helps",
+        "autoattack_randomized",
+    ]
+    assert checks.autoattack_flags([]) == [] and checks.autoattack_flags(["unrelated"]) == []
+
+
+def test_two_files_of_the_same_size_and_time_are_parsed_each(tree):
+    """`_imports` reuses a parse per (file, mtime, size): the file's name is part of what it reuses it for."""
+    import os
+
+    from benchmark import cache as cache_mod
+
+    (tree / "attacks/c.py").write_text("import attacks.f\n")
+    (tree / "attacks/w.py").write_text("import attacks.g\n")  # the same size
+    for name in ("attacks/c.py", "attacks/w.py"):
+        os.utime(tree / name, ns=(1_000_000_000, 1_000_000_000))  # and the same time
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c", "attacks.f"]
+    assert cache_mod.module_closure(["attacks.w"], tree) == ["attacks.g", "attacks.w"]

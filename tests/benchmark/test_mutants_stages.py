@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,8 +233,9 @@ def test_run_attack_attacks_the_chosen_examples_in_batches_and_counts_its_cost(t
     assert torch.equal(whole[~only], x[~only]) and torch.allclose(whole[only], x[only] + 0.1)
     assert sizes == [2, 1], "batches of the attacked examples, not of the windows"
     assert cost["n_attacked"] == 3 and cost["forward_passes"] == 3 and cost["backward_passes"] == 6
-    empty, cost = run_attack(Shift(0.1), Linear(), x[:0], y[:0], 2, CPU)
+    empty, cost = run_attack(Shift(0.1), Linear(), x[:0], y[:0], 2, CPU, path=tmp_path / "empty.npy")
     assert len(empty) == 0 and cost["n_attacked"] == 0
+    assert (tmp_path / "empty.npy").exists(), "an empty crafted set is a file too, where it was asked for"
 
 
 def test_run_attack_runs_in_the_precision_and_returns_fp32():
@@ -266,7 +268,28 @@ def test_attacked_hands_out_windows_in_order_each_read_once():
     got = torch.cat(windows)
     assert torch.allclose(got[only], x[only] + 0.1) and torch.equal(got[~only], x[~only])
     assert sorted(i for r in reads for i in r) == list(range(7)), "every image read exactly once"
+    assert all(reads), "a window whose rows are all attacked reads no clean image (an empty read)"
     assert adv.cost["n_attacked"] == 4 and adv.cost["forward_passes"] == 4
+
+
+class Slow(Shift):
+    """Takes 0.05 s per batch."""
+
+    def perturb(self, model, x, y):
+        time.sleep(0.05)
+        return super().perturb(model, x, y)
+
+
+def test_attacked_attacks_a_batch_only_when_its_window_is_asked_for_and_counts_its_seconds():
+    x, y = data(5)
+    handed, when = 0, []
+    adv = Attacked(Slow(0.1), Linear(), x, y, 2, CPU, on_batch=lambda n: when.append(handed))
+    tick = time.perf_counter()
+    for _ in adv:
+        handed += 1
+    wall = time.perf_counter() - tick
+    assert when == [0, 1, 2], "each batch attacked as its window is asked for, not a window ahead"
+    assert 0.15 <= adv.cost["attack_seconds"] <= wall, "the seconds of the three batches, summed"
 
 
 def test_each_batch_is_checked_and_kept_in_fp32():
