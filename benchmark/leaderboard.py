@@ -5,6 +5,7 @@ findings and every warning. Each section is a function of one pair's rows (`Pair
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from benchmark import findings as fnd
@@ -22,27 +23,33 @@ FORM_DOC = {
 
 
 # ---- cells ----------------------------------------------------------------------------------------------------
-def _mean_ci(values: list[float], fmt: str, scale: float = 1.0) -> str:
-    """One value as is; several (one per seed): the mean and its 95 % t interval, "52.1 [48.0, 56.2]"."""
+def _mean_ci(
+    values: list[float], fmt: str, scale: float = 1.0, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> str:
+    """One value as is; several (one per seed): the mean and its 95 % t interval, "52.1 [48.0, 56.2]", cut to the
+    values the quantity can take (`bounds`: an accuracy in [0, 100], seconds >= 0), which a t interval over three
+    seeds can leave."""
     values = [scale * v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
         return f"{values[0]:{fmt}}"
     low, high = t_interval(values)
+    low, high = max(low, bounds[0]), min(high, bounds[1])
     return f"{statistics.mean(values):{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def _pct(values: list[float]) -> str:
-    return _mean_ci(values, ".1f", 100)
+    return _mean_ci(values, ".1f", 100, (0.0, 100.0))
 
 
 def _mean_str(values: list[float], fmt: str = ".2f") -> str:
-    return _mean_ci(values, fmt)
+    """A non-negative quantity (seconds, passes, ratios of counts)."""
+    return _mean_ci(values, fmt, bounds=(0.0, math.inf))
 
 
 def _signed(values: list[float]) -> str:
-    return _mean_ci(values, "+.1f", 100)
+    return _mean_ci(values, "+.1f", 100, (-100.0, 100.0))
 
 
 def _count(v) -> str:
@@ -71,9 +78,9 @@ def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: 
         "",
         *(warned if warnings else []),
         "Robust accuracy (%) counts an example as robust only if the model is right on it when clean and under "
-        "the attack (with several seeds: the mean [95 % t interval] over seeds); for a randomized defense, the "
-        "accuracy on the final adversarial examples averaged over fresh draws of its randomness. `worst_case` is per "
-        "example "
+        "the attack (with several seeds: the mean [95 % t interval] over seeds, cut to 0-100 %); for a randomized "
+        "defense, the accuracy on the final adversarial examples averaged over fresh draws of its randomness. "
+        "`worst_case` is per example "
         "over every attack at that norm and epsilon. Attacks may run on fewer examples (see results.csv "
         "`n_examples`). Ranking: worst case at the headline budget ("
         + ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
@@ -339,6 +346,6 @@ def _transfer_section(res: PairResults, ranked: list[str], form: str) -> list[st
     keys = [(a, n, e) for a, n in transfer for e in res.epsilons(a, n)]
     lines += _table(
         ["defense", *(_column(a, n, e) for a, n, e in keys)],
-        [[d, *(_mean_str(res.values(d, a, n, e, "transferability")) for a, n, e in keys)] for d in ranked],
+        [[d, *(_mean_ci(res.values(d, a, n, e, "transferability"), ".2f") for a, n, e in keys)] for d in ranked],
     )
     return [*lines, ""]

@@ -472,7 +472,7 @@ def test_the_strongest_attack_per_model():
         **{k: t[k] for k in ("p_holm", "p_reverse_holm", "verdict")},
     }
     assert (f["seeds"], f["higher"], f["lower"], f["attack"]) == (1, "the strongest other attack", "uap", "uap")
-    assert t["verdict"] == "supported"
+    assert f["pair"] == rows[0].pair and t["verdict"] == "supported"
     none = StrongestAttackClaim("x", "r", attack="uap", attacks=("uap",))
     assert findings(rows, ex, HL, [none])[0]["verdict"] == "not in this run", "no other attack"
     one = StrongestAttackClaim("x", "r", attack="uap", attacks=("uap", "ssp"), seed="1")

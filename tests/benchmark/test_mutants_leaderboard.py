@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from benchmark import leaderboard as lb
+from benchmark.numerics import machine_line
 from benchmark.records import Row
 from benchmark.results import PairResults, number
 from benchmark.stats import t_interval
@@ -132,11 +133,26 @@ def test_mean_ci_formats_one_value_or_the_mean_and_interval():
     assert lb._mean_ci([0.1, 0.2, 0.3, None], ".1f", 100) == f"20.0 [{low:.1f}, {high:.1f}]"
     assert lb._pct([0.25]) == "25.0" and lb._signed([-0.05]) == "-5.0" and lb._signed([0.05]) == "+5.0"
     assert lb._mean_str([1.234]) == "1.23" and lb._mean_str([1.25], ".1f") == "1.2"
-    values = [0.1, 0.3]
-    assert (
-        lb._pct(values) == f"{100 * statistics.mean(values):.1f} [{t_interval([10, 30])[0]:.1f}, "
-        f"{t_interval([10, 30])[1]:.1f}]"
-    )
+    values = [0.1, 0.3]  # two seeds: a t interval of -107.1 to 147.1 %, cut to the range of an accuracy
+    assert lb._pct(values) == f"{100 * statistics.mean(values):.1f} [0.0, 100.0]"
+    values = [0.5, 0.52, 0.54]
+    low, high = t_interval([50.0, 52.0, 54.0])
+    assert lb._pct(values) == f"52.0 [{low:.1f}, {high:.1f}]", "inside the range: as computed"
+
+
+def test_an_interval_is_cut_to_what_the_quantity_can_take():
+    """Three seeds' t interval of a skewed cost or an accuracy near a bound leaves the quantity's range."""
+    seconds = [35.0, 40.0, 2500.0]  # one slow seed: the t interval goes below 0 s
+    low, high = t_interval(seconds)
+    assert low < 0 < high
+    assert lb._mean_str(seconds, ".1f") == f"{statistics.mean(seconds):.1f} [0.0, {high:.1f}]"
+    near = [0.99, 1.0, 0.5]  # accuracies: the interval reaches above 100 %
+    lo, hi = t_interval([100 * v for v in near])
+    assert hi > 100 and lb._pct(near) == f"{100 * statistics.mean(near):.1f} [{max(lo, 0):.1f}, 100.0]"
+    diffs = [-0.99, -1.0, -0.2]
+    assert lb._signed(diffs).endswith(f"[-100.0, {t_interval([100 * v for v in diffs])[1]:+.1f}]")
+    low, high = t_interval([-1.0, -2.0, -6.0])
+    assert lb._mean_ci([-1.0, -2.0, -6.0], ".1f") == f"-3.0 [{low:.1f}, {high:.1f}]", "unbounded by default"
 
 
 def test_withheld_defenses_at_the_headline_only():
@@ -242,6 +258,9 @@ def test_the_leaderboard_sections_read_the_headline_the_ranking_and_the_form():
         row("tla", "transfer", 0.6, threat="transfer", transferability=0.4),
     ]  # fmt: skip
     text = lb.leaderboard(rows, HL, "accuracy_drop", [])
+    assert "Computed on" not in text, "no machine given"
+    where = {"cpu": "Some CPU", "isa": "AVX2", "torch": "2.x", "gpu": None, "threads": 1}
+    assert machine_line(where) in lb.leaderboard(rows, HL, "accuracy_drop", [], machine=where)
     detection = "| defense | pgd 16/255 | worst_case linf 16/255 |\n|---|---|---|\n| tla | 75.0 | - |\n| diff | - | - |"
     assert detection in text, "at the headline, in ranked order"
     assert "| diff | 0 | pgd | linf 16/255 | 90.0 | 90.0 | 10.0 | 25.0 | 80.0 | 30.0 |" in text
