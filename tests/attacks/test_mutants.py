@@ -472,6 +472,9 @@ def test_patch_extent_is_the_side_of_the_smallest_square_holding_every_change():
     one_adv = one.clone()
     one_adv[0, 0, 5, 6] = 1.0  # the last row and column: a 1-px patch
     assert patch_extent(one, one_adv).tolist() == [1]
+    corner = one.clone()
+    corner[0, 0, 0, 0] = 1.0  # the first row and column: a 1-px patch too
+    assert patch_extent(one, corner).tolist() == [1]
 
 
 def test_check_adversarial_holds_a_patch_to_its_side():
