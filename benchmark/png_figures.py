@@ -46,11 +46,30 @@ def _bar(stat: tuple[float, float, float]) -> list[list[float]] | None:
     return None if stat[1] == stat[2] == stat[0] else [[stat[0] - stat[1]], [stat[2] - stat[0]]]
 
 
-def _legend(fig, colors: dict[str, tuple], markers: dict[str, str], shown: list[str]) -> None:
+#: Flags about a model's reject option: the figures already leave those numbers out (`drawable`).
+DRAWN_WITHOUT = {"ignores_reject_option", "no_adaptive_attack"}
+FLAGGED = " (flagged)"
+FLAGGED_NOTE = "(flagged): the run's sanity checks flagged the model; its numbers may overestimate robustness"
+
+
+def flagged_models(rows: list) -> set[str]:
+    """The models with a row the run flagged (sanity rows included), other than the reject-option flags."""
+    return {r.defense for r in rows if set(r.flag_list) - DRAWN_WITHOUT}
+
+
+def _name(d: str, flagged: set[str]) -> str:
+    return label(d) + (FLAGGED if d in flagged else "")
+
+
+def _legend(fig, colors: dict[str, tuple], markers: dict[str, str], shown: list[str], flagged: set[str]) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=label(d)) for d in shown]
-    fig.legend(handles=handles, loc="outside right upper", title="model", frameon=False)
+    handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=_name(d, flagged)) for d in shown]
+    if set(shown) & flagged:  # what the mark means, under the legend's title
+        note = "\n".join(textwrap.wrap(FLAGGED_NOTE, 28))
+        fig.legend(handles=handles, loc="outside right upper", title=f"model\n{note}", frameon=False, title_fontsize=8)
+    else:
+        fig.legend(handles=handles, loc="outside right upper", title="model", frameon=False)
 
 
 def _title(res: PairResults, pair: str) -> str:
@@ -91,14 +110,14 @@ def _lines(ax, res: PairResults, attack: str, norm: str, epss: list[float], colo
     return shown
 
 
-def _bars(ax, res: PairResults, attack: str, norm: str, eps: float, colors, single: str) -> set[str]:
+def _bars(ax, res: PairResults, attack: str, norm: str, eps: float, colors, single: str, flagged) -> set[str]:
     models = [d for d in res.defenses if attack != WORST or res.whitebox_at(d, norm, eps)]
     bars = [(d, s) for d in models if (s := _stat(res.values(d, attack, norm, eps)))]
     ys = range(len(bars))
     for y, (d, s) in zip(ys, bars):
         ax.barh(y, s[0], height=0.6, xerr=_bar(s), color=colors[d], capsize=2, label=d)
         ax.text(s[2] + 1.5, y, f"{s[0]:.0f}", va="center", fontsize=8)
-    ax.set_yticks(list(ys), [label(d) for d, _ in bars], fontsize=8)
+    ax.set_yticks(list(ys), [_name(d, flagged) for d, _ in bars], fontsize=8)
     ax.set_ylim(len(bars) - 0.5 + max(0, 3 - len(bars)) / 2, -0.5 - max(0, 3 - len(bars)) / 2)
     ax.set_xlim(0, 108)
     ax.set_xlabel("robust accuracy (%)")
@@ -106,7 +125,9 @@ def _bars(ax, res: PairResults, attack: str, norm: str, eps: float, colors, sing
     return {d for d, _ in bars}
 
 
-def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple], markers: dict[str, str]):
+def robust_vs_eps(
+    res: PairResults, pair: str, colors: dict[str, tuple], markers: dict[str, str], flagged: set[str] = frozenset()
+):
     """One panel per (attack, norm): a line per model over the budgets it covers, or, for an attack drawn at a
     single budget, a horizontal bar per model."""
     import matplotlib.pyplot as plt
@@ -124,11 +145,11 @@ def robust_vs_eps(res: PairResults, pair: str, colors: dict[str, tuple], markers
             single = (
                 "one budget" if len(res.epsilons(attack, norm)) == 1 else "the one budget a white-box attack covered"
             )
-            shown |= _bars(ax, res, attack, norm, epss[0], colors, single)
+            shown |= _bars(ax, res, attack, norm, epss[0], colors, single, flagged)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    _legend(fig, colors, markers, [d for d in colors if d in shown])
+    _legend(fig, colors, markers, [d for d in colors if d in shown], flagged)
     seeds = len({str(r.seed) for r in res.rows})
     spread = seed_note(seeds, "band or bar: 95 % t interval")
     fig.suptitle(f"{_title(res, pair)}: robust accuracy against the attack budget ({spread})", fontsize=12)
@@ -145,7 +166,9 @@ def heatmap_columns(res: PairResults, hl: dict[str, float]) -> list[tuple[str, s
     return sorted(cols, key=lambda c: c[0] == WORST)
 
 
-def heatmap(res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple] = frozenset()):
+def heatmap(
+    res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple] = frozenset(), flagged: set[str] = frozenset()
+):
     """Robust accuracy (%) of every model (rows, ranked) under every attack (columns); `hidden`: the cells whose
     numbers are not robustness (`drawable`), marked "not adaptive"."""
     import matplotlib
@@ -165,10 +188,12 @@ def heatmap(res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple
     off = any(abs(e - hl[n]) > 1e-9 for _, n, e in cols)
     labels = [f"{a}\n{n} {eps_str(n, e)}" + ("*" if abs(e - hl[n]) > 1e-9 else "") for a, n, e in cols]
     ax.set_xticks(range(len(cols)), labels, fontsize=8, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(len(defenses)), [label(d) for d in defenses], fontsize=9)
+    marks = set()
+    ax.set_yticks(range(len(defenses)), [_name(d, flagged) for d in defenses], fontsize=9)
+    if flagged & set(defenses):
+        marks.add(FLAGGED_NOTE)
     if any(a == WORST for a, _, _ in cols):  # a rule between the single attacks and the worst cases
         ax.axvline(next(i for i, c in enumerate(cols) if c[0] == WORST) - 0.5, color="w", linewidth=3)
-    marks = set()
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             a, n, e = cols[j]
@@ -193,7 +218,14 @@ def heatmap(res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple
     return fig
 
 
-def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str, tuple], markers: dict[str, str]):
+def tradeoff(
+    res: PairResults,
+    pair: str,
+    hl: dict[str, float],
+    colors: dict[str, tuple],
+    markers: dict[str, str],
+    flagged: set[str] = frozenset(),
+):
     """Clean accuracy against per-example worst-case robust accuracy at the headline L-inf budget (or, without a
     worst case, the strongest attack there), a dot per defense."""
     import matplotlib.pyplot as plt
@@ -228,10 +260,11 @@ def tradeoff(res: PairResults, pair: str, hl: dict[str, float], colors: dict[str
         ylim=(max(0, min(ys, default=0) - pad), min(100, max(ys, default=100) + pad)),
     )
     ax.grid(alpha=0.3)
-    _legend(fig, colors, markers, [d for d in colors if d in shown])
+    _legend(fig, colors, markers, [d for d in colors if d in shown], flagged)
     seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % t interval")
+    # Wrapped to the axes' width (about 55 characters at 11 pt): a wider title runs off the figure's left edge.
     ax.set_title(
-        "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 70)), fontsize=11
+        "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 55)), fontsize=11
     )
     return fig
 
@@ -243,6 +276,7 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
 
     matplotlib.use("Agg")
     plain, hidden = drawable([r for r in rows if r.threat_model != "sanity"])
+    flagged = flagged_models(rows)
     colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)))
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
@@ -250,9 +284,9 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
         res = PairResults([r for r in plain if r.pair == pair])
         hl = headline_eps(res.rows, headline)
         suffix = "" if len(pairs) == 1 else f"_{pair}"
-        out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers)
-        out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden)
-        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers)
+        out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers, flagged)
+        out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden, flagged)
+        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers, flagged)
     return out, colors
 
 

@@ -211,6 +211,36 @@ def test_every_figure_says_what_its_seeds_are():
             assert (one in title) == (len(seeds) == 1), (name, title)
 
 
+def test_a_model_the_run_flagged_is_marked_in_every_figure():
+    """A sanity flag (here on a sanity row, as the frozen-randomness check sets it) marks the model "(flagged)" in
+    the legends, the bars and the heatmap's rows, with one line saying what it means; the reject-option flags do not
+    (those numbers are left out of the figures already)."""
+    from dataclasses import replace
+
+    from benchmark.png_figures import FLAGGED_NOTE, flagged_models
+
+    rows, _ = fake_run(defenses=DEFENSES[:4])
+    names = list(dict.fromkeys(r.defense for r in rows))
+    marked, quiet = names[1], names[2]
+    sanity = replace(next(r for r in rows if r.defense == marked), threat_model="sanity",
+                     flags="frozen_randomness_attack_fails")  # fmt: skip
+    reject = replace(next(r for r in rows if r.defense == quiet), threat_model="sanity", flags="ignores_reject_option")
+    rows = [*rows, sanity, reject]
+    assert flagged_models(rows) == {marked}
+    figs, _ = figures(rows, HEADLINE)
+    for name in ("robust_vs_eps", "tradeoff"):
+        legend = figs[name].legends[0]
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert f"{marked} (flagged)" in labels and quiet in labels and f"{quiet} (flagged)" not in labels, labels
+        assert " ".join(legend.get_title().get_text().split()) == "model " + FLAGGED_NOTE
+    heat = figs["heatmap"].axes[0]
+    assert f"{marked} (flagged)" in [t.get_text() for t in heat.get_yticklabels()]
+    assert FLAGGED_NOTE in heat.get_xlabel()
+    plain, _ = fake_run(defenses=DEFENSES[:4])
+    figs, _ = figures(plain, HEADLINE)
+    assert figs["tradeoff"].legends[0].get_title().get_text() == "model", "no note without a flagged model"
+
+
 # ---- W&B -------------------------------------------------------------------------------------------------------
 def test_a_rerun_replaces_its_offline_run(tmp_path):
     for name in ("offline-run-20261202_080000-eval-abc", "offline-run-20261202_090000-eval-abc", "offline-run-1-x"):
