@@ -261,7 +261,9 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
             legend = fig.legends[0]
             names = {label(d): d for d in colors}  # the legend says which models are references
             for handle, text in zip(legend.legend_handles, legend.get_texts()):
-                seen.setdefault(names[text.get_text()], set()).add(to_rgba(handle.get_color()))
+                seen.setdefault(names[text.get_text().removesuffix(" (flagged)")], set()).add(
+                    to_rgba(handle.get_color())
+                )
             for ax in fig.axes:
                 for line in ax.get_lines():
                     if not line.get_label().startswith("_"):
