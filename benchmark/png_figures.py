@@ -46,15 +46,14 @@ def _bar(stat: tuple[float, float, float]) -> list[list[float]] | None:
     return None if stat[1] == stat[2] == stat[0] else [[stat[0] - stat[1]], [stat[2] - stat[0]]]
 
 
-#: Flags about a model's reject option: the figures already leave those numbers out (`drawable`).
-DRAWN_WITHOUT = {"ignores_reject_option", "no_adaptive_attack"}
 FLAGGED = " (flagged)"
 FLAGGED_NOTE = "(flagged): the run's sanity checks flagged the model; its numbers may overestimate robustness"
 
 
 def flagged_models(rows: list) -> set[str]:
-    """The models with a row the run flagged (sanity rows included), other than the reject-option flags."""
-    return {r.defense for r in rows if set(r.flag_list) - DRAWN_WITHOUT}
+    """The models with a row the run flagged (sanity rows included), other than the flags of numbers the figures
+    leave out (`NOT_DRAWN`)."""
+    return {r.defense for r in rows if set(r.flag_list) - NOT_DRAWN}
 
 
 def _name(d: str, flagged: set[str]) -> str:
@@ -65,11 +64,10 @@ def _legend(fig, colors: dict[str, tuple], markers: dict[str, str], shown: list[
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[d], marker=markers[d], linewidth=2, label=_name(d, flagged)) for d in shown]
-    if set(shown) & flagged:  # what the mark means, under the legend's title
-        note = "\n".join(textwrap.wrap(FLAGGED_NOTE, 28))
-        fig.legend(handles=handles, loc="outside right upper", title=f"model\n{note}", frameon=False, title_fontsize=8)
-    else:
-        fig.legend(handles=handles, loc="outside right upper", title="model", frameon=False)
+    # what the mark means, under the legend's title
+    note = {"title": "model\n" + "\n".join(textwrap.wrap(FLAGGED_NOTE, 28)), "title_fontsize": 8}
+    fig.legend(handles=handles, loc="outside right upper", frameon=False,
+               **(note if set(shown) & flagged else {"title": "model"}))  # fmt: skip
 
 
 def _title(res: PairResults, pair: str) -> str:
@@ -276,7 +274,6 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
 
     matplotlib.use("Agg")
     plain, hidden = drawable([r for r in rows if r.threat_model != "sanity"])
-    flagged = flagged_models(rows)
     colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)))
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
@@ -284,6 +281,7 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
         res = PairResults([r for r in plain if r.pair == pair])
         hl = headline_eps(res.rows, headline)
         suffix = "" if len(pairs) == 1 else f"_{pair}"
+        flagged = flagged_models([r for r in rows if r.pair == pair])  # sanity rows included
         out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers, flagged)
         out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden, flagged)
         out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers, flagged)
