@@ -1,7 +1,8 @@
 """`launcher=workers`: N worker processes on this machine, each pinned to one GPU (or a share of the CPU cores).
 
 Each worker (`python -m benchmark.launchers.workers RUN_DIR INDEX`) repeatedly takes a ready stage of the plan
-(every dependency finished, nobody holding its claim, preferring the cells of a model it has loaded) and runs it;
+(every dependency finished, nobody holding its claim; first the stages that most others wait for, then the cells of
+a model it has loaded) and runs it;
 it ends when every stage is finished or needs a failed one. The main process shows stages done / total and what
 each worker is doing, and reports a worker that dies; a dead worker's claim dies with it, so its stage is taken
 by another worker (or by the next run).
@@ -127,6 +128,22 @@ def _status_text(root: Path, i: int, alive: bool) -> str:
     return f"{s.get('state', 'starting')} ({counts})"
 
 
+def unlocks(plan: Plan) -> dict[str, int]:
+    """For each stage, how many stages wait for it through `deps`, directly or not."""
+    waiting: dict[str, set[str]] = {s["id"]: set() for s in plan.stages}
+    for s in plan.stages:
+        for d in s["deps"]:
+            waiting.setdefault(d, set()).add(s["id"])
+    memo: dict[str, set[str]] = {}
+
+    def below(i: str) -> set[str]:
+        if i not in memo:
+            memo[i] = set().union(*[{j, *below(j)} for j in waiting[i]]) if waiting[i] else set()
+        return memo[i]
+
+    return {s["id"]: len(below(s["id"])) for s in plan.stages}
+
+
 class _Worker:
     """One worker process's loop over the plan."""
 
@@ -137,6 +154,7 @@ class _Worker:
         self.plan = self.runner.plan
         self.poll = self.runner.cfg["launcher"].get("poll_seconds", 0.5)
         self.counts = Counter()
+        self.unlocks = unlocks(self.plan)
 
     def status(self, state: str, stage: str | None = None) -> None:
         record = {"pid": os.getpid(), "state": state, "stage": stage, "since": time.time(), **self.counts}
@@ -153,7 +171,9 @@ class _Worker:
         ids = {s["id"] for s in left}
         ready = [s for s in left if not any(d in ids or d in blocked for d in s["deps"])]
         loaded = self.runner.executor._models
-        ready.sort(key=lambda s: s.get("model") not in loaded)  # stable: plan order within; loaded models first
+        # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, so
+        # the other worker does not run out of work at a run's end (the order never changes a stage's numbers).
+        ready.sort(key=lambda s: (-self.unlocks[s["id"]], s.get("model") not in loaded))
         return ready, bool(left)
 
     def loop(self) -> None:

@@ -232,3 +232,51 @@ def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, 
     rows = read_rows(tmp_path)
     assert {r["defense"] for r in rows} == {"teacher", "pgd_at"}
     assert_same_rows([r for r in inline if r["defense"] != "finetune"], rows)
+
+
+def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
+    """A training that other stages wait for goes before any cell, even a cell of a model the worker holds (at a
+    run's end the other worker would otherwise sit idle behind it); among cells, a loaded model's come first."""
+    from types import SimpleNamespace
+
+    from benchmark.launchers import workers
+    from benchmark.launchers.workers import _Worker, unlocks
+    from benchmark.plan import Plan
+
+    def stage(i, *deps, model=None):
+        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+
+    plan = Plan(
+        "p",
+        stages=[
+            stage("teacher"),
+            stage("finetune", "teacher"),
+            stage("teacher/cell", "teacher", model="teacher"),
+            stage("finetune/cell", "finetune", model="finetune"),
+            stage("purifier", "finetune"),
+            stage("atop", "purifier"),
+            stage("atop/cell", "atop", model="atop"),
+            stage("purifier/cell", "purifier", model="purifier"),
+        ],
+    )
+    assert unlocks(plan) == {
+        "teacher": 7,
+        "finetune": 5,
+        "teacher/cell": 0,
+        "finetune/cell": 0,
+        "purifier": 3,
+        "atop": 1,
+        "atop/cell": 0,
+        "purifier/cell": 0,
+    }
+
+    finished = {"teacher", "finetune"}
+    worker = _Worker.__new__(_Worker)
+    worker.root, worker.plan, worker.unlocks = Path("."), plan, unlocks(plan)
+    worker.runner = SimpleNamespace(
+        done=lambda s: s["id"] in finished, executor=SimpleNamespace(_models={"finetune": 1})
+    )
+    monkeypatch.setattr(workers, "failures", lambda root: {})  # nothing failed
+    ready, left = worker.ready()
+    assert left
+    assert [s["id"] for s in ready] == ["purifier", "finetune/cell", "teacher/cell"]
