@@ -8,6 +8,7 @@ says exactly what the original said, and results.csv stays as it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -71,6 +72,45 @@ def write_report(
     from benchmark.png_figures import plots  # matplotlib: only when the figures are drawn
 
     return plots(rows, out_dir, headline), found
+
+
+#: What the report is built from (`rebuild` reads the same files), and where a built report records their digest.
+INPUTS = ("results.csv", "per_example.json", "run_warnings.json", "report_config.json")
+STATE = "report_state.json"
+
+
+def inputs_digest(out_dir: Path) -> str:
+    """The digest of the report's input files in `out_dir` and of the suite's code that draws it (benchmark/)."""
+    h = hashlib.sha256()
+    for name in INPUTS:
+        path = Path(out_dir) / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"(none)") + b"\0")
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
+
+
+def write_report_if_changed(
+    out_dir: Path, rows: list[Row], per_example: dict | None, report_config: dict, warnings: list[str]
+) -> tuple[dict[str, Path], list[dict], bool]:
+    """`write_report`, unless the report in `out_dir` was built from the same input files by the same code and
+    its files are all there (a warm rerun: the leaderboard and plots would come out byte for byte the same); then
+    its plots and findings are read back. The runner calls this after writing the input files; returns
+    (plots, findings, whether it was rebuilt)."""
+    out_dir = Path(out_dir)
+    digest, state_file = inputs_digest(out_dir), out_dir / STATE
+    try:
+        state = json.loads(state_file.read_text())
+        plots = {name: Path(path) for name, path in state["plots"].items()}
+        if state["digest"] == digest and all(p.exists() for p in [out_dir / "leaderboard.md", *plots.values()]):
+            return plots, state["found"], False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no report yet, or an unreadable state: build it
+    state_file.unlink(missing_ok=True)  # a report half written below must not look up to date
+    plots, found = write_report(out_dir, rows, per_example, report_config, warnings)
+    state = {"digest": digest, "plots": {name: str(path) for name, path in plots.items()}, "found": found}
+    state_file.write_text(json.dumps(state))
+    return plots, found, True
 
 
 def rebuild(out_dir: Path) -> dict[str, Path]:

@@ -71,7 +71,7 @@ def run(cfg: dict) -> dict:
     from benchmark.execute import Executor
     from benchmark.launchers import launch
     from benchmark.planner import make_plan
-    from benchmark.report import write_report
+    from benchmark.report import write_report_if_changed
     from benchmark.rows import make_rows
     from benchmark.tracking import track
 
@@ -97,7 +97,9 @@ def run(cfg: dict) -> dict:
     (out / "plan.json").write_text(plan.to_json())
     write_results(out, cfg, rows, examples, [*plan_warnings, *failed])
     report_start = time.perf_counter()
-    plots, found = write_report(out, rows, examples, report_config(cfg), [*plan_warnings, *failed])
+    plots, found, rebuilt = write_report_if_changed(out, rows, examples, report_config(cfg), [*plan_warnings, *failed])
+    if not rebuilt:
+        console.log(f"leaderboard and plots in {out} are up to date (same results, same code): not redrawn")
     warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
     counts, seconds_by_kind = split(done.stats)

@@ -190,6 +190,35 @@ def test_rebuild_reads_every_flag_and_run_warning_and_leaves_results_csv_alone(t
     assert {"robust_vs_eps.png", "heatmap.png", "tradeoff.png"} <= {p.name for p in out.iterdir()}
 
 
+def test_a_warm_rerun_reuses_the_report_built_from_the_same_files_and_rebuilds_on_any_change(tmp_path, monkeypatch):
+    """The runner's `write_report_if_changed`: same input files and code -> nothing redrawn, the same plots and
+    findings handed on (the leaderboard untouched); a changed input, a missing plot or another code digest ->
+    rebuilt."""
+    rows, per_example = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    out = write_run(tmp_path, rows, per_example, [])
+    args = (out, rows, per_example, {"headline": HEADLINE}, [])
+    plots, found, rebuilt = report.write_report_if_changed(*args)
+    assert rebuilt and found and plots
+    board = (out / "leaderboard.md").read_bytes()
+
+    drawn = []
+    real = report.write_report
+    monkeypatch.setattr(report, "write_report", lambda *a: drawn.append(1) or real(*a))
+    again, found_again, rebuilt = report.write_report_if_changed(*args)
+    assert not rebuilt and not drawn
+    assert again == plots and json.dumps(found_again) == json.dumps(found)
+    assert (out / "leaderboard.md").read_bytes() == board
+
+    plots["heatmap"].unlink()  # a plot gone: redrawn
+    assert report.write_report_if_changed(*args)[2] and plots["heatmap"].exists()
+    (out / "run_warnings.json").write_text(json.dumps(["a new warning"]))  # an input changed
+    assert report.write_report_if_changed(*args)[2]
+    assert not report.write_report_if_changed(*args)[2]
+    monkeypatch.setattr(report, "inputs_digest", lambda out_dir: "another code")  # e.g. the report's code changed
+    assert report.write_report_if_changed(*args)[2]
+    assert len(drawn) == 3
+
+
 def test_rebuild_without_per_example_data_still_reports(tmp_path):
     """An older run (no per_example.json, no run_warnings.json): the findings say they could not be tested."""
     rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
