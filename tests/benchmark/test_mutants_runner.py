@@ -365,6 +365,20 @@ def test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file(tree)
     assert cache_mod.module_closure(["attacks.a"], tree) == memo == CLOSURE_A
 
 
+def test_the_code_fingerprint_is_reused_only_for_the_same_version_of_its_files(tree):
+    """The speed trick of `code_fingerprint` (hash a closure once per version of its files) gives what hashing
+    afresh gives: an edit in place is seen, and a cleared memo computes the same value."""
+    from benchmark import cache as cache_mod
+
+    before = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) == before
+    (tree / "attacks/b.py").write_text((tree / "attacks/b.py").read_text() + "x = 3\n")
+    edited = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert edited != before
+    cache_mod._FINGERPRINTS.clear()
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) == edited
+
+
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
     from benchmark import cache as cache_mod
 
