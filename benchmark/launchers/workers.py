@@ -1,8 +1,8 @@
 """`launcher=workers`: N worker processes on this machine, each pinned to one GPU (or a share of the CPU cores).
 
 Each worker (`python -m benchmark.launchers.workers RUN_DIR INDEX`) repeatedly takes a ready stage of the plan
-(every dependency finished, nobody holding its claim; first the stages that most others wait for, then the cells of
-a model it has loaded) and runs it;
+(every dependency finished, nobody holding its claim; first the stage heading the longest chain of stages that wait
+for it, then the cells of a model it has loaded) and runs it;
 it ends when every stage is finished or needs a failed one. The main process shows stages done / total and what
 each worker is doing, and reports a worker that dies; a dead worker's claim dies with it, so its stage is taken
 by another worker (or by the next run).
@@ -128,20 +128,21 @@ def _status_text(root: Path, i: int, alive: bool) -> str:
     return f"{s.get('state', 'starting')} ({counts})"
 
 
-def unlocks(plan: Plan) -> dict[str, int]:
-    """For each stage, how many stages wait for it through `deps`, directly or not."""
-    waiting: dict[str, set[str]] = {s["id"]: set() for s in plan.stages}
+def levels(plan: Plan) -> dict[str, int]:
+    """For each stage, the longest chain of stages that wait for it through `deps` (0: nothing waits for it), the
+    priority of highest-level-first list scheduling: the stage that heads the longest remaining chain goes first."""
+    waiting: dict[str, list[str]] = {s["id"]: [] for s in plan.stages}
     for s in plan.stages:
         for d in s["deps"]:
-            waiting.setdefault(d, set()).add(s["id"])
-    memo: dict[str, set[str]] = {}
+            waiting.setdefault(d, []).append(s["id"])
+    memo: dict[str, int] = {}
 
-    def below(i: str) -> set[str]:
+    def level(i: str) -> int:
         if i not in memo:
-            memo[i] = set().union(*[{j, *below(j)} for j in waiting[i]]) if waiting[i] else set()
+            memo[i] = max((1 + level(j) for j in waiting[i]), default=0)
         return memo[i]
 
-    return {s["id"]: len(below(s["id"])) for s in plan.stages}
+    return {s["id"]: level(s["id"]) for s in plan.stages}
 
 
 class _Worker:
@@ -154,7 +155,7 @@ class _Worker:
         self.plan = self.runner.plan
         self.poll = self.runner.cfg["launcher"].get("poll_seconds", 0.5)
         self.counts = Counter()
-        self.unlocks = unlocks(self.plan)
+        self.levels = levels(self.plan)
 
     def status(self, state: str, stage: str | None = None) -> None:
         record = {"pid": os.getpid(), "state": state, "stage": stage, "since": time.time(), **self.counts}
@@ -171,9 +172,10 @@ class _Worker:
         ids = {s["id"] for s in left}
         ready = [s for s in left if not any(d in ids or d in blocked for d in s["deps"])]
         loaded = self.runner.executor._models
-        # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, so
-        # the other worker does not run out of work at a run's end (the order never changes a stage's numbers).
-        ready.sort(key=lambda s: (-self.unlocks[s["id"]], s.get("model") not in loaded))
+        # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, the
+        # head of the longest chain first, so the other worker does not run out of work at a run's end (the order
+        # never changes a stage's numbers); among cells, those of a model this worker has loaded.
+        ready.sort(key=lambda s: (-self.levels[s["id"]], s.get("model") not in loaded))
         return ready, bool(left)
 
     def loop(self) -> None:

@@ -236,11 +236,12 @@ def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, 
 
 def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     """A training that other stages wait for goes before any cell, even a cell of a model the worker holds (at a
-    run's end the other worker would otherwise sit idle behind it); among cells, a loaded model's come first."""
+    run's end the other worker would otherwise sit idle behind it), the head of the longest chain first; among
+    cells, a loaded model's come first."""
     from types import SimpleNamespace
 
     from benchmark.launchers import workers
-    from benchmark.launchers.workers import _Worker, unlocks
+    from benchmark.launchers.workers import _Worker, levels
     from benchmark.plan import Plan
 
     def stage(i, *deps, model=None):
@@ -259,12 +260,12 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
             stage("purifier/cell", "purifier", model="purifier"),
         ],
     )
-    assert unlocks(plan) == {
-        "teacher": 7,
-        "finetune": 5,
+    assert levels(plan) == {
+        "teacher": 4,  # -> finetune -> purifier -> atop -> atop/cell
+        "finetune": 3,
         "teacher/cell": 0,
         "finetune/cell": 0,
-        "purifier": 3,
+        "purifier": 2,
         "atop": 1,
         "atop/cell": 0,
         "purifier/cell": 0,
@@ -272,7 +273,7 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
 
     finished = {"teacher", "finetune"}
     worker = _Worker.__new__(_Worker)
-    worker.root, worker.plan, worker.unlocks = Path("."), plan, unlocks(plan)
+    worker.root, worker.plan, worker.levels = Path("."), plan, levels(plan)
     worker.runner = SimpleNamespace(
         done=lambda s: s["id"] in finished, executor=SimpleNamespace(_models={"finetune": 1})
     )
