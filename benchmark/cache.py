@@ -142,7 +142,7 @@ def code_fingerprint(modules: tuple[str, ...] | list[str], root: Path | None = N
     """A hash of the source of `modules` and of every suite module they import (see `module_closure`)."""
     root = root or ROOT
     files = [(name, _module_file(name, root)) for name in module_closure(tuple(modules), root)]
-    stamp = (str(root), *((name, f.stat().st_mtime_ns, f.stat().st_size) for name, f in files))
+    stamp = (str(root), *((name, st.st_mtime_ns, st.st_size) for name, st in ((n, f.stat()) for n, f in files)))
     if stamp not in _FINGERPRINTS:
         h = hashlib.sha256()
         for name, f in files:

@@ -80,13 +80,14 @@ STATE = "report_state.json"
 
 
 def inputs_digest(out_dir: Path) -> str:
-    """The digest of the report's input files in `out_dir` and of the suite's code that draws it (benchmark/)."""
-    h = hashlib.sha256()
+    """The digest of the report's input files in `out_dir` and of the code that draws it (this module and every
+    suite module it imports: the cache keys' `code_fingerprint`)."""
+    from benchmark.cache import code_fingerprint
+
+    h = hashlib.sha256(code_fingerprint(["benchmark.report"]).encode())
     for name in INPUTS:
         path = Path(out_dir) / name
         h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"(none)") + b"\0")
-    for source in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(source.read_bytes())
     return h.hexdigest()
 
 
