@@ -8,7 +8,7 @@ Examples:
     python -m benchmark.run --cfg                             # print the composed config and stop
     python -m benchmark.run --plan                            # what it will compute, what is cached, the time
     python -m benchmark.run --plan-json                       # the plan itself (stages, cells, keys) as JSON
-    python -m benchmark.run --experiments "digits digits_ssl"  # several experiments in turn, in this one process
+    python -m benchmark.run --experiments "digits digits_ssl"  # several experiments in this one process
     python -m benchmark.run launcher=workers                  # one worker process per GPU (or CPU core)
     python -m benchmark.run launcher=slurm launcher.partition=gpu cache_dir=/shared/cache   # SLURM jobs
 
@@ -63,30 +63,60 @@ def write_results(out: Path, cfg: dict, rows: list[Row], examples: dict, warning
 
 def run(cfg: dict) -> dict:
     """Run a composed config; returns what was done (rows, stats, warnings, paths)."""
+    return run_group([cfg])[0]
+
+
+def run_group(cfgs: list[dict]) -> list[dict]:
+    """Run several composed configs (`make bench`'s experiments): every plan first, so bad input in any stops
+    before work starts; then the stages, on one pool of workers when every experiment has `launcher=workers` (a
+    worker with nothing ready in one experiment takes the next one's stages), else each experiment's in turn; then
+    each experiment's results, report and W&B. One result per experiment, as `run` returns it."""
     from rich.console import Console
 
     from benchmark.launchers.common import quiet_lightning
 
     quiet_lightning()
-    from benchmark.execute import Executor
     from benchmark.launchers import launch
+    from benchmark.launchers.workers import launch_group
     from benchmark.planner import make_plan
+
+    console = Console(stderr=True)
+    planned = []
+    for cfg in cfgs:
+        start = time.perf_counter()
+        plan, notes, plan_warnings = make_plan(cfg)  # validates every name and value before any work
+        console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
+        for note in notes:
+            console.log(note)
+        cost = estimate.summary(cfg, plan)
+        for line in estimate.describe(cost):
+            console.log(line)
+        if far := estimate.far_beyond(cost):
+            console.log(f"[yellow]WARNING[/]: {far}")
+        planned.append((plan, plan_warnings, time.perf_counter() - start))
+    pooled = len(cfgs) > 1 and all((cfg.get("launcher") or {}).get("name") == "workers" for cfg in cfgs)
+    group = {}
+    if pooled:
+        start = time.perf_counter()
+        launched_all = launch_group([(cfg, plan) for cfg, (plan, _, _) in zip(cfgs, planned)], console)
+        group = {"experiments": [cfg["name"] for cfg in cfgs], "pool_seconds": time.perf_counter() - start}
+    out = []
+    for k, (cfg, (plan, plan_warnings, seconds)) in enumerate(zip(cfgs, planned)):
+        start = time.perf_counter() - seconds
+        # None: inline, this process computes; else merge from the cache
+        launched = launched_all[k] if pooled else launch(cfg, plan, console)
+        out.append(_results(cfg, plan, plan_warnings, launched, console, start, group))
+    return out
+
+
+def _results(cfg, plan, plan_warnings, launched, console, start: float, group: dict) -> dict:
+    """After the launch: the merge (or the inline computation), rows, results files, report, W&B, run_stats.json.
+    `group`: the shared pool's experiments and wall time, when several experiments ran on one."""
+    from benchmark.execute import Executor
     from benchmark.report import write_report_if_changed
     from benchmark.rows import make_rows
     from benchmark.tracking import track
 
-    console = Console(stderr=True)
-    start = time.perf_counter()
-    plan, notes, plan_warnings = make_plan(cfg)  # validates every name and value before any work
-    console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
-    for note in notes:
-        console.log(note)
-    cost = estimate.summary(cfg, plan)
-    for line in estimate.describe(cost):
-        console.log(line)
-    if far := estimate.far_beyond(cost):
-        console.log(f"[yellow]WARNING[/]: {far}")
-    launched = launch(cfg, plan, console)  # None: inline, this process computes; else merge from the cache
     done = Executor(cfg, launched.plan if launched else plan, console).run()
     failed = launched.failures if launched else []  # already shown, one line each; kept for the report
     if launched:
@@ -108,10 +138,12 @@ def run(cfg: dict) -> dict:
     wandb_start = time.perf_counter()
     failures = track(cfg, rows, plots, warnings, stats, found)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start  # with a shared pool: this experiment's own steps, the pool apart
     run_stats = {**stats, **timings, "seconds": elapsed, "machine": machine(cfg)}
+    if group:
+        run_stats["pool"] = group
     (out / "run_stats.json").write_text(json.dumps(run_stats, indent=1))
-    _closing_log(console, cfg, stats, elapsed, warnings, out, plots)
+    _closing_log(console, cfg, stats, elapsed, warnings, out, plots, group)
     return {
         "rows": rows,
         "failed": failed + launched.skipped if launched else [],
@@ -124,12 +156,13 @@ def run(cfg: dict) -> dict:
     }
 
 
-def _closing_log(console, cfg: dict, stats: dict, elapsed: float, warnings: list[str], out: Path, plots: dict):
+def _closing_log(console, cfg, stats: dict, elapsed: float, warnings: list[str], out: Path, plots: dict, group: dict):
     """What the run did, every warning, and where its files are."""
+    pool = f" (+ {group['pool_seconds']:.0f}s of stages pooled with {', '.join(group['experiments'])})" if group else ""
     console.log(
-        f"done in {elapsed:.0f}s: trained {stats['teacher_trained']} teacher(s) and {stats['student_trained']} "
-        f"student(s), crafted {stats['crafted']} transfer set(s), ran {stats['attacks_run']} attack(s), "
-        f"{stats['cache_hits']} cache hit(s)"
+        f"{cfg['name']} done in {elapsed:.0f}s{pool}: trained {stats['teacher_trained']} teacher(s) and "
+        f"{stats['student_trained']} student(s), crafted {stats['crafted']} transfer set(s), ran "
+        f"{stats['attacks_run']} attack(s), {stats['cache_hits']} cache hit(s)"
     )
     for w in warnings:
         console.log(f"[yellow]WARNING[/]: {w}")
@@ -148,39 +181,49 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(argv):
         print(usage(__doc__))
         return 0
-    if "--experiments" in argv:  # in turn, in one process: a warm rerun's main cost is importing torch and Lightning
+    if "--experiments" in argv:  # one process: a warm rerun's main cost is importing torch and Lightning
         i = argv.index("--experiments")
         names, rest = argv[i + 1 : i + 2], argv[:i] + argv[i + 2 :]
-        for name in (names[0].replace(",", " ").split() if names else []) or [None]:
-            if name is None:
-                print("error: --experiments needs a list of experiment names, e.g. --experiments 'digits digits_ssl'",
-                      file=sys.stderr)  # fmt: skip
-                return 2
-            print(f"make bench: experiment={name}", flush=True)
-            if code := main([f"experiment={name}", *rest]):
-                return code
-        return 0
+        names = names[0].replace(",", " ").split() if names else []
+        if not names:
+            print("error: --experiments needs a list of experiment names, e.g. --experiments 'digits digits_ssl'",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if {"--cfg", "--plan", "--plan-json"} & set(rest):  # printed for each experiment in turn
+            return next((code for name in names if (code := main([f"experiment={name}", *rest]))), 0)
+        print(f"make bench: {' + '.join(names)}", flush=True)
+        return _guarded(lambda: run_group([compose([f"experiment={name}", *rest]) for name in names]))
     print_cfg, print_plan, print_json = "--cfg" in argv, "--plan" in argv, "--plan-json" in argv
     argv = [a for a in argv if a not in ("--cfg", "--plan", "--plan-json")]
-    try:
+
+    def one() -> list[dict]:
         cfg = compose(argv)
         if print_cfg:
             print(OmegaConf.to_yaml(cfg))
-            return 0
+            return []
         if print_plan or print_json:
             from benchmark.planner import make_plan
 
             plan = make_plan(cfg)[0]
             if print_json:
                 print(plan.to_json())
-                return 0
+                return []
             cost = estimate.summary(cfg, plan)
             print("\n".join([f"experiment {cfg['name']} -> {cfg['results_dir']}", *estimate.describe(cost)]))
             if far := estimate.far_beyond(cost):
                 print(f"WARNING: {far}")
             print("(the plan's stages, cells and cache keys as JSON: --plan-json)")
-            return 0
-        if run(cfg)["failed"]:
+            return []
+        return [run(cfg)]
+
+    return _guarded(one)
+
+
+def _guarded(work) -> int:
+    """The exit code of `work` (a list of run results): 0, 1 when a stage failed, 2 on bad input (one line), 1 on
+    an invalid adversarial example, 130 when interrupted (every finished stage is cached)."""
+    try:
+        if any(result["failed"] for result in work()):
             return 1
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

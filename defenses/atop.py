@@ -199,7 +199,8 @@ class AToP(AdversarialStudent):
         adversarial: stage 2 (fine-tuning on adversarial examples) instead of stage 1 (pretraining).
         cls_weight: lambda of the classifier's cross-entropy (0.05 in the CIFAR notebooks, 0.1 elsewhere).
         cls_start_epoch: the CE term is added from this epoch on (the code: epoch > 2).
-        gan_weight, l1_weight: weights of the hinge GAN and L1 terms (1 and 1).
+        gan_weight, l1_weight: weights of the hinge GAN and L1 terms (1 and 1); at GAN weight 0 the discriminator
+            is not trained (it could not move the generator).
         lr, betas: Adam for generator and discriminator (1e-4, (0.5, 0.999)).
         **kwargs: see `AdversarialStudent` and `StudentModule` (stage 1: no validation attack, selection on
             val/acc; stage 2: the training attack on the classifier alone, selection on val/robust_acc).
@@ -273,15 +274,18 @@ class AToP(AdversarialStudent):
                 x = self.attack(self.model, x, y)
         deployed = self.deployed_model()
         fake, mask = deployed.purify(x)  # the reference ("real") is the input itself: clean, or adversarial
-        d_real, d_fake = self.discriminator(x, mask), self.discriminator(fake.detach(), mask)
-        loss_d = 0.5 * F.relu(1 - d_real).mean() + 0.5 * F.relu(1 + d_fake).mean()
-        opt_d.zero_grad()
-        self.manual_backward(loss_d)
-        opt_d.step()
-        loss_gan = -self.discriminator(fake, mask).mean()
         loss_l1 = (x - fake).abs().mean()
         logits = self.model(fake)
-        loss_g = self.gan_weight * loss_gan + self.l1_weight * loss_l1
+        loss_g = self.l1_weight * loss_l1
+        if self.gan_weight:  # at weight 0 the discriminator cannot move the generator: not trained (the same purifier)
+            d_real, d_fake = self.discriminator(x, mask), self.discriminator(fake.detach(), mask)
+            loss_d = 0.5 * F.relu(1 - d_real).mean() + 0.5 * F.relu(1 + d_fake).mean()
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            opt_d.step()
+            loss_gan = -self.discriminator(fake, mask).mean()
+            loss_g = self.gan_weight * loss_gan + loss_g
+            self.log_dict({"train/d": loss_d.detach(), "train/g_gan": loss_gan.detach()})
         if self.adversarial and self.current_epoch >= self.cls_start_epoch:
             loss_cls = F.cross_entropy(logits, y)
             loss_g = loss_g + self.cls_weight * loss_cls
@@ -289,7 +293,7 @@ class AToP(AdversarialStudent):
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
-        self.log_dict({"train/d": loss_d.detach(), "train/g_gan": loss_gan.detach(), "train/l1": loss_l1.detach()})
+        self.log("train/l1", loss_l1.detach())
         return loss_g.detach(), logits
 
 

@@ -1,11 +1,13 @@
 """`launcher=workers`: N worker processes on this machine, each pinned to one GPU (or a share of the CPU cores).
 
-Each worker (`python -m benchmark.launchers.workers RUN_DIR INDEX`) repeatedly takes a ready stage of the plan
+Each worker (`python -m benchmark.launchers.workers RUN_DIR [RUN_DIR ...] INDEX`) repeatedly takes a ready stage
 (every dependency finished, nobody holding its claim; first the stage heading the longest chain of stages that wait
-for it, then the cells of a model it has loaded) and runs it;
-it ends when every stage is finished or needs a failed one. The main process shows stages done / total and what
-each worker is doing, and reports a worker that dies; a dead worker's claim dies with it, so its stage is taken
-by another worker (or by the next run).
+for it, then the cells of a model it has loaded) and runs it; it ends when every stage is finished or needs a failed
+one. Several run folders (`launch_group`: the experiments of `make bench`) share one pool: a worker takes a stage of
+the first experiment that has one ready, so at an experiment's end, when one worker runs its last long chain, the
+other starts the next experiment instead of waiting. The main process shows stages done / total and what each
+worker is doing, and reports a worker that dies; a dead worker's claim dies with it, so its stage is taken by
+another worker (or by the next run).
 """
 
 from __future__ import annotations
@@ -53,14 +55,23 @@ def layout(lcfg: dict) -> list[dict]:
 
 
 def launch(cfg: dict, plan: Plan, console: Console) -> Launched:
-    lcfg = cfg["launcher"]
-    workers = layout(lcfg)
-    root = prepare(cfg, plan)
-    cache = Cache(cfg["cache_dir"])
-    before = finished(cache, plan)
-    if len(before) == len(plan):  # nothing to compute: no worker to start
-        return finish(cfg, plan, Counter(cache_hits=len(before)), str(root), console)
-    logs = [root / f"worker-{i}.log" for i in range(len(workers))]
+    return launch_group([(cfg, plan)], console)[0]
+
+
+def launch_group(runs: list[tuple[dict, Plan]], console: Console) -> list[Launched]:
+    """The stages of one or more experiments' plans on one pool of workers (the first experiment's launcher
+    settings; each experiment keeps its own run folder, failures and counts). The workers' logs are in the first
+    experiment's run folder. One `Launched` per experiment, in order."""
+    workers = layout(runs[0][0]["launcher"])
+    roots = [prepare(cfg, plan) for cfg, plan in runs]
+    caches = [Cache(cfg["cache_dir"]) for cfg, _ in runs]
+    before = [finished(cache, plan) for cache, (_, plan) in zip(caches, runs)]
+    if all(len(b) == len(plan) for b, (_, plan) in zip(before, runs)):  # nothing to compute: no worker to start
+        return [
+            finish(cfg, plan, Counter(cache_hits=len(b)), str(root), console)
+            for (cfg, plan), b, root in zip(runs, before, roots)
+        ]
+    logs = [roots[0] / f"worker-{i}.log" for i in range(len(workers))]
     every = ",".join(w["device"] for w in workers if w["device"] is not None)
     procs = []
     for i, w in enumerate(workers):
@@ -69,26 +80,32 @@ def launch(cfg: dict, plan: Plan, console: Console) -> Launched:
         if w["device"] is not None:
             env.update(CUDA_VISIBLE_DEVICES=w["device"], BENCH_ALL_DEVICES=os.environ.get("BENCH_ALL_DEVICES", every))
         with logs[i].open("w") as log:
-            cmd = [sys.executable, "-m", "benchmark.launchers.workers", str(root), str(i)]
+            cmd = [sys.executable, "-m", "benchmark.launchers.workers", *map(str, roots), str(i)]
             procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         where = f"GPU {w['device']}" if w["device"] is not None else "CPU"
         console.log(f"worker {i}: pid {procs[i].pid}, {where}, {w['threads']} thread(s), log {logs[i]}")
-    console.log(f"{len(workers)} workers on {len(plan)} stages ({len(before)} already cached); logs in {root}")
+    names = " + ".join(cfg["name"] for cfg, _ in runs)
+    total = sum(len(plan) for _, plan in runs)
+    console.log(
+        f"{len(workers)} workers on {total} stages of {names} ({sum(map(len, before))} already cached); "
+        f"logs in {roots[0]}"
+    )
     reported: set[int] = set()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            total = progress.add_task("[bold]sweep stages", total=len(plan), completed=len(before))
+            bar = progress.add_task("[bold]sweep stages", total=total, completed=sum(map(len, before)))
             rows = [progress.add_task(f"  worker {i}", total=None) for i in range(len(workers))]
             while True:
                 alive = [p.poll() is None for p in procs]
-                progress.update(total, completed=len(finished(cache, plan)))
+                done = sum(len(finished(cache, plan)) for cache, (_, plan) in zip(caches, runs))
+                progress.update(bar, completed=done)
                 for i, row in enumerate(rows):
-                    progress.update(row, description=f"  worker {i}: {_status_text(root, i, alive[i])}")
+                    progress.update(row, description=f"  worker {i}: {_status_text(roots[0], i, alive[i])}")
                 for i, p in enumerate(procs):
                     if not alive[i] and p.returncode != 0 and i not in reported:
                         reported.add(i)
-                        stage = _status(root, i).get("stage") or "no stage"
+                        stage = _status(roots[0], i).get("stage") or "no stage"
                         progress.console.print(
                             f"worker {i} exited with code {p.returncode} while running {stage}; its claim is "
                             f"released: another worker or the next run takes the stage (log: {logs[i]})",
@@ -98,17 +115,20 @@ def launch(cfg: dict, plan: Plan, console: Console) -> Launched:
                         )
                 if not any(alive):
                     break
-                time.sleep(lcfg.get("poll_seconds", 0.5))
+                time.sleep(runs[0][0]["launcher"].get("poll_seconds", 0.5))
     except BaseException:
         for p in procs:  # Ctrl-C: the workers stop too; finished stages stay cached
             p.terminate()
         for p in procs:
             p.wait()
         raise
-    stats: Counter = Counter(cache_hits=len(before))
-    for i in range(len(workers)):
-        stats.update(_status(root, i).get("stats", {}))
-    return finish(cfg, plan, stats, str(root), console)
+    out = []
+    for (cfg, plan), b, root in zip(runs, before, roots):
+        stats: Counter = Counter(cache_hits=len(b))
+        for i in range(len(workers)):
+            stats.update(_status(root, i).get("stats", {}))
+        out.append(finish(cfg, plan, stats, str(roots[0]), console))
+    return out
 
 
 def _status(root: Path, i: int) -> dict:
@@ -146,52 +166,62 @@ def levels(plan: Plan) -> dict[str, int]:
 
 
 class _Worker:
-    """One worker process's loop over the plan."""
+    """One worker process's loop over the plans of its run folders (one per experiment, in order)."""
 
-    def __init__(self, root: Path, index: int):
-        self.root, self.index = root, index
-        log = str(root / f"worker-{index}.log")
-        self.runner = StageRunner(root, Console(file=sys.stdout, width=160), log)
-        self.plan = self.runner.plan
-        self.poll = self.runner.cfg["launcher"].get("poll_seconds", 0.5)
-        self.counts = Counter()
-        self.levels = levels(self.plan)
+    def __init__(self, roots: list[Path], index: int):
+        self.roots, self.index = roots, index
+        log, console = str(roots[0] / f"worker-{index}.log"), Console(file=sys.stdout, width=160)
+        self.runners = [StageRunner(root, console, log) for root in roots]
+        self.levels = [levels(r.plan) for r in self.runners]
+        self.poll = self.runners[0].cfg["launcher"].get("poll_seconds", 0.5)
+        self.counts = [Counter() for _ in roots]
 
     def status(self, state: str, stage: str | None = None) -> None:
-        record = {"pid": os.getpid(), "state": state, "stage": stage, "since": time.time(), **self.counts}
-        record["stats"] = dict(self.runner.executor.done.stats)
-        tmp = self.root / "workers" / f".{self.index}.json.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.root / "workers" / f"{self.index}.json")
+        """Every run folder gets the worker's state and totals (what the progress shows) and its own counts."""
+        totals = sum(self.counts, Counter())
+        for root, runner, counts in zip(self.roots, self.runners, self.counts):
+            record = {"pid": os.getpid(), "state": state, "stage": stage, "since": time.time(), **totals}
+            record["experiment"] = {**counts}
+            record["stats"] = dict(runner.executor.done.stats)
+            tmp = root / "workers" / f".{self.index}.json.tmp"
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, root / "workers" / f"{self.index}.json")
 
-    def ready(self) -> tuple[list[dict], bool]:
-        """The stages this worker may take now (best first), and whether any stage is left that could still
-        become ready (not finished, not failed, not needing a failed one)."""
-        blocked = dependents(self.plan, set(failures(self.root)))
-        left = [s for s in self.plan.stages if s["id"] not in blocked and not self.runner.done(s)]
+    def ready(self, k: int = 0) -> tuple[list[dict], bool]:
+        """The stages of run folder `k` this worker may take now (best first), and whether any stage is left
+        there that could still become ready (not finished, not failed, not needing a failed one)."""
+        runner, level = self.runners[k], self.levels[k]
+        blocked = dependents(runner.plan, set(failures(runner.root)))
+        left = [s for s in runner.plan.stages if s["id"] not in blocked and not runner.done(s)]
         ids = {s["id"] for s in left}
         ready = [s for s in left if not any(d in ids or d in blocked for d in s["deps"])]
-        loaded = self.runner.executor._models
+        loaded = runner.executor._models
         # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, the
         # head of the longest chain first, so the other worker does not run out of work at a run's end (the order
         # never changes a stage's numbers); among cells, those of a model this worker has loaded.
-        ready.sort(key=lambda s: (-self.levels[s["id"]], s.get("model") not in loaded))
+        ready.sort(key=lambda s: (-level[s["id"]], s.get("model") not in loaded))
         return ready, bool(left)
+
+    def take(self) -> tuple[bool, bool]:
+        """Run one ready stage of the first run folder that has one: (ran one, anything left anywhere)."""
+        left = False
+        for k, runner in enumerate(self.runners):
+            ready, more = self.ready(k)
+            left |= more
+            for stage in ready:
+                self.status("running", stage["id"])
+                result = runner.run(stage, wait=False)
+                if result != "busy":
+                    self.counts[k]["ran" if result == "ran" else "failed"] += 1
+                    return True, True
+        return False, left
 
     def loop(self) -> None:
         self.status("starting")
         while True:
-            ready, left = self.ready()
+            ran, left = self.take()
             if not left:
                 break
-            ran = False
-            for stage in ready:
-                self.status("running", stage["id"])
-                result = self.runner.run(stage, wait=False)
-                if result != "busy":
-                    self.counts["ran" if result == "ran" else "failed"] += 1
-                    ran = True
-                    break
             if not ran:
                 self.status("waiting for stages that other workers are computing")
                 time.sleep(self.poll)
@@ -207,7 +237,7 @@ def main(argv: list[str]) -> int:
     from benchmark.launchers.common import quiet_lightning
 
     quiet_lightning()
-    _Worker(Path(argv[0]), int(argv[1])).loop()
+    _Worker([Path(a) for a in argv[:-1]], int(argv[-1])).loop()
     return 0
 
 

@@ -279,11 +279,81 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
 
     finished = {"teacher", "finetune"}
     worker = _Worker.__new__(_Worker)
-    worker.root, worker.plan, worker.levels = Path("."), plan, levels(plan)
-    worker.runner = SimpleNamespace(
-        done=lambda s: s["id"] in finished, executor=SimpleNamespace(_models={"finetune": 1})
-    )
+    worker.levels = [levels(plan)]
+    worker.runners = [
+        SimpleNamespace(
+            root=Path("."),
+            plan=plan,
+            done=lambda s: s["id"] in finished,
+            executor=SimpleNamespace(_models={"finetune": 1}),
+        )
+    ]
     monkeypatch.setattr(workers, "failures", lambda root: {})  # nothing failed
-    ready, left = worker.ready()
+    ready, left = worker.ready(0)
     assert left
     assert [s["id"] for s in ready] == ["purifier", "finetune/cell", "teacher/cell"]
+
+
+def test_a_pooled_worker_takes_the_next_experiments_stage_only_when_the_first_has_none_ready(monkeypatch):
+    """`make bench`'s experiments share one pool: while the other worker runs the first experiment's last chain,
+    this one starts the second experiment instead of waiting; the first experiment's ready stages come first."""
+    from types import SimpleNamespace
+
+    from benchmark.launchers import workers
+    from benchmark.launchers.workers import _Worker, levels
+    from benchmark.plan import Plan
+
+    def stage(i, *deps, model=None):
+        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+
+    first = Plan("a", stages=[stage("a/teacher"), stage("a/atop", "a/teacher"), stage("a/cell", "a/atop", model="m")])
+    second = Plan("b", stages=[stage("b/teacher"), stage("b/cell", "b/teacher", model="t")])
+    finished, busy, ran = {"a/teacher"}, set(), []
+
+    def runner(plan):
+        def run(stage, wait):
+            if stage["id"] in busy:
+                return "busy"
+            ran.append(stage["id"])
+            finished.add(stage["id"])
+            return "ran"
+
+        done = lambda s: s["id"] in finished  # noqa: E731
+        return SimpleNamespace(
+            root=Path(plan.name), plan=plan, done=done, run=run, executor=SimpleNamespace(_models={})
+        )
+
+    worker = _Worker.__new__(_Worker)
+    worker.runners = [runner(first), runner(second)]
+    worker.levels = [levels(first), levels(second)]
+    worker.counts = [Counter(), Counter()]
+    monkeypatch.setattr(workers, "failures", lambda root: {})
+    monkeypatch.setattr(worker, "status", lambda *a: None, raising=False)
+    busy.add("a/atop")  # the other worker holds the first experiment's only ready stage
+    assert worker.take() == (True, True) and ran == ["b/teacher"]
+    busy.clear()
+    assert worker.take() == (True, True) and ran[-1] == "a/atop", "the first experiment's stage goes first"
+    assert worker.take() == (True, True) and ran[-1] == "a/cell"
+    assert worker.take() == (True, True) and ran[-1] == "b/cell"
+    assert worker.take() == (False, False), "nothing left: the worker ends"
+    assert worker.counts == [Counter(ran=2), Counter(ran=2)]
+
+
+@pytest.mark.slow
+def test_experiments_pooled_on_one_set_of_workers_give_each_experiments_inline_rows(tmp_path, inline):
+    """Two experiments on one pool (as `make bench` runs digits and digits_ssl): each gets the rows of its own
+    inline run, its own counts and run folder; the workers' logs are in the first one's."""
+    narrow = ["defense=finetune", "attack=fgsm", "seeds=[1]", f"results_dir={tmp_path / 'b' / 'results'}"]
+    reference = runner.run(compose(tiny(tmp_path / "b_inline", *narrow[:3])))
+    first, second = runner.run_group([compose(tiny(tmp_path, *WORKERS)), compose(tiny(tmp_path, *WORKERS, *narrow))])
+    assert first["failed"] == second["failed"] == []
+    assert computed(first) == ONCE
+    assert computed(reference) == {"teacher_trained": 1, "student_trained": 1, "crafted": 0, "attacks_run": 4}
+    # the teacher and its two FGSM cells are the first experiment's stages too: computed once
+    assert computed(second) == {"teacher_trained": 0, "student_trained": 1, "crafted": 0, "attacks_run": 2}
+    assert_same_rows(inline, read_rows(tmp_path))
+    assert_same_rows(read_rows(tmp_path / "b_inline"), read_rows(tmp_path / "b"))
+    pool = json.loads((tmp_path / "b" / "results" / "run_stats.json").read_text())["pool"]
+    assert pool["experiments"] == ["digits", "digits"] and pool["pool_seconds"] > 0
+    assert len(list((tmp_path / "results" / "launch").glob("worker-*.log"))) == 2
+    assert not list((tmp_path / "b" / "results" / "launch").glob("worker-*.log"))

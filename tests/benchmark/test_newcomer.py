@@ -250,19 +250,21 @@ def test_a_rerun_replaces_its_offline_run(tmp_path):
 
 
 # ---- make bench: several experiments in one process ---------------------------------------------------------------
-def test_experiments_run_in_turn_in_one_process_with_the_same_overrides(monkeypatch, capsys):
+def test_experiments_run_in_one_process_with_the_same_overrides(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(runner, "run", lambda cfg: seen.append((cfg["name"], cfg["logger"]["mode"])) or {"failed": 0})
+    group = lambda cfgs: [seen.append((c["name"], c["logger"]["mode"])) or {"failed": []} for c in cfgs]  # noqa: E731
+    monkeypatch.setattr(runner, "run_group", group)
     assert runner.main(["--experiments", "digits digits_ssl", "logger=none"]) == 0
     assert seen == [("digits", "disabled"), ("digits_ssl", "disabled")]
-    assert "make bench: experiment=digits_ssl" in capsys.readouterr().out
+    assert "make bench: digits + digits_ssl" in capsys.readouterr().out
 
 
-def test_experiments_stop_at_the_first_that_fails_and_an_empty_list_is_refused(monkeypatch, capsys):
+def test_experiments_bad_names_stop_before_any_work_and_a_failed_stage_exits_1(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(runner, "run", lambda cfg: seen.append(cfg["name"]) or {"failed": 1})
-    assert runner.main(["--experiments", "digits,digits_ssl"]) == 1 and seen == ["digits"]
-    assert runner.main(["--experiments", "nope"]) == 2
+    group = lambda cfgs: [seen.append(c["name"]) or {"failed": ["x"] if c is cfgs[0] else []} for c in cfgs]  # noqa: E731
+    monkeypatch.setattr(runner, "run_group", group)
+    assert runner.main(["--experiments", "digits,digits_ssl"]) == 1 and seen == ["digits", "digits_ssl"]
+    assert runner.main(["--experiments", "digits nope"]) == 2 and seen == ["digits", "digits_ssl"]
     assert runner.main(["--experiments"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "nope" in err[0] and "--experiments needs" in err[1]

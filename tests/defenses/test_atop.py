@@ -365,6 +365,35 @@ def test_fit_trains_purifier_and_discriminator_and_not_the_classifier(digits, di
         assert any(not torch.equal(before[name][k], p) for k, p in params.items()), f"{name} did not train"
 
 
+class _ZeroThatTrainsTheDiscriminator(float):
+    """GAN weight 0 that still takes the discriminator's steps: the training step before the skip."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_gan_weight_zero_skips_the_discriminator_and_trains_the_same_purifier(
+    digits, digits_classifier, one_thread, adversarial
+):
+    short = {**CPU, "max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 1}
+    kwargs = {"adversarial": adversarial, "cls_start_epoch": 1, "train_attack": {"eps": "16/255"}}
+    states = {}
+    for name, weight in (("skip", 0.0), ("reference", _ZeroThatTrainsTheDiscriminator(0.0))):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same initial purifier and discriminator
+            m = _atop(digits, digits_classifier, gan_weight=weight, **kwargs)
+            before = _clone_state(m.discriminator)
+            info = fit(m, digits.domain("target"), short, progress=False)
+        moved = any(not torch.equal(before[k], v) for k, v in m.discriminator.state_dict().items())
+        states[name] = (_clone_state(m.purifier), moved, set(info["trainer"].callback_metrics))
+    (skip, skip_moved, skip_metrics), (ref, ref_moved, ref_metrics) = states["skip"], states["reference"]
+    assert ref_moved and "train/d" in ref_metrics, "the reference did not train its discriminator"
+    assert not skip_moved and "train/d" not in skip_metrics and "train/l1" in skip_metrics
+    for k, v in ref.items():
+        assert torch.equal(skip[k], v), f"the purifier's {k} differs when the discriminator is skipped"
+
+
 def test_fit_as_the_runner_does_leaves_the_classifier_batch_norm_buffers_unchanged(
     digits, digits_classifier, one_thread
 ):
