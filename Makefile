@@ -16,9 +16,10 @@ install:  ## create .venv and install the suite with its test tools (torch from 
 	$(PY) -m pip install --quiet -e '.[docs]'  # apart from [test]: see the docs extra in pyproject.toml
 	@echo "installed into .venv; next: make bench"
 
-# Without EXPERIMENT on the command line, `make bench` runs every embedded experiment in turn: `digits`, then
-# `digits_ssl` (paper 3's SSL encoder, its students and the downstream-agnostic attacks; paper 1's CommonInit), in one
-# process (`--experiments`: torch and Lightning are imported once, most of a warm rerun's time).
+# Without EXPERIMENT on the command line, `make bench` runs every embedded experiment: `digits` and `digits_ssl`
+# (paper 3's SSL encoder, its students and the downstream-agnostic attacks; paper 1's CommonInit), in one process
+# (`--experiments`: torch and Lightning are imported once, most of a warm rerun's time; every plan is made before any
+# work, and with the workers launcher the experiments' stages share one pool of workers).
 BENCH_EXPERIMENTS ?= digits digits_ssl
 # The stages run on local worker processes (launcher/workers.yaml: one per GPU, or one per CPU core with one torch
 # thread each; the stage cache is their only coordination). On the 2-core CPU this is 1.2x faster than one process
@@ -27,7 +28,7 @@ BENCH_EXPERIMENTS ?= digits digits_ssl
 # (1) whoever runs it, so inline and workers give identical rows (the inline time above was measured with 2 threads).
 BENCH_LAUNCHER ?= workers
 
-# A group name runs its experiments in turn: `make bench EXPERIMENT=fashion` is Fashion-MNIST (docs/fashion.md):
+# A group name runs its experiments together: `make bench EXPERIMENT=fashion` is Fashion-MNIST (docs/fashion.md):
 # paper 1 and the defenses on the rotated pair, paper 2 on task transfer, paper 3 and CommonInit with an SSL encoder.
 BENCH_GROUP_fashion ?= fashion_shift fashion_task fashion_ssl
 
