@@ -379,6 +379,26 @@ def test_the_code_fingerprint_is_reused_only_for_the_same_version_of_its_files(t
     assert cache_mod.code_fingerprint(["attacks.a"], tree) == edited
 
 
+def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_factory):
+    """Two checkouts whose files have the same names, sizes and mtimes but other source get other fingerprints
+    (the memo's stamp holds the root)."""
+    import os
+
+    from benchmark import cache as cache_mod
+
+    other = tmp_path_factory.mktemp("other")
+    for name in TREE:
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        text = (tree / name).read_text()
+        same_size = text.replace("attacks.a", "attacks.c") if name == "attacks/b.py" else text
+        (other / name).write_text(same_size)
+        st = (tree / name).stat()
+        os.utime(other / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (other / "attacks/b.py").read_text() != (tree / "attacks/b.py").read_text()
+    first = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert cache_mod.code_fingerprint(["attacks.a"], other) != first
+
+
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
     from benchmark import cache as cache_mod
 
