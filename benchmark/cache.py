@@ -138,9 +138,36 @@ def module_closure(modules: tuple[str, ...] | list[str], root: Path | None = Non
 _FINGERPRINTS: dict[tuple, str] = {}
 
 
+#: Inside `frozen_code()`: fingerprints by (root, modules), each computed once.
+_FROZEN: dict[tuple, str] | None = None
+
+
+@contextmanager
+def frozen_code():
+    """Within the block, each module set's fingerprint is computed once and then reused without looking at the files
+    again (a plan asks for the same few sets hundreds of times, and their stat calls were seconds of a warm rerun):
+    for a span in which the code cannot change, such as making a plan. Outside it, every call looks at the files."""
+    global _FROZEN
+    outer = _FROZEN
+    _FROZEN = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _FROZEN = outer
+
+
 def code_fingerprint(modules: tuple[str, ...] | list[str], root: Path | None = None) -> str:
     """A hash of the source of `modules` and of every suite module they import (see `module_closure`)."""
     root = root or ROOT
+    if _FROZEN is None:
+        return _code_fingerprint(tuple(modules), root)
+    key = (str(root), tuple(modules))
+    if key not in _FROZEN:
+        _FROZEN[key] = _code_fingerprint(tuple(modules), root)
+    return _FROZEN[key]
+
+
+def _code_fingerprint(modules: tuple[str, ...], root: Path) -> str:
     files = [(name, _module_file(name, root)) for name in module_closure(tuple(modules), root)]
     stamp = (str(root), *((name, st.st_mtime_ns, st.st_size) for name, st in ((n, f.stat()) for n, f in files)))
     if stamp not in _FINGERPRINTS:

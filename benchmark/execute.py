@@ -151,8 +151,10 @@ class Executor:
     # ---- data and models -------------------------------------------------------------------------
     def _dm(self, pair: str):
         if pair not in self._dms:
-            dm = build_datamodule(self.cfg["data"][pair])
-            dm.setup()
+            dm = self.plan._data.get(pair)  # set up by the planner of this process, or built here
+            if dm is None:
+                dm = build_datamodule(self.cfg["data"][pair])
+                dm.setup()
             self._dms[pair] = dm
             self.done.data[pair] = evaluation_subset(dm, self.plan.pairs[pair]["n"])
         return self._dms[pair]

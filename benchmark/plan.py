@@ -1,7 +1,7 @@
 """The plan of a sweep: every stage and cell in dependency order, with its cache key, as JSON-able data
 (`benchmark.planner` builds it from a config).
 
-config -> **plan** -> execute -> score -> checks -> rows -> report / tracking. The plan holds no tensors and no
+config -> **plan** -> execute -> score -> checks -> rows -> report / tracking. Its JSON holds no tensors and no
 models; its length is the progress total, and each stage names the stages it needs (`deps`), so a stage can be
 handed to another process or cluster job. Stage kinds:
 
@@ -20,6 +20,7 @@ in the sweep).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 
@@ -41,10 +42,27 @@ def attack_modules(attack: Attack) -> list[str]:
     return mods
 
 
+#: Attacks built per recipe (config, epsilon, changes). Hydra's instantiate costs milliseconds and a plan builds the
+#: same recipe for every model (`make bench EXPERIMENT=fashion`: 885 builds of about 60 recipes, a fifth of a warm
+#: rerun); each caller gets its own deep copy, so no run-time state (pass counts, a surrogate, a transfer attack's
+#: inner attack) is shared.
+_BUILT: dict[str, Attack] = {}
+
+
 def make_attack(spec: dict) -> Attack:
     """The attack of a plan entry: its config at its epsilon, with the plan's changes (`Attack.replace`)."""
-    attack = build(spec["cfg"], eps=parse_eps(spec["eps"]))
-    return attack.replace(**spec["changes"]) if spec.get("changes") else attack
+    changes = spec.get("changes") or {}
+    try:
+        recipe = json.dumps([spec["cfg"], spec["eps"], changes], sort_keys=True)
+    except TypeError:  # not plain data (an object in the config): built each time
+        recipe = None
+    if recipe is None or recipe not in _BUILT:
+        attack = build(spec["cfg"], eps=parse_eps(spec["eps"]))
+        attack = attack.replace(**changes) if changes else attack
+        if recipe is None:
+            return attack
+        _BUILT[recipe] = attack
+    return copy.deepcopy(_BUILT[recipe])
 
 
 @dataclass
@@ -54,13 +72,17 @@ class Plan:
     A stage is a dict with `id`, `kind`, `key` and `deps` (what a launcher needs), and its payload: a training job
     (`job`), a crafted set (`attack`, `teacher`, `n`) or a cell (`cell`, a `CellSpec`). The plan also holds the
     attack it built for each cell and crafted set (`attack(stage_id)`): in the process that planned, attacks are
-    built once; a process that loaded the plan from JSON builds each once, on first use.
+    built once; a process that loaded the plan from JSON builds each once, on first use. Likewise the data pairs
+    its planner set up (`_data`), which the executor of that process evaluates on.
     """
 
     name: str
     pairs: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
     _attacks: dict = field(default_factory=dict, repr=False, compare=False)
+    #: The set-up data pairs, in the process that planned: its executor evaluates on them instead of building them
+    #: again (for `make bench EXPERIMENT=fashion`, seconds of a warm rerun). Never in the JSON.
+    _data: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.stages)

@@ -5,9 +5,11 @@ resolved once into a `CellSpec` (`benchmark.plan` describes what a plan holds).
 
 from __future__ import annotations
 
+import json
+
 from attacks.base import Attack, parse_eps
 from attacks.pgd import PGD
-from benchmark.cache import stage_key
+from benchmark.cache import frozen_code, stage_key
 from benchmark.config import AttackEntry, Declared, seeds_of, validate
 from benchmark.plan import Plan, attack_modules, make_attack, module_of
 from benchmark.records import Budget, CellSpec
@@ -34,8 +36,9 @@ STARTS = ("teacher", "common")
 class Planner:
     """Builds the plan of a composed config (validated first: bad input fails before any work)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, data: dict | None = None):
         self.cfg = cfg
+        self.data = {} if data is None else data  # set-up data pairs by their config (JSON)
         self.entries, self.declared = validate(cfg)
         self.seeds = seeds_of(cfg)
         self.plan = Plan(cfg["name"])
@@ -121,8 +124,11 @@ class Planner:
     # ---- a data pair -----------------------------------------------------------------------------
     def _pair(self, pair: str) -> None:
         cfg = self.cfg
-        dm = build_datamodule(cfg["data"][pair])
-        dm.setup()
+        recipe = json.dumps(cfg["data"][pair], sort_keys=True)
+        if recipe not in self.data:
+            self.data[recipe] = build_datamodule(cfg["data"][pair])
+            self.data[recipe].setup()
+        dm = self.plan._data[pair] = self.data[recipe]
         n_test = len(dm.splits("target").test)
         n = n_test if cfg["eval"]["n_examples"] is None else min(cfg["eval"]["n_examples"], n_test)
         ev = cfg["eval"]
@@ -328,8 +334,10 @@ def single_process_strategy(trainer: dict) -> dict:
     return trainer
 
 
-def make_plan(cfg: dict) -> tuple[Plan, list[str], list[str]]:
+def make_plan(cfg: dict, data: dict | None = None) -> tuple[Plan, list[str], list[str]]:
     """The validated plan of a composed config, the notes on what it leaves out by design (attacks that do not
-    apply to a model) and the warnings (checks it cannot run)."""
-    planner = Planner(cfg)
-    return planner.make(), planner.notes, planner.warnings
+    apply to a model) and the warnings (checks it cannot run). `data`: set-up data pairs by config, shared by the
+    plans of one run (fashion_shift and fashion_ssl plan on the same pair)."""
+    planner = Planner(cfg, data)
+    with frozen_code():  # the code does not change while it plans: each module set is fingerprinted once
+        return planner.make(), planner.notes, planner.warnings

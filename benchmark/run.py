@@ -81,10 +81,10 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     from benchmark.planner import make_plan
 
     console = Console(stderr=True)
-    planned = []
+    planned, data = [], {}  # data: the set-up data pairs, shared by plans on the same pair
     for cfg in cfgs:
         start = time.perf_counter()
-        plan, notes, plan_warnings = make_plan(cfg)  # validates every name and value before any work
+        plan, notes, plan_warnings = make_plan(cfg, data)  # validates every name and value before any work
         console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
         for note in notes:
             console.log(note)

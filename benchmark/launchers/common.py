@@ -103,7 +103,7 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
 def narrow(plan: Plan, missing: set[str]) -> Plan:
     """The plan without `missing` stages and what needs them."""
     gone = dependents(plan, missing)
-    return Plan(plan.name, plan.pairs, [s for s in plan.stages if s["id"] not in gone], plan._attacks)
+    return Plan(plan.name, plan.pairs, [s for s in plan.stages if s["id"] not in gone], plan._attacks, plan._data)
 
 
 def finished(cache: Cache, plan: Plan) -> set[str]:

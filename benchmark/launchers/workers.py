@@ -203,17 +203,22 @@ class _Worker:
         return ready, bool(left)
 
     def take(self) -> tuple[bool, bool]:
-        """Run one ready stage of the first run folder that has one: (ran one, anything left anywhere)."""
-        left = False
-        for k, runner in enumerate(self.runners):
+        """Run one ready stage of any run folder: (ran one, anything left anywhere). A stage that others wait for,
+        in whichever experiment, goes before any cell (the head of the longest chain first, then the earlier
+        experiment): a later experiment's long first training (fashion_ssl's SSL encoder, 108 s) then starts while
+        the other worker still has cells to run, not at the end with nothing beside it. Cells go experiment by
+        experiment, each in `ready`'s order."""
+        left, candidates = False, []
+        for k in range(len(self.runners)):
             ready, more = self.ready(k)
             left |= more
-            for stage in ready:
-                self.status("running", stage["id"])
-                result = runner.run(stage, wait=False)
-                if result != "busy":
-                    self.counts[k]["ran" if result == "ran" else "failed"] += 1
-                    return True, True
+            candidates += [(-self.levels[k][s["id"]], k, i, s) for i, s in enumerate(ready)]
+        for _, k, _, stage in sorted(candidates, key=lambda c: c[:3]):
+            self.status("running", stage["id"])
+            result = self.runners[k].run(stage, wait=False)
+            if result != "busy":
+                self.counts[k]["ran" if result == "ran" else "failed"] += 1
+                return True, True
         return False, left
 
     def loop(self) -> None:

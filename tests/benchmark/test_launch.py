@@ -294,9 +294,13 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     assert [s["id"] for s in ready] == ["purifier", "finetune/cell", "teacher/cell"]
 
 
-def test_a_pooled_worker_takes_the_next_experiments_stage_only_when_the_first_has_none_ready(monkeypatch):
-    """`make bench`'s experiments share one pool: while the other worker runs the first experiment's last chain,
-    this one starts the second experiment instead of waiting; the first experiment's ready stages come first."""
+def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_cells_in_experiment_order(
+    monkeypatch,
+):
+    """`make bench`'s experiments share one pool: a training that others wait for starts before any cell, whichever
+    experiment it is in (the second experiment's first training does not wait for the first's cells); while the
+    other worker runs the first experiment's last chain, this one works on the second instead of waiting; cells go
+    in experiment order."""
     from types import SimpleNamespace
 
     from benchmark.launchers import workers
@@ -306,7 +310,8 @@ def test_a_pooled_worker_takes_the_next_experiments_stage_only_when_the_first_ha
     def stage(i, *deps, model=None):
         return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
 
-    first = Plan("a", stages=[stage("a/teacher"), stage("a/atop", "a/teacher"), stage("a/cell", "a/atop", model="m")])
+    first = Plan("a", stages=[stage("a/teacher"), stage("a/atop", "a/teacher"), stage("a/cell", "a/atop", model="m"),
+                              stage("a/teacher-cell", "a/teacher", model="t")])  # fmt: skip
     second = Plan("b", stages=[stage("b/teacher"), stage("b/cell", "b/teacher", model="t")])
     finished, busy, ran = {"a/teacher"}, set(), []
 
@@ -329,14 +334,15 @@ def test_a_pooled_worker_takes_the_next_experiments_stage_only_when_the_first_ha
     worker.counts = [Counter(), Counter()]
     monkeypatch.setattr(workers, "failures", lambda root: {})
     monkeypatch.setattr(worker, "status", lambda *a: None, raising=False)
-    busy.add("a/atop")  # the other worker holds the first experiment's only ready stage
-    assert worker.take() == (True, True) and ran == ["b/teacher"]
+    busy.add("a/atop")  # the other worker holds the first experiment's only ready training
+    assert worker.take() == (True, True) and ran == ["b/teacher"], "a training others wait for, before a's cell"
     busy.clear()
-    assert worker.take() == (True, True) and ran[-1] == "a/atop", "the first experiment's stage goes first"
-    assert worker.take() == (True, True) and ran[-1] == "a/cell"
+    assert worker.take() == (True, True) and ran[-1] == "a/atop", "the longer chain first"
+    assert worker.take() == (True, True) and ran[-1] == "a/cell", "cells: the first experiment's, in plan order"
+    assert worker.take() == (True, True) and ran[-1] == "a/teacher-cell"
     assert worker.take() == (True, True) and ran[-1] == "b/cell"
     assert worker.take() == (False, False), "nothing left: the worker ends"
-    assert worker.counts == [Counter(ran=2), Counter(ran=2)]
+    assert worker.counts == [Counter(ran=3), Counter(ran=2)]
 
 
 @pytest.mark.slow

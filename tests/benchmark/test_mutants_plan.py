@@ -101,6 +101,32 @@ def test_make_attack_at_its_epsilon_with_the_changes():
     assert make_attack({"cfg": cfg, "eps": 0.5, "changes": {}}).steps == 4
 
 
+def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypatch):
+    import benchmark.plan as plan_module
+
+    built = []
+    real_build = plan_module.build
+    monkeypatch.setattr(plan_module, "_BUILT", {})
+    monkeypatch.setattr(plan_module, "build", lambda cfg, **kw: built.append(cfg) or real_build(cfg, **kw))
+    cfg = {
+        "_target_": "attacks.transfer.TransferAttack",
+        "surrogate": "teacher",
+        "attack": {"_target_": "attacks.pgd.PGD", "_partial_": True, "steps": 3},
+    }
+    first, second = (make_attack({"cfg": cfg, "eps": "8/255"}) for _ in range(2))
+    fresh = real_build(cfg, eps=EIGHT)
+    assert len(built) == 1, "the same recipe is built once"
+    assert first is not second and first.base is not second.base, "each caller gets its own attack and inner attack"
+    assert first.config() == second.config() == fresh.config()
+    first.base.forward_passes = 99
+    first.surrogate = torch.nn.Identity()
+    assert (second.base.forward_passes, second.surrogate) == (fresh.base.forward_passes, fresh.surrogate)
+    assert make_attack({"cfg": cfg, "eps": "16/255"}).eps == pytest.approx(SIXTEEN) and len(built) == 2
+    pgd = {"cfg": cfg["attack"] | {"_partial_": False}, "eps": "8/255"}
+    assert make_attack(pgd).early_stop and not make_attack({**pgd, "changes": {"early_stop": False}}).early_stop
+    assert len(built) == 4, "another recipe: the changes are part of it"
+
+
 def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw) -> dict:
     s = {"id": sid, "kind": kind, "key": key, "deps": []}
     if kind == "cell":
@@ -535,3 +561,39 @@ def test_two_entries_with_one_recipe_share_the_crafted_set_and_the_cell():
     crafts = [s["id"] for s in twice.stages if s["kind"] == "craft"]
     assert crafts == [s["id"] for s in plan_of()[0].stages if s["kind"] == "craft"]
     assert "digits/finetune/seed0/transfer_again/16/255" not in stages(twice), "the same cell: computed once"
+
+
+def test_the_executor_of_the_planning_process_evaluates_on_the_planner_s_data(planned, monkeypatch):
+    """The planner sets up each data pair; the executor in the same process (inline, or merging a launch) uses that
+    one instead of building it again, and a plan read from JSON (a worker's) builds its own, with the same data."""
+    import benchmark.execute as execute
+    from benchmark.launchers.common import narrow
+
+    plan, _, _ = planned
+    dm = plan._data["digits"]
+    assert dm.fingerprint() == plan.pairs["digits"]["fingerprint"]
+    assert narrow(plan, set())._data == plan._data, "the merge's narrowed plan keeps them"
+    built = []
+    real = execute.build_datamodule
+    monkeypatch.setattr(execute, "build_datamodule", lambda cfg: built.append(cfg) or real(cfg))
+    assert execute.Executor(CFG, plan)._dm("digits") is dm and built == []
+    from_json = Plan.from_json(plan.to_json())
+    assert from_json._data == {}
+    theirs = execute.Executor(CFG, from_json)._dm("digits")
+    assert len(built) == 1 and theirs is not dm
+    assert torch.equal(theirs.test_tensors("target")[0], dm.test_tensors("target")[0])
+
+
+def test_plans_of_one_run_share_a_data_pair_set_up_once(monkeypatch):
+    import benchmark.planner as planner_mod
+
+    built = []
+    real = planner_mod.build_datamodule
+    monkeypatch.setattr(planner_mod, "build_datamodule", lambda cfg: built.append(cfg) or real(cfg))
+    data: dict = {}
+    first, second = make_plan(copy.deepcopy(CFG), data)[0], make_plan(copy.deepcopy(SSL), data)[0]
+    assert second._data["digits"] is first._data["digits"] and len(built) == 1, "the same pair: set up once"
+    other = copy.deepcopy(CFG)
+    other["data"]["digits"]["split_seed"] = 1
+    assert make_plan(other, data)[0]._data["digits"] is not first._data["digits"] and len(built) == 2
+    assert make_plan(copy.deepcopy(CFG))[0]._data["digits"] is not first._data["digits"], "alone: its own"

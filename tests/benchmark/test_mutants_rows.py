@@ -27,7 +27,7 @@ from benchmark.records import (
     headline_eps,
     same_eps,
 )
-from benchmark.rows import make_rows, row_id
+from benchmark.rows import _rounded, make_rows, row_id
 from benchmark.stages.score import outcome
 
 EPS = 8 / 255  # its budget key (rounded to 1e-10) differs from the float itself
@@ -317,3 +317,15 @@ def test_a_cell_spec_through_json_and_a_rows_columns():
 def test_parse_a_results_csv_cell(text, kind, want):
     got = _parse(text, kind)
     assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+def test_the_per_example_lists_are_each_value_rounded_as_round_would(dtype):
+    g = torch.Generator().manual_seed(0)
+    fractions = torch.randint(0, 21, (400,), generator=g) / 7  # fractions of draws: few distinct values
+    values = torch.cat([fractions, torch.rand(100, generator=g), torch.tensor([math.nan, 0.5, 1e-7, 2 / 3])])
+    values = values.to(dtype) if dtype != torch.bool else values > 0.5
+    expected = [round(float(v), 6) for v in values]
+    got = _rounded(values)
+    assert [repr(v) for v in got] == [repr(v) for v in expected]  # repr: the same floats, NaN included
+    assert all(type(v) is float for v in got)

@@ -399,6 +399,37 @@ def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_facto
     assert cache_mod.code_fingerprint(["attacks.a"], other) != first
 
 
+def test_inside_frozen_code_a_fingerprint_is_computed_once_and_outside_it_follows_the_files(tree, monkeypatch):
+    from benchmark import cache as cache_mod
+
+    plain = cache_mod.code_fingerprint(["attacks.a"], tree)
+    computed = []
+    real = cache_mod._code_fingerprint
+    monkeypatch.setattr(cache_mod, "_code_fingerprint", lambda *a: computed.append(a) or real(*a))
+    with cache_mod.frozen_code():
+        assert cache_mod.code_fingerprint(["attacks.a"], tree) == plain
+        (tree / "attacks/b.py").write_text("import attacks.a\nx = 3  # edited inside the block\n")
+        with cache_mod.frozen_code():  # nested: the same memo
+            assert cache_mod.code_fingerprint(("attacks.a",), tree) == plain
+        assert cache_mod.code_fingerprint(["attacks.b"], tree) != plain  # another module set: its own entry
+    assert len(computed) == 2, "once per module set inside the block"
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) != plain, "after the block the edit is seen"
+
+
+def test_a_plan_s_keys_are_those_of_unfrozen_fingerprints(monkeypatch):
+    """make_plan fingerprints inside `frozen_code`; the keys are what the plain fingerprints give."""
+    from contextlib import nullcontext
+
+    import benchmark.planner as planner_mod
+    from benchmark.config import compose
+
+    cfg = compose(["logger=none", "defense=[finetune,dropout]", "attack=[fgsm,transfer_pgd_linf]", "eval.n_examples=4",
+                   "cache_dir=never-written", "results_dir=never-written"])  # fmt: skip
+    frozen = [s["key"] for s in planner_mod.make_plan(cfg)[0].stages]
+    monkeypatch.setattr(planner_mod, "frozen_code", nullcontext)
+    assert [s["key"] for s in planner_mod.make_plan(cfg)[0].stages] == frozen
+
+
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
     from benchmark import cache as cache_mod
 
