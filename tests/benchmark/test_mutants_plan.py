@@ -122,9 +122,25 @@ def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypa
     first.surrogate = torch.nn.Identity()
     assert (second.base.forward_passes, second.surrogate) == (fresh.base.forward_passes, fresh.surrogate)
     assert make_attack({"cfg": cfg, "eps": "16/255"}).eps == pytest.approx(SIXTEEN) and len(built) == 2
+    inner = dict(reversed(list(cfg["attack"].items())))
+    reordered = {"attack": inner, "surrogate": "teacher", "_target_": cfg["_target_"]}
+    assert make_attack({"cfg": reordered, "eps": "8/255"}).config() == fresh.config() and len(built) == 2, (
+        "the same recipe with its keys in another order: built once"
+    )
     pgd = {"cfg": cfg["attack"] | {"_partial_": False}, "eps": "8/255"}
     assert make_attack(pgd).early_stop and not make_attack({**pgd, "changes": {"early_stop": False}}).early_stop
     assert len(built) == 4, "another recipe: the changes are part of it"
+
+
+def test_make_attack_builds_a_config_that_is_not_plain_data_each_time(monkeypatch):
+    import numpy as np
+
+    import benchmark.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_BUILT", {})
+    three, five = ({"cfg": {"_target_": "attacks.pgd.PGD", "steps": np.int64(n)}, "eps": "8/255"} for n in (3, 5))
+    assert (make_attack(three).steps, make_attack(five).steps, make_attack(three).steps) == (3, 5, 3)
+    assert plan_module._BUILT == {}, "nothing memoized under a recipe that is not JSON"
 
 
 def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw) -> dict:

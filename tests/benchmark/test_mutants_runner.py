@@ -397,6 +397,9 @@ def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_facto
     assert (other / "attacks/b.py").read_text() != (tree / "attacks/b.py").read_text()
     first = cache_mod.code_fingerprint(["attacks.a"], tree)
     assert cache_mod.code_fingerprint(["attacks.a"], other) != first
+    with cache_mod.frozen_code():  # the frozen memo keeps the root too
+        assert cache_mod.code_fingerprint(["attacks.a"], tree) == first
+        assert cache_mod.code_fingerprint(["attacks.a"], other) != first
 
 
 def test_inside_frozen_code_a_fingerprint_is_computed_once_and_outside_it_follows_the_files(tree, monkeypatch):
