@@ -52,16 +52,17 @@ _BUILT: dict[str, Attack] = {}
 def make_attack(spec: dict) -> Attack:
     """The attack of a plan entry: its config at its epsilon, with the plan's changes (`Attack.replace`)."""
     changes = spec.get("changes") or {}
+
+    def built() -> Attack:
+        attack = build(spec["cfg"], eps=parse_eps(spec["eps"]))
+        return attack.replace(**changes) if changes else attack
+
     try:
         recipe = json.dumps([spec["cfg"], spec["eps"], changes], sort_keys=True)
     except TypeError:  # not plain data (an object in the config): built each time
-        recipe = None
-    if recipe is None or recipe not in _BUILT:
-        attack = build(spec["cfg"], eps=parse_eps(spec["eps"]))
-        attack = attack.replace(**changes) if changes else attack
-        if recipe is None:
-            return attack
-        _BUILT[recipe] = attack
+        return built()
+    if recipe not in _BUILT:
+        _BUILT[recipe] = built()
     return copy.deepcopy(_BUILT[recipe])
 
 
