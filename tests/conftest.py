@@ -1,12 +1,18 @@
-"""Shared test fixtures: a small digits classifier trained once per session, and its source test split.
+"""Shared test fixtures: a small digits classifier trained once per session, and its source test split; the test
+sweep `TINY` (tests/sweeps.py) run once per session, whose cache tests copy (`warm_tmp`).
 
 Everything here runs on the CPU without network access. Tests that change the model (modes, flags,
-dtype) must work on a copy (`copy.deepcopy`), since the session fixtures are shared.
+dtype) must work on a copy (`copy.deepcopy`), since the session fixtures are shared. Under pytest-xdist the session
+fixtures are per worker, except the warm run, which the workers share (one computes it, the others wait for it).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+from pathlib import Path
 
 import lightning
 import pytest
@@ -19,11 +25,6 @@ from lightning_modules.training import fit
 
 #: Clean accuracy the session classifier must reach on the source test split; tests rely on a real model.
 MIN_SOURCE_ACC = 0.9
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Registered here so `@pytest.mark.slow` works without a pytest.ini (deselect with `-m "not slow"`).
-    config.addinivalue_line("markers", "slow: takes more than a few seconds; deselect with -m 'not slow'")
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +94,34 @@ def one_thread():
 def model(digits_classifier) -> ImageClassifier:
     """A private copy of the session classifier (tests may change its modes, flags and dtype)."""
     return copy.deepcopy(digits_classifier)
+
+
+@pytest.fixture(scope="session")
+def warm_run(tmp_path_factory) -> Path:
+    """The test sweep `TINY` (tests/sweeps.py) run once per test session from an empty cache: a folder with its
+    `cache/`, `results/` and `stats.json` (what the run computed: every stage once). Shared by the xdist workers of
+    the session (a file lock: one runs it, the others wait). Read-only: a test that writes to a cache copies it
+    (`warm_tmp`)."""
+    from filelock import FileLock
+    from sweeps import tiny
+
+    from benchmark import run as runner
+    from benchmark.config import compose
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own basetemp under one shared folder
+        root = root.parent
+    folder = root / "warm"
+    with FileLock(str(root / "warm.lock")):
+        if not (folder / "stats.json").exists():
+            out = runner.run(compose(tiny(folder)))
+            (folder / "stats.json").write_text(json.dumps(out["stats"]))
+    return folder
+
+
+@pytest.fixture
+def warm_tmp(tmp_path, warm_run) -> Path:
+    """`tmp_path` with `cache/` a copy of the warm run's cache: `tiny(warm_tmp, ...)` finds TINY's stages there
+    (the cache is content-addressed, so a copy is a hit)."""
+    shutil.copytree(warm_run / "cache", tmp_path / "cache")
+    return tmp_path

@@ -526,7 +526,7 @@ def test_autoattack_rand_attacks_every_example_with_eot(model, batch):
 AUTHORS_NORM = {"linf": "Linf", "l2": "L2"}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 16 / 255)], ids=["linf-16"])
 def test_autoattack_standard_matches_authors(norm, eps, digits_classifier, digits_source_test):
     # A budget at which some of the 32 examples resist APGD-CE, so the whole cascade (APGD-T, FAB-T, Square) is
@@ -556,7 +556,7 @@ def test_autoattack_standard_matches_authors(norm, eps, digits_classifier, digit
     assert 0 < acc_ours < correct(digits_classifier, x, y), "a budget where the comparison is not trivial"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_autoattack_rand_not_weaker_than_authors_and_pgd(digits_classifier, digits_source_test):
     import pyautoattack
 

@@ -1,4 +1,4 @@
-"""W&B dashboards without a network: a fabricated sweep (test_report's `fake_run`, two pairs, two seeds) is
+"""W&B dashboards without a network: a fabricated sweep (`fake_runs.fake_run`, two pairs, two seeds) is
 logged offline through `track`, read back from the run files, and the workspace `make dashboard` would save is
 built (not saved) and checked against what the runs hold."""
 
@@ -10,9 +10,9 @@ import statistics
 import pytest
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
+from fake_runs import ATTACKS, DEFENSES, HEADLINE, fake_run
 from omegaconf import OmegaConf
 from PIL import Image
-from test_report import ATTACKS, DEFENSES, HEADLINE, fake_run
 from wandb_reader import chart_table_key, read_run, read_table
 
 from benchmark import dashboard, wandb_charts

@@ -169,7 +169,7 @@ def _diff(got: list[dict], want: list[dict], columns=None) -> str | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_results_csv_is_unchanged(sweep):
     got = _csv(sweep / "results.csv")
     goldens = {p.stem: _csv(p) for p in sorted((GOLDEN / "results").glob("*.csv"))}

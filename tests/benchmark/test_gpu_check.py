@@ -24,7 +24,7 @@ def test_precision_part_reports_time_and_robust_accuracy_per_precision(tmp_path)
     assert "ddp" not in report
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_and_workers_sweeps_run_on_two_cpu_processes(tmp_path):
     out = tmp_path / "gpu_check.json"
     rc = gpu_check.main(["--device", "cpu", "--tiny", "--parts", "ddp", "workers", "--out", str(out)])

@@ -10,7 +10,6 @@ stage ran with `numerics.threads` (benchmark/numerics.py).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import SPENT, spent, tiny
+from sweeps import SPENT, read_rows, spent, tiny
 
 from benchmark import run as runner
 from benchmark.config import compose
@@ -33,11 +32,6 @@ from benchmark.planner import make_plan
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"attack_seconds", "wall_seconds", "train_seconds", "prep_seconds", "cached"}
 WORKERS = ["launcher=workers", "launcher.workers=2", "launcher.threads=1", "launcher.poll_seconds=0.2"]
-
-
-def read_rows(tmp: Path) -> list[dict]:
-    with (tmp / "results" / "results.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 def assert_same_rows(expected: list[dict], got: list[dict]) -> None:
@@ -68,7 +62,7 @@ def computed(out: dict) -> dict:
 ONCE = {"teacher_trained": 1, "student_trained": 2, "crafted": 2, "attacks_run": 18}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_workers_give_the_inline_rows(tmp_path, inline):
     out = runner.run(compose(tiny(tmp_path, *WORKERS)))
     assert out["failed"] == []
@@ -79,7 +73,7 @@ def test_two_workers_give_the_inline_rows(tmp_path, inline):
     assert set(spent(tmp_path)) == SPENT, "the workers' seconds reach run_stats.json"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_submitit_local_jobs_give_the_inline_rows(tmp_path, monkeypatch, one_thread):
     """Narrower than the other tests (one student, two attacks: 5 jobs in 3 waves): every job is a new process
     that imports torch, and this machine's 2 cores are shared."""
@@ -159,7 +153,7 @@ def _wait_for(path: Path, predicate, timeout: float = 120) -> dict:
     raise TimeoutError(f"no worker status in {path} matched")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_worker_killed_mid_stage_loses_nothing_and_the_next_run_redoes_nothing_finished(tmp_path, inline, one_thread):
     args = [*tiny(tmp_path, *WORKERS), "launcher.workers=1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -199,7 +193,7 @@ print(runner.run(stage, wait=True), json.dumps(dict(runner.executor.done.stats))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_reaching_the_same_stage_compute_it_once(tmp_path):
     from benchmark.launchers.common import prepare
 
@@ -223,7 +217,7 @@ def test_two_processes_reaching_the_same_stage_compute_it_once(tmp_path):
     assert sorted(s.get("cache_hits", 0) for s in stats) == [0, 1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, inline, capsys):
     cfg = compose(tiny(tmp_path, *WORKERS))
     plan = make_plan(cfg)[0]
@@ -345,7 +339,7 @@ def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_
     assert worker.counts == [Counter(ran=3), Counter(ran=2)]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_experiments_pooled_on_one_set_of_workers_give_each_experiments_inline_rows(tmp_path, inline):
     """Two experiments on one pool (as `make bench` runs digits and digits_ssl): each gets the rows of its own
     inline run, its own counts and run folder; the workers' logs are in the first one's."""

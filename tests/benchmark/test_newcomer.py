@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_report import DEFENSES, HEADLINE, _row, fake_run
+from fake_runs import DEFENSES, HEADLINE, fake_row, fake_run
 
 from benchmark import estimate
 from benchmark import run as runner
@@ -148,7 +148,7 @@ def test_a_rejecting_models_non_adaptive_numbers_are_not_drawn_as_robustness():
     rows, _ = fake_run(defenses=DEFENSES[:4])
     flagged = "ignores_reject_option"
     rows += [
-        _row(
+        fake_row(
             "svhn_mnist",
             "differentiator",
             0,
@@ -164,7 +164,7 @@ def test_a_rejecting_models_non_adaptive_numbers_are_not_drawn_as_robustness():
         for e in (4 / 255, 8 / 255, 16 / 255, 32 / 255)
     ]
     rows.append(
-        _row(
+        fake_row(
             "svhn_mnist",
             "differentiator",
             0,

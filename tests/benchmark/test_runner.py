@@ -2,53 +2,27 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from fake_data import skip_md5, write_all, write_fashion
+from sweeps import SPENT, expected_models, fast_experiment, read_rows, spent, tiny
 from wandb_reader import read_run
 
 from benchmark import config
 from benchmark import run as runner
 from benchmark.config import compose
 from benchmark.execute import Executor
+from benchmark.planner import make_plan
+from benchmark.results import read_csv
 from lightning_modules.loggers import run_id
 
 ROOT = Path(__file__).resolve().parents[2]
-
-#: A digits sweep that trains for seconds: 2 defenses, 3 attacks at 2 epsilons, 64 test examples.
-TINY = [
-    "logger=none",
-    "progress=false",
-    "teacher.trainer.max_epochs=3",
-    "defense=[finetune,pgd_at]",
-    "defense.finetune.trainer.max_epochs=2",
-    "defense.pgd_at.trainer.max_epochs=2",
-    "defense.pgd_at.module.train_attack.steps=3",
-    "attack=[fgsm,pgd_linf,transfer_pgd_linf]",
-    "attack.fgsm.epsilons=[8/255,16/255]",
-    "attack.pgd_linf.epsilons=[8/255,16/255]",
-    "attack.pgd_linf.attack.steps=5",
-    "attack.transfer_pgd_linf.epsilons=[8/255,16/255]",
-    "attack.transfer_pgd_linf.attack.attack.steps=5",
-    "eval.n_examples=64",
-]
-
-
-def tiny(tmp: Path, *extra: str) -> list[str]:
-    """TINY plus `extra`; an `extra` that selects defenses or attacks drops TINY's settings of the others."""
-    base = list(TINY)
-    for group in ("defense", "attack"):
-        chosen = [e.split("=", 1)[1].strip("[]").split(",") for e in extra if e.startswith(f"{group}=")]
-        if chosen:
-            base = [o for o in base if not o.startswith(f"{group}=")]
-            base = [o for o in base if not o.startswith(f"{group}.") or o.split(".")[1].split("=")[0] in chosen[0]]
-    return [*base, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}", *extra]
 
 
 def run(overrides: list[str]) -> dict:
@@ -56,19 +30,19 @@ def run(overrides: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    """The tiny sweep run once; later tests rerun it against the same cache."""
+def first(tmp_path_factory, warm_run):
+    """The session's warm run (TINY from an empty cache) copied into a folder of this module, whose tests rerun it
+    against the same cache; (folder, {"stats": what the cold run computed, "rows": its rows})."""
     tmp = tmp_path_factory.mktemp("sweep")
-    return tmp, run(tiny(tmp))
+    shutil.copytree(warm_run / "cache", tmp / "cache")
+    shutil.copytree(warm_run / "results", tmp / "results")
+    stats = json.loads((warm_run / "stats.json").read_text())
+    return tmp, {"stats": stats, "rows": read_csv(tmp / "results" / "results.csv")}
 
 
-def read_rows(tmp: Path) -> list[dict]:
-    with (tmp / "results" / "results.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-def test_outputs(first):
-    tmp, out = first
+def test_outputs(warm_run):
+    """The warm run is TINY from an empty cache: what it computed, wrote and spent."""
+    tmp, out = warm_run, {"stats": json.loads((warm_run / "stats.json").read_text())}
     rows = read_rows(tmp)
     models = {r["defense"] for r in rows}
     assert models == {"teacher", "finetune", "pgd_at"}
@@ -103,16 +77,6 @@ def test_outputs(first):
     assert out["stats"]["teacher_trained"] == 1 and out["stats"]["student_trained"] == 2
     assert out["stats"]["crafted"] == 2, "transfer examples are crafted once per epsilon, for all students"
     assert set(spent(tmp)) == SPENT
-
-
-#: Where the tiny sweep's time goes (run_stats.json's `seconds_by_kind`): every kind of work it computes.
-SPENT = {"train", "craft", "attack/fgsm", "attack/pgd_linf", "attack/transfer_pgd_linf"}
-
-
-def spent(tmp: Path) -> dict[str, float]:
-    seconds = json.loads((tmp / "results" / "run_stats.json").read_text())["seconds_by_kind"]
-    assert all(v >= 0 for v in seconds.values())
-    return seconds
 
 
 def test_worst_case_row_is_the_per_example_union(first):
@@ -275,53 +239,51 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 # ---- every shipped experiment config ----------------------------------------------------------------
 EXPERIMENTS = config.options("experiment")
-#: What makes each experiment fast here: tiny fake data, one epoch, a few examples, short attacks.
-FAST = [
-    "logger=none",
-    "progress=false",
-    "seeds=[0]",
-    "eval.n_examples=2",
-    "eval.detection_reference=8",
-    "teacher.trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-]
+#: The experiments `make test` runs end to end on tiny fake data: what a plan cannot show (training steps, attacks,
+#: scoring and the report on real tensors) for the default pair, the SSL encoder's chain and one torchvision pair (a
+#: Fashion-MNIST pair runs on a few hundred real images: test_fashion_real_images.py). `make test-e2e` runs every
+#: other one (the Fashion-MNIST experiments on fake files, ResNet-18 and WRN on 32 px images).
+RUN_IN_MAKE_TEST = ("digits", "digits_ssl", "mnist_usps")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_config_runs_fast(tmp_path, monkeypatch, experiment):
+@pytest.fixture
+def fake_data(tmp_path, monkeypatch) -> Path:
+    """Every pair's tiny fake files under tmp_path / "data" (tests/fake_data.py)."""
     skip_md5(monkeypatch)
     write_all(str(tmp_path / "data"))
     write_fashion(str(tmp_path / "data"), per_class_train=300, per_class_test=10)  # 100 per class held out for val
-    cfg = compose([f"experiment={experiment}"])
-    overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]
-    for name in cfg["data"]:
-        if name != "digits":
-            overrides.append(f"data.{name}.root={tmp_path / 'data'}")
-        overrides.append(f"data.{name}.batch_size=4")
-    for name, defense in cfg["defense"].items():
-        overrides.append(f"defense.{name}.trainer.max_epochs=1")
-        if "train_attack" in defense["module"]:
-            overrides.append(f"defense.{name}.module.train_attack.steps=1")
-    for name in cfg["earlier_defenses"]:  # defenses that selected ones start from (++: selected or not)
-        overrides.append(f"++defense.{name}.trainer.max_epochs=1")
-    if "genaf" in cfg["defense"]:
-        overrides.append("defense.genaf.module.probe_epochs=1")
-    if (cfg["teacher"].get("common") or {}).get("trainer"):  # a self-supervised common model (CommonInit)
-        overrides.append("teacher.common.trainer.max_epochs=1")
-    for name, attack in cfg["attack"].items():
-        overrides.append(f"attack.{name}.epsilons=[{attack['epsilons'][-1]}]")
-        inner = attack["attack"].get("attack", attack["attack"])
-        if "epochs" in attack["attack"]:  # universal perturbations: one pass over a few attacker images
-            overrides += [f"attack.{name}.attack.epochs=1", f"++attack.{name}.attack.max_examples=8"]
-        if "steps" in inner:
-            key = "attack.attack" if "attack" in attack["attack"] else "attack"
-            overrides.append(f"attack.{name}.{key}.steps=2")
-    out = run(overrides)
-    common = {"common"} if cfg["teacher"].get("common") else set()  # the common model is evaluated too
-    assert {r.defense for r in out["rows"]} == {"teacher", *cfg["defense"], *common}
-    assert (tmp_path / "r" / "leaderboard.md").exists()
+    return tmp_path
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_plans(fake_data, experiment):
+    """Every shipped experiment is validated and planned (its models' and training modules' constructors run on
+    the meta device; its data pairs set up on fake files): every model it evaluates has its training stage and
+    cells for attacks, each crafted attack its crafted set."""
+    plan = make_plan(compose(fast_experiment(experiment, fake_data)))[0]
+    cells = plan.cells()
+    assert {c.defense for c in cells} == expected_models(experiment)
+    for c in cells:
+        assert c.model in {s["id"] for s in plan.stages}, c.id
+        assert not c.crafted or c.craft, f"{c.id}: a crafted attack without its crafted set"
+
+
+def _run_experiment(tmp: Path, experiment: str) -> None:
+    out = run(fast_experiment(experiment, tmp))
+    assert {r.defense for r in out["rows"]} == expected_models(experiment)
+    assert (tmp / "r" / "leaderboard.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", RUN_IN_MAKE_TEST)
+def test_experiment_configs_run_end_to_end(fake_data, experiment):
+    _run_experiment(fake_data, experiment)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("experiment", sorted(set(EXPERIMENTS) - set(RUN_IN_MAKE_TEST)))
+def test_every_other_experiment_config_runs_end_to_end(fake_data, experiment):
+    _run_experiment(fake_data, experiment)
 
 
 def test_every_config_group_option_composes():
@@ -335,7 +297,7 @@ def test_every_config_group_option_composes():
 
 
 # ---- DDP -------------------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_student_training_under_ddp_on_the_cpu(tmp_path):
     """Two gloo processes train the student; both end with the same weights; the sweep goes on as usual."""
     args = [
@@ -362,7 +324,7 @@ def test_student_training_under_ddp_on_the_cpu(tmp_path):
 
 
 # ---- the default benchmark's numbers --------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_default_benchmark_numbers_are_sensible(tmp_path):
     """The default experiment's training (not shortened), on 300 test examples at the headline epsilon."""
     out = run(

@@ -35,6 +35,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(fashion.DEBIAN_DIR).is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_a_few_hundred_real_images_end_to_end(tmp_path, one_thread):
     out = runner.run(compose([*SMALL, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"]))
