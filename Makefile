@@ -4,7 +4,7 @@ EXPERIMENT ?= digits
 ARGS ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install bench test test-fast lint format docs perf perf-checkpoints perf-memory gpu-check report dashboard clean mutate
+.PHONY: help install bench test test-fast test-e2e lint format docs perf perf-checkpoints perf-memory gpu-check report dashboard clean mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,11 +39,20 @@ else
 	@$(PY) -m benchmark.run --experiments "$(BENCH_EXPERIMENTS)" launcher=$(BENCH_LAUNCHER) $(ARGS)
 endif
 
-test:  ## run the test suite on the CPU (slow tests included)
-	$(PY) -m pytest
+# `make test` spreads the tests over every core (pytest-xdist, one torch thread per worker: the tensors are small and
+# two workers with two threads each oversubscribe a 2-core machine); `make test-e2e` runs what needs minutes of its
+# own: sweeps in subprocesses (local workers, submitit jobs, DDP), the reference AutoAttack, the golden sweep and
+# the experiments that `make test` only plans (ResNet-18 and WRN on 32 px fake images).
+TEST_WORKERS ?= auto
+
+test:  ## run the test suite on the CPU (slow tests included, end-to-end ones apart: make test-e2e)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not e2e" -n $(TEST_WORKERS)
 
 test-fast:  ## run the tests without the slow ones
-	$(PY) -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow and not e2e" -n $(TEST_WORKERS)
+
+test-e2e:  ## the end-to-end tests: subprocess launchers, DDP, reference AutoAttack, golden sweep, every experiment
+	$(PY) -m pytest -m e2e -n $(TEST_WORKERS)
 
 lint:  ## ruff lint and format check
 	$(PY) -m ruff check .

@@ -1,57 +1,128 @@
-"""Claims of other shapes than "defense A keeps more examples than defense B" (`benchmark.findings.Claim`), tested
-on the same per-example outcomes and entered into the same Holm family and table:
+"""The claims of the papers behind the suite, each as the matrices of per-example values its test reads
+(`benchmark.findings` tests them and writes the verdicts).
 
-- `RateClaim`: a defense that may reject stops at least `rate` of the adversarial inputs at a clean-accuracy loss
-  below `max_loss` against the model it guards (paper 2: "over 90 % ... with an accuracy loss of less than 10 %").
-  The defense rate is the share of the clean-correct examples whose adversarial input is rejected or answered
-  right (the suite's `defense_rate`), tested against `rate` with an exact binomial test; the loss is the paired
-  per-example difference of clean accuracy (rejections are errors), tested against `max_loss` with a one-sample
-  t-test. The claim is supported when both parts are (intersection-union: p = the larger p), contradicted when
-  either part is reversed (p = twice the smaller reverse p, Bonferroni).
-- `StrongestAttackClaim`: attack X leaves the lowest robust accuracy of `attacks` on every model of the pair
-  (paper 3's "the strongest DAE"). Per model, X against the strongest *other* attack on that model (exact
-  McNemar, one-sided); one test per model, so the verdict needs every model. The per-model table names the
-  strongest other attack: which attack is strongest is computed, not asserted.
+A claim is made of one or more **parts** (`Part`): a (seeds, examples) matrix whose mean the claim puts on one side of
+a null value. Three shapes:
 
-Each `evaluate` returns an item shaped like a finding of `benchmark.findings.findings` (its `per_seed` entries carry
-the tests), so the findings' Holm correction, summary and markdown apply unchanged.
+- `Claim`: defense A keeps more examples than defense B under an attack at a budget. One part, the paired per-example
+  difference of A's and B's outcomes (`robust`: right when clean and under the attack, a fraction of draws for a
+  randomized model; `target_hit`: right when clean and assigned the attacker's target class under a targeted attack),
+  claimed above 0.
+- `RateClaim`: a defense that may reject stops at least `rate` of the adversarial inputs at a clean-accuracy loss below
+  `max_loss` against the model it guards (paper 2: "over 90 % ... with an accuracy loss of less than 10 %"). Two parts:
+  the rate, as the per-example value robust - rate * clean (its mean is above 0 exactly when the share of the
+  clean-correct examples whose adversarial input is rejected or answered right, the suite's `defense_rate`, is above
+  `rate`; shown divided by the clean share, as the rate's distance to the threshold), and the paired per-example
+  loss of clean accuracy against the guarded model, claimed below `max_loss`.
+- `StrongestAttackClaim`: attack X leaves the lowest robust accuracy of `attacks` on every model of the pair (paper
+  3's "the strongest DAE"), on one seed's models. One part per model: the per-example difference between the strongest
+  *other* attack on that model and X (which attack is strongest is computed, not asserted), claimed above 0; every
+  model must show it.
+
+Every example of a part is one that every row of the claim covers (entry i of per_example.json is target test
+example i), in every seed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from benchmark.records import Row, eps_str, same_eps
-from benchmark.stats import paired_test
+from attacks.errors import ConfigError
+from benchmark.records import Row, same_eps
 
 HEADLINE = "headline"
+#: A claim tested at every budget of its attack that the run has (one finding per budget).
+EACH = "each"
+#: The per-example outcomes a claim can compare (keys of per_example.json).
+METRICS = {"robust": "robust accuracy", "target_hit": "targeted hits"}
+NOT_IN_RUN = "not in this run"
+NO_OUTCOMES = "not tested (no per-example outcomes for its rows)"
 
 
-def _eps(claim, hl: dict) -> float:
-    from attacks.base import parse_eps
+@dataclass(frozen=True)
+class Part:
+    """One matrix of a claim: the claim is that its mean is above (`sign` +1) or below (-1) `null`. `scale` turns
+    the mean's distance to the null into the shown difference (a rate part divides by the clean share)."""
 
-    return hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)
-
-
-def _matching(rows: list[Row], pair: str, attack: str, norm: str, eps: float | None = None) -> list[Row]:
-    return [
-        r
-        for r in rows
-        if r.pair == pair
-        and r.threat_model != "sanity"
-        and r.attack == attack
-        and r.norm == norm
-        and (eps is None or same_eps(r.eps, eps))
-    ]
+    label: str
+    values: np.ndarray  # (seeds, examples)
+    seeds: tuple[str, ...]
+    null: float = 0.0
+    sign: int = 1
+    scale: float = 1.0
 
 
-def _item(claim, pair: str, eps: float, higher: str, lower: str, attack: str) -> dict:
-    return {"claim": claim.text, "source": claim.source, "pair": pair, "higher": higher, "lower": lower,
-            "attack": attack, "norm": claim.norm, "eps": eps, "eps_label": eps_str(claim.norm, eps), "seeds": 0,
-            "per_seed": []}  # fmt: skip
+def seed_order(seed: str):
+    return (0, int(seed)) if seed.lstrip("-").isdigit() else (1, seed)
+
+
+def stacked(by_seed: dict[str, list], n: int | None = None) -> np.ndarray:
+    """The outcomes of each seed in seed order, cut to the first `n` examples (default: what every seed covers)."""
+    seeds = sorted(by_seed, key=seed_order)
+    n = min(len(by_seed[s]) for s in seeds) if n is None else n
+    return np.array([np.asarray(by_seed[s][:n], float) for s in seeds])
+
+
+def matching(rows: list[Row], pair: str, attack: str, norm: str, eps: float | None = None) -> list[Row]:
+    """The rows of an attack at a budget (every budget of its norm when `eps` is None), sanity rows left out."""
+    return [r for r in rows if r.pair == pair and r.threat_model != "sanity" and r.attack == attack
+            and r.norm == norm and (eps is None or same_eps(r.eps, eps))]  # fmt: skip
+
+
+def outcomes(rows: list[Row], per_example: dict, pair: str, defense: str, attack: str, norm: str, eps: float,
+             key: str = "robust") -> dict[str, list] | None:  # fmt: skip
+    """seed -> the per-example outcomes (`key` of per_example.json) of one defense's row; None if a row lacks them."""
+    found = {}
+    for r in matching(rows, pair, attack, norm, eps):
+        if r.defense == defense:
+            values = per_example.get(r.row_id, {}).get(key)
+            if not values:
+                return None
+            found[str(r.seed)] = values
+    return found
+
+
+def clean_outcomes(rows: list[Row], per_example: dict, pair: str, defense: str) -> dict[str, list]:
+    """seed -> a defense's clean per-example outcomes, from its row covering the most examples."""
+    out: dict[str, list] = {}
+    for r in rows:
+        ex = per_example.get(r.row_id, {}).get("clean")
+        if r.pair == pair and r.defense == defense and ex and len(ex) > len(out.get(str(r.seed), [])):
+            out[str(r.seed)] = ex
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`higher` keeps more examples than `lower` under `attack` at (`norm`, `eps`), by `metric` (`METRICS`).
+
+    `eps` is "headline" (the budget the leaderboard ranks at), "each" (every budget of the attack in the run) or a
+    number / fraction string such as "8/255".
+    """
+
+    text: str
+    source: str
+    higher: str
+    lower: str
+    attack: str
+    norm: str = "linf"
+    eps: str = HEADLINE
+    metric: str = "robust"
+
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
+        high, low = (outcomes(rows, per_example, pair, d, self.attack, self.norm, eps, self.metric)
+                     for d in (self.higher, self.lower))  # fmt: skip
+        if high is None or low is None:
+            return NO_OUTCOMES
+        seeds = sorted(set(high) & set(low), key=seed_order)
+        if not seeds:
+            return NOT_IN_RUN
+        n = min(len(side[s]) for side in (high, low) for s in seeds)
+        a, b = (stacked({s: side[s] for s in seeds}, n) for side in (high, low))
+        return [Part(f"{self.higher} - {self.lower}", a - b, tuple(seeds))]
 
 
 @dataclass(frozen=True)
@@ -69,59 +140,23 @@ class RateClaim:
     norm: str = "linf"
     eps: str = HEADLINE
 
-    def evaluate(self, rows: list[Row], per_example: dict, pair: str, hl: dict) -> dict:
-        """The finding of this claim on `pair`."""
-        from scipy import stats
-
-        eps = _eps(self, hl)
-        item = _item(self, pair, eps, f"{self.defense} defense rate", f"threshold {100 * self.rate:g} %", self.attack)
-        attacked = {str(r.seed): r for r in _matching(rows, pair, self.attack, self.norm, eps)
-                    if r.defense == self.defense}  # fmt: skip
-        base_clean = {}
-        for r in rows:  # the guarded model's clean outcomes: its row covering the most examples
-            ex = per_example.get(r.row_id, {}).get("clean")
-            if r.pair == pair and r.defense == self.base and ex and len(ex) > len(base_clean.get(str(r.seed), [])):
-                base_clean[str(r.seed)] = ex
-        seeds, losses = sorted(s for s in attacked if s in base_clean), []
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
+        attacked = outcomes(rows, per_example, pair, self.defense, self.attack, self.norm, eps)
+        if attacked is None:
+            return NO_OUTCOMES
+        mine = clean_outcomes(rows, per_example, pair, self.defense)
+        base = clean_outcomes(rows, per_example, pair, self.base)
+        seeds = sorted(set(attacked) & set(mine) & set(base), key=seed_order)
         if not seeds:
-            item["verdict"] = "not in this run"
-            return item
-        for s in seeds:
-            ex = per_example.get(attacked[s].row_id, {})
-            if not ex.get("robust"):
-                item["verdict"] = "not tested (no per-example outcomes for its rows)"
-                return item
-            clean, robust = np.asarray(ex["clean"], float), np.asarray(ex["robust"], float)
-            k, n = int(round(robust.sum())), int(round(clean.sum()))
-            m = min(len(clean), len(base_clean[s]))
-            loss = np.asarray(base_clean[s][:m], float) - clean[:m]
-            p_rate = stats.binomtest(k, n, self.rate, alternative="greater").pvalue if n else 1.0
-            p_rate_rev = stats.binomtest(k, n, self.rate, alternative="less").pvalue if n else 1.0
-            if loss.std() == 0:  # every example loses the same: the loss part holds, or fails, outright
-                p_loss, p_loss_rev = float(loss.mean() >= self.max_loss), float(loss.mean() <= self.max_loss)
-            else:
-                p_loss = stats.ttest_1samp(loss, self.max_loss, alternative="less").pvalue
-                p_loss_rev = stats.ttest_1samp(loss, self.max_loss, alternative="greater").pvalue
-            rate = k / n if n else math.nan
-            losses.append(loss.mean())
-            item["per_seed"].append(
-                {
-                    "seed": s,
-                    "n": n,
-                    "higher_acc": rate,
-                    "lower_acc": self.rate,
-                    "difference": rate - self.rate,
-                    "test": f"exact binomial vs {100 * self.rate:g} % and t-test of the clean loss vs "
-                    f"{100 * self.max_loss:g} points",
-                    "discordant": f"clean loss {100 * loss.mean():.1f} points vs {self.base} on {m}",
-                    "p": float(max(p_rate, p_loss)),
-                    "p_reverse": float(min(1.0, 2 * min(p_rate_rev, p_loss_rev))),
-                    "p_two_sided": math.nan,
-                }  # fmt: skip
-            )
-        item["seeds"] = len(seeds)
-        item["higher"] += f" (clean loss {100 * float(np.mean(losses)):.1f} points)"
-        return item
+            return NOT_IN_RUN
+        n = min(len(side[s]) for side in (attacked, mine, base) for s in seeds)
+        robust, clean, guarded = (stacked({s: side[s] for s in seeds}, n) for side in (attacked, mine, base))
+        share = float(clean.mean())
+        rate = Part(f"defense rate - {100 * self.rate:g} %", robust - self.rate * clean, tuple(seeds),
+                    scale=1 / share if share else math.nan)  # fmt: skip
+        loss = Part(f"clean loss vs {self.base} - {100 * self.max_loss:g} points", guarded - clean, tuple(seeds),
+                    null=self.max_loss, sign=-1)  # fmt: skip
+        return [rate, loss]
 
 
 @dataclass(frozen=True)
@@ -138,44 +173,45 @@ class StrongestAttackClaim:
     norm: str = "linf"
     eps: str = HEADLINE
 
-    def evaluate(self, rows: list[Row], per_example: dict, pair: str, hl: dict) -> dict:
-        """The finding of this claim on `pair`; see `RateClaim.evaluate`."""
-        eps = _eps(self, hl)
-        item = _item(self, pair, eps, "the strongest other attack", self.attack, self.attack)
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
         robust: dict[str, dict[str, list]] = {}
         for a in self.attacks:
-            for r in _matching(rows, pair, a, self.norm, eps):
+            for r in matching(rows, pair, a, self.norm, eps):
                 ex = per_example.get(r.row_id, {}).get("robust")
                 if str(r.seed) == self.seed and r.defense not in self.exclude and ex:
                     robust.setdefault(r.defense, {})[a] = ex
         models = [d for d, by in robust.items() if self.attack in by and len(by) > 1]
         if not models:
-            item["verdict"] = "not in this run"
-            return item
+            return NOT_IN_RUN
+        parts = []
         for d in models:
-            mine = robust[d][self.attack]
             n = min(len(v) for v in robust[d].values())
-            others = {a: float(np.mean(v[:n])) for a, v in robust[d].items() if a != self.attack}
-            strongest = min(others, key=others.get)
-            test = paired_test(robust[d][strongest], mine)  # the claim: the other one keeps more examples
-            item["per_seed"].append({**test, "seed": f"{d}: {strongest}"})
-        item["seeds"] = len(models)
-        return item
+            means = {a: float(np.mean(v[:n])) for a, v in robust[d].items() if a != self.attack}
+            strongest = min(means, key=means.get)
+            diff = np.asarray(robust[d][strongest][:n], float) - np.asarray(robust[d][self.attack][:n], float)
+            parts.append(Part(f"{d}: {strongest} - {self.attack}", diff[None], (self.seed,)))
+        return parts
 
 
-def extra_claims(claim: type) -> list:
-    """The README's claims beyond `benchmark.findings`' seed list: paper 2 (mimicry, the rejecting differentiators)
-    and papers 3 and 1 on the SSL encoder (digits_ssl); `claim` is `benchmark.findings.Claim`."""
-    Claim = claim  # noqa: N806
-    return [
+def extra_claims() -> list:
+    """The README's claims beyond the defenses' seed list: paper 2 (mimicry, the rejecting differentiators) and
+    papers 3 and 1 on the SSL encoder (digits_ssl)."""
+    mimicry = [
         Claim(
-            "Targeted mimicry of the teacher's layer K hurts the student that keeps those layers (freeze) more than an "
-            "independently trained one",
+            "Targeted mimicry of the teacher's layer K hits the student that keeps those layers (freeze) more often "
+            "than an independently trained one (targeted hits, at each budget)",
             "Wang et al. 2018",
-            higher="scratch",
-            lower="freeze",
-            attack="mimicry_linf",
-        ),
+            higher="freeze",
+            lower="scratch",
+            attack=attack,
+            norm=norm,
+            eps=EACH,
+            metric="target_hit",
+        )
+        for attack, norm in (("mimicry_linf", "linf"), ("mimicry_dssim", "dssim"))
+    ]
+    return [
+        *mimicry,
         Claim(
             "The differentiators' accept/reject pipeline keeps more examples than the student it guards, in the "
             "worst case (adaptive attack included)",
@@ -216,3 +252,63 @@ def extra_claims(claim: type) -> list:
             exclude=("teacher", "common"),
         ),
     ]
+
+
+#: The seed claims; `report.claims` in the config may replace them (a list of dicts with `Claim`'s keys).
+CLAIMS = [
+    Claim(
+        "Fine-tuning is more robust than training from scratch under white-box FGSM",
+        "Zhang et al. 2020",
+        higher="finetune",
+        lower="scratch",
+        attack="fgsm",
+    ),
+    Claim(
+        "Transfer from the teacher is stronger into a fine-tuned student than into an independently trained one "
+        "(lower robust accuracy under the teacher's PGD)",
+        "Zhang et al. 2020",
+        higher="scratch",
+        lower="finetune",
+        attack="transfer_pgd_linf",
+    ),
+    *(
+        Claim(
+            f"{name} is more robust than plain fine-tuning in the per-example worst case",
+            paper,
+            higher=defense,
+            lower="finetune",
+            attack="worst_case",
+        )
+        for name, defense, paper in (
+            ("TLA", "tla", "Mao et al. 2019"),
+            ("TRADES", "trades", "Zhang et al. 2019 (TRADES)"),
+            ("Gen-AF", "genaf", "Zhou et al. 2024"),
+        )
+    ),
+    Claim(
+        "AToP (adversarially fine-tuned purifier) is more robust than its purifier alone in the worst case",
+        "Lin et al. 2024",
+        higher="atop",
+        lower="purifier",
+        attack="worst_case",
+    ),
+    *extra_claims(),
+]
+
+
+def claims_from_config(entries: list[dict]) -> list[Claim]:
+    """Claims from the config (`report.claims`): each entry has the fields of `Claim` (norm, eps, metric optional)."""
+    names = [f.name for f in fields(Claim)]
+    optional = ("norm", "eps", "metric")
+    required = [n for n in names if n not in optional]
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) - set(names) or set(required) - set(entry):
+            raise ConfigError(f"report.claims[{i}] must be a mapping with keys {', '.join(names)} "
+                              f"({', '.join(optional)} optional)")  # fmt: skip
+        if entry.get("norm", "linf") not in ("linf", "l2"):
+            raise ConfigError(f"report.claims[{i}].norm '{entry['norm']}'; valid: l2, linf")
+        if entry.get("metric", "robust") not in METRICS:
+            raise ConfigError(f"report.claims[{i}].metric '{entry['metric']}'; valid: {', '.join(METRICS)}")
+        out.append(Claim(**{k: str(v) for k, v in entry.items()}))
+    return out

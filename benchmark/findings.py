@@ -1,213 +1,141 @@
-"""Findings: does this run support the claims of the papers behind the suite?
+"""Findings: does this run support the claims of the papers behind the suite? One test and one verdict per claim.
 
-Each claim says that one defense keeps a higher robust accuracy than another under one attack at one budget.
-It is tested per seed on the examples both rows cover (`per_example.json`: entry i is target test example i), so
-the test is paired (exact McNemar on 0/1 outcomes, a paired bootstrap on the draw fractions of randomized models;
-`benchmark.stats`).
+Each claim (`benchmark.claims`) gives one or more parts, each a (seeds, examples) matrix of per-example values whose
+mean it puts on one side of a null value. Each part is tested by `benchmark.stats.random_effects_mean`: with several
+training seeds, a two-way crossed random-effects model of seeds and examples (a verdict about the *methods*:
+training luck and the choice of test examples are both in the interval); with one seed, the paired t-test over
+examples (a verdict about *one trained model per method*). A claim of several parts is supported when every part is
+(intersection-union: the largest one-sided p of the claimed side), contradicted when one part is reversed
+(Bonferroni over the parts); its p is the two-sided p of the smaller side.
 
-Holm's correction runs over every test of the run (claims x pairs x seeds). Verdict rule: "supported" when the
-Holm-adjusted one-sided p is below 0.05 in every seed; "contradicted" when the one-sided test in the other
-direction is, Holm-adjusted over the same family, in every seed; otherwise "not supported". With several
-seeds the effect is given as the mean difference over seeds with a 95 % t interval.
+Holm's correction runs over every claim of the run, every pair, every budget and both directions at once (one
+family). Verdict: "supported" when the Holm-adjusted p is below 0.05 on the claimed side, "contradicted" when it is on
+the other side, else "not supported". Beside each verdict: the seeds a run on the same examples would need for 80 %
+power at the observed difference (`benchmark.stats.seeds_for_power`), so that "not supported" reads as either "no
+effect seen" or "too few seeds". Each seed's own difference is listed with its paired t interval over the examples,
+without a verdict of its own.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import dataclass, fields
 
-from benchmark.claims import extra_claims
-from benchmark.records import Row, eps_str, headline_eps, same_eps
-from benchmark.stats import paired_test, t_interval
+from benchmark.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
+from benchmark.records import Row, budget_key, eps_str, headline_eps
+from benchmark.stats import ALPHA, MAX_SEEDS, POWER, holm, random_effects_mean, seeds_for_power
 
-ALPHA = 0.05
-HEADLINE = "headline"
+__all__ = ["CLAIMS", "COLUMNS", "claims_from_config", "findings", "markdown"]
 
-
-@dataclass(frozen=True)
-class Claim:
-    """`higher` keeps a higher robust accuracy than `lower` under `attack` at (`norm`, `eps`).
-
-    `eps` is "headline" (the budget the leaderboard ranks at) or a number / fraction string such as "8/255".
-    """
-
-    text: str
-    source: str
-    higher: str
-    lower: str
-    attack: str
-    norm: str = "linf"
-    eps: str = HEADLINE
+TEST_METHODS = "random effects over seeds and examples"
+TEST_MODELS = "paired t over examples (one seed: one trained model per method)"
 
 
-#: The seed claims; `report.claims` in the config may replace them (a list of dicts with these keys).
-CLAIMS = [
-    Claim(
-        "Fine-tuning is more robust than training from scratch under white-box FGSM",
-        "Zhang et al. 2020",
-        higher="finetune",
-        lower="scratch",
-        attack="fgsm",
-    ),
-    Claim(
-        "Transfer from the teacher is stronger into a fine-tuned student than into an independently trained one "
-        "(lower robust accuracy under the teacher's PGD)",
-        "Zhang et al. 2020",
-        higher="scratch",
-        lower="finetune",
-        attack="transfer_pgd_linf",
-    ),
-    *(
-        Claim(
-            f"{name} is more robust than plain fine-tuning in the per-example worst case",
-            paper,
-            higher=defense,
-            lower="finetune",
-            attack="worst_case",
-        )
-        for name, defense, paper in (
-            ("TLA", "tla", "Mao et al. 2019"),
-            ("TRADES", "trades", "Zhang et al. 2019 (TRADES)"),
-            ("Gen-AF", "genaf", "Zhou et al. 2024"),
-        )
-    ),
-    Claim(
-        "AToP (adversarially fine-tuned purifier) is more robust than its purifier alone in the worst case",
-        "Lin et al. 2024",
-        higher="atop",
-        lower="purifier",
-        attack="worst_case",
-    ),
-    *extra_claims(Claim),  # the README's claims of papers 1-3 beyond these (benchmark.claims)
-]
-
-
-def claims_from_config(entries: list[dict]) -> list[Claim]:
-    """Claims from the config (`report.claims`): each entry has the fields of `Claim` (norm, eps optional)."""
-    from attacks.errors import ConfigError
-
-    names = [f.name for f in fields(Claim)]
-    required = [n for n in names if n not in ("norm", "eps")]
-    out = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) - set(names) or set(required) - set(entry):
-            raise ConfigError(f"report.claims[{i}] must be a mapping with keys {', '.join(names)} (norm, eps optional)")
-        if entry.get("norm", "linf") not in ("linf", "l2"):
-            raise ConfigError(f"report.claims[{i}].norm '{entry['norm']}'; valid: l2, linf")
-        out.append(Claim(**{k: str(v) for k, v in entry.items()}))
-    return out
-
-
-def _rows_for(rows: list[Row], claim: Claim, pair: str, eps: float) -> dict[tuple[str, str], Row]:
-    """(defense, seed) -> the claim's row for that model."""
-    return {
-        (r.defense, str(r.seed)): r
-        for r in rows
-        if r.pair == pair
-        and r.threat_model != "sanity"
-        and r.attack == claim.attack
-        and r.norm == claim.norm
-        and same_eps(r.eps, eps)
-        and r.defense in (claim.higher, claim.lower)
-    }
-
-
-def findings(
-    rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list[Claim] | None = None
-) -> list[dict]:
-    """One finding per claim and dataset pair: the two robust accuracies, their difference, the paired test per
-    seed, the Holm-adjusted p and the verdict (see the module docstring for the rule)."""
-    from statsmodels.stats.multitest import multipletests
-
+def budgets(claim, rows: list[Row], pair: str, hl: dict) -> list[float]:
+    """The budgets a claim is tested at on a pair: the headline one of its norm, its own, or each of the run's."""
     from attacks.base import parse_eps
 
+    if claim.eps == EACH:
+        found = sorted({budget_key(claim.norm, r.eps)[1] for r in matching(rows, pair, claim.attack, claim.norm)})
+        return found or [math.nan]
+    return [hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)]
+
+
+def test_parts(parts: list[Part]) -> dict:
+    """The claim's test over its parts (see the module docstring): p, p_support, p_contra, each part's test."""
+    tests = [random_effects_mean(p.values, p.null) for p in parts]
+    favour = [t["p_above"] if p.sign > 0 else t["p_below"] for p, t in zip(parts, tests)]
+    against = [t["p_below"] if p.sign > 0 else t["p_above"] for p, t in zip(parts, tests)]
+    support, contra = max(favour), min(1.0, len(parts) * min(against))
+    return {"tests": tests, "p_support": support, "p_contra": contra, "p": min(1.0, 2 * min(support, contra))}
+
+
+def _shown(part: Part, test: dict) -> dict:
+    """A part's difference and interval as shown: the distance of the mean to the null, times the part's scale."""
+    return {k: (test[m] - part.null) * part.scale for k, m in
+            (("difference", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))}  # fmt: skip
+
+
+def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -> dict:
+    """A claim on one pair at one budget: its test, the shown difference and interval, each seed's difference, the
+    seeds for 80 % power (the verdict comes after Holm, in `findings`)."""
+    item = {"claim": claim.text, "source": claim.source, "pair": pair, "higher": getattr(claim, "higher", ""),
+            "lower": getattr(claim, "lower", ""), "attack": claim.attack, "norm": claim.norm,
+            "metric": getattr(claim, "metric", "robust"), "eps": eps, "eps_label": eps_str(claim.norm, eps),
+            "seeds": 0, "per_seed": []}  # fmt: skip
+    parts = claim.parts(rows, per_example, pair, eps)
+    if isinstance(parts, str):
+        return {**item, "verdict": parts}
+    test = test_parts(parts)
+    shown = [{"label": p.label, **_shown(p, t), "p": t["p"]} for p, t in zip(parts, test["tests"])]
+    needed = [seeds_for_power(t) for t in test["tests"]]
+    item.update(
+        {k: test[k] for k in ("p", "p_support", "p_contra")},
+        seeds=parts[0].values.shape[0],
+        n=min(p.values.shape[1] for p in parts),
+        test=TEST_METHODS if parts[0].values.shape[0] > 1 else TEST_MODELS,
+        parts=shown,
+        seeds_needed=None if None in needed else max(needed),
+        **{k: shown[0][k] for k in ("difference", "ci_low", "ci_high")},
+    )
+    for p in parts:  # each seed's own difference, with the paired t interval over its examples
+        for k, seed in enumerate(p.seeds):
+            one = _shown(p, random_effects_mean(p.values[k : k + 1], p.null))
+            item["per_seed"].append({"part": p.label, "seed": seed, "n": p.values.shape[1], **one})
+    return item
+
+
+def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list | None = None
+             ) -> list[dict]:  # fmt: skip
+    """One finding per claim, dataset pair and budget: the difference and its interval, the test, the Holm-adjusted
+    p over every claim of the run, the verdict and the seeds for 80 % power (see the module docstring)."""
     claims = CLAIMS if claims is None else claims
     per_example = per_example or {}
     hl = headline_eps(rows, headline) if rows else {}
-    out, tests = [], []
-    for pair in dict.fromkeys(r.pair for r in rows):
-        for claim in claims:
-            if hasattr(claim, "evaluate"):  # a claim of another shape (benchmark.claims): same tests, same table
-                out.append(claim.evaluate(rows, per_example, pair, hl))
-                tests += out[-1]["per_seed"]
-                continue
-            eps = hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)
-            found = _rows_for(rows, claim, pair, eps)
-            seeds = sorted({s for d, s in found if d == claim.higher} & {s for d, s in found if d == claim.lower})
-            item = {
-                "claim": claim.text,
-                "source": claim.source,
-                "pair": pair,
-                "higher": claim.higher,
-                "lower": claim.lower,
-                "attack": claim.attack,
-                "norm": claim.norm,
-                "eps": eps,
-                "eps_label": eps_str(claim.norm, eps),
-                "seeds": len(seeds),
-                "per_seed": [],
-            }
-            ids = [(found[(claim.higher, s)].row_id, found[(claim.lower, s)].row_id) for s in seeds]
-            if not seeds:
-                item["verdict"] = "not in this run"
-            elif not all(per_example.get(a, {}).get("robust") and per_example.get(b, {}).get("robust") for a, b in ids):
-                item["verdict"] = "not tested (no per-example outcomes for its rows)"
-            else:
-                for s, (a, b) in zip(seeds, ids):
-                    item["per_seed"].append(
-                        {"seed": s, **paired_test(per_example[a]["robust"], per_example[b]["robust"])}
-                    )
-                tests += item["per_seed"]
-            out.append(item)
-    if tests:
-        for key in ("p", "p_reverse"):
-            adjusted = multipletests([t[key] for t in tests], alpha=ALPHA, method="holm")[1]
-            for t, q in zip(tests, adjusted):
-                t[f"{key}_holm"] = float(q)
-    for item in out:
-        _summarize(item)
+    out = [
+        evaluate(c, rows, per_example, pair, eps)
+        for pair in dict.fromkeys(r.pair for r in rows)
+        for c in claims
+        for eps in budgets(c, rows, pair, hl)
+    ]
+    tested = [f for f in out if "p" in f]
+    for f, q in zip(tested, holm([f["p"] for f in tested])):
+        f["p_holm"] = q
+        side = "supported" if f["p_support"] <= f["p_contra"] else "contradicted"
+        f["verdict"] = side if q < ALPHA else "not supported"
     return out
 
 
-def _summarize(item: dict) -> None:
-    seeds = item["per_seed"]
-    for t in seeds:
-        t["verdict"] = (
-            "supported" if t["p_holm"] < ALPHA else "contradicted" if t["p_reverse_holm"] < ALPHA else "not supported"
-        )
-    diffs = [t["difference"] for t in seeds]
-    low, high = t_interval(diffs)
-    item.update(
-        higher_acc=statistics.mean(t["higher_acc"] for t in seeds) if seeds else math.nan,
-        lower_acc=statistics.mean(t["lower_acc"] for t in seeds) if seeds else math.nan,
-        difference=statistics.mean(diffs) if seeds else math.nan,
-        difference_ci_low=low,
-        difference_ci_high=high,
-        n=min((t["n"] for t in seeds), default=0),
-        test=" / ".join(dict.fromkeys(t["test"] for t in seeds)),
-        # The verdict needs every seed: the seed with the largest p decides.
-        p=max((t["p"] for t in seeds), default=math.nan),
-        p_holm=max((t["p_holm"] for t in seeds), default=math.nan),
-    )
-    if seeds:
-        verdicts = {t["verdict"] for t in seeds}
-        item["verdict"] = verdicts.pop() if len(verdicts) == 1 else "not supported"
-
-
-#: The flat columns of a finding (the W&B table; `per_seed` is in the markdown).
+#: The flat columns of a finding (the W&B table; each seed's difference is in the markdown).
 COLUMNS = (
-    "claim", "source", "pair", "higher", "lower", "attack", "norm", "eps_label", "seeds", "higher_acc", "lower_acc",
-    "difference", "difference_ci_low", "difference_ci_high", "n", "test", "p", "p_holm", "verdict",
+    "claim", "source", "pair", "higher", "lower", "attack", "norm", "eps_label", "metric", "seeds", "n",
+    "difference", "ci_low", "ci_high", "test", "p", "p_holm", "verdict", "seeds_needed",
 )  # fmt: skip
 
 
-def _pct(x: float) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"
-
-
-def _p(x: float) -> str:
+def p_str(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.2g}" if x >= 1e-4 else "<0.0001"
+
+
+def interval(f: dict) -> str:
+    """ "+4.9 [-0.8, +10.9]": a difference in points and its 95 % interval."""
+    return f"{100 * f['difference']:+.1f} [{100 * f['ci_low']:+.1f}, {100 * f['ci_high']:+.1f}]"
+
+
+def _attack(f: dict) -> str:
+    metric = "" if f["metric"] == "robust" else f", {METRICS[f['metric']]}"
+    return f"{f['attack']} {f['norm']} {f['eps_label']}{metric}"
+
+
+def _difference(f: dict) -> str:
+    if len(f["parts"]) == 1:
+        return interval(f)
+    return "; ".join(f"{p['label']}: {interval(p)}" for p in f["parts"])
+
+
+def _needed(f: dict) -> str:
+    if f["seeds"] < 2:
+        return "-"
+    return f"more than {MAX_SEEDS}" if f["seeds_needed"] is None else str(f["seeds_needed"])
 
 
 def markdown(items: list[dict]) -> list[str]:
@@ -215,53 +143,38 @@ def markdown(items: list[dict]) -> list[str]:
     lines = [
         "## Findings",
         "",
-        "Each claim of the papers, tested on this run: robust accuracy (%) of the claimed-higher and -lower "
-        "model on the examples both rows cover, and a one-sided paired test per seed (exact McNemar on 0/1 "
-        "outcomes: binomial tail of the discordant examples; a paired percentile bootstrap on the draw fractions "
-        f"of randomized models). Holm's correction over every test of the run; alpha = {ALPHA}. `supported`: "
-        "significant in every seed; `contradicted`: significant in the other direction in every seed; with several "
-        "seeds the difference is the mean over seeds [95 % t interval] and p is the largest over seeds.",
+        "Each claim of the papers, tested once on this run. `difference`: the claimed-higher minus the claimed-lower "
+        "model's share of examples (points; for a claim of several parts, each part), on the examples every row of "
+        "the claim covers, with its 95 % interval. With several training seeds the test is about the methods: a "
+        "two-way random-effects model of the per-example differences over seeds and examples (Satterthwaite's "
+        "degrees of freedom; benchmark/stats.py), so training luck and the choice of test examples are both in the "
+        "interval; with one seed it is the paired t-test over examples, about one trained model per method. p is "
+        f"two-sided; Holm's correction runs over every claim of the run and both directions (one family); alpha = "
+        f"{ALPHA}. `supported` / `contradicted`: the Holm-adjusted p is below alpha on the claimed / the other side. "
+        f"`seeds for {100 * POWER:.0f} % power`: the training seeds a run on these examples would need to detect the "
+        "observed difference, from the seed and example variances estimated here.",
         "",
     ]
     if not items:
         return [*lines, "No rows to test.", ""]
-    header = ["claim", "pair", "claimed higher", "claimed lower", "attack", "difference (points)", "n", "test", "p",
-              "Holm p", "verdict"]  # fmt: skip
+    header = ["claim", "pair", "claimed higher", "claimed lower", "attack", "difference (points) [95 %]", "seeds",
+              "n", "test", "p", "Holm p", "verdict", f"seeds for {100 * POWER:.0f} % power"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for f in items:
-        if not f["per_seed"]:
-            cells = [f["claim"], f["pair"], f["higher"], f["lower"], _attack(f), "-", "-", "-", "-", "-", f["verdict"]]
+        cells = [f"{f['claim']} ({f['source']})", f["pair"], f["higher"] or "-", f["lower"] or "-", _attack(f)]
+        if "p" not in f:
+            cells += ["-"] * 6 + [f["verdict"], "-"]
         else:
-            diff = f"{100 * f['difference']:+.1f}"
-            if f["seeds"] > 1:
-                diff += f" [{100 * f['difference_ci_low']:+.1f}, {100 * f['difference_ci_high']:+.1f}]"
-            cells = [
-                f"{f['claim']} ({f['source']})",
-                f["pair"],
-                f"{f['higher']} {_pct(f['higher_acc'])}",
-                f"{f['lower']} {_pct(f['lower_acc'])}",
-                _attack(f),
-                diff,
-                str(f["n"]),
-                f["test"],
-                _p(f["p"]),
-                _p(f["p_holm"]),
-                f"**{f['verdict']}**",
-            ]
+            cells += [_difference(f), str(f["seeds"]), str(f["n"]), f["test"], p_str(f["p"]), p_str(f["p_holm"]),
+                      f"**{f['verdict']}**", _needed(f)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    multi = [f for f in items if len(f["per_seed"]) > 1]
+    multi = [f for f in items if f["seeds"] > 1]
     if multi:
-        lines += ["", "Per seed:", "", "| claim | pair | seed | higher | lower | n | test | p | Holm p | verdict |"]
-        lines.append("|---" * 10 + "|")
+        header = "| claim | pair | attack | part | seed | difference (points) [95 %] | n |"
+        lines += ["", "Each seed's difference (points) with its 95 % paired t interval over the examples; no verdict "
+                  "(a seed is one trained model per method):", "", header, "|---" * 7 + "|"]  # fmt: skip
         for f in multi:
             for t in f["per_seed"]:
-                lines.append(
-                    f"| {f['higher']} > {f['lower']}, {_attack(f)} | {f['pair']} | {t['seed']} "
-                    f"| {_pct(t['higher_acc'])} | {_pct(t['lower_acc'])} | {t['n']} | {t['test']} | {_p(t['p'])} "
-                    f"| {_p(t['p_holm'])} | {t['verdict']} |"
-                )
+                lines.append(f"| {f['claim']} | {f['pair']} | {_attack(f)} | {t['part']} | {t['seed']} | "
+                             f"{interval(t)} | {t['n']} |")  # fmt: skip
     return [*lines, ""]
-
-
-def _attack(f: dict) -> str:
-    return f"{f['attack']} {f['norm']} {f['eps_label']}".strip()

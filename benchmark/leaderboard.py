@@ -12,7 +12,7 @@ from benchmark import findings as fnd
 from benchmark.metrics import SANITY_TOL
 from benchmark.numerics import machine_line
 from benchmark.records import Row, eps_str, headline_eps, same_eps
-from benchmark.results import PairResults, number
+from benchmark.results import Estimate, PairResults, number
 from benchmark.stats import t_interval
 
 FORM_DOC = {
@@ -43,13 +43,20 @@ def _pct(values: list[float]) -> str:
     return _mean_ci(values, ".1f", 100, (0.0, 100.0))
 
 
+def _est(e: Estimate | None, fmt: str = ".1f", bounds: tuple[float, float] = (0.0, 100.0)) -> str:
+    """An accuracy (`PairResults.estimate`) in percent: "52.1 [48.0, 56.2]", the interval cut to what the quantity
+    can take; the value alone when it has no interval."""
+    if e is None or math.isnan(e.mean):
+        return "-"
+    if math.isnan(e.low):
+        return f"{100 * e.mean:{fmt}}"
+    low, high = max(100 * e.low, bounds[0]), min(100 * e.high, bounds[1])
+    return f"{100 * e.mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
 def _mean_str(values: list[float], fmt: str = ".2f") -> str:
     """A non-negative quantity (seconds, passes, ratios of counts)."""
     return _mean_ci(values, fmt, bounds=(0.0, math.inf))
-
-
-def _signed(values: list[float]) -> str:
-    return _mean_ci(values, "+.1f", 100, (-100.0, 100.0))
 
 
 def _count(v) -> str:
@@ -78,8 +85,11 @@ def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: 
         "",
         *(warned if warnings else []),
         "Robust accuracy (%) counts an example as robust only if the model is right on it when clean and under "
-        "the attack (with several seeds: the mean [95 % t interval] over seeds, cut to 0-100 %); for a randomized "
-        "defense, the accuracy on the final adversarial examples averaged over fresh draws of its randomness. "
+        "the attack; for a randomized defense, the accuracy on the final adversarial examples averaged over fresh "
+        "draws of its randomness. With several training seeds an accuracy is the mean over seeds [95 % "
+        "random-effects interval over seeds and examples, the findings' model], and a model trained once (`ref.`: "
+        "the teacher, the common encoder) is shown apart, unranked, with its 95 % t interval over the examples; "
+        "intervals are cut to 0-100 %. "
         "`worst_case` is per example "
         "over every attack at that norm and epsilon. Attacks may run on fewer examples (see results.csv "
         "`n_examples`). Ranking: worst case at the headline budget ("
@@ -98,19 +108,21 @@ def leaderboard(
     transferability_form: str,
     warnings: list[str],
     found: list[dict] | None = None,
-    methods: str = "",
     machine: dict | None = None,
+    per_example: dict | None = None,
 ) -> str:
     """Markdown: per dataset pair, defenses ranked by per-example worst-case robust accuracy at the headline budget,
-    then its sections; then the findings (`benchmark.findings`, when given), the verdicts about methods (`methods`,
-    `benchmark.seeds.markdown`) and every warning of the run; `machine` (`benchmark.numerics.machine`) is named
-    at the top. `rows` as
-    the report passes them: with the numbers of `no_adaptive_attack` rows withheld (`benchmark.report.withheld`)."""
+    then its sections; then the findings (`benchmark.findings`, when given) and every warning of the run; `machine`
+    (`benchmark.numerics.machine`) is named at the top; `per_example` (per_example.json) gives the accuracies their
+    intervals (`benchmark.results`). `rows` as the report passes them: with the numbers of `no_adaptive_attack` rows
+    withheld (`benchmark.report.withheld`)."""
     hl = headline_eps(rows, headline)
     lines = _intro(rows, hl, warnings, machine)
     for pair in dict.fromkeys(r.pair for r in rows):
-        res = PairResults([r for r in rows if r.pair == pair])
-        unranked = _unranked(res, hl)  # its headline number is withheld: listed last, without a rank
+        res = PairResults([r for r in rows if r.pair == pair], per_example)
+        # listed last, without a rank: a model trained once beside methods trained per seed, then a model whose
+        # headline number is withheld
+        unranked = {d for d in res.defenses if res.single_model(d)} | _unranked(res, hl)
         ranked = [d for d in res.ranked(hl) if d not in unranked] + [d for d in res.ranked(hl) if d in unranked]
         lines += _ranking(pair, res, hl, ranked, unranked)
         lines += _detection_section(res, hl, ranked)
@@ -120,8 +132,6 @@ def leaderboard(
         lines += _transfer_section(res, ranked, transferability_form)
     if found is not None:
         lines += fnd.markdown(found)
-    if methods:  # verdicts about methods, or the one-seed caveat (`benchmark.seeds`)
-        lines += [*methods.strip("\n").splitlines(), ""]
     lines += ["## Sanity checks", ""]
     if warnings:
         lines += [f"- WARNING: {w}" for w in warnings]
@@ -155,11 +165,11 @@ def _ranking(pair: str, res: PairResults, hl: dict, ranked: list[str], unranked:
     header = ["rank", "defense", "clean", *(["clean cost"] if base else []), *(_column(a, n, e) for a, n, e in cols)]
     body = [
         [
-            "-" if d in unranked else str(i),
+            "ref." if res.single_model(d) else "-" if d in unranked else str(i),
             d,
-            _pct(res.clean(d)),
-            *([_signed(res.clean_cost(d))] if base else []),
-            *(_pct(res.values(d, a, n, e)) for a, n, e in cols),
+            _est(res.clean_estimate(d)),
+            *([_est(res.clean_cost_estimate(d), "+.1f", (-100.0, 100.0))] if base else []),
+            *(_est(res.estimate(d, a, n, e)) for a, n, e in cols),
         ]
         for i, d in enumerate(ranked, 1)
     ]
@@ -199,14 +209,15 @@ def _mimicry_section(res: PairResults) -> list[str]:
         "### Mimicry of the teacher's layer K (Wang et al. 2018)",
         "",
         "Crafted once on the teacher, scored on every student: robust accuracy % (in brackets, for a targeted attack, "
-        "the targeted success rate %: the share of clean-correct examples the model assigns to the target class). "
+        "the targeted success rate %, the mean over seeds: the share of clean-correct examples the model assigns to "
+        "the target class; the findings test the share of all examples so hit, per example). "
         "The untargeted success rate is results.csv `success_rate`.",
         "",
     ]
 
     def cell(d, a, n, e) -> str:
-        robust, targeted = _pct(res.values(d, a, n, e)), res.values(d, a, n, e, "targeted_success")
-        return robust + (f" ({_pct(targeted)})" if targeted else "")
+        robust, targeted = _est(res.estimate(d, a, n, e)), res.values(d, a, n, e, "targeted_success")
+        return robust + (f" ({100 * statistics.mean(targeted):.1f})" if targeted else "")
 
     return lines + _table(
         ["defense", *(_column(a, n, e) for a, n, e in keys)],
@@ -325,7 +336,7 @@ def _budget_tables(res: PairResults, ranked: list[str]) -> list[str]:
         lines += [f"**{a}** ({n})", ""]
         lines += _table(
             ["defense", *(eps_str(n, e) for e in epss)],
-            [[d, *(_pct(res.values(d, a, n, e)) for e in epss)] for d in ranked],
+            [[d, *(_est(res.estimate(d, a, n, e)) for e in epss)] for d in ranked],
         )
         lines.append("")
     return lines

@@ -2,21 +2,20 @@
 clean-versus-robust trade-off.
 
 One colour per defense in every figure (`defense_colors`, fixed by the order of the defenses in the rows) and
-one legend per figure for all of its panels. With several seeds a point is the mean over seeds and its error bar
-the 95 % t interval. Sanity-check rows are left out.
+one legend per figure for all of its panels. With several seeds a point is the mean over seeds and its band or error
+bar the report's 95 % interval of that accuracy (`benchmark.results.PairResults.estimate`: random effects over seeds
+and examples; a model trained once, its t interval over examples). Sanity-check rows are left out.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import textwrap
 from pathlib import Path
 
 from benchmark.figure_style import label, model_styles
 from benchmark.records import budget_key, eps_axis, eps_str, headline_eps, seed_note
-from benchmark.results import PairResults
-from benchmark.stats import t_interval
+from benchmark.results import Estimate, PairResults
 
 WORST = "worst_case"
 
@@ -32,13 +31,12 @@ def drawable(rows: list) -> tuple[list, set[tuple]]:
     return [r for r in rows if (r.defense, r.attack, *r.budget_key) not in hidden], hidden
 
 
-def _stat(values: list[float]) -> tuple[float, float, float] | None:
-    """Mean and 95 % t interval in percent (the interval collapses to the mean for one seed)."""
-    if not values:
+def _stat(e: Estimate | None) -> tuple[float, float, float] | None:
+    """Mean and 95 % interval in percent (the interval collapses to the mean when there is none)."""
+    if e is None or math.isnan(e.mean):
         return None
-    mean = 100 * statistics.mean(values)
-    low, high = t_interval(values)
-    return (mean, mean, mean) if math.isnan(low) else (mean, 100 * low, 100 * high)
+    mean = 100 * e.mean
+    return (mean, mean, mean) if math.isnan(e.low) else (mean, max(0.0, 100 * e.low), min(100.0, 100 * e.high))
 
 
 def _bar(stat: tuple[float, float, float]) -> list[list[float]] | None:
@@ -92,12 +90,12 @@ def _lines(ax, res: PairResults, attack: str, norm: str, epss: list[float], colo
     shown = set()
     for d in res.defenses:
         drawn = [e for e in epss if attack != WORST or res.whitebox_at(d, norm, e)]
-        pts = [(e * scale, s) for e in drawn if (s := _stat(res.values(d, attack, norm, e)))]
+        pts = [(e * scale, s) for e in drawn if (s := _stat(res.estimate(d, attack, norm, e)))]
         if not pts:
             continue
         xs, stats = zip(*pts)
         ax.plot(xs, [s[0] for s in stats], color=colors[d], marker=markers[d], markersize=5, label=d)
-        if any(s[1] != s[2] for s in stats):  # several seeds: the 95 % t interval as a band
+        if any(s[1] != s[2] for s in stats):  # several seeds: the 95 % interval as a band
             ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats], color=colors[d], alpha=0.12)
         shown.add(d)
     ax.set_xticks([e * scale for e in epss], [eps_str(norm, e).replace("/255", "") for e in epss])
@@ -110,7 +108,7 @@ def _lines(ax, res: PairResults, attack: str, norm: str, epss: list[float], colo
 
 def _bars(ax, res: PairResults, attack: str, norm: str, eps: float, colors, single: str, flagged) -> set[str]:
     models = [d for d in res.defenses if attack != WORST or res.whitebox_at(d, norm, eps)]
-    bars = [(d, s) for d in models if (s := _stat(res.values(d, attack, norm, eps)))]
+    bars = [(d, s) for d in models if (s := _stat(res.estimate(d, attack, norm, eps)))]
     ys = range(len(bars))
     for y, (d, s) in zip(ys, bars):
         ax.barh(y, s[0], height=0.6, xerr=_bar(s), color=colors[d], capsize=2, label=d)
@@ -149,7 +147,7 @@ def robust_vs_eps(
         ax.axis("off")
     _legend(fig, colors, markers, [d for d in colors if d in shown], flagged)
     seeds = len({str(r.seed) for r in res.rows})
-    spread = seed_note(seeds, "band or bar: 95 % t interval")
+    spread = seed_note(seeds, "band or bar: 95 % interval over seeds and examples")
     fig.suptitle(f"{_title(res, pair)}: robust accuracy against the attack budget ({spread})", fontsize=12)
     return fig
 
@@ -178,7 +176,7 @@ def heatmap(
     grid = np.full((len(defenses), len(cols)), math.nan)
     for i, d in enumerate(defenses):
         for j, (a, n, e) in enumerate(cols):
-            if s := _stat(res.values(d, a, n, e)):
+            if s := _stat(res.estimate(d, a, n, e)):
                 grid[i, j] = s[0]
     fig, ax = plt.subplots(figsize=(2.6 + 1.05 * len(cols), 1.4 + 0.42 * len(defenses)), layout="constrained")
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")
@@ -234,11 +232,12 @@ def tradeoff(
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     shown, xs, ys = [], [], []
     for d in res.defenses:
-        robust = res.values(d, attack, norm, hl[norm]) if attack else []
-        if not attack:  # the strongest attack there, per seed
-            per_attack = [res.values(d, a, norm, hl[norm]) for a, _ in at]
-            robust = min((v for v in per_attack if v), key=statistics.mean, default=[])
-        x, y = _stat(res.clean(d)), _stat(robust)
+        if attack:
+            robust = res.estimate(d, attack, norm, hl[norm])
+        else:  # the strongest attack there (the lowest mean)
+            per_attack = [e for a, _ in at if (e := res.estimate(d, a, norm, hl[norm])) is not None]
+            robust = min(per_attack, key=lambda e: e.mean, default=None)
+        x, y = _stat(res.clean_estimate(d)), _stat(robust)
         if x is None or y is None:
             continue
         ax.errorbar(
@@ -259,7 +258,7 @@ def tradeoff(
     )
     ax.grid(alpha=0.3)
     _legend(fig, colors, markers, [d for d in colors if d in shown], flagged)
-    seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % t interval")
+    seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % interval over seeds and examples")
     # Wrapped to the axes' width (about 55 characters at 11 pt): a wider title runs off the figure's left edge.
     ax.set_title(
         "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 55)), fontsize=11
@@ -267,9 +266,10 @@ def tradeoff(
     return fig
 
 
-def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], dict[str, tuple]]:
+def figures(rows: list, headline: dict[str, float], per_example: dict | None = None
+            ) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
-    model colours they share."""
+    model colours they share; `per_example` (per_example.json) gives the accuracies their intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,7 +278,7 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
     for pair in pairs:
-        res = PairResults([r for r in plain if r.pair == pair])
+        res = PairResults([r for r in plain if r.pair == pair], per_example)
         hl = headline_eps(res.rows, headline)
         suffix = "" if len(pairs) == 1 else f"_{pair}"
         flagged = flagged_models([r for r in rows if r.pair == pair])  # sanity rows included
@@ -288,14 +288,14 @@ def figures(rows: list, headline: dict[str, float]) -> tuple[dict[str, object], 
     return out, colors
 
 
-def plots(rows: list, out_dir: Path, headline: dict[str, float]) -> dict[str, Path]:
+def plots(rows: list, out_dir: Path, headline: dict[str, float], per_example: dict | None = None) -> dict[str, Path]:
     """Draw every figure into `out_dir` as PNG; returns {stem: path}."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    figs, _ = figures(rows, headline)
+    figs, _ = figures(rows, headline, per_example)
     for stem, fig in figs.items():
         paths[stem] = out_dir / f"{stem}.png"
         fig.savefig(paths[stem], dpi=120)

@@ -52,7 +52,7 @@ def headline_eps(rows: list[Row], headline: dict) -> dict[str, float]:
 
 
 def seed_note(n_seeds: int, spread: str) -> str:
-    """How a figure or panel reads its seeds, by the leaderboard's rule (`benchmark.seeds`): with one training seed
+    """How a figure or panel reads its seeds, by the leaderboard's rule (`benchmark.results`): with one training seed
     a bar or line is one trained model per defense, not the method; with several it is the mean over seeds and
     `spread` says what its band or error bar is."""
     if n_seeds <= 1:

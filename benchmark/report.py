@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark import findings as fnd
-from benchmark import seeds
 from benchmark.checks import flag_warnings
 from benchmark.leaderboard import leaderboard
 from benchmark.records import Row
@@ -65,13 +64,12 @@ def write_report(
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
     claims = fnd.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
     found = fnd.findings(rows, per_example, headline, claims)
-    methods = seeds.markdown(rows, per_example, headline, claims)  # several seeds: claims about methods
     (out_dir / "leaderboard.md").write_text(
-        leaderboard(rows, headline, form, warnings, found, methods, report_config.get("machine"))
+        leaderboard(rows, headline, form, warnings, found, report_config.get("machine"), per_example)
     )
     from benchmark.png_figures import plots  # matplotlib: only when the figures are drawn
 
-    return plots(rows, out_dir, headline), found
+    return plots(rows, out_dir, headline, per_example), found
 
 
 #: What the report is built from (`rebuild` reads the same files), and where a built report records their digest.

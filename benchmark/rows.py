@@ -14,7 +14,7 @@ from benchmark.detection import detection_auroc
 from benchmark.execute import Executed
 from benchmark.plan import Plan
 from benchmark.records import CellSpec, Row
-from benchmark.stages.score import metrics, per_example, targeted_success, transferability, worst_case
+from benchmark.stages.score import metrics, per_example, target_hits, targeted_success, transferability, worst_case
 from datamodules.base import chunks
 
 #: Row fields that describe one attack's run; empty in the per-example worst-case rows.
@@ -94,7 +94,8 @@ def _cell_row(model: dict, cell: CellSpec, out: dict, meta: dict) -> Row:
 
 def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[Row], dict[str, dict]]:
     """Rows of every executed cell (with transferability, sanity checks and worst case) and the per-example
-    outcomes by row id: {"clean": [...], "robust": [...]}, fractions of draws in [0, 1]."""
+    outcomes by row id: {"clean": [...], "robust": [...]}, fractions of draws in [0, 1]; a targeted attack's rows
+    add "target_hit" (right when clean and assigned the target class under attack)."""
     rows: list[Row] = []
     examples: dict[str, dict] = {}
     form = cfg["report"]["transferability"]
@@ -104,13 +105,15 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[Row], dict[st
             continue
         fields = _model_fields(cfg, plan, done, model)
         made: list[tuple[Row, dict]] = []
+        hits: dict[str, list[float]] = {}  # row id -> a targeted attack's per-example hits
         for cell in cells:
             if cell.role == "reference":
                 continue
             out = done.outcomes[cell.id]
             row = _cell_row(fields, cell, out, done.metas[cell.id])
-            if cell.targeted:
-                row.targeted_success = _targeted(plan, done, cell, out)
+            if cell.targeted and (targets := _targets(plan, done, cell, out)) is not None:
+                row.targeted_success = targeted_success(out, targets)
+                hits[row.row_id] = _rounded(target_hits(out, targets).float().mean(0))
             if cell.transfer and cell.reference:
                 for k, v in transferability(out, done.outcomes[cell.reference], form).items():
                     setattr(row, k, v)
@@ -122,13 +125,15 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[Row], dict[st
         for row, out in [*made, *worst]:
             rows.append(row)
             examples[row.row_id] = _lists(out)
+            if row.row_id in hits:
+                examples[row.row_id]["target_hit"] = hits[row.row_id]
     checks.cross_row_flags(rows)
     return rows, examples
 
 
-def _targeted(plan: Plan, done: Executed, cell: CellSpec, out: dict) -> float | None:
-    """A targeted crafted attack's success rate on this model: the target classes are recomputed from the
-    evaluation examples (`MimicryAttack.target_classes`: keyed on each example's pixels, as when it was crafted)."""
+def _targets(plan: Plan, done: Executed, cell: CellSpec, out: dict) -> torch.Tensor | None:
+    """A targeted crafted attack's target classes of the cell's examples, recomputed from the evaluation examples
+    (`MimicryAttack.target_classes`: keyed on each example's pixels, as when it was crafted)."""
     data = done.data.get(cell.pair)
     if data is None or "pred_adv" not in out:
         return None
@@ -136,8 +141,7 @@ def _targeted(plan: Plan, done: Executed, cell: CellSpec, out: dict) -> float | 
     attack, n, classes = plan.attack(cell.id), cell.n, plan.pairs[cell.pair]["num_classes"]
     # 256 images at a time: an example's target class depends on its own pixels only
     batches = zip(chunks(x[:n], 256), y[:n].split(256))
-    targets = [attack.target_classes(xb, yb, classes) for xb, yb in batches]
-    return targeted_success(out, torch.cat(targets))
+    return torch.cat([attack.target_classes(xb, yb, classes) for xb, yb in batches])
 
 
 def _lists(out: dict) -> dict:

@@ -199,7 +199,7 @@ def track(
         "warnings": len(warnings),
         "warning_text": "\n".join(warnings),
         "findings_supported": sum(f["verdict"] == "supported" for f in found),
-        "findings_tested": sum(bool(f["per_seed"]) for f in found),
+        "findings_tested": sum("p" in f for f in found),
         **{f"stats/{k}": v for k, v in stats.items()},
     }
     rid = run_id("sweep", cfg["name"], cfg["results_dir"])

@@ -56,12 +56,17 @@ def abstention(out: dict) -> dict:
     }
 
 
+def target_hits(out: dict, targets: torch.Tensor) -> torch.Tensor:
+    """(K, n): right clean and assigned the target class under a targeted attack, in each draw."""
+    n = out["pred_adv"].shape[-1]
+    return out["clean"] & (out["pred_adv"] == targets[:n].to(out["pred_adv"].device))
+
+
 def targeted_success(out: dict, targets: torch.Tensor) -> float:
     """A targeted attack's success rate: the fraction of the clean-correct examples (per draw) that the model
     assigns to their target class under attack (Wang et al.: "over clean-correct sources")."""
-    n = out["pred_adv"].shape[-1]
     correct = out["clean"]
-    hit = correct & (out["pred_adv"] == targets[:n].to(out["pred_adv"].device))
+    hit = target_hits(out, targets)
     return float(hit.sum()) / int(correct.sum()) if int(correct.sum()) else float("nan")
 
 
