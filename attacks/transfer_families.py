@@ -73,9 +73,10 @@ class MIFGSM(Attack):
             uniform in [int(0.9 W), W), and zero-padded at a random offset back to W x W (the model sees the input's
             size); above 1 (the paper's 330/299 = 1.1), it is resized to rnd in [W, int(1.1 W)) and padded to
             int(1.1 W) (the model must take larger images). Non-square images are resized by the same factor.
-        ti_kernel_size: TI's Gaussian kernel size (0: no TI; else an odd size >= 3). The authors' 15 px is for
-            299 px images; at 16-96 px use 5: with `ti_nsig` 3 a 3-px kernel puts 96 % of its weight on the
-            centre pixel (next to no smoothing), 5 px is the smallest that smooths (sigma 2/3 px).
+        ti_kernel_size: TI's Gaussian kernel size (0: no TI; else an odd size >= 3). The TI authors' 15 px (the VMI
+            authors' code: 7 px) is for 299 px images; at 16-96 px use 5: with `ti_nsig` 3 a 3-px kernel puts 96 %
+            of its weight on the centre pixel (next to no smoothing), 5 px is the smallest that smooths (sigma 2/3
+            px).
         ti_nsig: the kernel spans [-nsig, nsig] standard deviations (the authors' and torchattacks' 3), so sigma is
             (ti_kernel_size - 1) / (2 * nsig) px.
         vmi_samples: VMI's number N of neighbours per step (0: no variance tuning; the paper's 20).
