@@ -1,4 +1,7 @@
-"""The content-addressed stage cache: keys, atomic entries, checksums, claims."""
+"""The content-addressed stage cache (benchmark/cache.py): the keys and what enters them (equal specs in other forms,
+the code closure of a stage, the library versions), atomic entries, checksums, claims. Some tests pin exact values
+found by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""
 
 from __future__ import annotations
 
@@ -349,3 +352,210 @@ def test_a_file_written_in_staging_moves_into_its_entry_with_its_checksum(tmp_pa
     with caplog.at_level(logging.WARNING), pytest.raises(DamagedEntry, match="x_adv.npy is truncated or altered"):
         cache.file("craft", "k", "x_adv.npy")
     assert not folder.exists(), "a damaged entry is moved aside, to be computed again"
+
+
+# ---- the key: what enters it and what does not (pinned against the mutants of `make mutate`) -------------------
+def test_equal_specs_in_other_forms_give_one_key():
+    from omegaconf import OmegaConf
+
+    spec = {"a": {"b": [1, 2]}, "lr": 0.1, "path": "x", "1": None, "on": True}
+    key = stage_key("cell", spec)
+    assert key == stage_key("cell", {"on": True, 1: None, "path": Path("x"), "lr": 0.1, "a": {"b": (1, 2)}})
+    conf = OmegaConf.create({"base": 0.1, "a": {"b": [1, 2]}, "lr": "${base}", "path": "x", "1": None, "on": True})
+    assert stage_key("cell", conf) == stage_key("cell", {**spec, "base": 0.1}), "interpolations are resolved"
+    assert stage_key("cell", {1: "a", "b": 2}) == stage_key("cell", {"1": "a", "b": 2}), "mixed key types sort"
+    assert len(key) == 20 and int(key, 16) >= 0
+
+
+@pytest.mark.parametrize("value, text", [(None, "None"), (1, "1"), (True, "True"), (0.1, "0.1")])
+def test_a_value_and_its_text_give_different_keys(value, text):
+    assert stage_key("cell", {"v": value}) != stage_key("cell", {"v": text})
+
+
+def test_key_covers_the_code_the_library_versions_and_the_cache_version(monkeypatch):
+    from benchmark import cache as cache_mod
+
+    key = stage_key("cell", {"a": 1})
+    assert key == stage_key("cell", {"a": 1}, ())
+    keys = {key, stage_key("cell", {"a": 1}, ["attacks.fgsm"]), stage_key("cell", {"a": 1}, ["attacks.pgd"])}
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "CACHE_VERSION", cache_mod.CACHE_VERSION + 1)
+        keys.add(stage_key("cell", {"a": 1}))
+    versions = cache_mod.library_versions()
+    monkeypatch.setattr(cache_mod, "library_versions", lambda: {**versions, "torch": "0.0"})
+    keys.add(stage_key("cell", {"a": 1}))
+    assert len(keys) == 5
+
+
+def test_library_versions_name_every_library_and_none_for_a_missing_one(monkeypatch):
+    from benchmark import cache as cache_mod
+
+    cache_mod.library_versions.cache_clear()
+    monkeypatch.setattr(cache_mod, "LIBRARIES", ("torch", "no-such-distribution-xyz"))
+    try:
+        assert cache_mod.library_versions() == {"torch": torch.__version__, "no-such-distribution-xyz": None}
+    finally:
+        cache_mod.library_versions.cache_clear()
+    assert set(cache_mod.library_versions()) == set(cache_mod.LIBRARIES)
+
+
+# A fake suite: attacks.a imports b (which imports a back), c (by `from attacks import c`), d (by `from attacks.d
+# import thing`), f; d imports attacks.errors, which is not semantic but imports g. e only by a relative import.
+TREE = {
+    "attacks/__init__.py": "",
+    "attacks/a.py": "import os, attacks.f\nimport attacks.b\nfrom attacks import c\nfrom attacks.d import thing\n"
+    "from . import e\nfrom .e import y\nimport other.x\nfrom benchmark import sub\n",
+    "attacks/b.py": "import attacks.a\n",
+    "attacks/c.py": "",
+    "attacks/d.py": "from attacks.errors import X\nthing = 1\n",
+    "attacks/e.py": "y = 1\n",
+    "attacks/f.py": "",
+    "attacks/errors.py": "import attacks.g\nX = 1\n",
+    "attacks/g.py": "",
+    "benchmark/sub/__init__.py": "",
+    "other/x.py": "",
+    # p imports z, which is on the stack already: it is met twice; w is still to visit then
+    "attacks/p.py": "import attacks.z\n",
+    "attacks/z.py": "",
+    "attacks/w.py": "",
+}
+CLOSURE_A = ["attacks", "attacks.a", "attacks.b", "attacks.c", "attacks.d", "attacks.f", "attacks.g", "benchmark.sub"]
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    for name, text in TREE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_module_closure_follows_suite_imports_only(tree):
+    from benchmark.cache import module_closure
+
+    assert module_closure(["attacks.a"], tree) == CLOSURE_A
+    assert module_closure(("nope.x", "attacks.nope", "attacks.c"), tree) == ["attacks.c"]
+    assert module_closure(["attacks.w", "attacks.z", "attacks.p"], tree) == ["attacks.p", "attacks.w", "attacks.z"]
+    real = module_closure(["attacks.fgsm"])
+    assert {"attacks.fgsm", "attacks.base"} <= set(real) and "attacks.errors" not in real
+    training = module_closure(["benchmark.stages.train"])  # its W&B logger is on the training floor, non-semantic
+    assert "benchmark.stages.build" in training and "lightning_modules.training" in training
+    outside = {"benchmark.tracking", "benchmark.report", "benchmark.wandb_charts", "lightning_modules.loggers"}
+    assert not outside & set(training)
+
+
+def test_code_fingerprint_changes_with_the_closure_only(tree):
+    from benchmark.cache import code_fingerprint
+
+    before = code_fingerprint(["attacks.a"], tree)
+    assert len(before) == 16 and int(before, 16) >= 0
+    for outside in ("attacks/e.py", "attacks/errors.py", "other/x.py", "attacks/w.py"):
+        (tree / outside).write_text((tree / outside).read_text() + "# edited\n")
+        assert code_fingerprint(["attacks.a"], tree) == before, f"{outside} cannot change attacks.a's results"
+    (tree / "attacks/g.py").write_text("# edited\n")
+    assert code_fingerprint(["attacks.a"], tree) != before, "attacks.g is imported through attacks.errors"
+    assert code_fingerprint(["attacks.c"], tree) != code_fingerprint(["attacks.f"], tree), "same text, other module"
+    assert code_fingerprint(["attacks.fgsm"]) == code_fingerprint(["attacks.fgsm"], ROOT)
+
+
+def test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file(tree):
+    """The speed trick of `_imports` (parse a file once per mtime and size) gives what parsing afresh gives."""
+    from benchmark import cache as cache_mod
+
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c"]
+    (tree / "attacks/c.py").write_text("import attacks.f\n")  # an edit in place adds an import
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c", "attacks.f"]
+    memo = cache_mod.module_closure(["attacks.a"], tree)
+    cache_mod._IMPORTS.clear()
+    assert cache_mod.module_closure(["attacks.a"], tree) == memo == CLOSURE_A
+
+
+def test_the_code_fingerprint_is_reused_only_for_the_same_version_of_its_files(tree):
+    """The speed trick of `code_fingerprint` (hash a closure once per version of its files) gives what hashing
+    afresh gives: an edit in place is seen, and a cleared memo computes the same value."""
+    from benchmark import cache as cache_mod
+
+    before = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) == before
+    (tree / "attacks/b.py").write_text((tree / "attacks/b.py").read_text() + "x = 3\n")
+    edited = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert edited != before
+    cache_mod._FINGERPRINTS.clear()
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) == edited
+
+
+def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_factory):
+    """Two checkouts whose files have the same names, sizes and mtimes but other source get other fingerprints
+    (the memo's stamp holds the root)."""
+    import os
+
+    from benchmark import cache as cache_mod
+
+    other = tmp_path_factory.mktemp("other")
+    for name in TREE:
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        text = (tree / name).read_text()
+        same_size = text.replace("attacks.a", "attacks.c") if name == "attacks/b.py" else text
+        (other / name).write_text(same_size)
+        st = (tree / name).stat()
+        os.utime(other / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (other / "attacks/b.py").read_text() != (tree / "attacks/b.py").read_text()
+    first = cache_mod.code_fingerprint(["attacks.a"], tree)
+    assert cache_mod.code_fingerprint(["attacks.a"], other) != first
+    with cache_mod.frozen_code():  # the frozen memo keeps the root too
+        assert cache_mod.code_fingerprint(["attacks.a"], tree) == first
+        assert cache_mod.code_fingerprint(["attacks.a"], other) != first
+
+
+def test_inside_frozen_code_a_fingerprint_is_computed_once_and_outside_it_follows_the_files(tree, monkeypatch):
+    from benchmark import cache as cache_mod
+
+    plain = cache_mod.code_fingerprint(["attacks.a"], tree)
+    computed = []
+    real = cache_mod._code_fingerprint
+    monkeypatch.setattr(cache_mod, "_code_fingerprint", lambda *a: computed.append(a) or real(*a))
+    with cache_mod.frozen_code():
+        assert cache_mod.code_fingerprint(["attacks.a"], tree) == plain
+        (tree / "attacks/b.py").write_text("import attacks.a\nx = 3  # edited inside the block\n")
+        with cache_mod.frozen_code():  # nested: the same memo
+            assert cache_mod.code_fingerprint(("attacks.a",), tree) == plain
+        assert cache_mod.code_fingerprint(["attacks.b"], tree) != plain  # another module set: its own entry
+    assert len(computed) == 2, "once per module set inside the block"
+    assert cache_mod.code_fingerprint(["attacks.a"], tree) != plain, "after the block the edit is seen"
+
+
+def test_a_plan_s_keys_are_those_of_unfrozen_fingerprints(monkeypatch):
+    """make_plan fingerprints inside `frozen_code`; the keys are what the plain fingerprints give."""
+    from contextlib import nullcontext
+
+    import benchmark.planner as planner_mod
+    from benchmark.config import compose
+
+    cfg = compose(["logger=none", "defense=[finetune,dropout]", "attack=[fgsm,transfer_pgd_linf]", "eval.n_examples=4",
+                   "cache_dir=never-written", "results_dir=never-written"])  # fmt: skip
+    frozen = [s["key"] for s in planner_mod.make_plan(cfg)[0].stages]
+    monkeypatch.setattr(planner_mod, "frozen_code", nullcontext)
+    assert [s["key"] for s in planner_mod.make_plan(cfg)[0].stages] == frozen
+
+
+def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
+    from benchmark import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "ROOT", tree)
+    key = stage_key("cell", {}, ["attacks.a"])
+    (tree / "attacks/b.py").write_text("import attacks.a\nx = 2\n")
+    assert stage_key("cell", {}, ["attacks.a"]) != key
+
+
+def test_two_files_of_the_same_size_and_time_are_parsed_each(tree):
+    """`_imports` reuses a parse per (file, mtime, size): the file's name is part of what it reuses it for."""
+    import os
+
+    from benchmark import cache as cache_mod
+
+    (tree / "attacks/c.py").write_text("import attacks.f\n")
+    (tree / "attacks/w.py").write_text("import attacks.g\n")  # the same size
+    for name in ("attacks/c.py", "attacks/w.py"):
+        os.utime(tree / name, ns=(1_000_000_000, 1_000_000_000))  # and the same time
+    assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c", "attacks.f"]
+    assert cache_mod.module_closure(["attacks.w"], tree) == ["attacks.g", "attacks.w"]

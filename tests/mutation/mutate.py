@@ -49,11 +49,13 @@ class Target:
     functions: tuple[str, ...] = ()
 
 
-#: The attack core's fast tests: its own (tiny linear models, tests/attacks/test_mutants.py), the config tests, and
-#: the tests of tests/attacks that need no trained classifier (each of those would retrain the session classifier
-#: in every mutant's test run, seconds per mutant).
+#: The attack core's fast tests: its own (tiny linear models: tests/attacks/test_base.py, test_pgd.py, test_fgsm.py),
+#: the config tests, and the tests of tests/attacks that need no trained classifier (each of those would retrain the
+#: session classifier in every mutant's test run, seconds per mutant).
 ATTACK_TESTS = (
-    "tests/attacks/test_mutants.py",
+    "tests/attacks/test_base.py",
+    "tests/attacks/test_pgd.py",
+    "tests/attacks/test_fgsm.py",
     "tests/attacks/test_config.py",
     "tests/attacks/test_attacks.py::test_check_adversarial_rejects",
     "tests/attacks/test_attacks.py::test_check_adversarial_accepts_round_off",
@@ -65,14 +67,126 @@ ATTACK_TESTS = (
     "tests/attacks/test_mimicry.py::test_check_adversarial_learns_the_dssim_budget",
 )
 DEFENSE_TESTS = ("tests/defenses/test_losses.py", "tests/defenses/test_tla_trades.py")
-#: The runner's fast tests on hand-made outcomes, rows and cache entries (no training), written to kill mutants.
-RUNNER_TESTS = "tests/benchmark/test_mutants_runner.py"
-#: The same for the attack and training stages, the rows, the verdicts and the plan.
-STAGE_TESTS = "tests/benchmark/test_mutants_stages.py"
-ROWS_TESTS = "tests/benchmark/test_mutants_rows.py"
-FINDINGS_TESTS = "tests/benchmark/test_mutants_findings.py"
-PLAN_TESTS = "tests/benchmark/test_mutants_plan.py"
-LEADERBOARD_TESTS = "tests/benchmark/test_mutants_leaderboard.py"
+
+
+def _named(path: str, *tests: str) -> tuple[str, ...]:
+    """Tests of one file selected by name (node ids): the file holds other tests that this selection leaves out."""
+    return tuple(f"{path}::{t}" for t in tests)
+
+
+#: The runner's fast tests on hand-made outcomes, rows and cache entries (no training) that pin the sanity rules'
+#: boundaries and dispatch (in test_checks.py) and what enters a stage's cache key (in test_cache.py), for the targets
+#: that do not take those files whole.
+CHECK_RULE_TESTS = _named(
+    "tests/benchmark/test_checks.py",
+    "test_tolerance_is_two_examples_with_a_floor_of_one_point",
+    "test_a_flag_is_added_once_after_the_others",
+    "test_transfer_flag_boundary_is_strict",
+    "test_transfer_is_compared_only_at_its_norm_and_eps_and_every_matching_row_counts",
+    "test_transfer_eps_match_ignores_float_noise_below_1e_10",
+    "test_transfer_is_compared_on_the_whitebox_examples_not_its_own",
+    "test_frozen_randomness_boundary_and_reference_on_common_examples",
+    "test_converged_boundary_and_reference_on_common_examples",
+    "test_unbounded_boundary_uses_the_number_of_examples",
+    "test_without_an_adaptive_attack_every_non_sanity_row_is_flagged",
+    "test_a_model_that_never_rejects_gets_no_adaptive_flag",
+    "test_an_adaptive_attack_covers_its_norm_and_eps_only",
+    "test_iterative_weaker_than_single_step_boundary_and_two_steps",
+    "test_two_single_step_attacks_are_not_compared",
+    "test_single_step_is_compared_within_one_model_norm_eps_and_whitebox_only",
+    "test_single_step_comparison_matches_seed_and_eps_across_types",
+    "test_non_monotone_sorts_by_eps_and_uses_the_smaller_n",
+    "test_sanity_and_worst_case_rows_take_no_cross_row_flag",
+    "test_flag_warnings_one_line_per_flag_without_repeats",
+    "test_model_checks_sends_each_cell_to_its_rule_with_its_base",
+    "test_model_checks_without_a_base_passes_none_and_a_white_box_cell_goes_nowhere",
+    "test_autoattack_flags_are_each_flag_once_in_the_order_raised",
+)
+CACHE_KEY_TESTS = _named(
+    "tests/benchmark/test_cache.py",
+    "test_equal_specs_in_other_forms_give_one_key",
+    "test_a_value_and_its_text_give_different_keys",
+    "test_key_covers_the_code_the_library_versions_and_the_cache_version",
+    "test_library_versions_name_every_library_and_none_for_a_missing_one",
+    "test_module_closure_follows_suite_imports_only",
+    "test_code_fingerprint_changes_with_the_closure_only",
+    "test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file",
+    "test_the_code_fingerprint_is_reused_only_for_the_same_version_of_its_files",
+    "test_the_code_fingerprint_of_another_tree_is_not_reused",
+    "test_inside_frozen_code_a_fingerprint_is_computed_once_and_outside_it_follows_the_files",
+    "test_a_plan_s_keys_are_those_of_unfrozen_fingerprints",
+    "test_a_stage_key_follows_the_suite_source",
+    "test_two_files_of_the_same_size_and_time_are_parsed_each",
+)
+#: The same for the attack and training stages (tiny models, fake data: no training), the rows, the verdicts and the
+#: plan: their own files, and by name the tests in files shared with slower tests or with another module's target.
+STAGE_TESTS = (
+    "tests/benchmark/test_attack_stage.py",
+    "tests/benchmark/test_train_stage.py",
+    "tests/benchmark/test_build_stage.py",
+)
+ROWS_TESTS = (
+    "tests/benchmark/test_rows.py",
+    *_named(
+        "tests/benchmark/test_records.py",
+        "test_budget_helpers",
+        "test_the_headline_budget_per_norm",
+        "test_a_cell_spec_through_json_and_a_rows_columns",
+        "test_parse_a_results_csv_cell",
+        "test_a_figures_seed_note_follows_the_number_of_seeds",
+    ),
+)
+STATS_TESTS = "tests/benchmark/test_stats.py"
+FINDINGS_TESTS = _named(
+    "tests/benchmark/test_findings.py",
+    "test_claims_from_the_config_and_their_errors",
+    "test_a_claims_rows_are_its_two_defenses_at_its_attack_and_budget",
+    "test_a_finding_per_claim_and_pair_with_its_fields",
+    "test_the_headline_budget_or_the_claims_own",
+    "test_without_per_example_outcomes_a_claim_is_not_tested",
+    "test_seeds_are_paired_in_order_and_only_where_both_defenses_ran",
+    "test_the_verdict_needs_every_seed_and_the_summary_over_seeds",
+    "test_the_verdict_rule_at_alpha",
+    "test_holm_runs_over_the_claims_of_every_pair_and_shape",
+    "test_the_default_claims_are_the_seed_list",
+)
+CLAIMS_TESTS = _named(
+    "tests/benchmark/test_claims.py",
+    "test_a_rate_claims_tests_and_fields",
+    "test_a_rate_claims_reverse_test_a_clear_loss",
+    "test_a_rate_claims_rows_and_the_guarded_models_longest_clean_row",
+    "test_a_rate_claim_without_its_rows_or_outcomes",
+    "test_a_constant_clean_loss_decides_the_loss_test_outright",
+    "test_rate_claims_over_seeds",
+    "test_the_strongest_attack_per_model",
+    "test_the_strongest_attack_default_seed_and_budget",
+)
+SEEDS_TESTS = _named(
+    "tests/benchmark/test_seeds.py",
+    "test_the_crossed_bootstrap_resamples_seeds_and_examples",
+    "test_the_crossed_bootstrap_in_memory_blocks",
+    "test_a_method_claim_over_seeds_and_examples",
+    "test_method_claims_pair_seeds_and_examples_they_share",
+    "test_claim_test_orders_seeds_as_numbers",
+    "test_method_claims_need_two_seeds_and_take_holm_over_the_tested",
+    "test_method_claims_default_claims_and_their_budget",
+    "test_the_ranking_over_seeds",
+)
+PLAN_TESTS = (
+    *_named(
+        "tests/benchmark/test_plan.py",
+        "test_module_of_and_the_modules_of_an_attack",
+        "test_make_attack_at_its_epsilon_with_the_changes",
+        "test_make_attack_builds_each_recipe_once_and_never_shares_an_attack",
+        "test_make_attack_builds_a_config_that_is_not_plain_data_each_time",
+        "test_plan_lookups",
+        "test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe",
+        "test_plan_add_one_stage_per_key_and_kind",
+        "test_a_plan_through_json",
+    ),
+    "tests/benchmark/test_planner.py",
+)
+LEADERBOARD_TESTS = ("tests/benchmark/test_leaderboard.py", "tests/benchmark/test_results.py")
 #: The precision tests that need no trained classifier.
 PRECISION_TESTS = tuple(
     f"tests/benchmark/test_precision.py::{t}"
@@ -122,23 +236,24 @@ MODULES: tuple[Target, ...] = (
         functions=("x_genetic_regularization", "xǁGenAFDualTrackǁtraining_loss"),
     ),
     # The runner's modules that decide the numbers: the sanity rules, the counting rule and the cache key.
-    Target("benchmark/checks.py", ("tests/benchmark/test_checks.py", RUNNER_TESTS)),
+    Target("benchmark/checks.py", ("tests/benchmark/test_checks.py", *CACHE_KEY_TESTS)),
     Target(
-        "benchmark/stages/score.py", ("tests/benchmark/test_checks.py", "tests/benchmark/test_score.py", RUNNER_TESTS)
+        "benchmark/stages/score.py",
+        ("tests/benchmark/test_checks.py", "tests/benchmark/test_score.py", *CACHE_KEY_TESTS),
     ),
-    Target("benchmark/cache.py", ("tests/benchmark/test_cache.py", RUNNER_TESTS)),
+    Target("benchmark/cache.py", ("tests/benchmark/test_cache.py", *CHECK_RULE_TESTS)),
     # A cell's numbers: crafting (every batch checked), the predictions over draws, the outcome and its precision.
-    Target("benchmark/stages/attack.py", (STAGE_TESTS, "tests/benchmark/test_score.py", *PRECISION_TESTS)),
+    Target("benchmark/stages/attack.py", (*STAGE_TESTS, "tests/benchmark/test_score.py", *PRECISION_TESTS)),
     # A training stage's identity: what its key is made of (build.job_key_spec, planner's _job), the preparation's
     # key and the cache lookup before training. The training itself is not mutated (it needs minutes per mutant).
     Target(
         "benchmark/stages/train.py",
-        (STAGE_TESTS,),
+        STAGE_TESTS,
         functions=("x_ensure_prepared", "x__param_checksum", "x__accuracy", "x_train_stage"),
     ),
     Target(
         "benchmark/stages/build.py",
-        (STAGE_TESTS,),
+        STAGE_TESTS,
         functions=(
             "x_semantic",
             "x_model_key",
@@ -149,35 +264,35 @@ MODULES: tuple[Target, ...] = (
         ),
     ),
     # The rows and the records they are made of.
-    Target("benchmark/rows.py", (ROWS_TESTS,)),
-    Target("benchmark/records.py", (ROWS_TESTS, *RECORDS_TESTS)),
+    Target("benchmark/rows.py", ROWS_TESTS),
+    Target("benchmark/records.py", (*ROWS_TESTS, *RECORDS_TESTS)),
     # The verdicts and the ranking. Not mutated: the findings' and seeds' markdown tables (formatting, read by
     # test_golden.py, test_findings.py, test_seeds.py) and claims.extra_claims (the claim list: data, like CLAIMS).
-    Target("benchmark/stats.py", (FINDINGS_TESTS, "tests/benchmark/test_findings.py")),
+    Target("benchmark/stats.py", (STATS_TESTS, "tests/benchmark/test_findings.py", *CLAIMS_TESTS, *SEEDS_TESTS)),
     Target(
         "benchmark/findings.py",
-        (FINDINGS_TESTS, "tests/benchmark/test_findings.py"),
+        (STATS_TESTS, "tests/benchmark/test_findings.py", *CLAIMS_TESTS, *SEEDS_TESTS),
         functions=("x_claims_from_config", "x__rows_for", "x_findings", "x__summarize"),
     ),
     Target(
         "benchmark/claims.py",
-        (FINDINGS_TESTS, "tests/benchmark/test_claims.py"),
+        (STATS_TESTS, *FINDINGS_TESTS, "tests/benchmark/test_claims.py", *SEEDS_TESTS),
         functions=("x__eps", "x__matching", "x__item", "xǁRateClaimǁevaluate", "xǁStrongestAttackClaimǁevaluate"),
     ),
     Target(
         "benchmark/seeds.py",
-        (FINDINGS_TESTS, "tests/benchmark/test_seeds.py"),
+        (STATS_TESTS, *FINDINGS_TESTS, *CLAIMS_TESTS, "tests/benchmark/test_seeds.py"),
         functions=("x_crossed_bootstrap", "x__matrix", "x_claim_test", "x_method_claims", "x_ranking"),
     ),
     Target(
         "benchmark/leaderboard.py",
-        (LEADERBOARD_TESTS,),
+        LEADERBOARD_TESTS,
         functions=("x_leaderboard", "x__mean_ci", "x__unranked", "x__ranking"),
     ),
-    Target("benchmark/results.py", (LEADERBOARD_TESTS,), functions=("x_number", "xǁPairResultsǁ*")),
+    Target("benchmark/results.py", LEADERBOARD_TESTS, functions=("x_number", "xǁPairResultsǁ*")),
     # The plan: the stages, their keys and dependencies, each cell's spec.
-    Target("benchmark/plan.py", (PLAN_TESTS, *PLANNER_TESTS)),
-    Target("benchmark/planner.py", (PLAN_TESTS, *PLANNER_TESTS)),
+    Target("benchmark/plan.py", (*PLAN_TESTS, *PLANNER_TESTS)),
+    Target("benchmark/planner.py", (*PLAN_TESTS, *PLANNER_TESTS)),
 )
 
 

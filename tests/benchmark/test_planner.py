@@ -1,31 +1,25 @@
-"""The plan (benchmark/plan.py) on hand-made stages, and the planner (benchmark/planner.py) on small composed configs:
-every stage's job, key and dependencies, every cell's spec and key, the crafted sets, the sanity cells, the CommonInit
-chain and a public teacher. No training, no attack. Written against the mutants `make mutate`
-(tests/mutation/mutate.py) found alive.
+"""The planner (benchmark/planner.py) on small composed configs: every training stage's job, key and dependencies, a
+data pair's evaluation subset, every cell's spec and key, the crafted sets, the sanity cells, the CommonInit chain and
+a public teacher. No training, no attack. Some tests pin exact values found by mutation testing (`make mutate`,
+tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import json
 
 import pytest
 import torch
-from hand_cells import cell
+from plan_budgets import SIXTEEN
 
 from attacks.errors import ConfigError
-from attacks.fgsm import FGSM
-from attacks.pgd import PGD
-from attacks.transfer import TransferAttack
 from benchmark.cache import stage_key
 from benchmark.config import compose
-from benchmark.plan import Plan, attack_modules, make_attack, module_of
+from benchmark.plan import Plan, attack_modules, module_of
 from benchmark.planner import CELL_MODULES, make_plan, single_process_strategy
 from benchmark.records import Budget
 from benchmark.stages.build import job_key_spec, teacher_module_cfg
 
-EIGHT, SIXTEEN = 8 / 255, 16 / 255
 #: Never created: planning writes nothing.
 WHERE = ["cache_dir=plan-tests-cache", "results_dir=plan-tests-results"]
 #: A deterministic student and a randomized one that starts from an earlier stage (dropout from freeze); FGSM at two
@@ -82,138 +76,6 @@ def planned():
 
 def stages(plan: Plan) -> dict[str, dict]:
     return {s["id"]: s for s in plan.stages}
-
-
-# ---- the plan on hand-made stages -------------------------------------------------------------------------------
-def test_module_of_and_the_modules_of_an_attack():
-    assert module_of("a.b.C") == "a.b" and module_of("C") == "C"
-    assert attack_modules(FGSM(0.1)) == ["attacks.fgsm"]
-    transfer = TransferAttack(0.1, attack=functools.partial(PGD, steps=2))
-    assert attack_modules(transfer) == ["attacks.transfer", "attacks.pgd"]
-
-
-def test_make_attack_at_its_epsilon_with_the_changes():
-    cfg = {"_target_": "attacks.pgd.PGD", "steps": 4}
-    plain = make_attack({"cfg": cfg, "eps": "8/255"})
-    assert isinstance(plain, PGD) and plain.eps == pytest.approx(EIGHT) and plain.steps == 4
-    changed = make_attack({"cfg": cfg, "eps": "8/255", "changes": {"steps": 2, "early_stop": False}})
-    assert (changed.steps, changed.early_stop, changed.eps) == (2, False, pytest.approx(EIGHT))
-    assert make_attack({"cfg": cfg, "eps": 0.5, "changes": {}}).steps == 4
-
-
-def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypatch):
-    import benchmark.plan as plan_module
-
-    built = []
-    real_build = plan_module.build
-    monkeypatch.setattr(plan_module, "_BUILT", {})
-    monkeypatch.setattr(plan_module, "build", lambda cfg, **kw: built.append(cfg) or real_build(cfg, **kw))
-    cfg = {
-        "_target_": "attacks.transfer.TransferAttack",
-        "surrogate": "teacher",
-        "attack": {"_target_": "attacks.pgd.PGD", "_partial_": True, "steps": 3},
-    }
-    first, second = (make_attack({"cfg": cfg, "eps": "8/255"}) for _ in range(2))
-    fresh = real_build(cfg, eps=EIGHT)
-    assert len(built) == 1, "the same recipe is built once"
-    assert first is not second and first.base is not second.base, "each caller gets its own attack and inner attack"
-    assert first.config() == second.config() == fresh.config()
-    first.base.forward_passes = 99
-    first.surrogate = torch.nn.Identity()
-    assert (second.base.forward_passes, second.surrogate) == (fresh.base.forward_passes, fresh.surrogate)
-    assert make_attack({"cfg": cfg, "eps": "16/255"}).eps == pytest.approx(SIXTEEN) and len(built) == 2
-    inner = dict(reversed(list(cfg["attack"].items())))
-    reordered = {"attack": inner, "surrogate": "teacher", "_target_": cfg["_target_"]}
-    assert make_attack({"cfg": reordered, "eps": "8/255"}).config() == fresh.config() and len(built) == 2, (
-        "the same recipe with its keys in another order: built once"
-    )
-    pgd = {"cfg": cfg["attack"] | {"_partial_": False}, "eps": "8/255"}
-    assert make_attack(pgd).early_stop and not make_attack({**pgd, "changes": {"early_stop": False}}).early_stop
-    assert len(built) == 4, "another recipe: the changes are part of it"
-
-
-def test_make_attack_builds_a_config_that_is_not_plain_data_each_time(monkeypatch):
-    import numpy as np
-
-    import benchmark.plan as plan_module
-
-    monkeypatch.setattr(plan_module, "_BUILT", {})
-    three, five = ({"cfg": {"_target_": "attacks.pgd.PGD", "steps": np.int64(n)}, "eps": "8/255"} for n in (3, 5))
-    assert (make_attack(three).steps, make_attack(five).steps, make_attack(three).steps) == (3, 5, 3)
-    assert plan_module._BUILT == {}, "nothing memoized under a recipe that is not JSON"
-
-
-def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw) -> dict:
-    s = {"id": sid, "kind": kind, "key": key, "deps": []}
-    if kind == "cell":
-        s["cell"] = cell(id=sid, role=role, **kw)
-    return s
-
-
-def test_plan_lookups():
-    p = Plan("x")
-    assert len(p) == 0
-    p.add(stage("m", kind="student", key="km"))
-    p.add(stage("c1", key="k1", model="m"))
-    p.add(stage("c2", key="k2", model="n"))
-    assert len(p) == 3 and p.stage("c1")["key"] == "k1" and p.cell("c2").model == "n"
-    assert [c.id for c in p.cells()] == ["c1", "c2"] and [c.id for c in p.cells("m")] == ["c1"]
-    assert p.cells("none") == []
-    p.update_cell("c1", reference="r", n=3)
-    assert (p.cell("c1").reference, p.cell("c1").n, p.cell("c1").model) == ("r", 3, "m")
-
-
-def test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe():
-    p = Plan("x")
-    recipe = {"cfg": {"_target_": "attacks.fgsm.FGSM"}, "eps": "8/255", "changes": {}}
-    p.add({**stage("c", key="kc"), "cell": cell(id="c", attack=recipe)})
-    p.add({"id": "t", "kind": "craft", "key": "kt", "deps": [], "attack": {**recipe, "eps": "16/255"}})
-    made = FGSM(0.5)
-    p.add(stage("given", key="kg"), made)
-    first = p.attack("c")
-    assert isinstance(first, FGSM) and first.eps == pytest.approx(EIGHT) and p.attack("c") is first
-    assert p.attack("t").eps == pytest.approx(SIXTEEN) and p.attack("given") is made
-
-
-def test_plan_add_one_stage_per_key_and_kind():
-    p = Plan("x")
-    assert p.add(stage("a", kind="student", key="k")) == "a"
-    assert p.add(stage("b", kind="teacher", key="k")) == "b", "another kind"
-    assert p.add(stage("a2", kind="student", key="k"), FGSM(0.1)) == "a" and len(p) == 2
-    with pytest.raises(KeyError):
-        p.attack("a2")
-    # a transfer attack's white-box reference, then the same attack in the sweep: one cell, a row
-    p.add(stage("ref", key="kr", role="reference", reference="of-ref", base="base-ref", n=5))
-    assert p.add(stage("row", key="kr", role="attack", n=6)) == "ref"
-    merged = p.cell("ref")
-    assert (merged.id, merged.role, merged.n, merged.reference, merged.base) == (
-        "ref",
-        "attack",
-        6,
-        "of-ref",
-        "base-ref",
-    )
-    # the other order: the row stays as it is
-    p.add(stage("row2", key="kq", role="attack", n=6))
-    assert p.add(stage("ref2", key="kq", role="reference", n=5)) == "row2" and p.cell("row2").role == "attack"
-    assert p.add(stage("same", key="kq", role="attack")) == "row2" and p.cell("row2").n == 6
-    for role in ("frozen", "x2", "unbounded"):
-        with pytest.raises(RuntimeError, match=f"plan stages row2 and {role} compute the same thing"):
-            p.add(stage(role, key="kq", role=role))
-    p.add(stage("f", key="kf", role="frozen"))
-    assert p.add(stage("f2", key="kf", role="frozen")) == "f", "the same sanity cell twice"
-
-
-def test_a_plan_through_json():
-    p = Plan("x", {"pair": {"n": 3}})
-    p.add(stage("m", kind="student", key="km"))
-    p.add(stage("c", key="kc", model="m", reference="r"))
-    text = p.to_json()
-    assert json.loads(text)["stages"][1]["cell"]["budget"] == {"norm": "linf", "eps": 0.1, "label": "x"}
-    assert "\n " in text, "indented"
-    back = Plan.from_json(text)
-    assert (back.name, back.pairs, back.stages) == ("x", {"pair": {"n": 3}}, p.stages)
-    assert isinstance(back.cell("c").budget, Budget) and back.stage("m") == p.stage("m")
 
 
 # ---- training stages ------------------------------------------------------------------------------------------

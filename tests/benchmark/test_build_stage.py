@@ -1,0 +1,71 @@
+"""What a training stage's key is made of (benchmark/stages/build.py): the key spec of a job (what the stage computes,
+not where it runs), the teacher's module config and the declared kinds of a model. Some tests pin exact values found
+by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""
+
+from __future__ import annotations
+
+
+# ---- what a training stage's key is made of (benchmark/stages/build.py) ---------------------------------------
+def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path):
+    from benchmark.stages.build import job_key_spec
+
+    base = {
+        "kind": "student",
+        "data": {"_target_": "d", "root": "/here", "download": True, "num_workers": 4, "eval_batch_size": 9, "n": 1},
+        "data_fingerprint": "fp",
+        "domain": "target",
+        "model": {"backbone": "small_cnn"},
+        "module": {"lr": 0.1},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 5},
+        "seed": 1,
+        "teacher_key": "t",
+        "name": "finetune",
+        "cache_dir": "/cache",
+    }
+    assert job_key_spec(base) == {
+        "kind": "student",
+        "data": {"_target_": "d", "n": 1},
+        "data_fingerprint": "fp",
+        "domain": "target",
+        "model": {"backbone": "small_cnn"},
+        "module": {"lr": 0.1},
+        "trainer": {"max_epochs": 2},
+        "seed": 1,
+        "teacher_key": "t",
+        "init_key": None,
+    }
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    from benchmark.cache import file_sha256
+
+    full = {
+        **base,
+        "init_key": "i",
+        "checkpoint": {"sha256": "s", "format": "auto"},
+        "init_kind": "teacher",
+        "model": {"backbone": "b", "pretrained": True, "pretrained_file": str(weights)},
+    }
+    spec = job_key_spec(full)
+    assert spec["init_key"] == "i" and spec["checkpoint"] == "s" and spec["init_kind"] == "teacher"
+    assert spec["model"] == {"backbone": "b", "pretrained": True, "pretrained_file": file_sha256(weights)}
+    assert list(spec)[-2:] == ["checkpoint", "init_kind"]
+    assert job_key_spec({**full, "checkpoint": {"sha256": "s", "format": "timm"}})["checkpoint"] == "s:timm"
+    assert job_key_spec({**full, "checkpoint": {"sha256": "s"}})["checkpoint"] == "s"
+    assert "checkpoint" not in job_key_spec({**base, "checkpoint": None, "init_kind": ""})
+    assert "init_kind" not in job_key_spec({**base, "init_kind": None})
+
+
+def test_the_teacher_module_and_the_declared_kinds():
+    from benchmark.stages.build import TEACHER_MODULE, declared, teacher_module_cfg
+
+    assert teacher_module_cfg({}) == TEACHER_MODULE == teacher_module_cfg({"module": None})
+    assert teacher_module_cfg({"module": {"lr": 1, "_target_": "x.Y"}}) == {"_target_": "x.Y", "lr": 1}
+    assert teacher_module_cfg({"module": {"lr": 1}}) == {**TEACHER_MODULE, "lr": 1}
+
+    class M:
+        randomized, nondifferentiable = True, 0
+
+    assert declared(M()) == frozenset({"randomized"}) and declared(object()) == frozenset()
+    M.nondifferentiable = 1
+    assert declared(M()) == frozenset({"randomized", "nondifferentiable"})
