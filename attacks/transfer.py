@@ -1,4 +1,12 @@
-"""Attack by transfer (Zhang et al. 2020, arXiv 2008.11089): craft on a surrogate, score on the target."""
+"""Attack by transfer (Zhang et al. 2020, arXiv 2008.11089): craft on a surrogate the attacker holds, score on the
+target, which the attacker never queries.
+
+The surrogates an attacker of a fine-tuned student would hold (`SURROGATES`): the public teacher; a model the
+attacker trains itself on the target task's labelled training split, the students' label budget (`ATTACKER_MODELS`: a
+`substitute` trained from scratch, or a `probe`: the attacker's linear probe on the public self-supervised encoder of
+CommonInit / paper 3, which has no classifier of its own), with the attacker's own seed (`eval.attacker_seed`), never
+a victim's; and an ensemble of any of them (a list: their logits averaged, Liu et al. 2017, arXiv 1611.02770).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,32 @@ import torch.nn as nn
 from attacks.base import Attack, Eps
 from attacks.errors import ConfigError, choose
 
-SURROGATES = ("teacher",)
+SURROGATES = ("teacher", "substitute", "probe")
+#: The surrogates the attacker trains (the runner plans them as training stages of these defense configs).
+ATTACKER_MODELS = {"substitute": "scratch", "probe": "linear_probe"}
+
+
+def surrogate_names(surrogate) -> tuple[str, ...]:
+    """A surrogate as configured (a name or a list of names: an ensemble) -> its names, validated."""
+    names = (surrogate,) if isinstance(surrogate, str) else tuple(surrogate or ())
+    if not names:
+        raise ConfigError(f"surrogate needs a name or a list of names; valid: {', '.join(SURROGATES)}")
+    for name in names:
+        choose("surrogate", name, SURROGATES)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"surrogate {list(names)} names a model twice")
+    return names
+
+
+class Ensemble(nn.Module):
+    """The mean of several models' logits (Liu et al. 2017): one surrogate made of the attacker's models."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
 
 
 class TransferAttack(Attack):
@@ -25,15 +58,15 @@ class TransferAttack(Attack):
     Args:
         eps: the budget, passed to the inner attack.
         attack: a factory of the inner white-box attack, called with `eps` (a Hydra `_partial_`).
-        surrogate: which model the attacker holds; `teacher` is the public pretrained model.
+        surrogate: which model the attacker crafts on (`SURROGATES`), or a list of them: their ensemble.
     """
 
     name = "transfer"
     crafted = True
     threat_model = "transfer"
 
-    def __init__(self, eps: Eps, attack: Callable[..., Attack], surrogate: str = "teacher"):
-        choose("surrogate", surrogate, SURROGATES)
+    def __init__(self, eps: Eps, attack: Callable[..., Attack], surrogate: str | list[str] = "teacher"):
+        self.surrogates = surrogate_names(surrogate)
         base = attack(eps=eps)
         if not isinstance(base, Attack):
             raise ConfigError(f"the inner attack must be an Attack factory; got {type(base).__name__}")
@@ -41,7 +74,7 @@ class TransferAttack(Attack):
             base = base.replace(early_stop=False)
         self.base = base
         super().__init__(eps, base.norm)
-        self.surrogate_name = surrogate
+        self.surrogate_name = "+".join(self.surrogates)
         self.surrogate: nn.Module | None = None
 
     def derived_config(self) -> dict:

@@ -92,13 +92,20 @@ def _unknown_key(message: str, overrides: list[str]) -> str | None:
 
 
 def earlier_defenses(cfg: dict, overrides: list[str]) -> dict:
-    """The defenses that selected ones start from (`init_from`) but the sweep does not evaluate.
+    """The defenses that selected ones start from (`init_from`), and those a transfer attacker trains as its own
+    surrogate (`attacks.transfer.ATTACKER_MODELS`), that the sweep does not evaluate.
 
     Each is composed from its own config file with the same experiment and overrides (minus the ones that
     select or set other defenses), so it is exactly what `defense=<name>` would train.
     """
+    from attacks.transfer import ATTACKER_MODELS
+
     earlier: dict = {}
     todo = [d["init_from"] for d in cfg["defense"].values() if d.get("init_from")]
+    for entry in cfg["attack"].values():
+        surrogate = (entry.get("attack") or {}).get("surrogate")
+        names = [surrogate] if isinstance(surrogate, str) else list(surrogate or [])
+        todo += [ATTACKER_MODELS[n] for n in names if n in ATTACKER_MODELS]
     while todo:
         name = todo.pop()
         if name in cfg["defense"] or name in earlier:

@@ -226,20 +226,29 @@ class Executor:
             self.done.stats["cache_hits"] += 1
         self.done.trained[stage["id"]] = meta
 
+    def surrogate(self, stage: dict) -> tuple[torch.nn.Module, int]:
+        """The model a crafted set is crafted on (several: their ensemble, `attacks.transfer.Ensemble`) and the
+        batch size to craft with."""
+        from attacks.transfer import Ensemble
+
+        loaded = [self._model(sid, 1) for sid in stage.get("surrogates") or [stage["teacher"]]]
+        model = loaded[0].model if len(loaded) == 1 else Ensemble([m.model for m in loaded])
+        return model, min(m.batch_size for m in loaded)
+
     def _craft(self, stage: dict) -> None:
-        """Examples crafted on the teacher once per (teacher, attack, eps), then scored on every student."""
+        """Examples crafted on the surrogate once per (surrogate, attack, eps), then scored on every student."""
         x, y = self._xy(stage["pair"], stage["n"])
         attack = self.plan.attack(stage["id"])
         meta = self.cache.meta("craft", stage["key"])
         crafted_before = self.done.stats["crafted"]
         if meta is None:
-            teacher = self._model(stage["teacher"], 1)
-            attack.surrogate = teacher.model
+            surrogate, batch_size = self.surrogate(stage)
+            attack.surrogate = surrogate
             domain = getattr(attack, "attacker_domain", "target")  # source: the public pre-training data
             attack.attacker_data = self._dm(stage["pair"]).lazy_tensors(domain, "train")  # never the test split
             torch.manual_seed(self.cfg["eval"]["seed"])
             with self.cache.staging("craft", stage["key"]) as tmp:  # written a batch at a time, then moved in
-                x_adv, cost = run_attack(attack, teacher.model, x, y, teacher.batch_size, self.device,
+                x_adv, cost = run_attack(attack, surrogate, x, y, batch_size, self.device,
                                          precision_name=self.precision, path=tmp / CRAFTED)  # fmt: skip
                 x_adv.dataset.close()  # flushed: the file moves into the entry
                 attack.surrogate = attack.attacker_data = None  # the plan keeps the attack: not the model and data

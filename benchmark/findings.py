@@ -40,7 +40,7 @@ def budgets(claim, rows: list[Row], pair: str, hl: dict) -> list[float]:
     return [hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)]
 
 
-def test_parts(parts: list[Part]) -> dict:
+def claim_test(parts: list[Part]) -> dict:
     """The claim's test over its parts (see the module docstring): p, p_support, p_contra, each part's test."""
     tests = [random_effects_mean(p.values, p.null) for p in parts]
     favour = [t["p_above"] if p.sign > 0 else t["p_below"] for p, t in zip(parts, tests)]
@@ -65,7 +65,7 @@ def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -
     parts = claim.parts(rows, per_example, pair, eps)
     if isinstance(parts, str):
         return {**item, "verdict": parts}
-    test = test_parts(parts)
+    test = claim_test(parts)
     shown = [{"label": p.label, **_shown(p, t), "p": t["p"]} for p, t in zip(parts, test["tests"])]
     needed = [seeds_for_power(t) for t in test["tests"]]
     item.update(

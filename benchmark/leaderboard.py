@@ -15,6 +15,10 @@ from benchmark.records import Row, eps_str, headline_eps, same_eps
 from benchmark.results import Estimate, PairResults, number
 from benchmark.stats import t_interval
 
+ONE_SEED = (
+    "One training seed: every number and verdict in this leaderboard is about one trained model per defense, not "
+    "about the method (Bouthillier et al. 2021); run with `seeds=[0,1,2]` for verdicts about methods."
+)
 FORM_DOC = {
     "success_ratio": "ASR_B(x'_A) / ASR_B(x'_B), the transfer attack's success rate on the student over the "
     "white-box one's; 1 means transfer is as effective as white-box.",
@@ -99,6 +103,7 @@ def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: 
         "at its reject decision ran.",
         "",
         *([machine_line(machine), ""] if machine else []),
+        *([ONE_SEED, ""] if rows and len({str(r.seed) for r in rows}) < 2 else []),
     ]
 
 

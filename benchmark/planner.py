@@ -215,7 +215,7 @@ class Planner:
         attack = make_attack(spec)
         deps, craft = [model["id"]], None
         if attack.crafted:
-            craft = self._craft(pair, entry, spec, self._surrogate(pair, entry, attack, teacher), attack)
+            craft = self._craft(pair, entry, spec, self._surrogates(pair, entry, attack, teacher), attack)
             deps.append(craft["id"])
         key_spec = {
             "model": model["key"],
@@ -261,28 +261,46 @@ class Planner:
             self.plan.update_cell(sid, reference=ref.id)
         return self.plan.cell(sid)
 
-    def _surrogate(self, pair: str, entry: AttackEntry, attack: Attack, teacher: dict | None) -> dict:
-        """The stage a crafted attack is crafted on: the teacher, or the common model (`surrogate: common`)."""
+    def _surrogates(self, pair: str, entry: AttackEntry, attack: Attack, teacher: dict | None) -> list[dict]:
+        """The stages a crafted attack is crafted on: the teacher; the common model (`surrogate: common`); a model
+        the attacker trains (`attacks.transfer.ATTACKER_MODELS`: a training stage of that defense config with
+        `eval.attacker_seed`); several of them for an ensemble."""
         from attacks.errors import ConfigError
+        from attacks.transfer import ATTACKER_MODELS
 
         teacher = teacher or self.teachers[pair]
-        if getattr(attack, "surrogate_name", "teacher") != "common":
-            return teacher
-        if pair not in self.commons:
-            raise ConfigError(f"attack '{entry.name}' is crafted on the common model, but teacher.common is not set")
-        return self.commons[pair]
+        out = []
+        for name in getattr(attack, "surrogates", (getattr(attack, "surrogate_name", "teacher"),)):
+            if name in ATTACKER_MODELS:
+                seed = self.cfg["eval"]["attacker_seed"]
+                if seed in self.seeds:
+                    raise ConfigError(f"eval.attacker_seed {seed} is a training seed of the sweep; the attacker's "
+                                      f"models need a seed of their own (seeds: {self.seeds})")  # fmt: skip
+                out.append(self._student(pair, ATTACKER_MODELS[name], seed, self.teachers[pair]))
+            elif name == "common":
+                if pair not in self.commons:
+                    raise ConfigError(f"attack '{entry.name}' is crafted on the common model, but teacher.common "
+                                      "is not set")  # fmt: skip
+                out.append(self.commons[pair])
+            else:
+                out.append(teacher)
+        return out
 
-    def _craft(self, pair: str, entry: AttackEntry, spec: dict, teacher: dict, attack: Attack) -> dict:
+    def _craft(self, pair: str, entry: AttackEntry, spec: dict, surrogates: list[dict], attack: Attack) -> dict:
         info = self.plan.pairs[pair]
         n = info["n"] if entry.n_examples is None else min(entry.n_examples, info["n"])  # what its cells score
-        key_spec = {"teacher": teacher["key"], "attack": attack.config(), "eval": {**info["eval"], "n": n}}
+        keys = [s["key"] for s in surrogates]
+        key_spec = {"teacher": keys[0] if len(keys) == 1 else keys, "attack": attack.config(),
+                    "eval": {**info["eval"], "n": n}}  # fmt: skip
+        where = surrogates[0]["id"] if len(surrogates) == 1 else f"{pair}/ensemble"
         craft = {
-            "id": f"{teacher['id']}/craft/{entry.name}/{spec['eps']}",
+            "id": f"{where}/craft/{entry.name}/{spec['eps']}",
             "kind": "craft",
             "key": stage_key("craft", key_spec, [*attack_modules(attack), "benchmark.stages.attack"]),
-            "deps": [teacher["id"]],
+            "deps": [s["id"] for s in surrogates],
             "pair": pair,
-            "teacher": teacher["id"],
+            "teacher": surrogates[0]["id"],
+            "surrogates": [s["id"] for s in surrogates],
             "attack": spec,
             "n": n,
         }

@@ -64,7 +64,7 @@ def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> LazyImage
     )  # fmt: skip
     if stage is None:
         raise ConfigError(f"{attack_name} is not crafted at the headline budget {headline:.4g} in this experiment")
-    surrogate = load_trained(plan.stage(stage["teacher"])["job"]).to(ex.device).deployed_model()
+    surrogate = ex.surrogate(stage)[0]
     attack = make_attack(stage["attack"])
     x, y, dm = _val_split(cfg)
     attack.surrogate = surrogate

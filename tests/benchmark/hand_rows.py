@@ -1,11 +1,11 @@
 """Hand-made rows and per-example outcomes for the tests of the verdicts: the findings (test_findings.py), the claims
-of other shapes (test_claims.py), the verdicts about methods and the ranking over seeds (test_seeds.py). The budget
+of other shapes (test_claims.py). The budget
 `EPS` is also the one of the tests of the rows and the records (test_rows.py, test_records.py).
 """
 
 from __future__ import annotations
 
-from benchmark.findings import Claim
+from benchmark.claims import Claim
 from benchmark.records import Row
 
 EPS = 8 / 255  # its budget key (rounded to 1e-10) differs from the float itself

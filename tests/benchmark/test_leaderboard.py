@@ -5,14 +5,17 @@ values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
 
 from __future__ import annotations
 
+import math
 import statistics
 
+import numpy as np
+import pytest
 from leaderboard_rows import EPS, HL, row
 
 from benchmark import leaderboard as lb
 from benchmark.numerics import machine_line
 from benchmark.records import Row
-from benchmark.results import PairResults
+from benchmark.results import Estimate, PairResults
 from benchmark.stats import t_interval
 
 
@@ -22,13 +25,53 @@ def test_mean_ci_formats_one_value_or_the_mean_and_interval():
     assert lb._mean_ci([0.5, None], ".2f") == "0.50" and lb._mean_ci([0.5], ".1f", 100) == "50.0"
     low, high = t_interval([10.0, 20.0, 30.0])
     assert lb._mean_ci([0.1, 0.2, 0.3, None], ".1f", 100) == f"20.0 [{low:.1f}, {high:.1f}]"
-    assert lb._pct([0.25]) == "25.0" and lb._signed([-0.05]) == "-5.0" and lb._signed([0.05]) == "+5.0"
+    assert lb._pct([0.25]) == "25.0"
     assert lb._mean_str([1.234]) == "1.23" and lb._mean_str([1.25], ".1f") == "1.2"
     values = [0.1, 0.3]  # two seeds: a t interval of -107.1 to 147.1 %, cut to the range of an accuracy
     assert lb._pct(values) == f"{100 * statistics.mean(values):.1f} [0.0, 100.0]"
     values = [0.5, 0.52, 0.54]
     low, high = t_interval([50.0, 52.0, 54.0])
     assert lb._pct(values) == f"52.0 [{low:.1f}, {high:.1f}]", "inside the range: as computed"
+
+
+def test_an_accuracy_is_shown_with_its_interval_cut_to_its_range():
+    assert lb._est(None) == "-" and lb._est(Estimate(math.nan)) == "-"
+    assert lb._est(Estimate(0.25)) == "25.0", "no interval: the value alone"
+    assert lb._est(Estimate(0.5, 0.45, 0.56)) == "50.0 [45.0, 56.0]"
+    assert lb._est(Estimate(0.02, -0.03, 0.07)) == "2.0 [0.0, 7.0]"
+    assert lb._est(Estimate(-0.05, -0.08, -0.02), "+.1f", (-100.0, 100.0)) == "-5.0 [-8.0, -2.0]"
+
+
+def test_several_seeds_give_random_effects_intervals_and_a_model_trained_once_stands_apart():
+    from benchmark.stats import random_effects_mean
+
+    outcomes = {("tla", 0): [1, 1, 0, 1], ("tla", 1): [1, 0, 0, 1], ("ft", 0): [0, 1, 0, 0], ("ft", 1): [0, 0, 0, 0]}
+    clean = {("tla", 0): [1, 1, 1, 1], ("tla", 1): [1, 1, 0, 1], ("ft", 0): [1, 1, 1, 0], ("ft", 1): [1, 1, 1, 1]}
+    rows, ex = [], {}
+    for (d, s), robust in outcomes.items():
+        r = row(d, robust=sum(robust) / 4, seed=s, clean=sum(clean[(d, s)]) / 4, n=4, row_id=f"{d}/{s}")
+        rows.append(r)
+        ex[r.row_id] = {"robust": [float(v) for v in robust], "clean": [float(v) for v in clean[(d, s)]]}
+    teacher = row("teacher", robust=0.25, clean=0.75, n=4, row_id="t")
+    ex["t"] = {"robust": [1.0, 0.0, 0.0, 0.0], "clean": [1.0, 1.0, 1.0, 0.0]}
+    res = PairResults([*rows, teacher], ex)
+    assert res.several_seeds and res.single_model("teacher") and not res.single_model("tla")
+    want = random_effects_mean([outcomes[("tla", 0)], outcomes[("tla", 1)]])
+    e = res.estimate("tla", "worst_case", "linf", EPS)
+    assert (e.mean, e.low, e.high) == pytest.approx((want["mean"], want["ci_low"], want["ci_high"]))
+    ref = random_effects_mean([[1.0, 0.0, 0.0, 0.0]])
+    e = res.estimate("teacher", "worst_case", "linf", EPS)
+    assert (e.mean, e.low, e.high) == pytest.approx((0.25, ref["ci_low"], ref["ci_high"])), "t over examples"
+    cost = random_effects_mean(np.array([clean[("tla", 0)], clean[("tla", 1)]]) - [clean[("ft", 0)], clean[("ft", 1)]])
+    e = res.clean_cost_estimate("tla", "ft")
+    assert (e.mean, e.low, e.high) == pytest.approx((cost["mean"], cost["ci_low"], cost["ci_high"]))
+    assert res.estimate("tla", "worst_case", "linf", EPS + 1) is None
+    text = lb.leaderboard([*rows, teacher], HL, "success_ratio", [], per_example=ex)
+    assert "| ref. | teacher | 75.0 [" in text and "| 1 | tla |" in text, "the teacher is shown apart, unranked"
+    bare = PairResults([*rows, teacher])  # no per-example outcomes: the mean alone
+    assert bare.estimate("tla", "worst_case", "linf", EPS) == Estimate(0.625)
+    one_seed = PairResults([r for r in rows if r.seed == 0], ex)
+    assert one_seed.estimate("tla", "worst_case", "linf", EPS) == Estimate(0.75), "one seed: the value alone"
 
 
 def test_an_interval_is_cut_to_what_the_quantity_can_take():
@@ -40,8 +83,6 @@ def test_an_interval_is_cut_to_what_the_quantity_can_take():
     near = [0.99, 1.0, 0.5]  # accuracies: the interval reaches above 100 %
     lo, hi = t_interval([100 * v for v in near])
     assert hi > 100 and lb._pct(near) == f"{100 * statistics.mean(near):.1f} [{max(lo, 0):.1f}, 100.0]"
-    diffs = [-0.99, -1.0, -0.2]
-    assert lb._signed(diffs).endswith(f"[-100.0, {t_interval([100 * v for v in diffs])[1]:+.1f}]")
     low, high = t_interval([-1.0, -2.0, -6.0])
     assert lb._mean_ci([-1.0, -2.0, -6.0], ".1f") == f"-3.0 [{low:.1f}, {high:.1f}]", "unbounded by default"
 
@@ -127,10 +168,12 @@ def test_the_leaderboard_ranks_withheld_defenses_last_and_lists_the_warnings():
     assert "## Findings" not in text and "Verdicts about methods" not in text
     item = {"claim": "c", "pair": "p", "higher": "a", "lower": "b", "attack": "x", "norm": "linf",
             "eps_label": "16/255", "per_seed": [], "verdict": "not in this run"}  # fmt: skip
-    quiet = lb.leaderboard(rows[1:3], HL, "success_ratio", [], found=[item], methods="\n  ## Methods X\n\n")
-    assert quiet.startswith("# Leaderboard: exp\n") and "| c | p | a | b | x linf 16/255 | - |" in quiet
+    quiet = lb.leaderboard(
+        rows[1:3], HL, "success_ratio", [], found=[{**item, "source": "s", "metric": "robust", "seeds": 0}]
+    )
+    assert quiet.startswith("# Leaderboard: exp\n") and "| c (s) | p | a | b | x linf 16/255 | - |" in quiet
     assert quiet.endswith(
-        "  ## Methods X\n\n## Sanity checks\n\nNo check failed: iterative attacks are at least as strong as "
+        "| not in this run | - |\n\n## Sanity checks\n\nNo check failed: iterative attacks are at least as strong as "
         "single-step ones, white-box at least as strong as transfer, and robust accuracy falls with epsilon "
         "(tolerance 1 points).\n"
     )

@@ -6,7 +6,6 @@ The runs are `fake_runs.fake_run`'s: plausible results.csv + per_example.json, n
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,6 @@ from benchmark.findings import findings
 from benchmark.leaderboard import leaderboard
 from benchmark.records import Row
 from benchmark.results import read_csv, write_csv
-from benchmark.stats import t_interval
 
 
 def write_run(tmp: Path, rows: list[Row], per_example: dict, run_warnings: list[str]) -> Path:
@@ -106,16 +104,20 @@ def test_rebuild_without_per_example_data_still_reports(tmp_path):
     assert all(p.exists() for p in paths.values())
 
 
-def test_means_over_seeds_carry_a_t_interval(tmp_path):
+def test_means_over_seeds_carry_the_random_effects_interval_of_their_examples(tmp_path):
+    from benchmark.claims import stacked
+    from benchmark.stats import random_effects_mean
+
     rows, per_example = fake_run(seeds=(0, 1, 2), defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
-    board = leaderboard(rows, HEADLINE, "success_ratio", [])
-    values = [r.robust_acc for r in rows if r.defense == "finetune" and r.attack == "pgd_linf"
-              and abs(r.eps - 16 / 255) < 1e-9]  # fmt: skip
-    low, high = t_interval(values)
-    assert len(values) == 3 and low < statistics.mean(values) < high
-    cell = f"{100 * statistics.mean(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-    assert cell in board
+    board = leaderboard(rows, HEADLINE, "success_ratio", [], per_example=per_example)
+    mine = {str(r.seed): per_example[r.row_id]["robust"] for r in rows
+            if r.defense == "finetune" and r.attack == "pgd_linf" and abs(r.eps - 16 / 255) < 1e-9}  # fmt: skip
+    test = random_effects_mean(stacked(mine))
+    assert len(mine) == 3 and test["ci_low"] < test["mean"] < test["ci_high"]
+    assert f"{100 * test['mean']:.1f} [{100 * test['ci_low']:.1f}, {100 * test['ci_high']:.1f}]" in board
     assert "±" not in board
+    without = leaderboard(rows, HEADLINE, "success_ratio", [])
+    assert f"| {100 * test['mean']:.1f} |" in without, "no per-example outcomes: the mean alone"
 
 
 def test_findings_section_in_the_leaderboard(tmp_path):
@@ -125,11 +127,11 @@ def test_findings_section_in_the_leaderboard(tmp_path):
     board = (out / "leaderboard.md").read_text()
     section = board[board.index("\n## Findings") : board.index("\n## Sanity checks")]
     assert "Fine-tuning is more robust than training from scratch under white-box FGSM" in section
-    assert "exact McNemar" in section and "paired bootstrap" in section  # atop vs purifier: draw fractions
+    assert "paired t over examples (one seed" in section
     from benchmark.claims import extra_claims
 
     missing = [line for line in section.splitlines() if "not in this run" in line]
-    extra = [c.text for c in extra_claims(report.fnd.Claim)]  # papers 2-3's claims: defenses not in this fake run
+    extra = [c.text for c in extra_claims()]  # papers 2-3's claims: defenses not in this fake run
     assert all(any(text in line for text in extra) for line in missing), "every seed claim has its rows in this run"
 
 

@@ -17,7 +17,7 @@ from benchmark.execute import Executed
 from benchmark.plan import Plan
 from benchmark.records import CellSpec, budget_key
 from benchmark.rows import _rounded, make_rows, row_id
-from benchmark.stages.score import outcome
+from benchmark.stages.score import outcome, target_hits, targeted_success
 
 Y = torch.tensor([0, 1, 2, 0, 1, 2])
 
@@ -178,10 +178,12 @@ def test_transferability_against_the_reference_cell(sweep):
 
 
 def test_a_targeted_rows_success_from_the_recomputed_targets(sweep):
-    rows, _, targets, _ = sweep
+    rows, examples, targets, _ = sweep
     m = rows["p/two/seed0/mimicry/linf/8/255"]
     # targets (y + 1) % 3 = 1, 2, 0, 1; the attack gives 1, 2, 2, 0: two of four clean-correct draws hit
     assert m.targeted_success == pytest.approx(0.5)
+    assert examples[m.row_id]["target_hit"] == [1.0, 1.0, 0.0, 0.0], "each example: right clean and hit"
+    assert "target_hit" not in examples["p/two/seed0/transfer/linf/8/255"]
     ((x, y, k),) = targets.calls
     assert torch.equal(x, torch.arange(4.0)[:, None]) and torch.equal(y, Y[:4]) and k == 3
     assert rows["p/two/seed0/transfer/linf/8/255"].targeted_success is None
@@ -221,21 +223,23 @@ def test_checks_run_on_the_rows(sweep):
     assert rows["p/finetune/seed0/pgd/linf/0.2"].flags == "", "falls with epsilon"
 
 
-def test_without_the_data_or_predictions_no_targeted_success():
-    from benchmark.rows import _targeted
+def test_without_the_data_or_predictions_no_targets():
+    from benchmark.rows import _targets
 
     x = c("p/two/seed0", "mimicry", targeted=True)
     plan = Plan("exp", {"p": {"num_classes": 3}}, [])
     plan._attacks[x.id] = Targets()
     o = out([0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2])
-    assert _targeted(plan, Executed(data={}), x, o) is None
+    assert _targets(plan, Executed(data={}), x, o) is None
     no_pred = {k: v for k, v in o.items() if k != "pred_adv"}
-    assert _targeted(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, no_pred) is None
-    assert _targeted(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, o) == 0.0
+    assert _targets(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, no_pred) is None
+    targets = _targets(plan, Executed(data={"p": (torch.zeros(6, 1), Y)}), x, o)
+    assert targets.tolist() == ((Y + 1) % 3).tolist()
+    assert targeted_success(o, targets) == 0.0
 
 
 def test_the_targets_of_more_than_one_batch_pair_each_image_with_its_label():
-    from benchmark.rows import _targeted
+    from benchmark.rows import _targets
 
     n = 300  # more than the 256 images recomputed at a time
     y = torch.arange(n) % 3
@@ -243,9 +247,9 @@ def test_the_targets_of_more_than_one_batch_pair_each_image_with_its_label():
     plan = Plan("exp", {"p": {"num_classes": 3}}, [])
     plan._attacks[x.id] = targets = Targets()
     hit = outcome(y[None], ((y + 1) % 3)[None], y, None)  # every example sent to its target
-    assert (
-        _targeted(plan, Executed(data={"p": (torch.arange(n + 5.0)[:, None], torch.arange(n + 5) % 3)}), x, hit) == 1.0
-    )
+    targets_of = _targets(plan, Executed(data={"p": (torch.arange(n + 5.0)[:, None], torch.arange(n + 5) % 3)}), x, hit)
+    assert targeted_success(hit, targets_of) == 1.0
+    assert target_hits(hit, targets_of).all(), "every example: right clean and sent to its target"
     assert [(len(xb), len(yb)) for xb, yb, _ in targets.calls] == [(256, 256), (44, 44)]
     assert torch.equal(torch.cat([xb for xb, _, _ in targets.calls])[:, 0], torch.arange(n + 0.0)), "the first n"
 

@@ -1,7 +1,7 @@
-"""The paired tests and the t interval (benchmark/stats.py) on small hand-made outcomes: exact McNemar on the
-discordant examples of 0/1 outcomes, a paired bootstrap otherwise, and the t interval of a mean. The reference values
-come from scipy called directly. Some tests pin exact values found by mutation testing (`make mutate`,
-tests/mutation/mutate.py).
+"""The statistics (benchmark/stats.py) on small hand-made matrices: the mean squares of a (seeds, examples) matrix, the
+random-effects mean with Satterthwaite's degrees of freedom, the t interval of other per-seed quantities, Holm. The
+reference values are computed here from the textbook formulas (Searle, Casella & McCulloch 1992, ch. 4; Satterthwaite
+1946) and from scipy and statsmodels called directly. Its calibration is simulated in test_calibration.py.
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from benchmark.stats import paired_test, t_interval
+from benchmark.stats import holm, mean_squares, random_effects_mean, t_interval, variance_and_df
+
+#: Two seeds x four examples: seed effect, example effect and residual all present.
+Y = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
 
 
-# ---- stats ----------------------------------------------------------------------------------------------------
 def test_t_interval():
     values = [1.0, 2.0, 3.0, 4.0]
     sem = statistics.stdev(values) / 2
@@ -30,44 +34,65 @@ def test_t_interval():
     assert all(isinstance(v, float) for v in two)
 
 
-def test_mcnemar_counts_the_discordant_examples_on_the_common_ones():
-    # 3 both, 4 only higher, 1 only lower, 2 neither; then 5 more examples of the higher row only
-    higher = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0] + [0] * 5
-    lower = [1, 1, 1, 0, 0, 0, 0, 1, 0, 0]
-    t = paired_test(higher, lower)
-    assert (t["n"], t["test"], t["discordant"]) == (10, "exact McNemar", "4 vs 1")
-    assert (t["higher_acc"], t["lower_acc"], t["difference"]) == pytest.approx((0.7, 0.4, 0.3))
-    assert t["p"] == pytest.approx(stats.binomtest(4, 5, 0.5, alternative="greater").pvalue)
-    assert t["p_reverse"] == pytest.approx(stats.binomtest(4, 5, 0.5, alternative="less").pvalue)
-    assert t["p_two_sided"] == pytest.approx(stats.binomtest(4, 5, 0.5).pvalue) and t["p_two_sided"] < 1
-    assert all(type(t[k]) is float for k in ("p", "p_reverse", "p_two_sided", "higher_acc", "difference"))
-    assert type(t["n"]) is int
-    tie = paired_test([1, 0, 1], [0, 1, 1])  # one discordant example each way: a test, no evidence
-    assert (tie["p"], tie["p_reverse"], tie["p_two_sided"], tie["discordant"]) == (0.75, 0.75, 1.0, "1 vs 1")
-    same = paired_test([1, 0, 1], [1, 0, 1])
-    assert (same["p"], same["p_reverse"], same["p_two_sided"], same["discordant"]) == (1.0, 1.0, 1.0, "0 vs 0")
-    with pytest.raises(ValueError, match="^a paired test needs examples that both rows cover; one row has no "
-                       "per-example outcomes$"):  # fmt: skip
-        paired_test([1.0], [])
+def test_the_mean_squares_of_a_two_way_table():
+    grand, ms_seed, ms_example, ms_residual = mean_squares(Y)
+    rows, cols = Y.mean(1), Y.mean(0)  # 0.75, 0.25; 0.5, 0, 1, 0.5
+    assert grand == 0.5
+    assert ms_seed == pytest.approx(4 * ((rows - 0.5) ** 2).sum() / 1)
+    assert ms_example == pytest.approx(2 * ((cols - 0.5) ** 2).sum() / 3)
+    resid = Y - rows[:, None] - cols[None] + 0.5
+    assert ms_residual == pytest.approx((resid**2).sum() / 3)
+    one = mean_squares(Y[:1])
+    assert one[0] == 0.75 and one[2] == pytest.approx(np.var(Y[0], ddof=1)) and math.isnan(one[1])
+    assert math.isnan(one[3])
 
 
-def test_mcnemar_only_when_both_rows_are_0_1():
-    assert paired_test([1.0, 0.0, 1.0], [0.5, 0.0, 1.0])["test"] == "paired bootstrap"
-    assert paired_test([0.5, 0.0, 1.0], [1.0, 0.0, 1.0])["test"] == "paired bootstrap"
-    one = paired_test([0.5], [0.25])
-    assert (one["test"], one["discordant"], one["p"], one["p_reverse"]) == ("paired bootstrap", "", 1.0, 1.0)
-    assert math.isnan(one["p_two_sided"]) and one["n"] == 1 and one["difference"] == 0.25
+def test_the_variance_of_the_mean_and_its_satterthwaite_degrees_of_freedom():
+    s, n = Y.shape
+    _, ms_s, ms_e, ms_r = mean_squares(Y)
+    assert ms_e > ms_r, "an example effect is seen in Y"
+    var, df = variance_and_df(s, n, ms_s, ms_e, ms_r)
+    assert var == pytest.approx((ms_s + ms_e - ms_r) / (s * n))
+    want = (ms_s + ms_e - ms_r) ** 2 / (ms_s**2 / (s - 1) + ms_e**2 / (n - 1) + ms_r**2 / ((s - 1) * (n - 1)))
+    assert df == pytest.approx(want)
+    # no example effect seen: its term and degrees of freedom are dropped, the seed term stays whole
+    var, df = variance_and_df(3, 10, 2.0, 1.0, 1.5)
+    assert var == pytest.approx(2.0 / 30) and df == pytest.approx(2.0)
+    assert variance_and_df(1, 10, math.nan, 3.0, math.nan) == pytest.approx((0.3, 9.0))
+    assert variance_and_df(4, 1, 2.0, math.nan, math.nan) == pytest.approx((0.5, 3.0))
+    arrays = variance_and_df(3, 10, np.array([2.0, 2.0]), np.array([1.0, 4.0]), np.array([1.5, 1.0]))
+    assert arrays[0] == pytest.approx([2.0 / 30, 5.0 / 30]) and arrays[1][0] == pytest.approx(2.0)
 
 
-def test_the_paired_bootstrap_tail_counts_zero_means_on_both_sides():
-    # differences 0 and 0.25: a replicate mean is 0 exactly when it draws the first example twice (1 in 4)
-    t = paired_test([0.5, 0.75], [0.5, 0.5])
-    assert t["test"] == "paired bootstrap" and t["discordant"] == "" and math.isnan(t["p_two_sided"])
-    assert t["p"] == pytest.approx(0.25, abs=0.02) and t["p_reverse"] == 1.0
-    assert t == paired_test([0.5, 0.75], [0.5, 0.5]) or math.isnan(t["p_two_sided"]), "seeded"
-    assert t["p"] == paired_test([0.5, 0.75], [0.5, 0.5])["p"]
-    rev = paired_test([0.5, 0.5], [0.5, 0.75])
-    assert rev["p"] == 1.0 and rev["p_reverse"] == t["p"]
-    # a constant paired difference: every replicate is 0.25 (an unpaired resampling would give some <= 0)
-    c = paired_test([1.0, 0.5, 0.75], [0.75, 0.25, 0.5])
-    assert c["p"] == 1 / 10_000 and c["p_reverse"] == 1.0 and c["difference"] == pytest.approx(0.25)
+def test_the_random_effects_mean_its_interval_and_two_sided_test():
+    got = random_effects_mean(Y, null=0.1)
+    s, n = Y.shape
+    _, ms_s, ms_e, ms_r = mean_squares(Y)
+    var, df = (float(v) for v in variance_and_df(s, n, ms_s, ms_e, ms_r))
+    se, q = math.sqrt(var), stats.t.ppf(0.975, df)
+    assert (got["mean"], got["se"], got["df"]) == pytest.approx((0.5, se, df))
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((0.5 - q * se, 0.5 + q * se))
+    t = (0.5 - 0.1) / se
+    assert got["p_above"] == pytest.approx(stats.t.sf(t, df)) and got["p_below"] == pytest.approx(stats.t.cdf(t, df))
+    assert got["p"] == pytest.approx(2 * stats.t.sf(t, df))
+    assert got["var_seed"] == pytest.approx((ms_s - ms_r) / n) and got["var_residual"] == pytest.approx(ms_r)
+    assert got["var_example"] == pytest.approx((ms_e - ms_r) / s)
+    assert (got["seeds"], got["n"]) == (2, 4)
+    narrow = random_effects_mean(Y, level=0.5)
+    assert narrow["ci_high"] - narrow["ci_low"] < got["ci_high"] - got["ci_low"]
+    below = random_effects_mean(-Y)
+    assert below["p_below"] < 0.5 < below["p_above"] and below["p"] == pytest.approx(2 * below["p_below"])
+
+
+def test_components_below_zero_are_cut_and_one_seed_has_none():
+    flat = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # seed means equal, examples cancel
+    got = random_effects_mean(flat)
+    assert got["var_seed"] == 0.0 and got["var_example"] == 0.0
+    one = random_effects_mean(Y[:1])
+    assert all(math.isnan(one[k]) for k in ("var_seed", "var_example", "var_residual")) and one["df"] == 3
+
+
+def test_holm_is_statsmodels_holm():
+    p = [0.01, 0.04, 0.03, 0.2]
+    assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+    assert holm([]) == []
