@@ -21,7 +21,7 @@ from benchmark.claims import (
     outcomes,
     stacked,
 )
-from benchmark.findings import findings, claim_test
+from benchmark.findings import claim_test, findings
 from benchmark.stats import random_effects_mean
 
 RATE = RateClaim("stops 90 %", "paper 2", defense="diff", base="student", attack="adaptive")
