@@ -13,11 +13,13 @@ from attacks.base import (
     parse_norm,
 )
 from attacks.fgsm import FGSM
+from attacks.ila import ILA
 from attacks.mimicry import MimicryAttack
 from attacks.ms_ssim import dssim, ms_ssim
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD
 from attacks.transfer import TransferAttack
+from attacks.transfer_families import MIFGSM
 from attacks.universal import L4A, SSP, FeatureUAP, SSPUniversal
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "FeatureUAP",
     "SSPUniversal",
     "FGSM",
+    "ILA",
+    "MIFGSM",
     "NORMS",
     "PGD",
     "Attack",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from benchmark.metrics import SANITY_TOL
-from benchmark.records import Row
+from benchmark.records import UNIONS, Row
 from benchmark.stages.score import head, metrics, size
 
 FLAG_DOC = {
@@ -166,7 +166,7 @@ def cross_row_flags(rows: list[Row]) -> None:
     tolerance is that of the smaller n of the two rows compared."""
     by_model = defaultdict(list)
     for r in rows:
-        if r.threat_model != "sanity" and r.attack != "worst_case":
+        if r.threat_model != "sanity" and r.attack not in UNIONS:
             by_model[(r.pair, r.defense, r.seed)].append(r)
     for group in by_model.values():
         at = defaultdict(list)

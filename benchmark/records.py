@@ -22,6 +22,11 @@ def budget_key(norm: str, eps: float) -> tuple[str, float]:
     return norm, round(float(eps), 10)
 
 
+#: The rows that are per-example worst cases over other rows of a model at one budget (`benchmark.rows`): over every
+#: attack, and over the transfer attacks alone.
+UNIONS = ("worst_case", "worst_transfer")
+
+
 def same_eps(a: float, b: float) -> bool:
     return abs(float(a) - float(b)) < 1e-9
 

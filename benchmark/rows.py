@@ -158,11 +158,14 @@ def _rounded(values: torch.Tensor) -> list[float]:
 
 
 def _worst_case(made: list[tuple[Row, dict]], fields: dict) -> list[tuple[Row, dict]]:
-    """Per example, the worst case over every attack that shares a norm and epsilon (the union threat model).
+    """Per example, the worst case over every attack that shares a norm and epsilon (the union threat model), and
+    the worst case over the transfer attacks alone (`worst_transfer`, with two or more: the black-box attacker who
+    crafts on every surrogate it holds and keeps, per example, what works).
 
-    The row covers the examples that a white-box attack ran on (the first n of the white-box attack with the
+    The union covers the examples that a white-box attack ran on (the first n of the white-box attack with the
     most examples): an example that only a transfer attack reached would otherwise count as robust against
-    the weakest threat. An attack run on fewer examples (an expensive one) joins the worst case of those.
+    the weakest threat. An attack run on fewer examples (an expensive one) joins the worst case of those. The
+    transfer union covers the examples of its transfer attacks (the most of them).
     """
     groups: dict[tuple, list[tuple[Row, dict]]] = {}
     for row, out in made:
@@ -170,27 +173,29 @@ def _worst_case(made: list[tuple[Row, dict]], fields: dict) -> list[tuple[Row, d
             groups.setdefault(row.budget_key, []).append((row, out))
     result = []
     for members in groups.values():
-        if len(members) < 2:
-            continue
-        first = members[0][0]
         whitebox = [m for m in members if m[0].threat_model == "white-box"] or members
-        n = max(r.n_examples for r, _ in whitebox)
-        out = worst_case([o for _, o in members], n)
-        row = Row(
-            **fields,
-            **dict.fromkeys(PER_ATTACK_FIELDS),
-            row_id=row_id(fields["pair"], fields["defense"], fields["seed"], "worst_case", first.norm, first.eps_label),
-            attack="worst_case",
-            threat_model="union: " + "+".join(r.attack for r, _ in members),
-            surrogate="",
-            norm=first.norm,
-            eps=first.budget_key[1],  # the grouping's rounded epsilon, as results.csv has always written it
-            eps_label=first.eps_label,
-            steps=max(r.steps for r, _ in members),
-            examples=_examples(n) + " (each example: every attack that ran on it)",
-            **metrics(out),
-            cached=all(r.cached for r, _ in members),
-            flags="",
-        )
-        result.append((row, out))
+        transfer = [m for m in members if m[0].threat_model == "transfer"]
+        for name, union, covering in (("worst_case", members, whitebox), ("worst_transfer", transfer, transfer)):
+            if len(union) < 2:
+                continue
+            first = union[0][0]
+            n = max(r.n_examples for r, _ in covering)
+            out = worst_case([o for _, o in union], n)
+            row = Row(
+                **fields,
+                **dict.fromkeys(PER_ATTACK_FIELDS),
+                row_id=row_id(fields["pair"], fields["defense"], fields["seed"], name, first.norm, first.eps_label),
+                attack=name,
+                threat_model="union: " + "+".join(r.attack for r, _ in union),
+                surrogate="",
+                norm=first.norm,
+                eps=first.budget_key[1],  # the grouping's rounded epsilon, as results.csv has always written it
+                eps_label=first.eps_label,
+                steps=max(r.steps for r, _ in union),
+                examples=_examples(n) + " (each example: every attack that ran on it)",
+                **metrics(out),
+                cached=all(r.cached for r, _ in union),
+                flags="",
+            )
+            result.append((row, out))
     return result

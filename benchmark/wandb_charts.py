@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmark.records import eps_axis, eps_str, headline_eps, seed_note
+from benchmark.records import UNIONS, eps_axis, eps_str, headline_eps, seed_note
 from benchmark.results import PairResults, number
 
 #: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
@@ -22,7 +22,7 @@ def metric_tag(attack: str, norm: str, eps: float) -> str:
 
 def curve_tag(attack: str, norm: str) -> str:
     """An attack in metric keys; the worst case, which spans the attacks of a norm, with its norm."""
-    return f"worst_case_{norm}" if attack == "worst_case" else attack
+    return f"{attack}_{norm}" if attack in UNIONS else attack
 
 
 def model_clean(rows: list[dict]) -> float | None:

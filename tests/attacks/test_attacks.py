@@ -82,6 +82,13 @@ VARIANTS: dict[str, list[tuple[str, str, dict]]] = {
         ("linf-restarts3-margin", "linf", {"steps": 5, "restarts": 3, "loss": "margin"}),
         ("l2-restarts2-nostart", "l2", {"norm": "l2", "steps": 5, "restarts": 2, "random_start": False}),
     ],
+    # The transfer families (Dong et al. 2018 and after) and the intermediate-level attack; their exact iterates
+    # against torchattacks are in test_transfer_families.py.
+    "MIFGSM": [
+        ("mi", "linf", {"steps": 3}),
+        ("vmi-di-ti", "linf", {"steps": 2, "diversity_prob": 0.5, "ti_kernel_size": 5, "vmi_samples": 2}),
+    ],
+    "ILA": [("ila", "linf", {"steps": 3, "layer": "backbone.features.2"})],
     "TransferAttack": [
         ("pgd-linf", "linf", {"attack": functools.partial(PGD, norm="linf", steps=5)}),
         ("pgd-l2-restarts2", "l2", {"attack": functools.partial(PGD, norm="l2", steps=5, restarts=2)}),

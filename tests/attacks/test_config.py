@@ -28,7 +28,9 @@ from omegaconf import OmegaConf
 import attacks
 from attacks import (
     FGSM,
+    ILA,
     L4A,
+    MIFGSM,
     PGD,
     SSP,
     AdvEncoderPAT,
@@ -72,7 +74,33 @@ CHANGES: dict[type[Attack], tuple[dict, dict]] = {
     ),
     TransferAttack: (
         {"eps": EPS, "attack": functools.partial(PGD, steps=5)},
-        {"eps": 0.2, "attack": functools.partial(PGD, steps=6)},
+        {"eps": 0.2, "attack": functools.partial(PGD, steps=6), "surrogate": ["teacher", "substitute"]},
+    ),
+    MIFGSM: (
+        {"eps": EPS, "diversity_prob": 0.5, "ti_kernel_size": 5, "vmi_samples": 2},
+        {
+            "eps": 0.2,
+            "steps": 20,
+            "step_size": 0.02,
+            "decay": 0.5,
+            "diversity_prob": 0.7,
+            "resize_rate": 1.1,
+            "ti_kernel_size": 7,
+            "ti_nsig": 2.0,
+            "vmi_samples": 3,
+            "vmi_beta": 1.0,
+            "loss": "margin",
+        },  # fmt: skip
+    ),
+    ILA: (
+        {"eps": EPS},
+        {
+            "eps": 0.2,
+            "layer": "backbone.features.2",
+            "steps": 20,
+            "step_size": 0.02,
+            "base": functools.partial(MIFGSM, steps=5),
+        },  # fmt: skip
     ),
 }
 CHANGES[RejectAwarePGD] = ({"eps": EPS}, {**CHANGES[PGD][1], "targets": 2, "untargeted": False, "kappa": 2.0})
@@ -158,7 +186,8 @@ CHANGES[AdvEncoderPAT] = (
         "surrogate": "common",
     },
 )
-SINGLE_VALUED = {TransferAttack: {"surrogate"}, MimicryAttack: {"surrogate"}}  # the teacher is the only surrogate
+#: Arguments with one value: the teacher is a mimicry attack's only surrogate; the transfer families are L-inf only.
+SINGLE_VALUED = {MimicryAttack: {"surrogate"}, MIFGSM: {"norm"}, ILA: {"norm"}}
 
 
 def exported_attacks() -> list[type[Attack]]:
@@ -300,6 +329,10 @@ def test_copies_keep_the_record():
 @pytest.mark.parametrize(("given", "norm"), [("Linf", "linf"), ("LINF", "linf"), ("L2", "l2"), ("l2", "l2")])
 def test_norm_names_are_case_insensitive(cls, given, norm):
     reference = CHANGES[cls][0]
+    if norm == "l2" and "norm" in SINGLE_VALUED.get(cls, ()):
+        with pytest.raises(ConfigError, match=f"^{cls.__name__} supports norm linf only, got {given}$"):
+            cls(**reference, norm=given)
+        return
     if cls is TransferAttack:
         attack = cls(**{**reference, "attack": functools.partial(PGD, norm=given)})
     else:

@@ -264,3 +264,30 @@ def test_the_per_example_lists_are_each_value_rounded_as_round_would(dtype):
     got = _rounded(values)
     assert [repr(v) for v in got] == [repr(v) for v in expected]  # repr: the same floats, NaN included
     assert all(type(v) is float for v in got)
+
+
+def test_the_transfer_attacks_have_their_own_worst_case():
+    from benchmark.records import Row
+    from benchmark.rows import _worst_case
+
+    def made(attack: str, threat: str, adv: list[int], n: int = 6) -> tuple[Row, dict]:
+        r = Row(pair="p", defense="d", seed=0, attack=attack, threat_model=threat, norm="linf", eps=EPS,
+                eps_label="8/255", steps=20, n_examples=n)  # fmt: skip
+        return r, out([0, 1, 2, 0, 1, 2][:n], adv, n)
+
+    rows = [
+        made("pgd", "white-box", [1, 1, 2, 0, 1, 2], n=6),  # robust on 2-5
+        made("transfer_a", "transfer", [0, 0, 2, 0, 1, 2], n=6),  # fools 1
+        made("transfer_b", "transfer", [0, 1, 0, 0, 1], n=5),  # fools 2, on 5 examples
+        made("mimicry", "mimicry", [0, 1, 2, 1, 1, 2], n=6),  # fools 3, not a transfer attack
+    ]
+    fields = {"pair": "p", "defense": "d", "seed": 0}
+    unions = {r.attack: (r, o) for r, o in _worst_case(rows, fields)}
+    assert set(unions) == {"worst_case", "worst_transfer"}
+    row, o = unions["worst_transfer"]
+    assert row.threat_model == "union: transfer_a+transfer_b" and row.n_examples == 6 and row.steps == 20
+    assert o["robust"].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0], "per example: what any transfer attack broke"
+    assert row.robust_acc == pytest.approx(4 / 6) and row.row_id == "p/d/seed0/worst_transfer/linf/8/255"
+    assert unions["worst_case"][1]["robust"].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    alone = {r.attack for r, _ in _worst_case(rows[:2], fields)}
+    assert alone == {"worst_case"}, "one transfer attack is its own worst case"
