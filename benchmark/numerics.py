@@ -8,6 +8,13 @@ here for the stage and restored after, whichever launcher runs it: the inline an
 rows (tests/benchmark/test_launch.py). The setting is not in the stage keys: like the machine itself (its CPU, its
 BLAS), it is part of "on a given machine" -- give another `cache_dir` when you change it. On a GPU, the threads only
 drive the CPU side (data, bookkeeping); GPU kernels have their own nondeterminism (docs/fashion.md).
+
+`numerics.channels_last` (default on) keeps every convolution's weights in the channels-last memory format, in
+training and under attack: on this suite's CPUs oneDNN's channels-last kernels run a small CNN's forward and backward
+passes 1.5-2x faster than the contiguous ones (docs/performance.md). It sums in another order, so a trained model and
+a borderline example move in their last bits: unlike the threads it is in every training stage's key (and so in the
+keys of everything computed from the model), and tests/benchmark/test_numerics.py pins that the logits
+and input gradients of the two layouts agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -29,6 +36,21 @@ def stage_threads(cfg: dict) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"numerics.threads must be an integer >= 1 or null, got {threads!r}")
     return threads
+
+
+def stage_layout(cfg: dict) -> dict:
+    """The memory layout a training stage builds its modules in (its key holds it): {"channels_last": bool}."""
+    value = (cfg.get("numerics") or {}).get("channels_last", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"numerics.channels_last must be true or false, got {value!r}")
+    return {"channels_last": value}
+
+
+def apply_layout(module: torch.nn.Module, layout: dict | None) -> torch.nn.Module:
+    """`module` with its 4-d weights (convolutions) channels-last when `layout` says so (in place; returned)."""
+    if (layout or {}).get("channels_last"):
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 @contextmanager

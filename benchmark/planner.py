@@ -11,6 +11,7 @@ from attacks.base import Attack, parse_eps
 from attacks.pgd import PGD
 from benchmark.cache import frozen_code, stage_key
 from benchmark.config import AttackEntry, Declared, seeds_of, validate
+from benchmark.numerics import stage_layout
 from benchmark.plan import Plan, attack_modules, make_attack, module_of
 from benchmark.records import Budget, CellSpec
 from benchmark.stages.build import (
@@ -73,6 +74,7 @@ class Planner:
             "teacher_key": teacher_key,
             "init_key": init_key,
             "cache_dir": str(cfg["cache_dir"]),
+            "numerics": stage_layout(cfg),
             **extra,
         }
         modules = [module_of(job["data"]["_target_"]), module_of(module["_target_"]), "benchmark.stages.train"]

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from attacks.errors import ConfigError
 from benchmark.cache import file_sha256
+from benchmark.numerics import apply_layout
 from datamodules.base import TransferDataModule
 from lightning_modules.classifier import build_classifier
 
@@ -181,6 +182,7 @@ def job_key_spec(job: dict) -> dict:
         # a public model instead of training: the file's hash (not its path), or timm's weights
         **({"checkpoint": checkpoint_key(job["checkpoint"])} if job.get("checkpoint") else {}),
         **({"init_kind": job["init_kind"]} if job.get("init_kind") else {}),
+        **({"numerics": job["numerics"]} if job.get("numerics", {}).get("channels_last") else {}),
     }
 
 
@@ -198,4 +200,4 @@ def build_module(job: dict, cache, dm: TransferDataModule) -> L.LightningModule:
             module.load_init_state({k: v for k, v in state.items() if k.startswith("model.")})
         else:  # a later stage of a multi-stage defense starts from the earlier stage's weights
             module.load_init_state(cache.tensors("student", job["init_key"], "state"))
-    return module
+    return apply_layout(module, job.get("numerics"))
