@@ -70,6 +70,9 @@ class TransferAttack(Attack):
         base = attack(eps=eps)
         if not isinstance(base, Attack):
             raise ConfigError(f"the inner attack must be an Attack factory; got {type(base).__name__}")
+        if len(self.surrogates) > 1 and "layer" in base.arguments:
+            raise ConfigError(f"{type(base).__name__} attacks a named layer of one surrogate; an ensemble "
+                              f"({'+'.join(self.surrogates)}) has none: give one surrogate")  # fmt: skip
         if "early_stop" in base.arguments:
             base = base.replace(early_stop=False)
         self.base = base

@@ -243,6 +243,14 @@ def extra_claims() -> list:
             lower="commoninit",
             attack="transfer_pgd_linf",
         ),
+        Claim(
+            "Transfer is stronger into CommonInit than into Scratch in the per-example worst case over every transfer "
+            "attack and surrogate",
+            "Zhang et al. 2020",
+            higher="scratch",
+            lower="commoninit",
+            attack="worst_transfer",
+        ),
         StrongestAttackClaim(
             "The feature-space UAP is the strongest downstream-agnostic attack on every student (per student: "
             "against the strongest other DAE)",
@@ -270,6 +278,14 @@ CLAIMS = [
         higher="scratch",
         lower="finetune",
         attack="transfer_pgd_linf",
+    ),
+    Claim(
+        "Transfer is stronger into a fine-tuned student than into an independently trained one in the per-example "
+        "worst case over every transfer attack and surrogate (the black-box attacker's best)",
+        "Zhang et al. 2020",
+        higher="scratch",
+        lower="finetune",
+        attack="worst_transfer",
     ),
     *(
         Claim(

@@ -149,6 +149,9 @@ class AttackEntry:
     `applies_to`: one of APPLIES_TO, matched against what the model declares.
     `n_examples`: run on the first n evaluation examples only (expensive attacks); None: all of them.
     `defenses`: run only on these models (defense names, `teacher`); None: on every model.
+    `reference`: a transfer attack's transferability is relative to this white-box entry of the sweep at the same
+    budget (e.g. `pgd_linf`: no white-box run of every transfer family) when the sweep runs it there; otherwise (and
+    when None) to its inner attack run white-box.
     """
 
     name: str
@@ -158,6 +161,7 @@ class AttackEntry:
     applies_to: str = "all"
     n_examples: int | None = None
     defenses: list[str] | None = None
+    reference: str | None = None
 
     def applies(self, kinds: frozenset[str], defense: str) -> bool:
         if self.defenses is not None and defense not in self.defenses:
@@ -281,6 +285,26 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
         check_arguments(acfg["attack"], f"attack.{name}.attack", runtime=("eps",))
         attacks = [build(acfg["attack"], eps=parse_eps(e)) for e in labels]  # cheap: an attack holds no tensor
         entries.append(
-            AttackEntry(name, acfg["attack"], labels, attacks, applies_to, n, list(defenses) if defenses else None)
+            AttackEntry(
+                name,
+                acfg["attack"],
+                labels,
+                attacks,
+                applies_to,
+                n,
+                list(defenses) if defenses else None,
+                acfg.get("reference"),
+            )  # fmt: skip
         )
+    _check_references(entries)
     return entries, found
+
+
+def _check_references(entries: list[AttackEntry]) -> None:
+    """A transfer attack's `reference` is the name of an attack config (used when the sweep runs it, white-box, at the
+    same budget; else the transfer attack's inner attack is run white-box instead)."""
+    for e in entries:
+        if e.reference is not None:
+            choose(f"attack.{e.name}.reference", e.reference, options("attack"))
+            if getattr(e.attacks[0], "name", "") != "transfer":
+                raise ConfigError(f"attack.{e.name}.reference: only a transfer attack has a white-box reference")

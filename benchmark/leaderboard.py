@@ -135,7 +135,7 @@ def leaderboard(
         lines += _mimicry_section(res) + _abstaining_section(res, hl)
         lines += _sanity_section(res) + _randomized_section(res)
         lines += _cost_section(res, ranked) + _budget_tables(res, ranked)
-        lines += _transfer_section(res, ranked, transferability_form)
+        lines += _transfer_section(res, ranked, transferability_form, hl)
     if found is not None:
         lines += fnd.markdown(found)
     lines += ["## Sanity checks", ""]
@@ -348,19 +348,27 @@ def _budget_tables(res: PairResults, ranked: list[str]) -> list[str]:
     return lines
 
 
-def _transfer_section(res: PairResults, ranked: list[str], form: str) -> list[str]:
+def _transfer_section(res: PairResults, ranked: list[str], form: str, hl: dict[str, float]) -> list[str]:
+    """Transferability of every transfer attack (its surrogate and white-box reference named) at the headline budget
+    of its norm, or its swept budget nearest to it."""
     transfer = [(a, n) for a, n in res.attacks if any(r.threat_model == "transfer" and r.attack == a for r in res.rows)]
     if not transfer:
         return []
+    keys = [(a, n, min(res.epsilons(a, n), key=lambda e: abs(e - hl.get(n, e)))) for a, n in transfer]
+
+    def about(a: str) -> str:
+        r = next(r for r in res.rows if r.attack == a and r.threat_model == "transfer")
+        ref = next((r.transfer_reference for r in res.rows if r.attack == a and r.transfer_reference), None)
+        return f"`{a}`: crafted on {r.surrogate or 'the teacher'}, relative to {ref or 'its own attack'} white-box"
+
     lines = [
-        "### Transferability from the teacher",
+        "### Transferability of each transfer attack",
         "",
         f"T = {form}: {FORM_DOC[form]} This is our reading of Zhang et al. "
         "2020 (arXiv 2008.11089): the paper's formula is unverified (see `benchmark/metrics.py`). Both "
-        "readings are in results.csv.",
+        "readings are in results.csv. " + "; ".join(about(a) for a, _ in transfer) + ".",
         "",
     ]
-    keys = [(a, n, e) for a, n in transfer for e in res.epsilons(a, n)]
     lines += _table(
         ["defense", *(_column(a, n, e) for a, n, e in keys)],
         [[d, *(_mean_ci(res.values(d, a, n, e, "transferability"), ".2f") for a, n, e in keys)] for d in ranked],

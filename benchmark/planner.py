@@ -255,11 +255,17 @@ class Planner:
         key = stage_key("attack", key_spec, [*attack_modules(attack), *CELL_MODULES])
         sid = self.plan.add({"id": cell.id, "kind": "cell", "key": key, "deps": deps, "cell": cell}, attack)
         if craft and cell.transfer and not randomized and role == "attack":
-            # The white-box counterpart of the transfer attack on the same student, for transferability. (A
-            # randomized model's white-box reference is an EOT attack on fewer examples: accuracy only.)
-            inner = {k: v for k, v in spec["cfg"]["attack"].items() if k != "_partial_"}
-            counterpart = {"cfg": inner, "eps": spec["eps"], "changes": {}}
-            ref = self._cell(pair, model, entry, counterpart, "reference", n, False, 1, teacher, "/reference")
+            # The white-box counterpart of the transfer attack on the same student, for transferability: its inner
+            # attack run white-box, or the sweep's entry it names (`reference`, at the same budget). (A randomized
+            # model's white-box reference is an EOT attack on fewer examples: accuracy only.)
+            named = next((e for e in self.entries if e.name == entry.reference and not e.attacks[0].crafted
+                          and spec["eps"] in e.eps_labels and e.attacks[0].norm == attack.norm), None)  # fmt: skip
+            if named is not None:
+                counterpart, ref_entry = {"cfg": named.cfg, "eps": spec["eps"], "changes": {}}, named
+            else:
+                inner = {k: v for k, v in spec["cfg"]["attack"].items() if k != "_partial_"}
+                counterpart, ref_entry = {"cfg": inner, "eps": spec["eps"], "changes": {}}, entry
+            ref = self._cell(pair, model, ref_entry, counterpart, "reference", n, False, 1, teacher, "/reference")
             self.plan.update_cell(sid, reference=ref.id)
         return self.plan.cell(sid)
 

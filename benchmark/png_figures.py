@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from benchmark.figure_style import label, model_styles
-from benchmark.records import budget_key, eps_axis, eps_str, headline_eps, seed_note
+from benchmark.records import UNIONS, budget_key, eps_axis, eps_str, headline_eps, seed_note
 from benchmark.results import Estimate, PairResults
 
 WORST = "worst_case"
@@ -159,7 +159,7 @@ def heatmap_columns(res: PairResults, hl: dict[str, float]) -> list[tuple[str, s
     for attack, norm in res.attacks:
         epss = res.epsilons(attack, norm)
         cols.append((attack, norm, min(epss, key=lambda e: abs(e - hl[norm]))))
-    return sorted(cols, key=lambda c: c[0] == WORST)
+    return sorted(cols, key=lambda c: c[0] in UNIONS)
 
 
 def heatmap(
@@ -188,8 +188,8 @@ def heatmap(
     ax.set_yticks(range(len(defenses)), [_name(d, flagged) for d in defenses], fontsize=9)
     if flagged & set(defenses):
         marks.add(FLAGGED_NOTE)
-    if any(a == WORST for a, _, _ in cols):  # a rule between the single attacks and the worst cases
-        ax.axvline(next(i for i, c in enumerate(cols) if c[0] == WORST) - 0.5, color="w", linewidth=3)
+    if any(a in UNIONS for a, _, _ in cols):  # a rule between the single attacks and the worst cases
+        ax.axvline(next(i for i, c in enumerate(cols) if c[0] in UNIONS) - 0.5, color="w", linewidth=3)
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             a, n, e = cols[j]
@@ -266,6 +266,43 @@ def tradeoff(
     return fig
 
 
+def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str] = frozenset()):
+    """Robust accuracy (%) under each transfer attack (a bar per attack and surrogate, `worst_transfer` last) for
+    every model, at the headline L-inf budget (or the nearest swept one); None without two transfer attacks."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    attacks = [a for a, n in res.attacks if n == "linf" and any(r.attack == a and r.threat_model == "transfer"
+                                                                 for r in res.rows)]  # fmt: skip
+    if len(attacks) < 2:
+        return None
+    attacks += [a for a, n in res.attacks if a == "worst_transfer" and n == "linf"]
+    eps = {a: min(res.epsilons(a, "linf"), key=lambda e: abs(e - hl["linf"])) for a in attacks}
+    models = [d for d in res.ranked(hl) if any(res.estimate(d, a, "linf", eps[a]) for a in attacks)]
+    cmap = matplotlib.colormaps["tab20"]
+    fig, ax = plt.subplots(figsize=(3 + 0.9 * len(models) * max(1, len(attacks) / 6), 5), layout="constrained")
+    width = 0.8 / len(attacks)
+    for k, a in enumerate(attacks):
+        stats = [_stat(res.estimate(d, a, "linf", eps[a])) for d in models]
+        xs = [i + (k - (len(attacks) - 1) / 2) * width for i, s in enumerate(stats) if s]
+        drawn = [s for s in stats if s]
+        color = "k" if a == "worst_transfer" else cmap(k % 20)
+        low, high = [s[0] - s[1] for s in drawn], [s[2] - s[0] for s in drawn]
+        ax.bar(xs, [s[0] for s in drawn], width, yerr=[low, high] if any(low) or any(high) else None, color=color,
+               label=a + ("" if abs(eps[a] - hl["linf"]) < 1e-9 else "*"), capsize=1.5)  # fmt: skip
+    ax.set_xticks(range(len(models)), [_name(d, flagged) for d in models], rotation=30, ha="right", fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("robust accuracy (%) under transfer")
+    ax.grid(axis="y", alpha=0.3)
+    seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % interval over seeds and examples")
+    note = "; * the attack's nearest budget" if any(abs(e - hl["linf"]) > 1e-9 for e in eps.values()) else ""
+    title = (f"{_title(res, pair)}: robust accuracy under each transfer attack (each crafted on its surrogate, never "
+             f"on the model attacked), L-inf {eps_str('linf', hl['linf'])}{note} ({seeds})")  # fmt: skip
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    ax.legend(title="transfer attack", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return fig
+
+
 def figures(rows: list, headline: dict[str, float], per_example: dict | None = None
             ) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
@@ -285,6 +322,8 @@ def figures(rows: list, headline: dict[str, float], per_example: dict | None = N
         out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers, flagged)
         out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden, flagged)
         out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers, flagged)
+        if "linf" in hl and (fig := transfer(res, pair, hl, flagged)) is not None:
+            out[f"transfer{suffix}"] = fig
     return out, colors
 
 

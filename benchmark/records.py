@@ -163,6 +163,9 @@ class Row:
     transfer_acc: float | None = None
     transferability: float | None = None
     transferability_form: str | None = None
+    # the white-box attack the transferability is relative to: another entry of the sweep (`reference` in the attack's
+    # config), or None: the transfer attack's own inner attack run white-box on the model
+    transfer_reference: str | None = None
     transferability_success_ratio: float | None = None
     transferability_accuracy_drop: float | None = None
     detection_auroc: float | None = None

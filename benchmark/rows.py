@@ -22,6 +22,7 @@ PER_ATTACK_FIELDS = (
     "transfer_acc",
     "transferability",
     "transferability_form",
+    "transfer_reference",
     "transferability_success_ratio",
     "transferability_accuracy_drop",
     "detection_auroc",
@@ -117,6 +118,8 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[Row], dict[st
             if cell.transfer and cell.reference:
                 for k, v in transferability(out, done.outcomes[cell.reference], form).items():
                     setattr(row, k, v)
+                named = plan.cell(cell.reference).entry
+                row.transfer_reference = None if named == cell.entry else named
             elif cell.transfer:  # randomized: no white-box counterpart of the same attack; the accuracy only
                 row.transfer_acc = row.robust_acc
             made.append((row, out))

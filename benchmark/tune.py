@@ -35,7 +35,7 @@ from benchmark.plan import make_attack
 from benchmark.planner import make_plan
 from benchmark.stages.attack import compute_cell, predict_draws, run_attack
 from benchmark.stages.build import build_datamodule
-from benchmark.stages.score import metrics
+from benchmark.stages.score import metrics, per_example
 from benchmark.stages.train import load_trained
 from datamodules.base import LazyImages
 
@@ -75,7 +75,8 @@ def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> LazyImage
 
 def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | None = None) -> dict:
     """Train the sweep's only defense (cached) and score it on the target validation split under each attack;
-    `val_robust` is the per-example worst case over them. `crafted` keeps crafted examples across candidates."""
+    `val_robust` is the per-example worst case over them, `per_example` each attack's per-example robust outcomes.
+    `crafted` keeps crafted examples across candidates."""
     crafted = {} if crafted is None else crafted
     plan, _, _ = make_plan(cfg)
     ex = Executor(cfg, plan)
@@ -94,7 +95,7 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     bs = cfg["eval"]["batch_size"]
     torch.manual_seed(cfg["eval"]["seed"])  # a randomized model's clean draws: seeded, as the runner's
     pred = predict_draws(model, x, draws, bs, ex.device)
-    per_attack, robust = {}, None
+    per_attack, robust, examples = {}, None, {}
     for name in attack_names:
         attack = make_attack({"cfg": cfg["attack"][name]["attack"], "eps": cfg["report"]["headline"]["linf"]})
         if randomized and getattr(attack, "early_stop", False):
@@ -110,10 +111,11 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
         )  # fmt: skip
         m = metrics(out)
         per_attack[name] = m["robust_acc"]
+        examples[name] = per_example(out)["robust"].tolist()
         robust = out["adv"] if robust is None else robust & out["adv"]
     m = metrics({**out, "adv": robust})
     return {"val_clean": m["clean_acc"], "val_robust": m["robust_acc"], "n_val": m["n_examples"], "key": student["key"],
-            "per_attack": per_attack}  # fmt: skip
+            "per_attack": per_attack, "per_example": examples}  # fmt: skip
 
 
 def tune(param: str, values: list[str], overrides: list[str], attack_names: list[str] | None = None) -> dict:

@@ -106,6 +106,7 @@ def test_the_teachers_job_and_key(planned):
         "teacher_key": None,
         "init_key": None,
         "cache_dir": "plan-tests-cache",
+        "numerics": {"channels_last": True},
         "wandb": {**CFG["logger"], "group": "digits"},
     }
     modules = ["datamodules.digits", "lightning_modules.modules", "benchmark.stages.train"]
@@ -280,6 +281,54 @@ def test_a_transfer_cell_its_crafted_set_and_reference(planned):
     assert drop.reference is None and drop.randomized and drop.draws == 3, (
         "no white-box reference on a randomized model"
     )
+
+
+def test_surrogates_the_attacker_trains_and_their_ensemble():
+    """`surrogate: substitute` plans the attacker's own model (the scratch config with eval.attacker_seed, trained,
+    never evaluated); a list crafts once on the ensemble of its members, whose keys enter the crafted set's key."""
+    base = ["logger=none", "defense=[finetune]", "attack=[transfer_mi_fgsm]",
+            "attack.transfer_mi_fgsm.epsilons=[16/255]", "cache_dir=plan-tests-cache"]  # fmt: skip
+    cfg = compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=[teacher,substitute]"])
+    assert list(cfg["earlier_defenses"]) == ["scratch"], "the attacker's model is composed like an earlier stage"
+    plan = make_plan(cfg)[0]
+    by = stages(plan)
+    sub = by["digits/scratch/seed1000"]
+    assert sub["kind"] == "student" and sub["job"]["seed"] == cfg["eval"]["attacker_seed"] == 1000
+    assert not plan.cells("digits/scratch/seed1000"), "the attacker's model is not evaluated"
+    craft = by["digits/ensemble/craft/transfer_mi_fgsm/16/255"]
+    assert craft["surrogates"] == craft["deps"] == ["digits/teacher", "digits/scratch/seed1000"]
+    cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
+    assert cell.surrogate == "teacher+substitute" and cell.craft == craft["id"]
+    alone = stages(make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=substitute"]))[0])
+    crafted = alone["digits/scratch/seed1000/craft/transfer_mi_fgsm/16/255"]
+    assert crafted["surrogates"] == ["digits/scratch/seed1000"] and crafted["key"] != craft["key"]
+    with pytest.raises(ConfigError, match="eval.attacker_seed 0 is a training seed of the sweep"):
+        make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=substitute", "eval.attacker_seed=0"]))
+    with pytest.raises(ConfigError, match="unknown surrogate 'victim'; valid: probe, substitute, teacher"):
+        make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=victim"]))
+    with pytest.raises(ConfigError, match="an ensemble .teacher\\+substitute. has none: give one surrogate"):
+        make_plan(compose(["logger=none", "defense=[finetune]", "attack=[transfer_ila]",
+                           "attack.transfer_ila.attack.surrogate=[teacher,substitute]"]))  # fmt: skip
+
+
+def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep_runs_it():
+    base = ["logger=none", "defense=[finetune]", "attack.transfer_mi_fgsm.epsilons=[16/255]",
+            "cache_dir=plan-tests-cache"]  # fmt: skip
+    plan = make_plan(compose([*base, "attack=[pgd_linf,transfer_mi_fgsm]", "attack.pgd_linf.epsilons=[8/255,16/255]"]))[
+        0
+    ]
+    cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
+    assert cell.reference == "digits/finetune/seed0/pgd_linf/16/255", "the sweep's PGD cell, not a white-box MI-FGSM"
+    assert not any("transfer_mi_fgsm/16/255/reference" in s["id"] for s in plan.stages)
+    own = make_plan(compose([*base, "attack=[transfer_mi_fgsm]"]))[0]
+    ref = own.cell(own.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255").reference)
+    assert ref.entry == "transfer_mi_fgsm" and ref.attack["cfg"]["_target_"] == "attacks.transfer_families.MIFGSM"
+    with pytest.raises(ConfigError, match="attack.transfer_mi_fgsm.reference 'nope'"):
+        make_plan(compose([*base, "attack=[transfer_mi_fgsm]", "attack.transfer_mi_fgsm.reference=nope"]))
+    with pytest.raises(ConfigError, match="attack.pgd_linf.reference: only a transfer attack"):
+        make_plan(
+            compose(["logger=none", "defense=[finetune]", "attack=[pgd_linf]", "++attack.pgd_linf.reference=fgsm"])
+        )
 
 
 def test_a_targeted_crafted_cell_on_its_examples(planned):
