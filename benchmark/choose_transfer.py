@@ -80,7 +80,8 @@ def greedy(found: dict, attacks: list[str], min_gain: float = MIN_GAIN) -> list[
     return steps
 
 
-def markdown(found: dict, attacks: list[str], steps: list[dict], n: int, overrides: list[str]) -> str:
+def markdown(found: dict, attacks: list[str], steps: list[dict], n: int, overrides: list[str],
+             min_gain: float = MIN_GAIN) -> str:  # fmt: skip
     lines = [
         "# Transfer attacks chosen on the validation split",
         "",
@@ -96,7 +97,7 @@ def markdown(found: dict, attacks: list[str], steps: list[dict], n: int, overrid
     worst = [100 * np.min([found[d][a] for a in attacks], axis=0).mean() for d in found]
     lines.append("| **worst case of all** | " + " | ".join(f"{v:.1f}" for v in worst) + f" | {np.mean(worst):.1f} |")
     lines += ["", "Greedy choice (each step: the attack that lowers the mean worst case most; stop under "
-              f"{100 * MIN_GAIN:g} points):", "", "| step | attack | mean worst case % | gain (points) |",
+              f"{100 * min_gain:g} points):", "", "| step | attack | mean worst case % | gain (points) |",
               "|---|---|---|---|"]  # fmt: skip
     for i, s in enumerate(steps):
         gain = "-" if s["gain"] is None else f"{100 * s['gain']:.1f}"
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     steps = greedy(found, attacks, args.min_gain / 100)
-    text = markdown(found, attacks, steps, n, args.overrides)
+    text = markdown(found, attacks, steps, n, args.overrides, args.min_gain / 100)
     out = Path(where) / "tuning"
     out.mkdir(parents=True, exist_ok=True)
     (out / "transfer.md").write_text(text)

@@ -45,8 +45,9 @@ def check_choices(overrides: list[str]) -> None:
                 raise ConfigError(f"unknown {group} '{name}'; valid: {', '.join(options(group))}")
 
 
-def compose(overrides: list[str]) -> dict:
-    """The composed, resolved config as a plain dict."""
+def compose(overrides: list[str], earlier: bool = True) -> dict:
+    """The composed, resolved config as a plain dict; `earlier`: with the defenses it trains without evaluating them
+    (`earlier_defenses`; off for those defenses' own composition, which needs only their config)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -69,7 +70,7 @@ def compose(overrides: list[str]) -> dict:
     for group, target in (("data", ()), ("defense", ("module",)), ("attack", ("attack",))):
         for name in [n for n, entry in cfg[group].items() if "_target_" not in _get(entry, target)]:
             del cfg[group][name]
-    cfg["earlier_defenses"] = earlier_defenses(cfg, overrides)
+    cfg["earlier_defenses"] = earlier_defenses(cfg, overrides) if earlier else {}
     return cfg
 
 
@@ -117,7 +118,7 @@ def earlier_defenses(cfg: dict, overrides: list[str]) -> dict:
             for o in overrides
             if not re.match(r"[+~]*defense[=.]", o) or o.lstrip("+~").startswith(f"defense.{name}.")
         ]
-        earlier[name] = compose([*keep, f"defense=[{name}]"])["defense"][name]
+        earlier[name] = compose([*keep, f"defense=[{name}]"], earlier=False)["defense"][name]
         if earlier[name].get("init_from"):
             todo.append(earlier[name]["init_from"])
     return earlier

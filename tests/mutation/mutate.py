@@ -136,42 +136,10 @@ ROWS_TESTS = (
         "test_a_figures_seed_note_follows_the_number_of_seeds",
     ),
 )
-STATS_TESTS = "tests/benchmark/test_stats.py"
-FINDINGS_TESTS = _named(
-    "tests/benchmark/test_findings.py",
-    "test_claims_from_the_config_and_their_errors",
-    "test_a_claims_rows_are_its_two_defenses_at_its_attack_and_budget",
-    "test_a_finding_per_claim_and_pair_with_its_fields",
-    "test_the_headline_budget_or_the_claims_own",
-    "test_without_per_example_outcomes_a_claim_is_not_tested",
-    "test_seeds_are_paired_in_order_and_only_where_both_defenses_ran",
-    "test_the_verdict_needs_every_seed_and_the_summary_over_seeds",
-    "test_the_verdict_rule_at_alpha",
-    "test_holm_runs_over_the_claims_of_every_pair_and_shape",
-    "test_the_default_claims_are_the_seed_list",
-)
-CLAIMS_TESTS = _named(
-    "tests/benchmark/test_claims.py",
-    "test_a_rate_claims_tests_and_fields",
-    "test_a_rate_claims_reverse_test_a_clear_loss",
-    "test_a_rate_claims_rows_and_the_guarded_models_longest_clean_row",
-    "test_a_rate_claim_without_its_rows_or_outcomes",
-    "test_a_constant_clean_loss_decides_the_loss_test_outright",
-    "test_rate_claims_over_seeds",
-    "test_the_strongest_attack_per_model",
-    "test_the_strongest_attack_default_seed_and_budget",
-)
-SEEDS_TESTS = _named(
-    "tests/benchmark/test_seeds.py",
-    "test_the_crossed_bootstrap_resamples_seeds_and_examples",
-    "test_the_crossed_bootstrap_in_memory_blocks",
-    "test_a_method_claim_over_seeds_and_examples",
-    "test_method_claims_pair_seeds_and_examples_they_share",
-    "test_claim_test_orders_seeds_as_numbers",
-    "test_method_claims_need_two_seeds_and_take_holm_over_the_tested",
-    "test_method_claims_default_claims_and_their_budget",
-    "test_the_ranking_over_seeds",
-)
+#: The verdicts: the statistics (against textbook formulas, scipy and statsmodels), the claims' matrices and the
+#: findings over them; the calibration simulation's fast tests (the full simulation is slow: not run per mutant).
+STATS_TESTS = ("tests/benchmark/test_stats.py", "tests/benchmark/test_calibration.py")
+VERDICT_TESTS = ("tests/benchmark/test_stats.py", "tests/benchmark/test_findings.py", "tests/benchmark/test_claims.py")
 PLAN_TESTS = (
     *_named(
         "tests/benchmark/test_plan.py",
@@ -266,28 +234,31 @@ MODULES: tuple[Target, ...] = (
     # The rows and the records they are made of.
     Target("benchmark/rows.py", ROWS_TESTS),
     Target("benchmark/records.py", (*ROWS_TESTS, *RECORDS_TESTS)),
-    # The verdicts and the ranking. Not mutated: the findings' and seeds' markdown tables (formatting, read by
-    # test_golden.py, test_findings.py, test_seeds.py) and claims.extra_claims (the claim list: data, like CLAIMS).
-    Target("benchmark/stats.py", (STATS_TESTS, "tests/benchmark/test_findings.py", *CLAIMS_TESTS, *SEEDS_TESTS)),
+    # The verdicts and the intervals. Not mutated: the findings' markdown table (formatting, read by test_golden.py
+    # and test_findings.py) and claims.extra_claims (the claim list: data, like CLAIMS).
+    Target("benchmark/stats.py", (*STATS_TESTS, "tests/benchmark/test_findings.py")),
     Target(
         "benchmark/findings.py",
-        (STATS_TESTS, "tests/benchmark/test_findings.py", *CLAIMS_TESTS, *SEEDS_TESTS),
-        functions=("x_claims_from_config", "x__rows_for", "x_findings", "x__summarize"),
+        VERDICT_TESTS,
+        functions=("x_budgets", "x_claim_test", "x__shown", "x_evaluate", "x_findings"),
     ),
     Target(
         "benchmark/claims.py",
-        (STATS_TESTS, *FINDINGS_TESTS, "tests/benchmark/test_claims.py", *SEEDS_TESTS),
-        functions=("x__eps", "x__matching", "x__item", "xǁRateClaimǁevaluate", "xǁStrongestAttackClaimǁevaluate"),
-    ),
-    Target(
-        "benchmark/seeds.py",
-        (STATS_TESTS, *FINDINGS_TESTS, *CLAIMS_TESTS, "tests/benchmark/test_seeds.py"),
-        functions=("x_crossed_bootstrap", "x__matrix", "x_claim_test", "x_method_claims", "x_ranking"),
+        VERDICT_TESTS,
+        functions=(
+            "x_seed_order",
+            "x_stacked",
+            "x_matching",
+            "x_outcomes",
+            "x_clean_outcomes",
+            "xǁ*ǁparts",
+            "x_claims_from_config",
+        ),
     ),
     Target(
         "benchmark/leaderboard.py",
         LEADERBOARD_TESTS,
-        functions=("x_leaderboard", "x__mean_ci", "x__unranked", "x__ranking"),
+        functions=("x_leaderboard", "x__mean_ci", "x__est", "x__unranked", "x__ranking"),
     ),
     Target("benchmark/results.py", LEADERBOARD_TESTS, functions=("x_number", "xǁPairResultsǁ*")),
     # The plan: the stages, their keys and dependencies, each cell's spec.
