@@ -1,122 +1,438 @@
-"""What a run will cost, before it runs: the stages and cells to compute, how many the cache already holds, and a
-rough estimate of the time (`python -m benchmark.run --plan`; the runner prints the same summary first).
+"""What a run will cost, before it runs: the stages and cells to compute, how many the cache already holds, and an
+estimate of the time with a range (`python -m benchmark.run --plan`; the runner prints the same summary first),
+checked against finished runs with `python -m benchmark.estimate RESULTS_DIR [RESULTS_DIR ...]`.
 
-The estimate is a per-architecture rule, not a history: each stage's work is counted in example-passes through the
-model (training: epochs x training examples x (1 + the training attack's steps); an attack: examples x steps x EOT
-samples x restarts, plus the scoring draws), and priced at the default benchmark's measured cost per example-pass
-(`make bench` on digits: 205 s for about 1.54 M example-passes on a quiet 2-core CPU, two workers) times how much
-slower one forward-backward pass of the sweep's model at the pair's image size is than the default CNN's on 16 px
-digits, both timed here, now. It is rough (data loading, purifiers and generators are not counted) and, on a GPU,
-pessimistic (its constant is a CPU's); what it gets right is the scale a model and an image size bring: a timm
-ResNet on 16 px digits costs about ten times the default CNN.
+The estimate prices each stage to compute from what it does, in passes of the sweep's model on the pair's images,
+timed here in CPU seconds per example (`PassCosts`: a training step, an attack step, a scoring pass; the fastest of
+rounds spread over a few seconds, so other processes on a shared machine count little):
+
+- a training stage: per epoch, each training example's pass (`MODULES`: more for SSL's two views and heads, AToP's
+  generator) and its training attack's steps, each validation example's scoring pass and the validation attack's
+  steps (an adversarial defense validates under its training attack, each epoch), plus per-example and fixed
+  overheads (`OVERHEAD`, `FIXED`: the data loader, Lightning, building the data, model and trainer);
+- an attack cell: examples x steps x EOT samples x restarts, on a deterministic model the share that its
+  clean-correct examples and early stop leave (`EARLY_STOP`, `ONE_STEP`), the scoring draws and the detection
+  embeddings, in passes of the deployed model (a purifier before the classifier: timed on the untrained defense,
+  `deployed_factor`), plus a fixed cost;
+- a crafted set: a transfer attack's steps on the teacher for each example, a universal perturbation's epochs over
+  the attacker's data.
+
+The wall time is these stages scheduled on the launcher's workers as they take them (`schedule`: dependencies, the
+stages others wait for first), plus the run's fixed cost (start, reports, W&B). The range is the same schedule with
+every attack stopping as early as it can and with every attack running all its steps: which one a run is near
+depends on the models' robustness, which no estimate knows beforehand.
+
+What it left out before (and why `make bench` took about twice its estimate): the validation passes and validation
+attacks of adversarial training, each stage's and each run's fixed costs (280 stages in `digits`), universal
+perturbations' epochs over the attacker's data, the deployed model's cost (AToP's purifier: 3 to 6 classifier
+passes), SSL's views, AutoAttack's EOT and the scoring draws; and it priced passes at one constant measured on one
+machine. The constants here were fitted on measured runs: `make bench`'s experiments narrowed to 128 test images,
+one seed of `fashion_shift`, and `fashion_rgb32` (ResNet-18); docs/running.md has the figures.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-#: Seconds per example-pass of the default benchmark (digits, small CNN, 16 px) on a 2-core CPU with two workers.
-DEFAULT_SECONDS_PER_PASS = 205 / 1.54e6
-#: `make bench` on the default experiments takes about 5 minutes on a 2-core CPU; a run estimated above this many
-#: seconds is far beyond it, and the runner says so before it starts.
+#: A run estimated above this many seconds is far beyond the default benchmark's few minutes; the runner says so.
 FAR_BEYOND_SECONDS = 15 * 60
 #: The kinds of stage as the summary names them.
 KINDS = {"teacher": "training", "student": "training", "craft": "crafted sets", "cell": "attack cells"}
+#: The share of a deterministic model's attack work that is done, for the point estimate and the range: an attack
+#: runs on the clean-correct examples only, and an iterative one stops on an example once it is fooled. Measured
+#: (the cells' backward passes over every step of every example): 0.41-0.58 for PGD on digits' models, 0.43 for PGD
+#: and 0.28 for PGD-L2 on one seed of fashion_shift, 0.29 on fashion_rgb32's; the range runs from a non-robust
+#: model's (a step or two) to a robust one's (every step).
+EARLY_STOP = {"point": 0.35, "low": 0.15, "high": 1.0}
+#: The share for a one-step attack: its clean-correct examples (0.87 on digits, 0.65 on fashion_shift).
+ONE_STEP = {"point": 0.87, "low": 0.8, "high": 1.0}
+#: Per-example overheads, in reference passes (`PassCosts.ref`: the default CNN's training step on a 16 px digit):
+#: a training step's besides the pass (data loading, Lightning, the optimizer), an attack step's (projection, checks).
+OVERHEAD = {"train": 1.0, "step": 0.3}
+#: Fixed costs in reference passes: a training stage's (its data, model and trainer), an attack cell's and a crafted
+#: set's (loading the model, reading the examples), a run's (start, plan, reports, W&B).
+FIXED = {"train": 2000.0, "cell": 60.0, "craft": 400.0, "run": 60000.0}
+#: How many classifier passes a training example of these modules costs: two augmented views and the heads (SSL;
+#: SimCLR's encoder on digits and on fashion_ssl).
+MODULES = {"SimCLR": 4.0, "BYOL": 4.0, "MoCoV2": 4.0}
+#: A training example of these modules costs this many passes of their deployed model (AToP: the generator, and the
+#: discriminator at a GAN weight above 0, beside the classifier: 4.4 classifier passes on digits, whose purified
+#: model costs 3; about 5 on Fashion-MNIST at GAN weight 0, whose purified model costs 5.6).
+TRAIN_PER_DEPLOYED = {"AToP": 1.0}
+#: A pass of the deployed model in passes of the classifier, where it cannot be timed before training (the
+#: differentiators are built from the trained student: about 10 on digits, its reject-aware attack included).
+DEPLOYED = {"DifferentiatorStudent": 10.0}
+#: AutoAttack's own work besides its counted steps (APGD's checks, the cascade's bookkeeping).
+AUTOATTACK = 1.5
 
 
-def _pass(model_cfg: dict, data_cfg: dict, device, batch: int = 64):
-    """One forward-backward pass of a model on a batch of the pair's target images, as a function."""
-    from benchmark.stages.build import build_datamodule, build_model
+@dataclass(frozen=True)
+class PassCosts:
+    """CPU seconds per example of the sweep's model on the pair's images: a training step, an attack step, a scoring
+    pass; `ref`: the default CNN's training step on a 16 px digit (the unit of the fixed costs)."""
 
-    dm = build_datamodule(data_cfg)
-    dm.setup()
-    x, y = dm.tensors("target", "train", batch)
-    model = build_model(model_cfg, dm).to(device)
-    x, y = x.to(device).requires_grad_(True), y.to(device)
+    train: float
+    grad: float
+    score: float
+    ref: float
 
-    def run():
+
+def _cpu_seconds_per_example(step, batch: int, budget: float = 1.0) -> float:
+    """The fastest of up to ten timed calls of `step` (CPU seconds of this process), per example of its batch; at
+    most about `budget` seconds spent after the warm-up calls."""
+    step()
+    step()
+    best, spent = float("inf"), 0.0
+    for _ in range(10):
+        start = time.process_time()
+        step()
+        took = time.process_time() - start
+        best, spent = min(best, took), spent + took
+        if spent > budget:
+            break
+    return best / batch
+
+
+def _steps(backbone: str, kwargs: tuple, shape: tuple, classes: int, train_batch: int, eval_batch: int) -> dict:
+    """{train, grad, score: (a call of that pass of the model on random images, its batch)}; batches capped at about
+    0.1 s of forward passes (a large model's cost per example does not depend on its batch)."""
+    from lightning_modules.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(backbone, classes, shape[0], (0.5,), (0.5,), **dict(kwargs))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    start = time.process_time()
+    with torch.no_grad():
+        model.eval()(torch.rand(4, *shape))
+    per = max((time.process_time() - start) / 4, 1e-6)
+    tb, eb = (max(4, min(b, int(0.1 / per))) for b in (train_batch, eval_batch))
+    x, y = torch.rand(tb, *shape), torch.randint(0, classes, (tb,))
+    xe, ye = torch.rand(eb, *shape), torch.randint(0, classes, (eb,))
+
+    def train():
+        model.train()
+        opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        opt.step()
 
-    return run
+    def grad():
+        model.eval()
+        xa = xe.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xa), ye), xa)
+
+    def score():
+        with torch.no_grad():
+            model.eval()(xe).argmax(1)
+
+    return {"train": (train, tb), "grad": (grad, eb), "score": (score, eb)}
 
 
-def relative_cost(cfg: dict, pair: str, repeats: int = 7) -> float:
-    """How many times slower a pass of the sweep's model on the pair is than the default CNN's on digits: the
-    fastest of `repeats` passes of each, timed in turn (a burst of load on a shared machine hits both alike)."""
-    from benchmark.config import compose
-    from benchmark.execute import device_of
+#: The reference: the default CNN on a 16 px digit, at the default batches.
+REFERENCE = ("small_cnn", (), (1, 16, 16), 10, 64, 256)
 
-    device = device_of(cfg["eval"]["device"])
-    ref = compose(["experiment=digits", "logger=none"])
-    if (cfg["model"], cfg["data"][pair]) == (ref["model"], ref["data"]["digits"]):
+
+@functools.lru_cache(maxsize=8)
+def _timed(spec: tuple, rounds: int = 8, budget: float = 4.0) -> tuple[float, float, float, float]:
+    """(train, grad, score, ref) CPU seconds per example: each pass timed once per round, the model's and the
+    reference's in turn, and the fastest of the rounds kept. CPU time leaves out what other processes run; the
+    rounds, spread over a few seconds, leave out most of what they slow on a shared core (a busy sibling thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # every stage runs with one torch thread (numerics.threads)
+    try:
+        calls = _steps(*spec)
+        if spec != REFERENCE:  # the default model on digits is its own reference
+            calls["ref"] = _steps(*REFERENCE)["train"]
+        best = dict.fromkeys(calls, float("inf"))
+        for step, _ in calls.values():  # warm up
+            step()
+        spent = 0.0
+        for _ in range(rounds):
+            for name, (step, batch) in calls.items():
+                start = time.process_time()
+                step()
+                took = time.process_time() - start
+                best[name], spent = min(best[name], took / batch), spent + took
+            if spent > budget:
+                break
+        return best["train"], best["grad"], best["score"], best.get("ref", best["train"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pass_costs(cfg: dict, pair: str, dm=None) -> PassCosts:
+    """The sweep's model's `PassCosts` on a pair (random images of its shape: the values do not change the time)."""
+    from benchmark.stages.build import build_datamodule
+
+    dm = build_datamodule(cfg["data"][pair]) if dm is None else dm
+    kwargs = tuple(sorted((cfg["model"].get("kwargs") or {}).items()))
+    batch = cfg["eval"]["batch_size"] if isinstance(cfg["eval"]["batch_size"], int) else 256
+    spec = (cfg["model"]["backbone"], kwargs, tuple(dm.image_shape), dm.num_classes, dm.batch_size, batch)
+    return PassCosts(*_timed(spec))
+
+
+def relative_cost(cfg: dict, pair: str) -> float:
+    """How many times the default CNN's training step on a 16 px digit one of the sweep's model on the pair costs."""
+    costs = pass_costs(cfg, pair)
+    return costs.train / costs.ref
+
+
+def deployed_factor(cfg: dict, pair: str, module: dict, dm) -> float:
+    """A pass of a defense's deployed model (a purifier before the classifier, test-time dropout...) in passes of
+    the classifier, timed on the untrained module (1 for a defense that deploys its classifier as it is)."""
+    from hydra.utils import get_object
+
+    from lightning_modules.modules import StudentModule
+
+    try:
+        cls = get_object(module["_target_"])
+    except Exception:  # noqa: BLE001 - the config check names a bad target
         return 1.0
-    passes = [_pass(cfg["model"], cfg["data"][pair], device), _pass(ref["model"], ref["data"]["digits"], device)]
-    best = [float("inf")] * 2
-    for _ in range(repeats):
-        for i, run in enumerate(passes):
-            start = time.perf_counter()
-            run()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0] / best[1]
+    if getattr(cls, "deployed_model", None) is StudentModule.deployed_model:
+        return 1.0
+    key = json.dumps([cfg["model"], cfg["data"][pair], module], sort_keys=True, default=str)
+    return _deployed(key, cls.__name__, dm)
 
 
-def _train_passes(job: dict, sizes: dict) -> float:
-    """Example-passes of a training stage: epochs x examples x (1 + its training attack's steps)."""
+@functools.lru_cache(maxsize=64)
+def _deployed(key: str, name: str, dm) -> float:
+    from benchmark.stages.build import build
+    from lightning_modules.classifier import build_classifier
+
+    model_cfg, _, module = json.loads(key)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+
+        def make():
+            kwargs = model_cfg.get("kwargs") or {}
+            return build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
+
+        torch.manual_seed(0)
+        base = make()
+        deployed = build(module, model=make(), teacher_state=base.state_dict()).deployed_model()
+        x = torch.rand(32, *dm.image_shape)
+
+        def grad(model):
+            def step():
+                model.eval()
+                xa = x.clone().requires_grad_(True)
+                out = model(xa)
+                torch.autograd.grad((out[0] if isinstance(out, tuple) else out).float().logsumexp(1).sum(), xa)
+
+            return step
+
+        return _cpu_seconds_per_example(grad(deployed), 32, 0.5) / _cpu_seconds_per_example(grad(base), 32, 0.5)
+    except Exception:  # noqa: BLE001 - a module that needs its training to deploy (the differentiators)
+        return DEPLOYED.get(name, 1.0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---- the work of each stage ----------------------------------------------------------------------------------------
+def _class_name(module: dict) -> str:
+    return str(module.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def _train_steps(module: dict) -> tuple[int, int]:
+    """(the training attack's steps per example, the validation attack's): 0, 0 for a module that does not train
+    on adversarial examples."""
+    from hydra.utils import get_object
+
+    from defenses.base import AdversarialStudent, TrainAttack
+
+    target = module.get("_target_")
+    try:
+        cls = get_object(target) if target else None
+    except Exception:  # noqa: BLE001 - an unknown target is the config check's business
+        cls = None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, AdversarialStudent)):
+        return 0, 0
+    given = module.get("train_attack") or {}
+    steps = int(given.get("steps", cls.train_attack_defaults.get("steps", TrainAttack.steps)))
+    return steps, (0 if "val_attack" in module and module["val_attack"] is None else steps)
+
+
+def train_seconds(job: dict, info: dict, costs: PassCosts, deployed: float = 1.0) -> float:
+    """CPU seconds of a training stage (a public model's: its fixed cost alone): per epoch, each training example's
+    passes (the module's) and its training attack's steps, each validation example's scoring pass and validation
+    attack's steps; plus the stage's fixed cost."""
+    fixed = FIXED["train"] * costs.ref
     if job.get("public"):
-        return 0.0
+        return fixed
     module = job["module"]
-    attack = module.get("train_attack") or {}
-    steps = attack.get("steps", module.get("steps", 0)) or 0
     epochs = (job.get("trainer") or {}).get("max_epochs") or 1
-    return epochs * sizes.get(job["domain"], 0) * (1 + steps)
+    n_train = info.get("train_sizes", {}).get(job["domain"], 0)
+    n_val = info.get("val_sizes", {}).get(job["domain"], 0)
+    steps, val_steps = _train_steps(module)
+    step = costs.grad + OVERHEAD["step"] * costs.ref
+    name = _class_name(module)
+    passes = MODULES.get(name, 1.0) * max(1.0, TRAIN_PER_DEPLOYED.get(name, 0.0) * deployed)
+    train = passes * (costs.train + OVERHEAD["train"] * costs.ref)
+    per_epoch = n_train * (train + steps * step) + n_val * (costs.score * (2 if val_steps else 1) + val_steps * step)
+    return fixed + epochs * per_epoch
 
 
-def _attack_passes(spec: dict, n: int, draws: int = 1) -> float:
-    """Example-passes of an attack cell or crafted set: examples x steps x EOT x restarts, plus the scoring draws."""
-    attack = {**spec["cfg"], **spec.get("changes", {})}
-    inner = attack.get("attack") if isinstance(attack.get("attack"), dict) else {}  # a transfer attack's
-    steps = attack.get("steps", inner.get("steps", 1)) or 1
-    eot = attack.get("eot", inner.get("eot", 1)) or 1
-    restarts = attack.get("restarts", inner.get("restarts", 1)) or 1
-    if str(attack.get("_target_", "")).endswith("AutoAttack"):  # APGD-CE and -DLR (rand: EOT 20) or the cascade
-        steps, eot = 2 * attack.get("steps", 100), (20 if attack.get("version") == "rand" else 4)
-    return n * steps * eot * restarts + n * draws
+def attack_steps(attack, n: int, randomized: bool, share: str = "point") -> float:
+    """Attack steps (each a forward and backward pass of one example) of an attack on n examples of a model: every
+    step of every example on a randomized model, the `EARLY_STOP` (or `ONE_STEP`) share on a deterministic one."""
+    steps = getattr(attack, "steps", getattr(getattr(attack, "base", None), "steps", 1)) or 1
+    eot = getattr(attack, "eot", 1) or 1
+    restarts = getattr(attack, "restarts", 1) or 1
+    if type(attack).__name__.startswith("AutoAttack"):  # APGD-CE and -DLR, 100 steps each (rand: EOT 20)
+        steps = AUTOATTACK * 2 * getattr(attack, "steps", 100)
+        eot = 20 if getattr(attack, "version", "") == "rand" else 1
+    done = 1.0
+    if not randomized:
+        done = (ONE_STEP if steps == 1 else EARLY_STOP)[share] if getattr(attack, "early_stop", True) else 1.0
+    return n * steps * eot * restarts * done
 
 
-def summary(cfg: dict, plan) -> dict:
-    """Per kind of stage: how many, how many cached, how many to compute; and the estimated seconds of the rest."""
+def cell_seconds(cell, attack, costs: PassCosts, deployed: float, detection: bool, share: str) -> float:
+    """CPU seconds of an attack cell: its attack (none for a crafted attack's cell: it scores the crafted set), the
+    scoring draws and detection embeddings, its fixed cost. `deployed`: a pass of the deployed model in passes of
+    the classifier (`DEPLOYED`)."""
+    step = costs.grad * deployed + OVERHEAD["step"] * costs.ref
+    if getattr(attack, "bpda", False):  # the backward pass skips the purifier (BPDA's identity)
+        step = costs.score * deployed + costs.grad + OVERHEAD["step"] * costs.ref
+    work = 0.0 if cell.crafted else attack_steps(attack, cell.n, cell.randomized, share) * step
+    work += cell.n * cell.draws * costs.score * deployed * (2 if detection else 1)
+    return FIXED["cell"] * costs.ref + work
+
+
+def craft_seconds(stage: dict, attack, info: dict, costs: PassCosts) -> float:
+    """CPU seconds of a crafted set: a universal perturbation's epochs over the attacker's data (a step per image
+    and epoch), or a transfer attack's steps on the teacher for each of its examples."""
+    step = costs.grad + OVERHEAD["step"] * costs.ref
+    epochs = getattr(attack, "epochs", None)
+    if epochs:
+        n = info.get("train_sizes", {}).get(getattr(attack, "attacker_domain", "target"), 0)
+        limit = getattr(attack, "max_examples", None)
+        work = epochs * (min(n, limit) if limit else n) * step
+    else:
+        inner = getattr(attack, "base", None) or attack
+        work = attack_steps(inner, stage["n"], True) * step
+    return FIXED["craft"] * costs.ref + work + stage["n"] * costs.score
+
+
+def stage_seconds(cfg: dict, plan, costs: dict, share: str = "point") -> dict[str, float]:
+    """{stage id: estimated CPU seconds} for every stage of the plan (`costs`: `PassCosts` by pair)."""
+    out = {}
+    detection = bool(cfg["eval"].get("detection"))
+    deployed = {}
+    for s in plan.stages:
+        if s["kind"] == "student":
+            pair = s["job"]["data_name"]
+            deployed[s["id"]] = deployed_factor(cfg, pair, s["job"]["module"], _pair(cfg, plan, pair))
+    for stage in plan.stages:
+        if stage["kind"] in ("teacher", "student"):
+            pair = stage["job"]["data_name"]
+            out[stage["id"]] = train_seconds(stage["job"], plan.pairs[pair], costs[pair], deployed.get(stage["id"], 1))
+        elif stage["kind"] == "craft":
+            out[stage["id"]] = craft_seconds(stage, plan.attack(stage["id"]), plan.pairs[stage["pair"]],
+                                             costs[stage["pair"]])  # fmt: skip
+        else:
+            cell = stage["cell"]
+            out[stage["id"]] = cell_seconds(cell, plan.attack(stage["id"]), costs[cell.pair],
+                                            deployed.get(cell.model, 1.0), detection, share)  # fmt: skip
+    return out
+
+
+def _pair(cfg: dict, plan, pair: str):
+    """The plan's data pair (set up by its planner), or one built from its config (not set up: its shape is enough)."""
+    if pair not in plan._data:
+        from benchmark.stages.build import build_datamodule
+
+        plan._data[pair] = build_datamodule(cfg["data"][pair])
+    return plan._data[pair]
+
+
+# ---- the wall clock ------------------------------------------------------------------------------------------------
+def workers_of(cfg: dict) -> int:
+    """How many stages run at once: the workers launcher's processes (one per GPU, or per CPU core), else one."""
+    launcher = cfg.get("launcher") or {}
+    if launcher.get("name") != "workers":
+        return 1
+    from benchmark.launchers.workers import layout
+
+    return len(layout(launcher))
+
+
+def schedule(stages: list[dict], seconds: dict[str, float], workers: int) -> float:
+    """The wall time of `stages` (those to compute) on `workers` that each take a ready stage as they free up: a
+    stage that others wait for first (the longest chain's head), then plan order (`benchmark.launchers.workers`)."""
+    ids = {s["id"] for s in stages}
+    deps = {s["id"]: [d for d in s["deps"] if d in ids] for s in stages}
+    level: dict[str, int] = {}
+    for s in reversed(stages):  # dependents come after their dependencies in plan order
+        level.setdefault(s["id"], 0)
+        for d in deps[s["id"]]:
+            level[d] = max(level.get(d, 0), level[s["id"]] + 1)
+    order = {s["id"]: i for i, s in enumerate(stages)}
+    finish: dict[str, float] = {}
+    free = [0.0] * max(1, workers)
+    left = sorted(ids, key=lambda i: (-level[i], order[i]))
+    while left:
+        w = min(range(len(free)), key=free.__getitem__)
+        now = free[w]
+        ready = [i for i in left if all(d in finish and finish[d] <= now for d in deps[i])]
+        if not ready:  # wait for the next dependency to finish
+            free[w] = min(t for d, t in finish.items() if t > now) if any(t > now for t in finish.values()) else now
+            if free[w] == now:  # a dependency outside this schedule: run what is left in order
+                ready = left[:1]
+            else:
+                continue
+        pick = ready[0]
+        left.remove(pick)
+        finish[pick] = now + seconds[pick]
+        free[w] = finish[pick]
+    return max(finish.values(), default=0.0)
+
+
+# ---- the summary ---------------------------------------------------------------------------------------------------
+def summary(cfg: dict, plan, assume_cold: bool = False) -> dict:
+    """Per kind of stage: how many, how many cached, how many to compute; the estimated seconds of the rest (a point
+    and a range), their CPU seconds by kind of work (as run_stats.json names them)."""
     from benchmark.cache import Cache
     from benchmark.execute import stage_entry
+    from benchmark.timing import kind_of
 
     cache = Cache(cfg["cache_dir"])
     counts: dict[str, Counter] = {}
-    passes = 0.0
+    todo = []
     for stage in plan.stages:
-        kind = KINDS[stage["kind"]]
-        cached = cache.exists(*stage_entry(stage))
-        counts.setdefault(kind, Counter())["cached" if cached else "to compute"] += 1
-        if cached:
-            continue
-        if stage["kind"] in ("teacher", "student"):
-            passes += _train_passes(stage["job"], plan.pairs[stage["job"]["data_name"]].get("train_sizes", {}))
-        elif stage["kind"] == "craft":
-            passes += _attack_passes(stage["attack"], stage["n"])
-        elif not stage["cell"].crafted:  # a crafted attack's cell only scores its examples
-            cell = stage["cell"]
-            passes += _attack_passes(cell.attack, cell.n, cell.draws)
-    ratio = relative_cost(cfg, next(iter(plan.pairs))) if passes else 1.0
-    return {
-        "stages": len(plan),
-        "by_kind": {k: dict(v) for k, v in counts.items()},
-        "example_passes": passes,
-        "relative_cost": ratio,
-        "estimated_seconds": passes * DEFAULT_SECONDS_PER_PASS * ratio,
-    }
+        cached = not assume_cold and cache.exists(*stage_entry(stage))
+        counts.setdefault(KINDS[stage["kind"]], Counter())["cached" if cached else "to compute"] += 1
+        if not cached:
+            todo.append(stage)
+    out = {"stages": len(plan), "by_kind": {k: dict(v) for k, v in counts.items()}, "estimated_seconds": 0.0,
+           "range": (0.0, 0.0), "seconds_by_kind": {}, "workers": workers_of(cfg), "relative_cost": 1.0}  # fmt: skip
+    if not todo:
+        return out
+    costs = {pair: pass_costs(cfg, pair, plan._data.get(pair)) for pair in plan.pairs}
+    points = {}
+    for name in ("point", "low", "high"):
+        seconds = stage_seconds(cfg, plan, costs, name)
+        fixed = FIXED["run"] * next(iter(costs.values())).ref
+        points[name] = (seconds, fixed + schedule(todo, seconds, out["workers"]))
+    by_kind: Counter = Counter()
+    for stage in todo:
+        by_kind[kind_of(stage)] += points["point"][0][stage["id"]]
+    first = next(iter(costs.values()))
+    out.update(relative_cost=first.train / first.ref, estimated_seconds=points["point"][1],
+               range=(points["low"][1], points["high"][1]),
+               seconds_by_kind={k: round(v, 1) for k, v in sorted(by_kind.items())},
+               stage_seconds={s["id"]: points["point"][0][s["id"]] for s in todo},
+               work_seconds=sum(by_kind.values()), costs={p: vars(c) for p, c in costs.items()})  # fmt: skip
+    return out
 
 
 def describe(s: dict) -> list[str]:
@@ -126,9 +442,11 @@ def describe(s: dict) -> list[str]:
         lines.append(f"  {kind}: {c.get('to compute', 0)} to compute, {c.get('cached', 0)} cached")
     est = s["estimated_seconds"]
     if est:
+        low, high = s["range"]
         lines.append(
-            f"estimated time: about {_duration(est)} on a 2-core CPU ({s['example_passes']:,.0f} example-passes, the "
-            f"model {s['relative_cost']:.1f}x the default CNN's cost; a rough rule, see benchmark/estimate.py)"
+            f"estimated time: about {_duration(est)} ({_duration(low)} to {_duration(high)}: attacks stopping early or "
+            f"running every step) with {s['workers']} worker(s) at this machine's speed now ({s['work_seconds']:,.0f} "
+            "CPU seconds of work; benchmark/estimate.py)"
         )
     else:
         lines.append("nothing to compute: every stage is cached")
@@ -149,5 +467,77 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
+        return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# ---- estimate against a finished run -----------------------------------------------------------------------------
+def check(folders: list[str | os.PathLike]) -> dict:
+    """The estimate of finished runs' plans, every stage priced as if the cache were empty, beside what their
+    run_stats.json measured: per kind of work (CPU seconds, and the whole stages' wall-clock seconds) and the wall
+    time (with a shared pool of workers, as `make bench` runs its experiments: the pool's and each run's own)."""
+    from omegaconf import OmegaConf
+
+    from benchmark.plan import Plan
+
+    kinds: dict[str, dict[str, float]] = {}
+    measured_wall, stages, seconds, workers, fixed = 0.0, [], {}, 1, 0.0
+    pool = None
+    for folder in map(Path, folders):
+        cfg = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+        plan = Plan.from_json((folder / "plan.json").read_text())
+        stats = json.loads((folder / "run_stats.json").read_text())
+        for pair, info in plan.pairs.items():  # a plan written before the validation sizes were kept
+            if "val_sizes" not in info:
+                from benchmark.stages.build import build_datamodule
+
+                dm = plan._data[pair] = build_datamodule(cfg["data"][pair])
+                info["val_sizes"] = {d: len(dm.splits(d).val) for d in ("source", "target")}
+        s = summary(cfg, plan, assume_cold=True)
+        workers = max(workers, s["workers"])
+        for kind, value in s["seconds_by_kind"].items():
+            kinds.setdefault(kind, Counter())["estimated"] += value
+        for name, label in (("cpu_seconds_by_kind", "cpu"), ("stage_seconds_by_kind", "wall")):
+            for kind, value in (stats.get(name) or {}).items():
+                kinds.setdefault(kind, Counter())[label] += value
+        measured_wall += stats["seconds"]
+        pool = (stats.get("pool") or {}).get("pool_seconds", pool)
+        stages += [st for st in plan.stages if st["id"] in s["stage_seconds"]]
+        seconds.update(s["stage_seconds"])
+        fixed += s["estimated_seconds"] - schedule([st for st in plan.stages if st["id"] in s["stage_seconds"]],
+                                                   s["stage_seconds"], s["workers"])  # fmt: skip
+    measured = measured_wall + (pool or 0.0)
+    estimated = fixed + schedule(stages, seconds, workers)
+    return {"kinds": {k: dict(v) for k, v in sorted(kinds.items())}, "estimated_seconds": estimated,
+            "measured_seconds": measured, "workers": workers}  # fmt: skip
+
+
+def check_lines(result: dict) -> list[str]:
+    lines = [f"{'kind of work':<24} {'estimated':>10} {'CPU':>10} {'stage wall':>11}   (CPU seconds, run_stats.json)"]
+    for kind, v in result["kinds"].items():
+        cpu, wall = v.get("cpu"), v.get("wall")
+        lines.append(f"{kind:<24} {v.get('estimated', 0):>10.0f} {_num(cpu):>10} {_num(wall):>11}"
+                     + (f"   x{v.get('estimated', 0) / cpu:.2f}" if cpu else ""))  # fmt: skip
+    est, got = result["estimated_seconds"], result["measured_seconds"]
+    lines.append(f"wall time: estimated {est:.0f} s, measured {got:.0f} s ({est / got - 1:+.0%}) with "
+                 f"{result['workers']} worker(s); the estimate is priced at this machine's speed now")  # fmt: skip
+    return lines
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def main(argv: list[str]) -> int:
+    """`python -m benchmark.estimate RESULTS_DIR [...]`: the estimate against finished runs (one folder per
+    experiment of a `make bench`, all of them for a pooled run)."""
+    if not argv or {"-h", "--help"} & set(argv):
+        print(main.__doc__.strip())
+        return 0 if argv else 2
+    for line in check_lines(check(argv)):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -140,6 +140,7 @@ class Planner:
             "num_classes": dm.num_classes,
             "n": n,
             "train_sizes": {d: len(dm.splits(d).train) for d in ("source", "target")},  # for the time estimate
+            "val_sizes": {d: len(dm.splits(d).val) for d in ("source", "target")},
             "eval": {
                 "data": semantic(cfg["data"][pair], NON_SEMANTIC_DATA_KEYS),
                 "fingerprint": dm.fingerprint(),
