@@ -64,6 +64,9 @@ FIXED = {"train": 2000.0, "cell": 60.0, "craft": 400.0, "run": 60000.0}
 #: How many classifier passes a training example of these modules costs: two augmented views and the heads (SSL;
 #: SimCLR's encoder on digits and on fashion_ssl).
 MODULES = {"SimCLR": 4.0, "BYOL": 4.0, "MoCoV2": 4.0}
+#: A student's training step with frozen layers (`mode`): the backward pass stops at the first trained layer
+#: (fashion_rgb32's freeze, layer4 and the head trained: 0.55 of finetune's time).
+MODES = {"freeze": 0.55, "linear_probe": 0.4}
 #: A training example of these modules costs this many passes of their deployed model (AToP: the generator, and the
 #: discriminator at a GAN weight above 0, beside the classifier: 4.4 classifier passes on digits, whose purified
 #: model costs 3; about 5 on Fashion-MNIST at GAN weight 0, whose purified model costs 5.6).
@@ -276,6 +279,7 @@ def train_seconds(job: dict, info: dict, costs: PassCosts, deployed: float = 1.0
     step = costs.grad + OVERHEAD["step"] * costs.ref
     name = _class_name(module)
     passes = MODULES.get(name, 1.0) * max(1.0, TRAIN_PER_DEPLOYED.get(name, 0.0) * deployed)
+    passes *= MODES.get(module.get("mode"), 1.0)
     train = passes * (costs.train + OVERHEAD["train"] * costs.ref)
     per_epoch = n_train * (train + steps * step) + n_val * (costs.score * (2 if val_steps else 1) + val_steps * step)
     return fixed + epochs * per_epoch
@@ -398,9 +402,22 @@ def schedule(stages: list[dict], seconds: dict[str, float], workers: int) -> flo
 
 
 # ---- the summary ---------------------------------------------------------------------------------------------------
-def summary(cfg: dict, plan, assume_cold: bool = False) -> dict:
+def sharing(workers: int) -> tuple[float, float, int]:
+    """(how many times longer the stages take for the CPU they share with other processes, the other processes' load,
+    the cores): the workers and the load that other processes put on the machine now (the 1-minute load average, less
+    this process) share its cores; 1 on a quiet machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        others = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:  # no load average on this platform
+        others = 0.0
+    return max(1.0, (others + min(workers, cores)) / cores), others, cores
+
+
+def summary(cfg: dict, plan, assume_cold: bool = False, quiet: bool = False) -> dict:
     """Per kind of stage: how many, how many cached, how many to compute; the estimated seconds of the rest (a point
-    and a range), their CPU seconds by kind of work (as run_stats.json names them)."""
+    and a range: on this machine as busy as it is now, or quiet with `quiet`), their CPU seconds by kind of work (as
+    run_stats.json names them)."""
     from benchmark.cache import Cache
     from benchmark.execute import stage_entry
     from benchmark.timing import kind_of
@@ -418,11 +435,12 @@ def summary(cfg: dict, plan, assume_cold: bool = False) -> dict:
     if not todo:
         return out
     costs = {pair: pass_costs(cfg, pair, plan._data.get(pair)) for pair in plan.pairs}
+    slower, others, cores = (1.0, 0.0, 0) if quiet else sharing(out["workers"])
     points = {}
     for name in ("point", "low", "high"):
         seconds = stage_seconds(cfg, plan, costs, name)
         fixed = FIXED["run"] * next(iter(costs.values())).ref
-        points[name] = (seconds, fixed + schedule(todo, seconds, out["workers"]))
+        points[name] = (seconds, slower * (fixed + schedule(todo, seconds, out["workers"])))
     by_kind: Counter = Counter()
     for stage in todo:
         by_kind[kind_of(stage)] += points["point"][0][stage["id"]]
@@ -431,7 +449,8 @@ def summary(cfg: dict, plan, assume_cold: bool = False) -> dict:
                range=(points["low"][1], points["high"][1]),
                seconds_by_kind={k: round(v, 1) for k, v in sorted(by_kind.items())},
                stage_seconds={s["id"]: points["point"][0][s["id"]] for s in todo},
-               work_seconds=sum(by_kind.values()), costs={p: vars(c) for p, c in costs.items()})  # fmt: skip
+               work_seconds=sum(by_kind.values()), costs={p: vars(c) for p, c in costs.items()},
+               sharing={"slower": slower, "others": others, "cores": cores})  # fmt: skip
     return out
 
 
@@ -443,10 +462,15 @@ def describe(s: dict) -> list[str]:
     est = s["estimated_seconds"]
     if est:
         low, high = s["range"]
+        share = s.get("sharing") or {}
+        busy = ""
+        if share.get("slower", 1.0) > 1.0:
+            busy = (f", {share['slower']:.1f}x for the {share['others']:.1f} cores' worth of other processes now "
+                    f"running on its {share['cores']}")  # fmt: skip
         lines.append(
             f"estimated time: about {_duration(est)} ({_duration(low)} to {_duration(high)}: attacks stopping early or "
-            f"running every step) with {s['workers']} worker(s) at this machine's speed now ({s['work_seconds']:,.0f} "
-            "CPU seconds of work; benchmark/estimate.py)"
+            f"running every step) with {s['workers']} worker(s){busy} ({s['work_seconds']:,.0f} CPU seconds of work "
+            "timed on this machine; benchmark/estimate.py)"
         )
     else:
         lines.append("nothing to compute: every stage is cached")
@@ -493,7 +517,7 @@ def check(folders: list[str | os.PathLike]) -> dict:
 
                 dm = plan._data[pair] = build_datamodule(cfg["data"][pair])
                 info["val_sizes"] = {d: len(dm.splits(d).val) for d in ("source", "target")}
-        s = summary(cfg, plan, assume_cold=True)
+        s = summary(cfg, plan, assume_cold=True, quiet=True)
         workers = max(workers, s["workers"])
         for kind, value in s["seconds_by_kind"].items():
             kinds.setdefault(kind, Counter())["estimated"] += value
@@ -518,9 +542,14 @@ def check_lines(result: dict) -> list[str]:
         cpu, wall = v.get("cpu"), v.get("wall")
         lines.append(f"{kind:<24} {v.get('estimated', 0):>10.0f} {_num(cpu):>10} {_num(wall):>11}"
                      + (f"   x{v.get('estimated', 0) / cpu:.2f}" if cpu else ""))  # fmt: skip
+    work = sum(v.get("estimated", 0) for v in result["kinds"].values())
+    cpu = sum(v.get("cpu", 0) for v in result["kinds"].values())
+    if cpu:
+        lines.append(f"work: estimated {work:.0f} CPU seconds, measured {cpu:.0f} ({work / cpu - 1:+.0%})")
     est, got = result["estimated_seconds"], result["measured_seconds"]
-    lines.append(f"wall time: estimated {est:.0f} s, measured {got:.0f} s ({est / got - 1:+.0%}) with "
-                 f"{result['workers']} worker(s); the estimate is priced at this machine's speed now")  # fmt: skip
+    lines.append(f"wall time: estimated {est:.0f} s on this machine when quiet, measured {got:.0f} s "
+                 f"({est / got - 1:+.0%}) with {result['workers']} worker(s) (other processes during the run slow "
+                 "it: compare the work above)")  # fmt: skip
     return lines
 
 
