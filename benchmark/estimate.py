@@ -272,7 +272,11 @@ def summary(cfg: dict, plan, assume_cold: bool = False, quiet: bool = False) -> 
            "range": (0.0, 0.0), "seconds_by_kind": {}, "workers": workers_of(cfg), "relative_cost": 1.0}  # fmt: skip
     if not todo:
         return out
-    costs = {pair: pass_costs(cfg, pair, plan._data.get(pair)) for pair in plan.pairs}
+    try:
+        costs = {pair: pass_costs(cfg, pair, plan._data.get(pair)) for pair in plan.pairs}
+    except Exception as e:  # noqa: BLE001 - a model this machine cannot time: no estimate, not a failed run
+        out["no_estimate"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        return out
     slower, others, cores = (1.0, 0.0, 0) if quiet else sharing(out["workers"])
     points = {}
     for name in ("point", "low", "high"):
@@ -310,6 +314,8 @@ def describe(s: dict) -> list[str]:
             f"running every step) with {s['workers']} worker(s){busy} ({s['work_seconds']:,.0f} CPU seconds of work "
             "timed on this machine; benchmark/estimate.py)"
         )
+    elif s.get("no_estimate"):
+        lines.append(f"estimated time: none (the model could not be timed here: {s['no_estimate']})")
     else:
         lines.append("nothing to compute: every stage is cached")
     return lines
