@@ -21,7 +21,7 @@ from attacks.base import Attack, parse_eps
 from attacks.errors import ConfigError, choose
 from benchmark.arguments import check_arguments
 from benchmark.metrics import TRANSFERABILITY_FORMS
-from benchmark.overrides import key_of, sweep_dir, unknown_key_error
+from benchmark.overrides import file_overrides, key_of, sweep_dir, unknown_key_error
 from benchmark.stages.build import build, build_datamodule, declared, model_skeleton, teacher_module_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -57,7 +57,7 @@ def compose(overrides: list[str], earlier: bool = True) -> dict:
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             composed = hydra_compose("config", overrides=overrides)
-        if slug := sweep_dir(overrides):  # a sweep changed on the command line: its own folder (benchmark.overrides)
+        if slug := sweep_dir(overrides, _file_contents(overrides)):  # its own folder (benchmark.overrides)
             composed.results_dir = f"{OmegaConf.to_container(composed)['results_dir']}/{slug}"
         cfg = OmegaConf.to_container(composed, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
@@ -72,6 +72,20 @@ def compose(overrides: list[str], earlier: bool = True) -> dict:
             del cfg[group][name]
     cfg["earlier_defenses"] = earlier_defenses(cfg, overrides) if earlier else {}
     return cfg
+
+
+def _file_contents(overrides: list[str]) -> dict[str, str]:
+    """{override: the content digest of the weights file it names}, for the results folder (`sweep_dir`). A file
+    that cannot be read is left out here: the plan stops on it with its one-line error."""
+    from lightning_modules.checkpoints import file_digest
+
+    out = {}
+    for override, path in file_overrides(overrides).items():
+        try:
+            out[override] = file_digest(str(Path(path).expanduser()), key_of(override))
+        except (ConfigError, OSError):
+            continue
+    return out
 
 
 def _unknown_key(message: str, overrides: list[str]) -> str | None:
@@ -130,10 +144,28 @@ def _get(entry: dict, path: tuple[str, ...]) -> dict:
     return entry
 
 
+#: The options of public checkpoints and pretrained weights, one line each in `--help` (docs/checkpoints.md).
+CHECKPOINT_OPTIONS = (
+    ("teacher.checkpoint=FILE", "the teacher is this file's network, loaded (weights-only), not trained"),
+    ("teacher.common.checkpoint=FILE", "CommonInit's common model from a file (experiments with teacher.common)"),
+    ("teacher.checkpoint_format=auto", "how its keys are read: auto, suite, timm, torchvision, solo-learn, lightly, "
+     "prefix:<key prefix>"),
+    ("teacher.checkpoint_head=auto", "its head: auto (the file's when it has the data's number of classes, else "
+     "fresh; the default), fresh, file"),
+    ("model.pretrained=true", "timm's pretrained weights of model.backbone (a name with its tag, e.g. "
+     "resnet18.a1_in1k) as the first model"),
+    ("model.pretrained_file=FILE", "those weights from a local file (no internet), with model.pretrained=true"),
+    ("experiment=fashion_rgb32", "Fashion-MNIST as 3 x 32 x 32 with resnet18_cifar: an embedded benchmark a public "
+     "CIFAR checkpoint can serve"),
+)  # fmt: skip
+
+
 def usage(doc: str) -> str:
-    """`doc` (the command's docstring) and every config group with its options."""
+    """`doc` (the command's docstring), every config group with its options, and the checkpoint options."""
     lines = [doc.strip(), "", "Config groups and their options:"]
     lines += [f"  {g:<11} {', '.join(options(g))}" for g in GROUPS]
+    lines += ["", "Public checkpoints and pretrained weights (--plan shows what a file loads; docs/checkpoints.md):"]
+    lines += [f"  {option:<31} {what}" for option, what in CHECKPOINT_OPTIONS]
     return "\n".join(lines)
 
 
@@ -211,13 +243,15 @@ def _declarations(cfg: dict) -> dict[str, Declared]:
         check_arguments(dcfg, f"data.{pname}")
         dm = build_datamodule(dcfg)  # loads nothing: the data comes with `setup`, in the plan
 
-        found.update(_on_meta(functools.partial(_modules, cfg, dm, teachers, defenses)))
+        found.update(_on_meta(functools.partial(_modules, cfg, pname, dm, teachers, defenses)))
     return found
 
 
-def _modules(cfg: dict, dm, teachers: dict[str, dict], defenses: dict[str, dict]) -> dict[str, Declared]:
-    """Build the teacher and defense modules of a data pair (checking their values); what each defense declares."""
+def _modules(cfg: dict, pair: str, dm, teachers: dict[str, dict], defenses: dict[str, dict]) -> dict[str, Declared]:
+    """Build the teacher and defense modules of a data pair (checking their values and that the model takes the
+    pair's images); what each defense declares."""
     model = model_skeleton(cfg["model"], dm)
+    _check_input(model, cfg["model"], pair, dm)
     for mcfg in teachers.values():
         build(mcfg, model=model_skeleton(cfg["model"], dm))
     out = {}
@@ -225,6 +259,37 @@ def _modules(cfg: dict, dm, teachers: dict[str, dict], defenses: dict[str, dict]
         module = build(dfn["module"], model=model_skeleton(cfg["model"], dm), teacher_state=model.state_dict())
         out[dname] = Declared(declared(module), hasattr(module.deployed_model(), "frozen"))
     return out
+
+
+def _check_input(model, model_cfg: dict, pair: str, dm) -> None:
+    """One forward pass of two of the pair's images (on the meta device: shapes only, no cost): a model that does not
+    take the data's image size or channels (a ViT built for 224 px, the DTN's 32 px) stops here, in one line that
+    says what it takes and how to match them, not in a traceback of the plan's time estimate."""
+    try:
+        model.eval()(torch.zeros(2, *dm.image_shape))
+    except Exception as e:  # noqa: BLE001 - any failure of the forward pass is the config's
+        if "meta" in str(e):  # the meta device's own limit: `_on_meta` runs it again on the CPU
+            raise
+        raise ConfigError(_input_error(model, model_cfg, pair, dm, e)) from None
+
+
+def _input_error(model, model_cfg: dict, pair: str, dm, error: Exception) -> str:
+    c, h, w = dm.image_shape
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    fixes = []
+    takes = getattr(getattr(model.backbone, "patch_embed", None), "img_size", None)  # timm's ViTs and the like
+    if takes:
+        size = takes[0] if isinstance(takes, (tuple, list)) else takes
+        fixes.append(f"++model.kwargs.img_size={h} (the model built for the data's size)")
+        if hasattr(dm, "image_size"):
+            fixes.append(f"data.{pair}.image_size={size} (the data at the model's size)")
+    elif hasattr(dm, "image_size"):
+        fixes.append(f"data.{pair}.image_size=<the size the model takes>")
+    fixes.append("a model.backbone for this image size")
+    return (
+        f"model.backbone={model_cfg['backbone']} does not take the data's {c} x {h} x {w} images "
+        f"(data {pair}): {first}; give {' or '.join(fixes)}"
+    )
 
 
 def _on_meta(fn):

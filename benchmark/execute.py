@@ -36,7 +36,7 @@ from benchmark.stages.attack import check_crafted, compute_cell, fast_layout, pr
 from benchmark.stages.build import build_datamodule
 from benchmark.stages.score import metrics
 from benchmark.stages.train import load_trained, train_stage
-from benchmark.timing import charge
+from benchmark.timing import charge, whole
 from datamodules.base import ImageFile, LazyImages
 
 #: A crafted set's file in its cache entry: float32 images, NumPy's .npy format (`datamodules.base.ImageFile`).
@@ -143,9 +143,12 @@ class Executor:
         waiting = lambda: self.log(f"waiting: another process is computing {stage['id']}")  # noqa: E731
         with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
             if held:
+                wall, cpu = time.perf_counter(), time.process_time()
                 with stage_numerics(self.cfg):  # the same torch threads whoever runs it (benchmark/numerics.py)
                     run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
-                self.done.stats.update(charge(stage, self.done))
+                if charged := charge(stage, self.done):  # computed here, not found finished
+                    self.done.stats.update(charged)
+                    self.done.stats.update(whole(stage, time.perf_counter() - wall, time.process_time() - cpu))
         return held
 
     # ---- data and models -------------------------------------------------------------------------
@@ -211,14 +214,16 @@ class Executor:
     def _train(self, stage: dict) -> None:
         job = stage["job"]
         if self.cache.meta(job["kind"], job["key"]) is None:
-            self.log(f"training {job['kind']} [bold]{job['name']}[/] seed {job['seed']} ({job['data_name']})")
+            doing = "loading public" if job.get("public") else "training"
+            self.log(f"{doing} {job['kind']} [bold]{job['name']}[/] seed {job['seed']} ({job['data_name']})")
             with self._paused(), _all_devices(job):
                 meta = train_stage(job, progress=self.cfg.get("progress", True))
-            self.done.stats[f"{job['kind']}_trained"] += 1
+            self.done.stats[f"{job['kind']}_{'loaded' if job.get('public') else 'trained'}"] += 1
             prep = meta.get("prep")
             self.log(
-                f"  done in {meta['fit_seconds']:.1f}s; best {meta['selection_metric']} "
-                f"{meta['best_value']:.3f} at epoch {meta['best_epoch']}"
+                f"  done in {meta['fit_seconds']:.1f}s; {'' if job.get('public') else 'best '}"
+                f"{meta['selection_metric']} {meta['best_value']:.3f}"
+                + (f" at epoch {meta['best_epoch']}" if meta.get("best_epoch") is not None else "")
                 + (f"; preparation {prep['seconds']:.1f}s" + (" (cached)" if prep["cached"] else "") if prep else "")
             )
         else:

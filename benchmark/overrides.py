@@ -4,8 +4,9 @@ the config does not have.
 Results never overwrite each other: the experiment's own sweep (`make bench`, `experiment=NAME` with at most settings
 that change how it runs, not what it computes) writes `results/<experiment>/`; a sweep narrowed or changed on the
 command line (`defense=[finetune,my_defense]`, `seeds=[0,1,2]`, `eval.n_examples=64`...) writes
-`results/<experiment>/sweeps/<slug>/`, the slug read from its overrides and a hash of them. `results_dir=...` on the
-command line puts a sweep anywhere.
+`results/<experiment>/sweeps/<slug>/`, the slug read from its overrides and a hash of them and of the content of the
+files they name (`teacher.checkpoint=FILE` and the like: an edited file is another sweep, in another folder).
+`results_dir=...` on the command line puts a sweep anywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import re
 NOT_THE_SWEEP = ("experiment", "launcher", "logger", "progress", "cache_dir", "results_dir", "hydra")
 #: Evaluation settings of that kind (the device and batch size do not change the numbers a cell computes).
 NOT_THE_SWEEP_EVAL = ("eval.device", "eval.batch_size")
+#: Overrides that name a file of weights: the sweep is what the file holds, so its folder follows the content.
+FILE_KEYS = ("teacher.checkpoint", "teacher.common.checkpoint", "model.pretrained_file")
 
 
 def key_of(override: str) -> str:
@@ -31,16 +34,28 @@ def changes_the_sweep(override: str) -> bool:
     return root not in NOT_THE_SWEEP and not key.startswith(NOT_THE_SWEEP_EVAL)
 
 
-def sweep_dir(overrides: list[str]) -> str | None:
+def file_overrides(overrides: list[str]) -> dict[str, str]:
+    """{override: the file it names} for the overrides that give a file of weights (FILE_KEYS), not null."""
+    out = {}
+    for o in overrides:
+        value = o.split("=", 1)[1].strip() if "=" in o else ""
+        if key_of(o) in FILE_KEYS and value not in ("", "null"):
+            out[o] = value
+    return out
+
+
+def sweep_dir(overrides: list[str], contents: dict[str, str] | None = None) -> str | None:
     """The results folder of a sweep changed on the command line (relative to results/<experiment>), or None for
-    the experiment's own sweep or when `results_dir` is given."""
+    the experiment's own sweep or when `results_dir` is given. `contents`: {override: a digest of the content of
+    the file it names}, hashed with the overrides."""
     if any(key_of(o) == "results_dir" for o in overrides):
         return None
     changing = sorted(o for o in overrides if changes_the_sweep(o))
     if not changing:
         return None
     words = re.sub(r"[^A-Za-z0-9_.]+", "-", "_".join(o.lstrip("+~") for o in changing)).strip("-")
-    digest = hashlib.sha1("\x1f".join(changing).encode()).hexdigest()[:8]
+    salted = [f"{o}\x1e{(contents or {})[o]}" if o in (contents or {}) else o for o in changing]
+    digest = hashlib.sha1("\x1f".join(salted).encode()).hexdigest()[:8]
     return f"sweeps/{words[:60].rstrip('-_.')}-{digest}"
 
 

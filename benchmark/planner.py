@@ -21,6 +21,7 @@ from benchmark.stages.build import (
     checkpoint_spec,
     job_key_spec,
     load_checkpoint,
+    pretrained_report,
     semantic,
     teacher_module_cfg,
 )
@@ -141,6 +142,7 @@ class Planner:
             "num_classes": dm.num_classes,
             "n": n,
             "train_sizes": {d: len(dm.splits(d).train) for d in ("source", "target")},  # for the time estimate
+            "val_sizes": {d: len(dm.splits(d).val) for d in ("source", "target")},
             "eval": {
                 "data": semantic(cfg["data"][pair], NON_SEMANTIC_DATA_KEYS),
                 "fingerprint": dm.fingerprint(),
@@ -170,13 +172,18 @@ class Planner:
         first model of the chain (`model.pretrained=true`)."""
         where = "teacher.checkpoint" if name == "teacher" else "teacher.common.checkpoint"
         extra: dict = {}
+        loaded = None
         if tcfg.get("checkpoint"):
-            spec = checkpoint_spec(tcfg["checkpoint"], where, tcfg.get("checkpoint_format", "auto"))
-            extra = {"public": True, "checkpoint": spec}
+            fmt, head = tcfg.get("checkpoint_format", "auto"), tcfg.get("checkpoint_head", "auto")
+            spec = checkpoint_spec(tcfg["checkpoint"], where, fmt, head)
             loaded = load_checkpoint(spec, build_model(self.cfg["model"], dm))  # a misfit fails before work
-            self.notes.append(f"{pair}/{name}: {where}: {loaded.line()}")
+            spec["digest"] = loaded.digest  # the key follows the tensors loaded
+            extra = {"public": True, "checkpoint": spec}
         elif self.cfg["model"].get("pretrained") and common is None:
             extra = {"public": True}
+            loaded = pretrained_report(self.cfg["model"], dm)  # timm's weights from a local file: what it loads
+        if loaded is not None:
+            self.notes.append(f"{pair}/{name}: {loaded.where}: {loaded.line()}")
         if common is not None and not extra:
             extra.update(init_key=common["key"], init_kind="teacher")
         seed = tcfg.get("seed", 0)
@@ -185,6 +192,8 @@ class Planner:
         if extra.get("init_key"):
             stage["deps"] = [common["id"]]
         stage.update(defense=name, seed=seed)
+        if loaded is not None:
+            stage["load_report"] = loaded.as_dict()  # --plan-json shows what the file puts into the model
         self.plan.add(stage)
         return stage
 

@@ -131,10 +131,11 @@ def _results(cfg, plan, plan_warnings, launched, console, start: float, group: d
     if not rebuilt:
         console.log(f"leaderboard and plots in {out} are up to date (same results, same code): not redrawn")
     warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
+    # (and `teacher_loaded` when a public teacher was loaded, not trained)
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
-    counts, seconds_by_kind = split(done.stats)
+    counts, seconds_by_kind, whole = split(done.stats)
     stats.update(counts)
-    timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": seconds_by_kind}
+    timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": seconds_by_kind, **whole}
     wandb_start = time.perf_counter()
     failures = track(cfg, rows, plots, warnings, stats, found)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
@@ -161,7 +162,9 @@ def _closing_log(console, cfg, stats: dict, elapsed: float, warnings: list[str],
     pool = f" (+ {group['pool_seconds']:.0f}s of stages pooled with {', '.join(group['experiments'])})" if group else ""
     console.log(
         f"{cfg['name']} done in {elapsed:.0f}s{pool}: trained {stats['teacher_trained']} teacher(s) and "
-        f"{stats['student_trained']} student(s), crafted {stats['crafted']} transfer set(s), ran "
+        f"{stats['student_trained']} student(s)"
+        + (f", loaded {stats['teacher_loaded']} public teacher(s)" if stats.get("teacher_loaded") else "")
+        + f", crafted {stats['crafted']} transfer set(s), ran "
         f"{stats['attacks_run']} attack(s), {stats['cache_hits']} cache hit(s)"
     )
     for w in warnings:
@@ -204,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         if print_plan or print_json:
             from benchmark.planner import make_plan
 
-            plan = make_plan(cfg)[0]
-            if print_json:
+            plan, notes, _ = make_plan(cfg)
+            if print_json:  # each loaded file's report is its stage's `load_report`
                 print(plan.to_json())
                 return []
             cost = estimate.summary(cfg, plan)
-            print("\n".join([f"experiment {cfg['name']} -> {cfg['results_dir']}", *estimate.describe(cost)]))
+            print("\n".join([f"experiment {cfg['name']} -> {cfg['results_dir']}", *notes, *estimate.describe(cost)]))
             if far := estimate.far_beyond(cost):
                 print(f"WARNING: {far}")
             print("(the plan's stages, cells and cache keys as JSON: --plan-json)")

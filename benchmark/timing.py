@@ -1,12 +1,33 @@
 """Where a sweep's time went: training, preparation, crafting and attacks per attack family (fresh work only).
 
 Each stage's seconds are added to the executor's counts as `seconds/<kind>` when it runs, so the counts that
-worker processes and cluster jobs hand back carry them too; `split` takes them out for run_stats.json.
+worker processes and cluster jobs hand back carry them too; `split` takes them out for run_stats.json. Beside the
+stage's own timing (the fit, the attack) come the whole stage's wall-clock and CPU seconds (`stage/<kind>`,
+`cpu/<kind>`: data, model loading and scoring included; the CPU seconds of the process, which a busy shared machine
+does not inflate as it does the wall clock): what `benchmark.estimate` prices, and checks itself against.
 """
 
 from __future__ import annotations
 
 PREFIX = "seconds/"
+#: The whole stage's wall-clock and CPU seconds, and their names in run_stats.json.
+WHOLE = {"stage/": "stage_seconds_by_kind", "cpu/": "cpu_seconds_by_kind"}
+
+
+def kind_of(stage: dict) -> str:
+    """The kind of work a stage is, as run_stats.json names it: train, craft, attack/<entry>, sanity."""
+    if stage["kind"] in ("teacher", "student"):
+        return "train"
+    if stage["kind"] == "craft":
+        return "craft"
+    cell = stage["cell"]
+    return "sanity" if cell.role in ("frozen", "x2", "unbounded") else f"attack/{cell.entry}"
+
+
+def whole(stage: dict, wall: float, cpu: float) -> dict[str, float]:
+    """A computed stage's whole wall-clock and CPU seconds, keyed `stage/<kind>` and `cpu/<kind>`."""
+    kind = kind_of(stage)
+    return {f"stage/{kind}": wall, f"cpu/{kind}": cpu}
 
 
 def charge(stage: dict, done) -> dict[str, float]:
@@ -32,8 +53,13 @@ def charge(stage: dict, done) -> dict[str, float]:
     return {PREFIX + k: v for k, v in out.items()}
 
 
-def split(stats: dict) -> tuple[dict, dict[str, float]]:
-    """(the counts without the seconds, the seconds by kind rounded to 0.1 s)."""
-    counts = {k: v for k, v in stats.items() if not k.startswith(PREFIX)}
+def split(stats: dict) -> tuple[dict, dict[str, float], dict[str, dict[str, float]]]:
+    """(the counts without the seconds, the seconds by kind rounded to 0.1 s, {run_stats name: the whole stages'
+    wall-clock or CPU seconds by kind})."""
+    prefixes = (PREFIX, *WHOLE)
+    counts = {k: v for k, v in stats.items() if not k.startswith(prefixes)}
     seconds = {k[len(PREFIX) :]: round(v, 1) for k, v in sorted(stats.items()) if k.startswith(PREFIX)}
-    return counts, seconds
+    by_whole = {}
+    for p, name in WHOLE.items():
+        by_whole[name] = {k[len(p) :]: round(v, 1) for k, v in sorted(stats.items()) if k.startswith(p)}
+    return counts, seconds, by_whole

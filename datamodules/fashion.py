@@ -10,7 +10,9 @@ The files (the same four torchvision downloads) are looked for, in this order:
 
 Without any of them, a one-line `ConfigError` names the two ways to get the files. No copy is committed.
 
-Pairs (28 x 28 grey images in [0, 1], labels the dataset's 10 classes in both domains):
+Pairs (28 x 28 grey images in [0, 1], labels the dataset's 10 classes in both domains; with `channels=3` and
+`image_size=32` the images are resized to 32 x 32, bilinear, and copied into three channels: RGB images that
+CIFAR-sized networks and public CIFAR checkpoints take, kept as bytes in memory):
 
 * `FashionTask` -- task transfer (Wang et al. 2018's setting: a public model fine-tuned for a new task; papers 2, 3):
   the teacher learns classes 0-4 (T-shirt/top, trouser, pullover, dress, coat) from the training images; the
@@ -142,6 +144,8 @@ class FashionPair(TransferDataModule):
         target_val_per_class: labelled target validation images per class, held out from the training images.
         source_train_max: cap on the teacher's training images (a fixed random subset; null: all).
         source_val_per_class: source validation images per class, held out from the training images.
+        channels: 1 (grey, the files' images) or 3 (the grey image in each channel: RGB).
+        image_size: side of the square images (28: the files' size; else resized, bilinear).
         **kwargs: see `TransferDataModule`.
     """
 
@@ -158,9 +162,19 @@ class FashionPair(TransferDataModule):
         target_val_per_class: int = 50,
         source_train_max: int | None = None,
         source_val_per_class: int = 100,
+        channels: int = 1,
+        image_size: int = 28,
         **kwargs,
     ):
         super().__init__(target_train_per_class=None, **kwargs)
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if image_size < 8:
+            raise ConfigError(f"image_size must be >= 8, got {image_size}")
+        self.channels, self.image_size = channels, image_size
+        self.image_shape = (channels, image_size, image_size)
+        # a pair of other images has other names in the rows (fashion_56789_rgb32)
+        self.suffix = "" if (channels, image_size) == (1, 28) else f"_{'rgb' if channels == 3 else 'grey'}{image_size}"
         for name, value in (
             ("target_val_per_class", target_val_per_class),
             ("source_val_per_class", source_val_per_class),
@@ -205,6 +219,20 @@ class FashionPair(TransferDataModule):
             LabeledTensors(test_x[order], test_y[order]),
         )
 
+    def shaped(self, domains: dict[str, Splits]) -> dict[str, Splits]:
+        """The splits' images at `image_size` with `channels` channels, as bytes (each split is a few thousand
+        images: 3 KB each at 3 x 32 x 32); the 28 x 28 grey images as they are."""
+        if self.image_shape == (1, 28, 28):
+            return domains
+
+        def convert(part: LabeledTensors) -> LabeledTensors:
+            x = part.images.float() / 255.0 if part.images.dtype == torch.uint8 else part.images
+            x = torch.nn.functional.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+            x = x.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, self.channels, -1, -1)
+            return LabeledTensors(x, part.labels)
+
+        return {d: Splits(*(convert(p) for p in (s.train, s.val, s.test))) for d, s in domains.items()}
+
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         raw = load_fashion(self.root, self.download)
         return {split: (to_unit(x), torch.from_numpy(y)) for split, (x, y) in raw.items()}
@@ -233,8 +261,8 @@ class FashionTask(FashionPair):
         self.source_classes = tuple(source)
         self.target_classes = tuple(c for c in range(len(CLASSES)) if c not in source)
         self.class_names = tuple(CLASSES[c] for c in self.target_classes)  # what the students (and the report) learn
-        self.source_name = "fashion_" + "".join(map(str, self.source_classes))
-        self.target_name = "fashion_" + "".join(map(str, self.target_classes))
+        self.source_name = "fashion_" + "".join(map(str, self.source_classes)) + self.suffix
+        self.target_name = "fashion_" + "".join(map(str, self.target_classes)) + self.suffix
         self.label_mapping_doc = (
             "task transfer: each domain numbers its own five classes 0-4; source "
             + ", ".join(f"{i}={CLASSES[c]}" for i, c in enumerate(self.source_classes))
@@ -252,7 +280,7 @@ class FashionTask(FashionPair):
             keep, test = relabel[y] >= 0, relabel[ty] >= 0
             build = self._source if domain == "source" else self._target
             domains[domain] = build(x[keep], relabel[y[keep]], tx[test], relabel[ty[test]])
-        return domains
+        return self.shaped(domains)
 
 
 class FashionShift(FashionPair):
@@ -270,7 +298,8 @@ class FashionShift(FashionPair):
     def __init__(self, rotation_deg: float = 30.0, **kwargs):
         super().__init__(**kwargs)
         self.rotation_deg = float(rotation_deg)
-        self.target_name = f"fashion_rot{self.rotation_deg:g}"
+        self.source_name = "fashion" + self.suffix
+        self.target_name = f"fashion_rot{self.rotation_deg:g}{self.suffix}"
 
     def build_domains(self) -> dict[str, Splits]:
         data = self.load()
@@ -279,4 +308,4 @@ class FashionShift(FashionPair):
         src, tgt = src.sort().values, tgt.sort().values
         source = self._source(x[src], y[src], tx, ty)
         turn = lambda images: rotate(images, self.rotation_deg).clamp(0, 1)  # noqa: E731
-        return {"source": source, "target": self._target(turn(x[tgt]), y[tgt], turn(tx), ty)}
+        return self.shaped({"source": source, "target": self._target(turn(x[tgt]), y[tgt], turn(tx), ty)})

@@ -1,10 +1,12 @@
 """Public checkpoints in the formats people download, loaded into an `ImageClassifier`.
 
-A file is read with `torch.load(weights_only=True)` only: a file that needs arbitrary unpickling (a Lightning
-checkpoint whose hyper-parameters are OmegaConf objects, an argparse namespace, a pickled model) stops with one
-line saying so, and how to re-save its weights yourself if you trust it. Wrappers are opened (`state_dict`,
-`model`, `module`: Lightning, timm/DeiT/MAE training scripts, DeepSpeed), DDP's `module.` prefix is dropped, and the
-keys are mapped into the classifier's names (`backbone.*`) by a format:
+A file is read with `torch.load(weights_only=True)` only (a `.safetensors` file with safetensors): a file that needs
+arbitrary unpickling (a Lightning checkpoint whose hyper-parameters are OmegaConf objects, an argparse namespace, a
+pickled model) stops with one line saying so, and how to re-save its tensors if you trust it
+(`python -m lightning_modules.checkpoints FILE weights.pt`: `resave`, which also reads classes that no longer
+exist); a file that is neither torch's nor safetensors' stops in one line too (`checkpoint_files` reads them).
+Wrappers are opened (`state_dict`, `model`, `module`: Lightning, timm/DeiT/MAE training scripts, DeepSpeed), DDP's
+`module.` prefix is dropped, and the keys are mapped into the classifier's names (`backbone.*`) by a format:
 
 - `suite`: this suite's files: a classifier's state dict (`backbone.*`, `mean`, `std`) or a module's / Lightning
   checkpoint's (`model.backbone.*`);
@@ -17,28 +19,38 @@ keys are mapped into the classifier's names (`backbone.*`) by a format:
 - `prefix:<p>`: keys under `<p>` are a bare network's (e.g. `prefix:encoder_q.` for MoCo's official files).
 
 `auto` (the default) tries every format and every one- and two-part key prefix of the file and keeps the one that
-matches most backbone tensors (name and shape). The head is loaded when the file has one of the model's shape;
-otherwise (another number of classes, no head) the model keeps its fresh head for the data's classes. Keys of the
-file that are not loaded are reported in one line (count and first few); a backbone tensor the file lacks, or has
-in another shape, stops with one line.
+matches most backbone tensors (name and shape). The head (`head`, `teacher.checkpoint_head`): `auto` (the default)
+loads the file's head when it has the model's shape (the data's number of classes, taken to be the data's classes in
+their order) and keeps a fresh head otherwise (another number of classes, no head); `fresh` always keeps a fresh
+head; `file` loads the file's head or stops. Keys of the file that are not loaded are reported in one line (count
+and first few); a backbone tensor the file lacks, or has in another shape, stops with one line that names the fix
+where it is known (the images' channels, a ResNet's ImageNet or CIFAR stem). `LoadReport.digest` is a hash of the
+tensors loaded (names, dtypes, shapes, bytes): what a cache key of the loaded model follows, whatever the file's
+name, bytes on disk or the spelling of its format.
 """
 
 from __future__ import annotations
 
-import re
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
 from attacks.errors import ConfigError, choose
+from lightning_modules.checkpoint_files import WRAPPERS, content_digest, file_digest, main, read_state, resave
+
+__all__ = ["WRAPPERS", "content_digest", "file_digest", "main", "read_state", "resave"]  # re-exported (the command)
 
 FORMATS = ("auto", "suite", "timm", "torchvision", "solo-learn", "lightly")
-WRAPPERS = ("state_dict", "model", "module")
+#: What becomes of the classification head (`teacher.checkpoint_head`); the first is the default.
+HEADS = ("auto", "fresh", "file")
 #: Buffers a file may lack without harm (BN's step counter: only used with momentum=None).
 OPTIONAL = ("num_batches_tracked",)
 SHOWN = 3  # keys named in a one-line report
+#: What a 1-channel experiment's user does with an RGB file (the embedded RGB benchmark).
+RGB_EXPERIMENT = "experiment=fashion_rgb32 (Fashion-MNIST as 3 x 32 x 32 images)"
 
 
 @dataclass
@@ -51,6 +63,15 @@ class LoadReport:
     backbone_total: int
     head: str
     unmatched: list[str] = field(default_factory=list)
+    digest: str = ""  # `content_digest` of the tensors loaded
+    where: str = "teacher.checkpoint"
+
+    def as_dict(self) -> dict:
+        """What the plan keeps of a load (its JSON): the counts, the head, the keys not loaded, the line."""
+        out = asdict(self)
+        out["not_loaded"] = len(self.unmatched)
+        out["unmatched"] = self.unmatched[:SHOWN]
+        return {**out, "line": self.line()}
 
     def line(self) -> str:
         left = f"{len(self.unmatched)} keys of the file not loaded" + (
@@ -60,39 +81,6 @@ class LoadReport:
             f"'{self.path}' loaded as {self.format}: {self.matched} of {self.backbone_total} backbone tensors; "
             f"head {self.head}; {left}"
         )
-
-
-def read_state(path: str, where: str) -> dict[str, torch.Tensor]:
-    """The flat tensor dict of a file: wrappers opened, DDP's `module.` prefix dropped, weights-only."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found or "Weights only load failed" in text:
-            what = f"it pickles {found.group(1)}" if found else "it needs arbitrary unpickling"
-            raise ConfigError(
-                f"{where}: '{path}' is not a weights-only state dict: {what}, and files are only read with "
-                'weights_only=True; if you trust it, re-save its weights: python -c "import torch; '
-                f"c = torch.load('{path}', weights_only=False); torch.save(c.get('state_dict', c), 'weights.pt')\""
-            ) from None
-        raise ConfigError(f"{where}: '{path}' is not a file torch.load reads ({type(e).__name__})") from None
-    for _ in range(3):  # {"state_dict": {...}}, {"model": {...}}, {"module": {...}}, nested
-        if isinstance(obj, dict) and not _tensors(obj):
-            inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-    state = _tensors(obj) if isinstance(obj, dict) else {}
-    if not state:
-        raise ConfigError(f"{where}: '{path}' holds no state dict of tensors (opened: {', '.join(WRAPPERS)})")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _tensors(d: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 # ---- formats: file keys -> the classifier's keys ------------------------------------------------------
@@ -194,20 +182,27 @@ def detect(state: dict, t: Target) -> tuple[str, dict[str, str]]:
 
 
 # ---- loading ---------------------------------------------------------------------------------------
-def load_into(model: nn.Module, path: str, fmt: str = "auto", where: str = "teacher.checkpoint") -> LoadReport:
+def load_into(
+    model: nn.Module, path: str, fmt: str = "auto", where: str = "teacher.checkpoint", head: str = "auto"
+) -> LoadReport:
     """Load the file at `path` into `model` (an `ImageClassifier`) in place; returns what was done.
 
-    Raises a one-line `ConfigError` for a file that cannot be read weights-only, holds no tensors, or whose
-    backbone does not fit the model's.
+    `head`: one of HEADS (see the module's docstring). Raises a one-line `ConfigError` for a file that cannot be
+    read weights-only, holds no tensors, or whose backbone (or, with `head="file"`, head) does not fit the model's.
     """
     rule = rule_of(fmt)
+    choose(f"{where}_head", head, HEADS)
     state = read_state(path, where)
     t = Target.of(model)
     name, mapping = detect(state, t) if fmt == "auto" else (fmt, rule(state, t))
     _check_backbone(state, mapping, t, path, name, where, type(model.backbone).__name__)
     load = {new: state[k] for k, new in mapping.items() if t.is_backbone(new) and _fits(state[k], t.own.get(new))}
-    head, head_note = _head(state, mapping, t)
-    load.update(head)
+    head_state, head_note = _head(state, mapping, t, head, f"{where}_head")
+    if head == "file" and not head_state:
+        had = head_note.partition(" (")[2][:-1]  # what the file has instead
+        raise ConfigError(f"{where}: '{path}' has no head of the model's shape ({had}); {where}_head=file "
+                          f"loads only such a head: give {where}_head=fresh or auto")  # fmt: skip
+    load.update(head_state)
     norm = {new: state[k] for k, new in mapping.items() if new in ("mean", "std") and _fits(state[k], t.own[new])}
     load.update(norm)
     model.load_state_dict(load, strict=False)
@@ -215,48 +210,107 @@ def load_into(model: nn.Module, path: str, fmt: str = "auto", where: str = "teac
     unmatched = [k for k in state if k not in used]
     matched = sum(1 for k in load if t.is_backbone(k))
     total = sum(1 for k in t.own if t.is_backbone(k))
-    return LoadReport(path, name, matched, total, head_note, unmatched)
+    return LoadReport(path, name, matched, total, head_note, unmatched, content_digest(load), where)
 
 
-def _head(state: dict, mapping: dict[str, str], t: Target) -> tuple[dict, str]:
-    """The file's head when it is the model's (same tensors, same shapes; else {}: the fresh head stays), and what
-    was done with it, in words."""
+def pretrained_report(model: nn.Module, path: str, where: str = "model.pretrained_file") -> LoadReport:
+    """What timm loaded from its weights file into `model` (built with `pretrained_cfg_overlay=dict(file=path)`):
+    the backbone tensors the file names, the head (loaded only when timm kept it: the same classes), the file's keys
+    the model lacks. `digest` is the file's tensors' `content_digest`."""
+    state = read_state(path, where)
+    t = Target.of(model)
+    mapping = _bare(state, t)
+    found = set(mapping.values())
+    matched = sum(1 for k in t.own if t.is_backbone(k) and k in found)
+    total = sum(1 for k in t.own if t.is_backbone(k))
+    own_head = {k: v for k, v in t.own.items() if k.startswith(t.head)}
+    kept = bool(own_head) and all(
+        mapping.get(k[len("backbone.") :]) == k and torch.equal(state[k[len("backbone.") :]], v)
+        for k, v in own_head.items()
+    )
+    _, note = _head(state, mapping, t, "fresh" if not kept else "file", "")
+    unmatched = [k for k, new in mapping.items() if new not in t.own or (new.startswith(t.head) and not kept)]
+    return LoadReport(path, "timm (its pretrained weights)", matched, total, note, unmatched, file_digest(path, where),
+                      where)  # fmt: skip
+
+
+def _head(state: dict, mapping: dict[str, str], t: Target, choice: str, option: str) -> tuple[dict, str]:
+    """The file's head when it is the model's (same tensors, same shapes) and `choice` allows it (else {}: the fresh
+    head stays), and what was done with it, in words."""
     own = [k for k in t.own if k.startswith(t.head)]
     head = {new: state[k] for k, new in mapping.items() if new.startswith(t.head)}
     if not own:
         return {}, "none"
     classes = t.own[own[0]].shape[0]
     same_keys = bool(head) and sorted(head) == sorted(own)
-    if same_keys and all(_fits(v, t.own[k]) for k, v in head.items()):
-        return head, f"loaded ({classes} classes)"
+    fits = same_keys and all(_fits(v, t.own[k]) for k, v in head.items())
+    if fits and choice != "fresh":
+        if choice == "file":
+            return head, f"loaded from the file ({classes} classes, {option}=file)"
+        return head, (
+            f"loaded ({classes} classes, taken to be the data's classes in their order; {option}=fresh for a new one)"
+        )
     had = "none in the file"
     if same_keys:
         had = f"the file's has {next(v for k, v in head.items() if k.endswith('weight')).shape[0]} outputs"
     elif head:
         had = f"the file's is another module: {', '.join(k for k, new in mapping.items() if new in head)[:80]}"
+    if choice == "fresh" and option:
+        had = f"{option}=fresh; {had}"
     return {}, f"fresh for the data's {classes} classes ({had})"
 
 
 def _check_backbone(state, mapping, t: Target, path: str, name: str, where: str, arch: str) -> None:
-    """One line when a backbone tensor is missing from the file or has another shape there."""
+    """One line when a backbone tensor is missing from the file or has another shape there, naming the fix where it
+    is known (`_shape_hint`). Counts are over all the model's backbone tensors, as the report's are; BatchNorm's
+    `num_batches_tracked` may be absent (it is counted as missing only beside a missing required tensor)."""
     found = {new: state[k] for k, new in mapping.items()}
-    needed = [k for k in t.own if t.is_backbone(k) and not k.endswith(OPTIONAL)]
-    missing = [k for k in needed if k not in found]
-    shapes = [k for k in needed if k in found and found[k].shape != t.own[k].shape]
+    backbone = [k for k in t.own if t.is_backbone(k)]
+    missing = [k for k in backbone if k not in found]
+    required = [k for k in missing if not k.endswith(OPTIONAL)]
+    shapes = [k for k in backbone if k in found and found[k].shape != t.own[k].shape]
     extra = [k for k in found if t.is_backbone(k) and k not in t.own]  # e.g. a ResNet-34 file for a ResNet-18
-    if not missing and not shapes and not extra:
+    if not required and not shapes and not extra:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of {len(needed)} backbone tensors missing (e.g. {', '.join(missing[:SHOWN])})")
+    problems, hint = [], None
+    if required:
+        problems.append(
+            f"{len(missing)} of {len(backbone)} backbone tensors missing (e.g. {', '.join(required[:SHOWN])})"
+        )
     if shapes:
         k = shapes[0]
-        problems.append(
-            f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(found[k].shape)}, model {tuple(t.own[k].shape)})"
-        )
+        file_shape, model_shape = tuple(found[k].shape), tuple(t.own[k].shape)
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {file_shape}, model {model_shape})")
+        hint = _shape_hint(k, file_shape, model_shape, t)
     if extra:
         problems.append(f"{len(extra)} backbone tensors the model lacks (e.g. {', '.join(extra[:SHOWN])})")
-    raise ConfigError(
-        f"{where}: '{path}' does not fit the model ({arch}) read as {name}: {'; '.join(problems)}; formats: "
-        f"{', '.join(FORMATS)}, prefix:<key prefix> (teacher.checkpoint_format)"
+    fix = hint or (
+        f"formats: {', '.join(FORMATS)}, prefix:<key prefix> ({where}_format), or a model.backbone of the file's "
+        "architecture"
     )
+    raise ConfigError(f"{where}: '{path}' does not fit the model ({arch}) read as {name}: {'; '.join(problems)}: {fix}")
+
+
+def _shape_hint(key: str, file_shape: tuple, model_shape: tuple, t: Target) -> str | None:
+    """The fix for a mismatch whose cause is known: the first convolution's input channels (an RGB file for grey
+    images), a ResNet's stem (ImageNet's 7x7 against the CIFAR 3x3); None for any other."""
+    first_conv = next((k for k, v in t.own.items() if t.is_backbone(k) and v.ndim == 4), None)
+    if key != first_conv or len(file_shape) != 4:
+        return None
+    hints = []
+    if file_shape[1] != model_shape[1]:
+        fc, mc = file_shape[1], model_shape[1]
+        fix = f"use RGB data: {RGB_EXPERIMENT}, or a pair of 3-channel images" if (fc, mc) == (3, 1) else ""
+        hints.append(
+            f"the file's network takes {fc}-channel images, the model {mc}-channel ones (the data's): "
+            + (fix or f"use data of {fc}-channel images")
+        )
+    if key.endswith("conv1.weight") and file_shape[2:] == (7, 7) and model_shape[2:] == (3, 3):
+        hints.append("the file has an ImageNet ResNet's stem (7x7 conv1): use model.backbone=resnet18 (or its depth)")
+    if key.endswith("conv1.weight") and file_shape[2:] == (3, 3) and model_shape[2:] == (7, 7):
+        hints.append("the file has a CIFAR ResNet's stem (3x3 conv1): use model=resnet18_cifar")
+    return "; ".join(hints) or None
+
+
+if __name__ == "__main__":  # python -m lightning_modules.checkpoints FILE weights.pt: re-save a file's tensors
+    raise SystemExit(main(sys.argv[1:]))

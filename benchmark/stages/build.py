@@ -11,8 +11,7 @@ import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from attacks.errors import ConfigError
-from benchmark.cache import file_sha256
+from attacks.errors import ConfigError, choose
 from benchmark.numerics import apply_layout
 from datamodules.base import TransferDataModule
 from lightning_modules.classifier import build_classifier
@@ -93,11 +92,30 @@ def pretrained_file(file: str) -> Path:
     return p.resolve()
 
 
+#: The model config's keys for timm's pretrained weights (`model.pretrained`, `model.pretrained_file`).
+PRETRAINED_KEYS = ("pretrained", "pretrained_file")
+
+
 def model_key(model_cfg: dict) -> dict:
-    """The model config as a cache key: a local pretrained file by its sha256, not its path."""
-    if not model_cfg.get("pretrained_file"):
-        return model_cfg
-    return {**model_cfg, "pretrained_file": file_sha256(pretrained_file(model_cfg["pretrained_file"]))}
+    """The model config as a cache key: a local pretrained file by the content of its tensors (not its path, name or
+    bytes); the pretrained keys left out while they are off, so that a config with them keeps its keys."""
+    key = {k: v for k, v in model_cfg.items() if k not in PRETRAINED_KEYS or v}
+    if key.get("pretrained_file"):
+        from lightning_modules.checkpoints import file_digest
+
+        key["pretrained_file"] = file_digest(str(pretrained_file(key["pretrained_file"])), "model.pretrained_file")
+    return key
+
+
+def pretrained_report(model_cfg: dict, dm: TransferDataModule, model: nn.Module | None = None):
+    """The `LoadReport` of timm's weights from `model.pretrained_file` into `model` (default: the classifier built as
+    its stage builds it), or None without a file."""
+    from lightning_modules.checkpoints import pretrained_report as report
+
+    if not (model_cfg.get("pretrained") and model_cfg.get("pretrained_file")):
+        return None
+    model = build_model(model_cfg, dm) if model is None else model
+    return report(model, str(pretrained_file(model_cfg["pretrained_file"])))
 
 
 def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, file: str | None = None, **kwargs):
@@ -126,31 +144,40 @@ def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, file: 
     return ImageClassifier(net, mean, std)
 
 
-def checkpoint_spec(path: str, where: str = "teacher.checkpoint", fmt: str = "auto") -> dict:
-    """A checkpoint file as a stage input: its absolute path, its sha256 (the cache key follows the file) and the
-    format its keys are read in (`lightning_modules.checkpoints`)."""
-    from lightning_modules.checkpoints import rule_of
+def checkpoint_spec(path: str, where: str = "teacher.checkpoint", fmt: str = "auto", head: str = "auto") -> dict:
+    """A checkpoint file as a stage input: its absolute path, the format its keys are read in and what becomes of
+    its head (`lightning_modules.checkpoints`). The planner adds `digest`, the content of the tensors it loads: the
+    cache key (`checkpoint_key`)."""
+    from lightning_modules.checkpoints import HEADS, rule_of
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{where}: no file at '{path}' (give the path of a state-dict file saved with torch.save)")
     rule_of(fmt)  # a bad format: one line, before any work
-    return {"path": str(p.resolve()), "sha256": file_sha256(p), "where": where, "format": fmt}
+    choose(f"{where}_head", head, HEADS)
+    return {"path": str(p.resolve()), "where": where, "format": fmt, "head": head}
 
 
 def load_checkpoint(spec: dict, model: nn.Module):
     """Load a checkpoint file into an `ImageClassifier` (`weights_only=True`: no code is run from the file) in the
-    formats people download (`lightning_modules.checkpoints`); returns its `LoadReport` (`.line()`)."""
+    formats people download (`lightning_modules.checkpoints`); returns its `LoadReport` (`.line()`). A spec with a
+    `digest` (planned) must load the same tensors: a file changed since the plan stops in one line."""
     from lightning_modules.checkpoints import load_into
 
     where = spec.get("where", "teacher.checkpoint")
-    return load_into(model, spec["path"], spec.get("format", "auto"), where)
+    report = load_into(model, spec["path"], spec.get("format", "auto"), where, spec.get("head", "auto"))
+    if spec.get("digest") and report.digest != spec["digest"]:
+        raise ConfigError(
+            f"{where}: '{spec['path']}' holds other tensors than when the run was planned (the file changed): run "
+            "the command again (the plan, its cache keys and its results folder follow the new content)"
+        )
+    return report
 
 
 def checkpoint_key(spec: dict) -> str:
-    """The file's hash, and the format when one is named (`auto` keeps the keys of files planned before formats)."""
-    fmt = spec.get("format", "auto")
-    return spec["sha256"] if fmt == "auto" else f"{spec['sha256']}:{fmt}"
+    """The content of the tensors a checkpoint puts into the model (format mapping and head choice applied): not the
+    file's name, bytes on disk, or the spelling of its format."""
+    return spec["digest"]
 
 
 def semantic(cfg: dict, drop: tuple[str, ...]) -> dict:

@@ -18,7 +18,13 @@ import torch
 import torch.nn as nn
 
 from benchmark.cache import Cache, stage_key
-from benchmark.stages.build import build_datamodule, build_module, job_key_spec, load_checkpoint
+from benchmark.stages.build import (
+    build_datamodule,
+    build_module,
+    job_key_spec,
+    load_checkpoint,
+    pretrained_report,
+)
 from datamodules.base import TransferDataModule
 from lightning_modules.loggers import finish_logger, lightning_logger, run_id
 from lightning_modules.training import fit
@@ -78,7 +84,13 @@ def run_public_job(job: dict) -> dict:
     dm = build_datamodule(job["data"])
     start = time.perf_counter()
     module = build_module(job, cache, dm)
-    loaded = load_checkpoint(job["checkpoint"], module.model) if job.get("checkpoint") else None
+    model_cfg = job["model"]
+    if job.get("checkpoint"):
+        loaded = load_checkpoint(job["checkpoint"], module.model)
+        public = job["checkpoint"]["path"]
+    else:  # timm's weights (loaded by `build_module`), from a local file or timm's hub
+        loaded = pretrained_report(model_cfg, dm, module.model)
+        public = loaded.path if loaded else f"timm:{model_cfg['backbone']}"
     meta = {
         "fit_seconds": time.perf_counter() - start,
         "selection_metric": "val/acc (public model, not trained)",
@@ -91,7 +103,7 @@ def run_public_job(job: dict) -> dict:
         "kind": job["kind"],
         "name": job["name"],
         "key": job["key"],
-        "public": job["checkpoint"]["path"] if job.get("checkpoint") else f"timm:{job['model']['backbone']}",
+        "public": public,
         "checkpoint_report": loaded.line() if loaded else None,
         "randomized": False,
         "nondifferentiable": False,
