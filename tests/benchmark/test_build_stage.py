@@ -35,23 +35,26 @@ def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path)
         "teacher_key": "t",
         "init_key": None,
     }
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"weights")
-    from benchmark.cache import file_sha256
+    import torch
 
+    from lightning_modules.checkpoints import file_digest
+
+    weights = tmp_path / "w.pt"
+    torch.save({"conv.weight": torch.ones(2, 1, 3, 3)}, weights)
     full = {
         **base,
         "init_key": "i",
-        "checkpoint": {"sha256": "s", "format": "auto"},
+        "checkpoint": {"sha256": "s", "format": "auto", "digest": "d"},
         "init_kind": "teacher",
         "model": {"backbone": "b", "pretrained": True, "pretrained_file": str(weights)},
     }
     spec = job_key_spec(full)
-    assert spec["init_key"] == "i" and spec["checkpoint"] == "s" and spec["init_kind"] == "teacher"
-    assert spec["model"] == {"backbone": "b", "pretrained": True, "pretrained_file": file_sha256(weights)}
+    assert spec["init_key"] == "i" and spec["checkpoint"] == "d" and spec["init_kind"] == "teacher"
+    assert spec["model"] == {"backbone": "b", "pretrained": True,
+                             "pretrained_file": file_digest(str(weights), "model.pretrained_file")}  # fmt: skip
     assert list(spec)[-2:] == ["checkpoint", "init_kind"]
-    assert job_key_spec({**full, "checkpoint": {"sha256": "s", "format": "timm"}})["checkpoint"] == "s:timm"
-    assert job_key_spec({**full, "checkpoint": {"sha256": "s"}})["checkpoint"] == "s"
+    timm = {**full, "checkpoint": {"sha256": "s", "format": "timm", "digest": "d"}}
+    assert job_key_spec(timm)["checkpoint"] == "d", "the tensors loaded, not the format's spelling"
     assert "checkpoint" not in job_key_spec({**base, "checkpoint": None, "init_kind": ""})
     assert "init_kind" not in job_key_spec({**base, "init_kind": None})
 

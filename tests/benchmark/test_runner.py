@@ -286,14 +286,13 @@ def test_every_other_experiment_config_runs_end_to_end(fake_data, experiment):
     _run_experiment(fake_data, experiment)
 
 
-def test_every_config_group_option_composes():
-    for group in config.GROUPS:
-        for name in config.options(group):
-            if group in ("data", "defense", "attack"):
-                cfg = compose([f"{group}=[{name}]"])
-                assert list(cfg[group]) == [name], f"{group}/{name}.yaml must hold one top-level key '{name}'"
-            else:
-                compose([f"{group}={name}"])
+@pytest.mark.parametrize(("group", "name"), [(g, n) for g in config.GROUPS for n in config.options(g)])
+def test_every_config_group_option_composes(group, name):
+    if group in ("data", "defense", "attack"):
+        cfg = compose([f"{group}=[{name}]"])
+        assert list(cfg[group]) == [name], f"{group}/{name}.yaml must hold one top-level key '{name}'"
+    else:
+        compose([f"{group}={name}"])
 
 
 # ---- DDP -------------------------------------------------------------------------------------------------

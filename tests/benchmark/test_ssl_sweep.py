@@ -64,7 +64,10 @@ def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_
         "AdvEncoderPAT",
     }
     assert all(s["teacher"] == "digits/common" for s in dae)
-    assert all(s["teacher"] == "digits/teacher" for s in crafts.values() if "transfer" in s["id"])
+    on = {"transfer_pgd_linf": ["digits/teacher"], "transfer_ti_fgsm_probe": ["digits/linear_probe/seed1000"],
+          "transfer_ti_fgsm_substitute": ["digits/scratch/seed1000"]}  # fmt: skip
+    transfer = [s for s in crafts.values() if "transfer" in s["id"]]
+    assert transfer and all(s["surrogates"] == on[s["id"].split("/craft/")[1].split("/")[0]] for s in transfer)
     cells = [c for c in plan.cells() if c.entry == "uap_feature"]
     assert cells and all(c.craft in crafts for c in cells)
     models = {c.model for c in cells}
