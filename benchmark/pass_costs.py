@@ -48,13 +48,17 @@ def _cpu_seconds_per_example(step, batch: int, budget: float = 1.0) -> float:
     return best / batch
 
 
-def _steps(backbone: str, kwargs: tuple, shape: tuple, classes: int, train_batch: int, eval_batch: int) -> dict:
-    """{train, grad, score: (a call of that pass of the model on random images, its batch)}; batches capped at about
-    0.1 s of forward passes (a large model's cost per example does not depend on its batch)."""
+def _steps(backbone: str, kwargs: tuple, shape: tuple, classes: int, train_batch: int, eval_batch: int,
+           channels_last: bool = False) -> dict:  # fmt: skip
+    """{train, grad, score: (a call of that pass of the model on random images, its batch)}, the model in the stages'
+    memory layout (`numerics.channels_last`); batches capped at about 0.1 s of forward passes (a large model's cost
+    per example does not depend on its batch)."""
+    from benchmark.numerics import apply_layout
     from lightning_modules.classifier import build_classifier
 
     torch.manual_seed(0)
     model = build_classifier(backbone, classes, shape[0], (0.5,), (0.5,), **dict(kwargs))
+    apply_layout(model, {"channels_last": channels_last})
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     start = time.process_time()
     with torch.no_grad():
@@ -82,8 +86,9 @@ def _steps(backbone: str, kwargs: tuple, shape: tuple, classes: int, train_batch
     return {"train": (train, tb), "grad": (grad, eb), "score": (score, eb)}
 
 
-#: The reference: the default CNN on a 16 px digit, at the default batches.
-REFERENCE = ("small_cnn", (), (1, 16, 16), 10, 64, 256)
+#: The reference: the default CNN on a 16 px digit, at the default batches, in the contiguous layout (the unit the
+#: fixed costs of `benchmark.estimate` were fitted in).
+REFERENCE = ("small_cnn", (), (1, 16, 16), 10, 64, 256, False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,7 +126,10 @@ def pass_costs(cfg: dict, pair: str, dm=None) -> PassCosts:
     dm = build_datamodule(cfg["data"][pair]) if dm is None else dm
     kwargs = tuple(sorted((cfg["model"].get("kwargs") or {}).items()))
     batch = cfg["eval"]["batch_size"] if isinstance(cfg["eval"]["batch_size"], int) else 256
-    spec = (cfg["model"]["backbone"], kwargs, tuple(dm.image_shape), dm.num_classes, dm.batch_size, batch)
+    from benchmark.numerics import stage_layout
+
+    layout = stage_layout(cfg)["channels_last"]
+    spec = (cfg["model"]["backbone"], kwargs, tuple(dm.image_shape), dm.num_classes, dm.batch_size, batch, layout)
     return PassCosts(*_timed(spec))
 
 
@@ -138,7 +146,9 @@ def deployed_factor(cfg: dict, pair: str, module: dict, dm) -> float:
         return 1.0
     if getattr(cls, "deployed_model", None) is StudentModule.deployed_model:
         return 1.0
-    key = json.dumps([cfg["model"], cfg["data"][pair], module], sort_keys=True, default=str)
+    from benchmark.numerics import stage_layout
+
+    key = json.dumps([cfg["model"], cfg["data"][pair], module, stage_layout(cfg)], sort_keys=True, default=str)
     return _deployed(key, cls.__name__, dm)
 
 
@@ -147,7 +157,7 @@ def _deployed(key: str, name: str, dm) -> float:
     from benchmark.stages.build import build
     from lightning_modules.classifier import build_classifier
 
-    model_cfg, _, module = json.loads(key)
+    model_cfg, _, module, layout = json.loads(key)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -156,9 +166,11 @@ def _deployed(key: str, name: str, dm) -> float:
             kwargs = model_cfg.get("kwargs") or {}
             return build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
 
+        from benchmark.numerics import apply_layout
+
         torch.manual_seed(0)
-        base = make()
-        deployed = build(module, model=make(), teacher_state=base.state_dict()).deployed_model()
+        base = apply_layout(make(), layout)
+        deployed = apply_layout(build(module, model=make(), teacher_state=base.state_dict()), layout).deployed_model()
         x = torch.rand(32, *dm.image_shape)
 
         def grad(model):
