@@ -280,7 +280,8 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
     eps = {a: min(res.epsilons(a, "linf"), key=lambda e: abs(e - hl["linf"])) for a in attacks}
     models = [d for d in res.ranked(hl) if any(res.estimate(d, a, "linf", eps[a]) for a in attacks)]
     cmap = matplotlib.colormaps["tab20"]
-    fig, ax = plt.subplots(figsize=(3 + 0.9 * len(models) * max(1, len(attacks) / 6), 5), layout="constrained")
+    fig_width = 6 + 0.9 * len(models) * max(1, len(attacks) / 6)  # the legend beside the bars takes about 3 in
+    fig, ax = plt.subplots(figsize=(fig_width, 5), layout="constrained")
     width = 0.8 / len(attacks)
     for k, a in enumerate(attacks):
         stats = [_stat(res.estimate(d, a, "linf", eps[a])) for d in models]
@@ -298,7 +299,7 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
     note = "; * the attack's nearest budget" if any(abs(e - hl["linf"]) > 1e-9 for e in eps.values()) else ""
     title = (f"{_title(res, pair)}: robust accuracy under each transfer attack (each crafted on its surrogate, never "
              f"on the model attacked), L-inf {eps_str('linf', hl['linf'])}{note} ({seeds})")  # fmt: skip
-    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(11 * fig_width))), fontsize=10)
     ax.legend(title="transfer attack", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return fig
 

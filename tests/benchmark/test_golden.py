@@ -39,7 +39,8 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("BENCH_REGEN_GOLDEN") == "1"
 
 #: A digits sweep with one deterministic defense, one adversarially trained, one randomized (test-time dropout, with
-#: the sanity checks), white-box, transfer and mimicry attacks at two budgets, on 48 test examples.
+#: the sanity checks), white-box, transfer (from the teacher and from the attacker's substitute: a worst case over
+#: transfer attacks) and mimicry attacks at two budgets, on 48 test examples.
 SWEEP = [
     "logger=none",
     "progress=false",
@@ -50,7 +51,7 @@ SWEEP = [
     "defense.pgd_at.trainer.max_epochs=2",
     "defense.dropout.trainer.max_epochs=1",
     "++defense.freeze.trainer.max_epochs=1",
-    "attack=[fgsm,pgd_linf,pgd_l2,transfer_pgd_linf,eot_pgd_linf,mimicry_linf]",
+    "attack=[fgsm,pgd_linf,pgd_l2,transfer_pgd_linf,transfer_ti_fgsm_substitute,eot_pgd_linf,mimicry_linf]",
     "attack.fgsm.epsilons=[8/255,16/255]",
     "attack.pgd_linf.epsilons=[8/255,16/255]",
     "attack.pgd_linf.attack.steps=5",
@@ -58,6 +59,9 @@ SWEEP = [
     "attack.pgd_l2.attack.steps=5",
     "attack.transfer_pgd_linf.epsilons=[8/255,16/255]",
     "attack.transfer_pgd_linf.attack.attack.steps=5",
+    "attack.transfer_ti_fgsm_substitute.epsilons=[8/255,16/255]",
+    "attack.transfer_ti_fgsm_substitute.attack.attack.steps=5",
+    "++defense.scratch.trainer.max_epochs=1",
     "attack.eot_pgd_linf.attack.steps=4",
     "attack.eot_pgd_linf.attack.eot=2",
     "attack.eot_pgd_linf.n_examples=16",
@@ -110,7 +114,7 @@ STRUCTURE = ("row_id", "experiment", "pair", "source", "target", "model", "defen
              "transferability_form", "randomized_defense", "nondifferentiable_defense", "sanity_reference")  # fmt: skip
 #: What the report reads from a run's folder (`benchmark.report.read_outputs`), then what it writes.
 REPORT_INPUTS = ("results.csv", "per_example.json", "run_warnings.json", "report_config.json")
-PLOTS = ("robust_vs_eps.png", "heatmap.png", "tradeoff.png")
+PLOTS = ("robust_vs_eps.png", "heatmap.png", "tradeoff.png", "transfer.png")
 
 
 def machine_slug() -> str:
