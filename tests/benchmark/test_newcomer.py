@@ -107,7 +107,10 @@ def test_the_plan_says_what_is_cached_and_what_it_will_cost(tmp_path, monkeypatc
     plan = make_plan(cfg)[0]
     cold = estimate.summary(cfg, plan)
     assert cold["by_kind"]["training"] == {"to compute": 3} and cold["estimated_seconds"] > 0
-    assert cold["relative_cost"] == 1.0, "the default model on digits is the reference"
+    costs = cold["costs"]["digits"]
+    assert cold["relative_cost"] == costs["train"] / costs["ref"]
+    contiguous = compose([*TINY, "numerics.channels_last=false", f"cache_dir={tmp_path / 'cache'}"])
+    assert estimate.relative_cost(contiguous, "digits") == 1.0, "the default model on digits is the reference"
     monkeypatch.setattr(estimate, "FAR_BEYOND_SECONDS", cold["estimated_seconds"] / 2)
     assert "far beyond the default" in estimate.far_beyond(cold)
     runner.run(cfg)
