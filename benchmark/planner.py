@@ -204,7 +204,9 @@ class Planner:
         skipped = [e.name for e in self.entries if not e.applies(declared.kinds, model["defense"])]
         if skipped:
             kind = " and ".join(sorted(declared.kinds)) or "deterministic"
-            self._skipped.setdefault((pair, kind, ", ".join(skipped)), []).append(model["defense"])
+            models = self._skipped.setdefault((pair, kind, ", ".join(skipped)), [])
+            if model["defense"] not in models:  # once per defense, not per seed
+                models.append(model["defense"])
         base_cells = {}
         for entry in self.entries:
             if not entry.applies(declared.kinds, model["defense"]):

@@ -259,9 +259,10 @@ def tradeoff(
     ax.grid(alpha=0.3)
     _legend(fig, colors, markers, [d for d in colors if d in shown], flagged)
     seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % interval over seeds and examples")
-    # Wrapped to the axes' width (about 55 characters at 11 pt): a wider title runs off the figure's left edge.
+    # Wrapped to the axes' width (about 48 characters at 11 pt): a wider title runs off the figure's left edge or into
+    # the legend's title.
     ax.set_title(
-        "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 55)), fontsize=11
+        "\n".join(textwrap.wrap(f"{_title(res, pair)}: clean against robust accuracy ({seeds})", 48)), fontsize=11
     )
     return fig
 

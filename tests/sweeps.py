@@ -6,7 +6,9 @@ keys (the session's warm cache, `warm_cache` in tests/conftest.py, holds TINY's 
   `tmp`.
 - `FAST`: what makes any shipped experiment fast here (one epoch, two batches, two examples, two attack steps);
   `fast_experiment(name, tmp)` composes an experiment with it on the tiny fake data of `tests/fake_data.py`.
-- `read_rows`, `spent`: what a finished run wrote (results.csv, run_stats.json's seconds by kind of work).
+- `ONE_EPOCH`: the smallest sweep (the newcomer's plan and estimate tests).
+- `run(overrides)`: a run of the composed overrides; `read_rows`, `spent`: what a finished run wrote (results.csv,
+  run_stats.json's seconds by kind of work).
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ TINY = [
     "eval.n_examples=64",
 ]
 
+#: The smallest sweep that runs every kind of stage but crafting: one or two epochs, one budget, 32 examples (a cold
+#: run in seconds: the newcomer's plan and estimate tests).
+ONE_EPOCH = [
+    "logger=none",
+    "progress=false",
+    "teacher.trainer.max_epochs=2",
+    "defense=[finetune,pgd_at]",
+    "defense.finetune.trainer.max_epochs=1",
+    "defense.pgd_at.trainer.max_epochs=1",
+    "defense.pgd_at.module.train_attack.steps=2",
+    "attack=[fgsm,pgd_linf]",
+    "attack.fgsm.epsilons=[8/255]",
+    "attack.pgd_linf.epsilons=[8/255]",
+    "attack.pgd_linf.attack.steps=2",
+    "eval.n_examples=32",
+    "eval.detection=false",
+]
+
 #: Where the tiny sweep's time goes (run_stats.json's `seconds_by_kind`): every kind of work it computes.
 SPENT = {"train", "craft", "attack/fgsm", "attack/pgd_linf", "attack/transfer_pgd_linf"}
 
@@ -46,6 +66,14 @@ def tiny(tmp: Path, *extra: str) -> list[str]:
             base = [o for o in base if not o.startswith(f"{group}=")]
             base = [o for o in base if not o.startswith(f"{group}.") or o.split(".")[1].split("=")[0] in chosen[0]]
     return [*base, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}", *extra]
+
+
+def run(overrides: list[str]) -> dict:
+    """`benchmark.run` on the composed overrides: what it computed and where it wrote."""
+    from benchmark import run as runner
+    from benchmark.config import compose
+
+    return runner.run(compose(overrides))
 
 
 def read_rows(tmp: Path) -> list[dict]:

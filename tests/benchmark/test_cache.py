@@ -165,7 +165,7 @@ def test_waiting_for_a_claim_ends_when_its_holder_finishes(tmp_path):
 @pytest.mark.slow
 def test_a_truncated_cell_in_a_finished_sweep_is_reported_and_recomputed(tmp_path, caplog, one_thread):
     """Before checksums, a truncated outcome file stopped the whole sweep with a traceback from torch.load."""
-    from test_runner import read_rows, run, tiny
+    from sweeps import read_rows, run, tiny
 
     overrides = tiny(tmp_path, "defense=finetune", "attack=fgsm")
     first = run(overrides)

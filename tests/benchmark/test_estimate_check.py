@@ -63,9 +63,9 @@ def test_the_range_holds_the_point_and_a_deterministic_attack_stops_early():
 
 @pytest.mark.slow
 def test_the_estimate_is_checked_against_a_runs_stats(tmp_path, capsys):
-    from test_newcomer import TINY
+    from sweeps import ONE_EPOCH
 
-    cfg = compose([*TINY, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", "launcher=inline"])
+    cfg = compose([*ONE_EPOCH, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", "launcher=inline"])
     from benchmark.planner import make_plan
 
     cold = estimate.summary(cfg, make_plan(cfg)[0])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fake_runs import DEFENSES, HEADLINE, fake_row, fake_run
+from sweeps import ONE_EPOCH
 
 from benchmark import estimate
 from benchmark import run as runner
@@ -16,23 +17,6 @@ from benchmark.figure_style import FAMILIES, label, model_styles
 from benchmark.overrides import sweep_dir
 from benchmark.png_figures import figures
 from lightning_modules.loggers import replace_offline
-
-#: A sweep that trains for seconds (see tests/benchmark/test_runner.py TINY).
-TINY = [
-    "logger=none",
-    "progress=false",
-    "teacher.trainer.max_epochs=2",
-    "defense=[finetune,pgd_at]",
-    "defense.finetune.trainer.max_epochs=1",
-    "defense.pgd_at.trainer.max_epochs=1",
-    "defense.pgd_at.module.train_attack.steps=2",
-    "attack=[fgsm,pgd_linf]",
-    "attack.fgsm.epsilons=[8/255]",
-    "attack.pgd_linf.epsilons=[8/255]",
-    "attack.pgd_linf.attack.steps=2",
-    "eval.n_examples=32",
-    "eval.detection=false",
-]
 
 
 # ---- results folders ------------------------------------------------------------------------------------------
@@ -57,12 +41,12 @@ def _digests(root: Path) -> dict[str, str]:
 def test_a_narrower_sweep_leaves_every_file_of_a_wider_one_unchanged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cache = f"cache_dir={tmp_path / 'cache'}"
-    wide = runner.run(compose([*TINY, cache]))
-    wide_dir = Path(compose([*TINY, cache])["results_dir"])
+    wide = runner.run(compose([*ONE_EPOCH, cache]))
+    wide_dir = Path(compose([*ONE_EPOCH, cache])["results_dir"])
     before = _digests(wide_dir)
     assert "results.csv" in before and "leaderboard.md" in before
     # the README's add-a-defense command narrows the sweep the same way
-    narrowed = [o for o in TINY if not o.startswith(("defense", "attack"))]
+    narrowed = [o for o in ONE_EPOCH if not o.startswith(("defense", "attack"))]
     narrowed += [
         "defense=[finetune]",
         "defense.finetune.trainer.max_epochs=1",
@@ -103,13 +87,13 @@ def test_every_bad_value_stops_before_any_work_with_one_line(override, says, cap
 def test_the_plan_says_what_is_cached_and_what_it_will_cost(tmp_path, monkeypatch, capsys):
     from benchmark.planner import make_plan
 
-    cfg = compose([*TINY, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
+    cfg = compose([*ONE_EPOCH, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
     plan = make_plan(cfg)[0]
     cold = estimate.summary(cfg, plan)
     assert cold["by_kind"]["training"] == {"to compute": 3} and cold["estimated_seconds"] > 0
     costs = cold["costs"]["digits"]
     assert cold["relative_cost"] == costs["train"] / costs["ref"]
-    contiguous = compose([*TINY, "numerics.channels_last=false", f"cache_dir={tmp_path / 'cache'}"])
+    contiguous = compose([*ONE_EPOCH, "numerics.channels_last=false", f"cache_dir={tmp_path / 'cache'}"])
     assert estimate.relative_cost(contiguous, "digits") == 1.0, "the default model on digits is the reference"
     monkeypatch.setattr(estimate, "FAR_BEYOND_SECONDS", cold["estimated_seconds"] / 2)
     assert "far beyond the default" in estimate.far_beyond(cold)

@@ -348,6 +348,8 @@ def test_cells_by_kind_of_model_and_what_is_left_out(planned):
         "digits: not run on the deterministic models teacher, finetune (by design): eot_pgd_linf",
         "digits: not run on the randomized models dropout (by design): fgsm",
     ]
+    seeds = plan_of(seeds=[0, 1])[1]
+    assert seeds[0] == notes[0], "a defense is named once, whatever the number of seeds"
     rnd = plan.cell("digits/dropout/seed0/pgd_linf/8/255")
     assert rnd.attack["changes"] == {"early_stop": False} and (rnd.randomized, rnd.draws) == (True, 3)
     assert plan.attack(rnd.id).early_stop is False

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_data import skip_md5, write_all, write_fashion
-from sweeps import SPENT, expected_models, fast_experiment, read_rows, spent, tiny
+from sweeps import SPENT, expected_models, fast_experiment, read_rows, run, spent, tiny
 from wandb_reader import read_run
 
 from benchmark import config
@@ -23,10 +23,6 @@ from benchmark.results import read_csv
 from lightning_modules.loggers import run_id
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(overrides: list[str]) -> dict:
-    return runner.run(compose(overrides))
 
 
 @pytest.fixture(scope="module")
