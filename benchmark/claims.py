@@ -15,9 +15,9 @@ a null value. Three shapes:
   `rate`; shown divided by the clean share, as the rate's distance to the threshold), and the paired per-example
   loss of clean accuracy against the guarded model, claimed below `max_loss`.
 - `StrongestAttackClaim`: attack X leaves the lowest robust accuracy of `attacks` on every model of the pair (paper
-  3's "the strongest DAE"), on one seed's models. One part per model: the per-example difference between the strongest
-  *other* attack on that model and X (which attack is strongest is computed, not asserted), claimed above 0; every
-  model must show it.
+  3's "the strongest DAE"). One part per model, over its seeds: the per-example difference between the strongest *other*
+  attack on that model (the lowest mean over its seeds and examples: computed, not asserted) and X, claimed above 0;
+  every model must show it.
 
 Every example of a part is one that every row of the claim covers (entry i of per_example.json is target test
 example i), in every seed.
@@ -86,7 +86,7 @@ def outcomes(rows: list[Row], per_example: dict, pair: str, defense: str, attack
 
 
 def clean_outcomes(rows: list[Row], per_example: dict, pair: str, defense: str) -> dict[str, list]:
-    """seed -> a defense's clean per-example outcomes, from its row covering the most examples."""
+    """seed -> a defense's clean per-example outcomes, from its row covering the most examples (the first such row)."""
     out: dict[str, list] = {}
     for r in rows:
         ex = per_example.get(r.row_id, {}).get("clean")
@@ -161,36 +161,37 @@ class RateClaim:
 
 @dataclass(frozen=True)
 class StrongestAttackClaim:
-    """`attack` leaves the lowest robust accuracy among `attacks` on every model of the pair but `exclude` (seed
-    `seed`); see the module docstring."""
+    """`attack` leaves the lowest robust accuracy among `attacks` on every model of the pair but `exclude`, over the
+    seeds; see the module docstring."""
 
     text: str
     source: str
     attack: str
     attacks: tuple[str, ...]
     exclude: tuple[str, ...] = field(default=())
-    seed: str = "0"
     norm: str = "linf"
     eps: str = HEADLINE
 
     def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
-        robust: dict[str, dict[str, list]] = {}
+        robust: dict[str, dict[str, dict[str, list]]] = {}  # defense -> attack -> seed -> outcomes
         for a in self.attacks:
             for r in matching(rows, pair, a, self.norm, eps):
                 ex = per_example.get(r.row_id, {}).get("robust")
-                if str(r.seed) == self.seed and r.defense not in self.exclude and ex:
-                    robust.setdefault(r.defense, {})[a] = ex
-        models = [d for d, by in robust.items() if self.attack in by and len(by) > 1]
-        if not models:
-            return NOT_IN_RUN
+                if r.defense not in self.exclude and ex:
+                    robust.setdefault(r.defense, {}).setdefault(a, {})[str(r.seed)] = ex
         parts = []
-        for d in models:
-            n = min(len(v) for v in robust[d].values())
-            means = {a: float(np.mean(v[:n])) for a, v in robust[d].items() if a != self.attack}
+        for d, by in robust.items():
+            seeds = sorted(by.get(self.attack, {}), key=seed_order)
+            others = [a for a in by if a != self.attack and all(s in by[a] for s in seeds)]
+            if not seeds or not others:
+                continue
+            n = min(len(by[a][s]) for a in (self.attack, *others) for s in seeds)
+            x = stacked({s: by[self.attack][s] for s in seeds}, n)
+            means = {a: float(stacked({s: by[a][s] for s in seeds}, n).mean()) for a in others}
             strongest = min(means, key=means.get)
-            diff = np.asarray(robust[d][strongest][:n], float) - np.asarray(robust[d][self.attack][:n], float)
-            parts.append(Part(f"{d}: {strongest} - {self.attack}", diff[None], (self.seed,)))
-        return parts
+            diff = stacked({s: by[strongest][s] for s in seeds}, n) - x
+            parts.append(Part(f"{d}: {strongest} - {self.attack}", diff, tuple(seeds)))
+        return parts or NOT_IN_RUN
 
 
 def extra_claims() -> list:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from benchmark.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
-from benchmark.records import Row, budget_key, eps_str, headline_eps
+from benchmark.records import Row, eps_str, headline_eps
 from benchmark.stats import ALPHA, MAX_SEEDS, POWER, holm, random_effects_mean, seeds_for_power
 
 __all__ = ["CLAIMS", "COLUMNS", "claims_from_config", "findings", "markdown"]
@@ -35,7 +35,7 @@ def budgets(claim, rows: list[Row], pair: str, hl: dict) -> list[float]:
     from attacks.base import parse_eps
 
     if claim.eps == EACH:
-        found = sorted({budget_key(claim.norm, r.eps)[1] for r in matching(rows, pair, claim.attack, claim.norm)})
+        found = sorted({r.budget_key[1] for r in matching(rows, pair, claim.attack, claim.norm)})
         return found or [math.nan]
     return [hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)]
 
@@ -77,9 +77,9 @@ def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -
         seeds_needed=None if None in needed else max(needed),
         **{k: shown[0][k] for k in ("difference", "ci_low", "ci_high")},
     )
-    for p in parts:  # each seed's own difference, with the paired t interval over its examples
+    for p in parts:  # each seed's own difference, with the paired t interval over its examples (no p: no null)
         for k, seed in enumerate(p.seeds):
-            one = _shown(p, random_effects_mean(p.values[k : k + 1], p.null))
+            one = _shown(p, random_effects_mean(p.values[k : k + 1]))
             item["per_seed"].append({"part": p.label, "seed": seed, "n": p.values.shape[1], **one})
     return item
 
@@ -113,7 +113,15 @@ COLUMNS = (
 
 
 def p_str(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.2g}" if x >= 1e-4 else "<0.0001"
+    """Two significant digits, more where those would put the p on the other side of alpha (0.0496 is not 0.05)."""
+    if x is None or math.isnan(x):
+        return "-"
+    if x < 1e-4:
+        return "<0.0001"
+    digits = 2
+    while digits < 6 and (float(f"{x:.{digits}g}") < ALPHA) != (x < ALPHA):
+        digits += 1
+    return f"{x:.{digits}g}"
 
 
 def interval(f: dict) -> str:

@@ -109,6 +109,9 @@ def random_effects_mean(values, null: float = 0.0, level: float = LEVEL) -> dict
     out["var_seed"] = max((ms_seed - ms_residual) / n, 0.0) if separable else math.nan
     out["var_example"] = max((ms_example - ms_residual) / s, 0.0) if separable else math.nan
     out["var_residual"] = ms_residual if separable else math.nan
+    if not math.isfinite(grand):  # a missing outcome (NaN) in the matrix: no test, never a verdict
+        out.update(se=math.nan, ci_low=math.nan, ci_high=math.nan, p_above=1.0, p_below=1.0, p=1.0)
+        return out
     if not math.isfinite(var) or var <= 0:  # every value equal (no spread at all): no evidence of noise
         out.update(se=0.0, ci_low=grand, ci_high=grand)
         above, below = float(grand <= null), float(grand >= null)

@@ -17,7 +17,7 @@ from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
 from benchmark import findings as fnd
-from benchmark.claims import CLAIMS, EACH, Claim, RateClaim, claims_from_config
+from benchmark.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
 from benchmark.findings import findings, markdown
 from benchmark.stats import random_effects_mean, seeds_for_power
 
@@ -88,12 +88,14 @@ def test_the_verdict_has_two_sides_from_one_two_sided_test():
 
 
 def test_the_verdict_rule_at_alpha(monkeypatch):
-    """Holm-adjusted p below 0.05 decides; exactly 0.05 does not (one claim: Holm leaves p as it is)."""
+    """Holm-adjusted p below 0.05 decides; exactly 0.05 does not (one claim: Holm leaves p as it is). The side is
+    the one with the smaller one-sided p; a tie reads as the claimed side."""
     for (support, contra), verdict in {
         (0.025, 1.0): "not supported",
         (0.0249, 1.0): "supported",
         (1.0, 0.025): "not supported",
         (1.0, 0.0249): "contradicted",
+        (0.01, 0.01): "supported",
     }.items():
         fixed = {"tests": [{"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}], "p_support": support,
                  "p_contra": contra, "p": min(1.0, 2 * min(support, contra))}  # fmt: skip
@@ -135,6 +137,7 @@ def test_only_the_examples_every_row_covers_are_compared():
     a, b = ones(20, 50), ones(10, 30)
     (f,) = run({0: (a, b), 1: (ones(20, 40), ones(5, 40))})
     assert f["n"] == 30 and f["seeds"] == 2
+    assert f["test"] == fnd.TEST_METHODS, "two seeds already make a test about the methods"
     d = np.array([np.asarray(a[:30]) - b, np.asarray(ones(20, 40)[:30]) - ones(5, 40)[:30]])
     assert f["difference"] == pytest.approx(d.mean())
 
@@ -161,6 +164,28 @@ def test_the_headline_budget_the_claims_own_or_each_of_the_run():
     (none,) = findings(rows, ex, HL, [Claim("t", "s", "a", "b", "fgsm", eps=EACH)])
     assert none["verdict"] == "not in this run" and none["eps_label"] == "-"
     assert findings([], {}, HL, [CLAIM]) == [], "no rows, no pair"
+
+
+def test_each_budget_of_a_claim_is_tested_on_its_own_rows():
+    kept = {EPS: 8, 2 * EPS: 4}  # examples a keeps at each budget; b keeps 2 at both
+    rows = [row(d, eps=e) for e in kept for d in "ab"]
+    ex = {r.row_id: {"robust": ones(kept[r.eps] if r.defense == "a" else 2, 10)} for r in rows}
+    each = findings(rows, ex, HL, [Claim("t", "s", "a", "b", "pgd", eps=EACH)])
+    assert [f["difference"] for f in each] == pytest.approx([(kept[e] - 2) / 10 for e in kept])
+
+
+def test_a_finding_names_the_claims_models_and_metric_and_leaves_them_blank_for_other_shapes():
+    rate = RateClaim("rate", "paper", defense="a", base="b", attack="pgd", rate=0.5)
+    strongest = StrongestAttackClaim("pgd", "paper", attack="pgd", attacks=("pgd", "fgsm"))
+    rows = [row("a"), row("b")]
+    ex = {r.row_id: {"clean": ones(20, 20), "robust": ones(15 if r.defense == "a" else 5, 20)} for r in rows}
+    pair, hits, rated, untested = findings(rows, ex, HL, [CLAIM, Claim("h", "s", "b", "a", "pgd", metric="target_hit"),
+                                                         rate, strongest])  # fmt: skip
+    assert (pair["higher"], pair["lower"], pair["metric"]) == ("a", "b", "robust")
+    assert (hits["higher"], hits["lower"], hits["metric"]) == ("b", "a", "target_hit")
+    assert "p" in rated and (rated["higher"], rated["lower"], rated["metric"]) == ("", "", "robust")
+    assert untested["verdict"] == "not in this run"
+    assert (untested["higher"], untested["lower"], untested["metric"]) == ("", "", "robust")
 
 
 def test_a_claim_on_targeted_hits_reads_them():
@@ -227,3 +252,10 @@ def test_the_default_claims_are_the_seed_list():
     assert (transfer.higher, transfer.lower) == ("scratch", "finetune"), "lower robust accuracy for finetune"
     mimicry = [c for c in CLAIMS if c.attack.startswith("mimicry")]
     assert {(c.higher, c.lower, c.metric, c.eps) for c in mimicry} == {("freeze", "scratch", "target_hit", EACH)}
+
+
+def test_a_p_value_is_never_printed_on_the_other_side_of_alpha():
+    from benchmark.findings import p_str
+
+    assert [p_str(x) for x in (0.0496, 0.04996, 0.0504, 0.05, 0.1234, 0.00012, 5e-5, None)] == [
+        "0.0496", "0.04996", "0.05", "0.05", "0.12", "0.00012", "<0.0001", "-"]  # fmt: skip

@@ -200,3 +200,43 @@ def test_the_leaderboard_sections_read_the_headline_the_ranking_and_the_form():
     assert "| diff | 0 | pgd | linf 16/255 | 90.0 | 90.0 | 10.0 | 25.0 | 80.0 | 30.0 |" in text
     assert "T = accuracy_drop: (acc_B(x) - acc_B(x'_A))" in text
     assert "| defense | transfer 16/255 |\n|---|---|\n| tla | 0.40 |\n| diff | - |" in text, "in ranked order"
+
+
+def test_a_model_trained_once_is_listed_after_the_ranked_defenses_without_a_rank():
+    """The teacher (trained once beside methods trained per seed) comes last even when it is the most robust."""
+    rows = [
+        *(row("tla", robust=0.6, seed=s) for s in (0, 1)),
+        *(row("finetune", robust=0.4, seed=s) for s in (0, 1)),
+        row("teacher", robust=0.9),
+    ]
+    assert PairResults(rows).ranked(HL)[0] == "teacher", "the most robust by the ranking's rule"
+    text = lb.leaderboard(rows, HL, "success_ratio", [])
+    assert "|---|\n| 1 | tla | 90.0 | +0.0 | 60.0 |\n| 2 | finetune | 90.0 | +0.0 | 40.0 |\n| ref. | teacher |" in text
+
+
+def test_the_clean_cost_interval_is_cut_to_the_range_of_a_difference_of_accuracies():
+    """With two seeds the random-effects interval of the clean cost reaches past -100 and +100 points: it is cut to
+    [-100, +100], what a difference of two accuracies can take."""
+    from benchmark.stats import random_effects_mean
+
+    clean = {("tla", 0): [1, 1, 1, 1], ("tla", 1): [1, 0, 1, 0], ("finetune", 0): [0, 0, 0, 0],
+             ("finetune", 1): [1, 1, 1, 1]}  # fmt: skip
+    rows, ex = [], {}
+    for (d, s), values in clean.items():
+        r = row(d, seed=s, clean=sum(values) / 4, n=4, row_id=f"{d}/{s}")
+        rows.append(r)
+        ex[r.row_id] = {"clean": [float(v) for v in values], "robust": [0.5] * 4}
+    cost = random_effects_mean(np.array([clean[("tla", s)] for s in (0, 1)]) - [clean[("finetune", s)] for s in (0, 1)])
+    assert cost["ci_low"] < -1.01 and cost["ci_high"] > 1.01, "past the range on both sides"
+    lines = lb._ranking("p", PairResults(rows, ex), HL, ["tla", "finetune"], set())
+    assert lines[4].startswith("| rank | defense | clean | clean cost |") and lines[6].startswith("| 1 | tla | ")
+    assert lines[6].split(" | ")[3] == f"{100 * cost['mean']:+.1f} [-100.0, +100.0]"
+
+
+def test_a_value_that_is_not_finite_is_spelled_in_the_ranking_as_in_every_other_table():
+    """results.csv may hold any float (`number` reads "inf"): the ranking's clean accuracy and clean cost write it
+    with Python's own format, as the per-seed tables do (`_pct`, `_mean_ci`)."""
+    assert lb._est(Estimate(math.inf)) == lb._pct([math.inf]) == f"{math.inf:.1f}"
+    rows = [row("finetune", clean=0.9), row("odd", clean=math.inf)]
+    lines = lb._ranking("p", PairResults(rows), HL, ["finetune", "odd"], set())
+    assert lines[7].split(" | ")[1:4] == ["odd", lb._pct([math.inf]), f"{math.inf:+.1f}"]

@@ -6,6 +6,7 @@ values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 from leaderboard_rows import EPS, HL, row
@@ -85,3 +86,40 @@ def test_ranked_by_the_worst_case_at_the_headline_else_the_weakest_attack():
     assert res.ranked(HL) == ["e", "b", "c", "a", "d"], "e and c by their weakest attack; a by its mean; d has none: 0"
     assert res.ranked({"linf": EPS, "l2": EPS}) == ["b", "c", "a", "e", "d"], "e by its L2 worst case, d its L2 pgd"
     assert res.ranked({"linf": 2 * EPS}) == ["c", "a", "b", "d", "e"], "only c has a value there; the rest keep order"
+
+
+def test_the_clean_cost_is_against_plain_fine_tuning_unless_told():
+    res = PairResults([row("finetune", clean=0.75), row("a", clean=0.5), row("b", clean=0.25)])
+    assert res.clean_cost("a") == pytest.approx([-0.25]) and res.clean_cost("a", base="b") == pytest.approx([0.25])
+
+
+def test_a_seed_without_a_clean_accuracy_on_either_side_is_left_out_of_the_paired_cost():
+    rows = [
+        *(row("a", clean=c, seed=s) for s, c in enumerate((0.8, "nan", 0.6, 0.7))),
+        *(row("b", clean=c, seed=s) for s, c in enumerate((0.7, 0.5, 0.9, None))),
+    ]
+    e = PairResults(rows).clean_cost_estimate("a", "b")  # no per-example outcomes: the mean alone
+    assert e.mean == pytest.approx(statistics.mean([0.8 - 0.7, 0.6 - 0.9])) and math.isnan(e.low), "seeds 0 and 2"
+
+
+@pytest.mark.parametrize("sizes", [(4, 6), (6, 4)], ids=["the defense on fewer", "the base on fewer"])
+def test_a_paired_cost_is_over_the_examples_both_sides_were_scored_on(sizes):
+    """Each seed's clean row of the defense and of the base may cover different numbers of examples: the paired
+    difference is over the first n that every row of both covers."""
+    from benchmark.stats import random_effects_mean
+
+    clean = {
+        ("a", 0): [1, 1, 0, 1, 1, 0],
+        ("a", 1): [1, 0, 1, 1, 0, 1],
+        ("b", 0): [0, 1, 0, 0, 1, 1],
+        ("b", 1): [1, 0, 0, 0, 1, 1],
+    }
+    rows, ex = [], {}
+    for (d, s), values in clean.items():
+        n = sizes[d == "b"]
+        r = row(d, clean=sum(values[:n]) / n, seed=s, n=n, row_id=f"{d}/{s}")
+        rows.append(r)
+        ex[r.row_id] = {"clean": [float(v) for v in values[:n]], "robust": [0.0] * n}
+    want = random_effects_mean([[x - y for x, y in zip(clean[("a", s)][:4], clean[("b", s)][:4])] for s in (0, 1)])
+    e = PairResults(rows, ex).clean_cost_estimate("a", "b")
+    assert (e.mean, e.low, e.high) == pytest.approx((want["mean"], want["ci_low"], want["ci_high"]))

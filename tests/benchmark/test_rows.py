@@ -291,3 +291,34 @@ def test_the_transfer_attacks_have_their_own_worst_case():
     assert unions["worst_case"][1]["robust"].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     alone = {r.attack for r, _ in _worst_case(rows[:2], fields)}
     assert alone == {"worst_case"}, "one transfer attack is its own worst case"
+
+
+def test_a_transfer_row_names_its_reference_only_when_it_is_another_entry_of_the_sweep():
+    """`transfer_reference`: the sweep's entry whose white-box cell the transferability is relative to (`reference`
+    in the attack's config), None when the reference cell is the transfer attack's own inner attack (its own entry)."""
+    m = "p/finetune/seed0"
+    named, own = f"{m}/pgd_linf/reference", f"{m}/transfer_b/reference"
+    transfer = {"threat_model": "transfer", "surrogate": "teacher", "crafted": True, "transfer": True, "n": 6}
+    cells = [
+        c(m, "pgd_linf", entry="pgd_linf", n=6),
+        c(m, "pgd_linf", entry="pgd_linf", role="reference", n=6, id=named),
+        c(m, "transfer_a", entry="transfer_a", reference=named, **transfer),
+        c(m, "transfer_b", entry="transfer_b", role="reference", n=6, id=own),
+        c(m, "transfer_b", entry="transfer_b", reference=own, **transfer),
+    ]
+    stages = [
+        model_stage(m, "student", "finetune", "kf"),
+        *({"id": x.id, "kind": "cell", "key": x.id, "deps": [m], "cell": x} for x in cells),
+    ]
+    plan = Plan("exp", {"p": {"source": "S", "target": "T", "num_classes": 3}}, stages)
+    done = Executed(
+        trained={m: {"fit_seconds": 1.0}},
+        outcomes={x.id: out([0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 0, 0]) for x in cells},
+        metas={x.id: {"cached": True} for x in cells},
+        data={},
+    )
+    cfg = {"name": "exp", "model": {"backbone": "small_cnn"}, "report": {"transferability": "success_ratio"}}
+    rows = {r.attack: r for r in make_rows(cfg, plan, done)[0]}
+    assert rows["transfer_a"].transfer_reference == "pgd_linf", "relative to the sweep's PGD, named"
+    assert rows["transfer_b"].transfer_reference is None, "relative to its own inner attack"
+    assert rows["pgd_linf"].transfer_reference is None, "a white-box row has no reference"
