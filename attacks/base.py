@@ -53,6 +53,16 @@ def parse_eps(value) -> float:
     return eps
 
 
+def check_steps(steps, step_size=None) -> int:
+    """`steps` as an int, after the checks every iterative attack makes: a ConfigError unless `steps` is an integer
+    >= 1 and `step_size`, where given, is above 0."""
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"steps must be an integer >= 1, got {steps}")
+    if step_size is not None and parse_eps(step_size) <= 0:
+        raise ConfigError(f"step_size must be > 0, got {step_size}")
+    return int(steps)
+
+
 def parse_norm(value) -> str:
     """A norm name, case-insensitive ("Linf", "L2" as AutoAttack and RobustBench write them) -> linf or l2."""
     norm = value.lower() if isinstance(value, str) else value

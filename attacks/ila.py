@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from attacks.base import Attack, Eps, Norm, eps_tag, parse_eps
+from attacks.base import Attack, Eps, Norm, check_steps, eps_tag, parse_eps
 from attacks.errors import ConfigError
 from attacks.mimicry import layer_function, resolve_layer
 from attacks.transfer_families import MIFGSM
@@ -54,10 +54,7 @@ class ILA(Attack):
         super().__init__(eps, norm)
         if self.norm != "linf":
             raise ConfigError(f"{type(self).__name__} supports norm linf only, got {norm}")
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps}")
-        if step_size is not None and parse_eps(step_size) <= 0:
-            raise ConfigError(f"step_size must be > 0, got {step_size}")
+        check_steps(steps, step_size)
         self.layer = resolve_layer(layer)
         self.steps = int(steps)
         self.step_size = parse_eps(step_size) if step_size is not None else self.eps / self.steps

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import Attack, Eps, lp_norm, parse_eps, read_out
+from attacks.base import Attack, Eps, check_steps, lp_norm, parse_eps, read_out
 from attacks.errors import ConfigError, choose
 from attacks.ms_ssim import dssim
 
@@ -158,10 +158,7 @@ class MimicryAttack(Attack):
         choose("surrogate", surrogate, ("teacher",))
         super().__init__(eps, "linf" if norm == "dssim" else norm)
         self.norm = norm  # `check_adversarial` checks DSSIM budgets too
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps}")
-        if step_size is not None and parse_eps(step_size) <= 0:
-            raise ConfigError(f"step_size must be > 0, got {step_size}")
+        check_steps(steps, step_size)
         if penalty <= 0 or lr <= 0 or not 0 <= rho < 1 or adadelta_eps <= 0:
             raise ConfigError("need penalty > 0, lr > 0, 0 <= rho < 1 and adadelta_eps > 0")
         self.layer = resolve_layer(layer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import LOSSES, Attack, Eps, Norm, parse_eps
+from attacks.base import LOSSES, Attack, Eps, Norm, check_steps, parse_eps
 from attacks.errors import ConfigError, choose
 
 
@@ -50,12 +50,9 @@ class PGD(Attack):
         if early_stop and self.eot > 1:
             raise ConfigError("early_stop with eot > 1 would trust one noisy pass; use early_stop=false")
         choose("loss", loss, LOSSES)
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps}")
+        check_steps(steps, step_size)
         if int(restarts) != restarts or restarts < 1:
             raise ConfigError(f"restarts must be an integer >= 1, got {restarts}")
-        if step_size is not None and parse_eps(step_size) <= 0:
-            raise ConfigError(f"step_size must be > 0, got {step_size}")
         self.steps = int(steps)
         self.step_size = parse_eps(step_size) if step_size is not None else 2.5 * self.eps / self.steps
         self.random_start = random_start

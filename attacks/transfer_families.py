@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import LOSSES, Attack, Eps, Norm, attack_loss, eps_tag, parse_eps
+from attacks.base import LOSSES, Attack, Eps, Norm, attack_loss, check_steps, eps_tag, parse_eps
 from attacks.errors import ConfigError, choose
 
 
@@ -104,10 +104,7 @@ class MIFGSM(Attack):
         super().__init__(eps, norm)
         if self.norm != "linf":
             raise ConfigError(f"{type(self).__name__} supports norm linf only, got {norm}")
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps}")
-        if step_size is not None and parse_eps(step_size) <= 0:
-            raise ConfigError(f"step_size must be > 0, got {step_size}")
+        check_steps(steps, step_size)
         if not (isinstance(decay, (int, float)) and math.isfinite(decay) and decay >= 0):
             raise ConfigError(f"decay must be a finite number >= 0, got {decay}")
         if not (isinstance(diversity_prob, (int, float)) and 0 <= diversity_prob <= 1):

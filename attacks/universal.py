@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.base import Attack, Eps, Norm, read_out
+from attacks.base import Attack, Eps, Norm, check_steps, read_out
 from attacks.errors import ConfigError, choose
 
 SURROGATES = ("teacher", "common")
@@ -316,9 +316,7 @@ class SSP(EncoderAttack):
         surrogate: str = "teacher",
     ):
         super().__init__(eps, norm, layer, surrogate)
-        if int(steps) != steps or steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {steps}")
-        self.steps, self.step_size = int(steps), float(step_size)
+        self.steps, self.step_size = check_steps(steps), float(step_size)
 
     def perturb(self, model, x, y):
         with torch.no_grad():

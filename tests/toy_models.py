@@ -18,3 +18,15 @@ class Gatekeeper(nn.Module):
         classes = 10 * flat[:, :3]
         reject = torch.where(flat[:, 3] > 0.5, classes.amax(1) + 1, classes.amin(1) - 1)
         return torch.cat([classes, reject[:, None]], dim=1)
+
+
+class UnqueryableTarget(nn.Module):
+    """A target that fails the test if the attacker ever runs it (it has parameters, so modes and flags apply): a
+    transfer attack must never query the model it attacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 10)
+
+    def forward(self, x):
+        raise AssertionError("a transfer attack queried the target model")

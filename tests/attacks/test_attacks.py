@@ -29,6 +29,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from toy_models import UnqueryableTarget
 
 import attacks
 from attacks import (
@@ -683,17 +684,6 @@ def test_early_stop_reports_are_true(norm, eps, restarts, digits_classifier, dig
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _UnqueryableTarget(nn.Module):
-    """A target that fails the test if the attacker ever runs it (it has parameters, so modes and flags apply)."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(4, 10)
-
-    def forward(self, x):
-        raise AssertionError("a transfer attack queried the target model")
-
-
 @pytest.mark.parametrize(
     "factory",
     [
@@ -706,7 +696,7 @@ class _UnqueryableTarget(nn.Module):
 def test_transfer_crafts_on_surrogate_only(factory, surrogate, batch):
     x, y = batch
     eps = 16 / 255 if factory.keywords["norm"] == "linf" else 1.0
-    target = _UnqueryableTarget().train()
+    target = UnqueryableTarget().train()
     transfer = TransferAttack(eps, factory)
     transfer.surrogate = surrogate
     torch.manual_seed(0)
@@ -748,7 +738,7 @@ def test_transfer_inner_attack_runs_full_budget(digits_classifier, digits_source
     assert transfer.base.early_stop is False
     assert transfer.config()["attack"]["early_stop"] is False
     transfer.surrogate = digits_classifier
-    transfer(_UnqueryableTarget(), x, y)
+    transfer(UnqueryableTarget(), x, y)
     # Many examples are fooled within 10 steps at 16/255; with early stopping the pass count would be lower.
     assert transfer.forward_passes == steps * len(x)
     assert transfer.backward_passes == steps * len(x)

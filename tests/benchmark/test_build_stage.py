@@ -5,6 +5,13 @@ by mutation testing (`make mutate`, tests/mutation/mutate.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+#: The model configs shipped with the suite (benchmark/configs/model).
+MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "model"
+
 
 # ---- what a training stage's key is made of (benchmark/stages/build.py) ---------------------------------------
 def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path):
@@ -57,6 +64,57 @@ def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path)
     assert job_key_spec(timm)["checkpoint"] == "d", "the tensors loaded, not the format's spelling"
     assert "checkpoint" not in job_key_spec({**base, "checkpoint": None, "init_kind": ""})
     assert "init_kind" not in job_key_spec({**base, "init_kind": None})
+
+
+def _job(**changes) -> dict:
+    """The key fields of a student job (as `planner` writes them), with `changes`."""
+    job = {
+        "kind": "student",
+        "data": {"_target_": "d", "n": 1},
+        "data_fingerprint": "fp",
+        "domain": "target",
+        "model": {"backbone": "small_cnn"},
+        "module": {"lr": 0.1},
+        "trainer": {"max_epochs": 2},
+        "seed": 1,
+    }
+    return {**job, **changes}
+
+
+def test_the_channels_last_layout_enters_the_key_and_the_contiguous_one_keeps_the_old_key():
+    from benchmark.numerics import stage_layout
+    from benchmark.stages.build import job_key_spec
+
+    channels_last = stage_layout({})  # the default layout
+    contiguous = stage_layout({"numerics": {"channels_last": False}})
+    assert job_key_spec(_job(numerics=channels_last))["numerics"] == channels_last, "it sums in another order"
+    old = job_key_spec(_job())  # a job planned before the layout existed
+    assert "numerics" not in old
+    assert job_key_spec(_job(numerics=contiguous)) == old, "the contiguous layout computes what the old jobs did"
+    assert job_key_spec(_job(numerics=channels_last)) != old
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml")))
+def test_the_model_key_leaves_out_the_pretrained_keys_while_they_are_off(name):
+    import yaml
+
+    from benchmark.stages.build import PRETRAINED_KEYS, model_key
+
+    shipped = yaml.safe_load((MODEL_CONFIGS / f"{name}.yaml").read_text())
+    cfg = {**shipped, "pretrained": False, "pretrained_file": None}  # as they ship: off
+    before = {k: v for k, v in cfg.items() if k not in PRETRAINED_KEYS}  # the config before these keys existed
+    assert model_key(cfg) == before, "every other field as it is, empty ones (kwargs: {}) included"
+    assert model_key({**cfg, "pretrained": True}) == {**before, "pretrained": True}
+
+
+def test_a_pretrained_file_that_holds_no_tensors_is_named_by_its_config_field(tmp_path):
+    from attacks.errors import ConfigError
+    from benchmark.stages.build import model_key
+
+    text = tmp_path / "weights.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_file: '.*weights\.pt' is not a checkpoint file"):
+        model_key({"backbone": "small_cnn", "pretrained": True, "pretrained_file": str(text)})
 
 
 def test_the_teacher_module_and_the_declared_kinds():

@@ -19,6 +19,7 @@ from benchmark.stages.score import (
     outcome,
     per_example,
     size,
+    target_hits,
     targeted_success,
     transferability,
     worst_case,
@@ -144,6 +145,27 @@ def test_targeted_success_over_clean_correct_draws():
     assert targeted_success(two_draws, targets) == pytest.approx(4 / 6), "per draw: 2 of 3 and 2 of 3"
     assert math.isnan(targeted_success(outcome(torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2), y[:2] * 0),
                                        targets))  # fmt: skip
+
+
+def test_target_hits_read_the_examples_on_the_last_axis_of_any_rank():
+    # like `head`: one draw's (n,) outcome counts as the row of its (1, n) one, the first n targets applying
+    y = torch.tensor([0, 1, 2, 1])
+    pred_clean, pred_adv = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    targets = torch.tensor([1, 2, 0, 2, 5, 5])
+    one_draw = target_hits(outcome(pred_clean, pred_adv, y), targets)
+    assert one_draw.tolist() == target_hits(outcome(pred_clean[None], pred_adv[None], y), targets)[0].tolist()
+    assert one_draw.tolist() == [True, False, True, False], "example 3 hits its target but was wrong clean"
+
+
+def test_target_hits_compare_on_the_device_of_the_predictions():
+    # the targets are recomputed on the CPU (rows._targets), the predictions may be on an accelerator: here the
+    # "meta" device, which checks devices and shapes as a GPU would, without one
+    y = torch.tensor([0, 1, 2], device="meta")
+    out = outcome(
+        torch.zeros(2, 3, dtype=torch.long, device="meta"), torch.zeros(2, 3, dtype=torch.long, device="meta"), y
+    )
+    hits = target_hits(out, torch.tensor([1, 2, 0, 2]))
+    assert hits.device.type == "meta" and hits.shape == (2, 3) and hits.dtype == torch.bool
 
 
 def test_head_cuts_tensors_of_every_rank_and_keeps_the_rest():
