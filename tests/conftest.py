@@ -125,3 +125,15 @@ def warm_tmp(tmp_path, warm_run) -> Path:
     (the cache is content-addressed, so a copy is a hit)."""
     shutil.copytree(warm_run / "cache", tmp_path / "cache")
     return tmp_path
+
+
+@pytest.fixture
+def surrogate(digits_classifier) -> torch.nn.Module:
+    """A similar but different model for transfer attacks: the session classifier with seeded Gaussian noise on its
+    weights (a model like the target, not the target); a fresh copy per test."""
+    net = copy.deepcopy(digits_classifier)
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+    return net

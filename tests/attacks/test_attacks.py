@@ -165,21 +165,6 @@ def test_every_exported_attack_has_variants():
 
 
 @pytest.fixture
-def surrogate(digits_classifier) -> nn.Module:
-    """A similar but different model for transfer attacks: the trained classifier with noisy weights.
-
-    Returns:
-        A new `ImageClassifier` whose parameters are the session model's plus seeded Gaussian noise.
-    """
-    net = copy.deepcopy(digits_classifier)
-    g = torch.Generator().manual_seed(123)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
-    return net
-
-
-@pytest.fixture
 def batch(digits_source_test) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `N_INVARIANT` source test examples (clones, so a test cannot corrupt the session tensors).
 

@@ -61,17 +61,6 @@ def batch(digits_source_test) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:32].clone(), y[:32].clone()
 
 
-@pytest.fixture
-def surrogate(digits_classifier) -> nn.Module:
-    """The trained classifier with seeded noise on its weights: a model like the target, not the target."""
-    net = copy.deepcopy(digits_classifier)
-    g = torch.Generator().manual_seed(123)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
-    return net
-
-
 @pytest.fixture(scope="module")
 def rgb_classifier(digits_classifier) -> nn.Module:
     """The digits classifier on 3 channels: its first convolution takes the mean of three copies of its weights."""

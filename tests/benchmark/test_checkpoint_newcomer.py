@@ -63,11 +63,18 @@ def suite_file(tmp_path) -> Path:
     return path
 
 
-# ---- 1. the documented commands work as written -------------------------------------------------------------------
-def test_the_documented_pretrained_and_checkpoint_commands_work_without_plus(tmp_path, capsys, suite_file):
+@pytest.fixture
+def timm_file(tmp_path) -> Path:
+    """timm's resnet10t weights (ImageNet's 1000-class head) saved as a user's downloaded file."""
     torch.manual_seed(1)
-    weights = tmp_path / "resnet10t.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), weights)
+    path = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), path)
+    return path
+
+
+# ---- 1. the documented commands work as written -------------------------------------------------------------------
+def test_the_documented_pretrained_and_checkpoint_commands_work_without_plus(tmp_path, capsys, suite_file, timm_file):
+    weights = timm_file
     documented = ["model.backbone=resnet10t.c3_in1k", "model.pretrained=true", f"model.pretrained_file={weights}"]
     code, out, err = main(tmp_path, capsys, *documented, "--plan")
     assert code == 0, err
@@ -92,12 +99,10 @@ def test_the_plan_shows_each_files_load_report(tmp_path, capsys):
     assert report["not_loaded"] > 100 and report["head"].startswith("fresh") and report["line"] in line
 
 
-def test_timms_weights_from_a_local_file_are_reported_and_recorded_as_the_file(tmp_path, capsys):
+def test_timms_weights_from_a_local_file_are_reported_and_recorded_as_the_file(tmp_path, capsys, timm_file):
     from benchmark.stages.train import run_train_job
 
-    torch.manual_seed(1)
-    weights = tmp_path / "resnet10t.pth"
-    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), weights)
+    weights = timm_file
     over = ["model.backbone=resnet10t.c3_in1k", "model.pretrained=true", f"model.pretrained_file={weights}"]
     code, out, err = main(tmp_path, capsys, *over, "--plan")
     assert code == 0, err
