@@ -13,6 +13,8 @@ import torch
 from plan_budgets import SIXTEEN
 
 from attacks.errors import ConfigError
+from attacks.fgsm import FGSM
+from attacks.pgd import PGD
 from benchmark.cache import stage_key
 from benchmark.config import compose
 from benchmark.plan import Plan, attack_modules, module_of
@@ -115,6 +117,14 @@ def test_the_teachers_job_and_key(planned):
     assert warnings == []
 
 
+def test_the_teachers_seed_and_its_default():
+    seeded = stages(plan_of(teacher__seed=5)[0])["digits/teacher"]
+    assert seeded["seed"] == seeded["job"]["seed"] == 5
+    unset = stages(plan_of(teacher__seed=KeyError)[0])["digits/teacher"]
+    assert unset["seed"] == unset["job"]["seed"] == 0, "a teacher config without a seed: seed 0"
+    assert seeded["key"] != unset["key"]
+
+
 def test_the_students_jobs_keys_and_earlier_stages(planned):
     plan = planned[0]
     by = stages(plan)
@@ -191,6 +201,7 @@ def test_the_pairs_evaluation_subset(planned):
     )
     assert info["num_classes"] == 10 and info["n"] == 10
     assert info["train_sizes"] == {"source": len(dm.splits("source").train), "target": len(dm.splits("target").train)}
+    assert info["val_sizes"] == {"source": len(dm.splits("source").val), "target": len(dm.splits("target").val)}
     data = {
         k: v
         for k, v in CFG["data"]["digits"].items()
@@ -277,6 +288,8 @@ def test_a_transfer_cell_its_crafted_set_and_reference(planned):
     inner = {k: v for k, v in CFG["attack"]["transfer_pgd_linf"]["attack"]["attack"].items() if k != "_partial_"}
     assert ref.attack == {"cfg": inner, "eps": "16/255", "changes": {}} and ref.steps == 3 and ref.craft is None
     assert (ref.n, ref.draws, ref.randomized, ref.reference) == (10, 1, False, None)
+    fewer = plan_of(attack__transfer_pgd_linf__n_examples=4)[0]
+    assert fewer.cell(c.reference).n == fewer.cell(c.id).n == 4, "the reference scores the transfer cell's examples"
     drop = plan.cell("digits/dropout/seed0/transfer_pgd_linf/16/255")
     assert drop.reference is None and drop.randomized and drop.draws == 3, (
         "no white-box reference on a randomized model"
@@ -299,6 +312,13 @@ def test_surrogates_the_attacker_trains_and_their_ensemble():
     assert craft["surrogates"] == craft["deps"] == ["digits/teacher", "digits/scratch/seed1000"]
     cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
     assert cell.surrogate == "teacher+substitute" and cell.craft == craft["id"]
+    reseeded = compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=[teacher,substitute]", "eval.attacker_seed=7"])
+    other = stages(make_plan(reseeded)[0])
+    assert (
+        other["digits/scratch/seed7"]["key"] != sub["key"]
+        and other["digits/teacher"]["key"] == by["digits/teacher"]["key"]
+    )
+    assert other[craft["id"]]["key"] != craft["key"], "every member's key enters the ensemble's crafted set's key"
     alone = stages(make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=substitute"]))[0])
     crafted = alone["digits/scratch/seed1000/craft/transfer_mi_fgsm/16/255"]
     assert crafted["surrogates"] == ["digits/scratch/seed1000"] and crafted["key"] != craft["key"]
@@ -311,6 +331,68 @@ def test_surrogates_the_attacker_trains_and_their_ensemble():
                            "attack.transfer_ila.attack.surrogate=[teacher,substitute]"]))  # fmt: skip
 
 
+class CraftedWithoutASurrogateName(FGSM):
+    """A newcomer's crafted attack (`Attack.crafted`) that names no surrogate."""
+
+    crafted = True
+    threat_model = "transfer"
+
+
+def test_a_crafted_attack_that_names_no_surrogate_is_crafted_on_the_teacher():
+    cfg = copy.deepcopy(CFG)
+    cfg["attack"]["fgsm"]["attack"]["_target_"] = f"{__name__}.CraftedWithoutASurrogateName"
+    plan = make_plan(cfg)[0]
+    cell = plan.cell("digits/finetune/seed0/fgsm/8/255")
+    assert cell.crafted and cell.craft == "digits/teacher/craft/fgsm/8/255" and cell.surrogate == "", (
+        "crafted on the teacher; its rows name no surrogate"
+    )
+    assert stages(plan)[cell.craft]["surrogates"] == stages(plan)[cell.craft]["deps"] == ["digits/teacher"]
+
+
+class WhiteBoxWithASurrogateNameAndTargetClasses(FGSM):
+    """A white-box attack with a surrogate's name and target classes, but neither crafted nor declared targeted."""
+
+    surrogate_name = "teacher"
+
+    def target_classes(self, x, y, num_classes):
+        return (y + 1) % num_classes
+
+
+def test_a_white_box_cell_names_no_surrogate_and_is_targeted_only_when_its_attack_says_so():
+    cfg = copy.deepcopy(CFG)
+    cfg["attack"]["fgsm"]["attack"]["_target_"] = f"{__name__}.WhiteBoxWithASurrogateNameAndTargetClasses"
+    cell = make_plan(cfg)[0].cell("digits/finetune/seed0/fgsm/8/255")
+    assert (cell.crafted, cell.craft, cell.surrogate, cell.targeted) == (False, None, "", False)
+
+
+def test_a_reject_aware_cell_and_an_untargeted_mimicry_cell():
+    cfg = compose(["logger=none", "defense=[finetune]", "attack=[pgd_reject_aware,mimicry_linf_untargeted]",
+                   "attack.pgd_reject_aware.defenses=null", "attack.pgd_reject_aware.epsilons=[8/255]",
+                   "attack.mimicry_linf_untargeted.epsilons=[8/255]", *WHERE])  # fmt: skip
+    plan = make_plan(cfg)[0]
+    reject = plan.cell("digits/finetune/seed0/pgd_reject_aware/8/255")
+    assert reject.reject_aware and not reject.targeted
+    mimicry = plan.cell("digits/finetune/seed0/mimicry_linf_untargeted/8/255")
+    assert (mimicry.crafted, mimicry.targeted, mimicry.reject_aware) == (True, False, False)
+
+
+class CraftedEOTPGD(PGD):
+    """A newcomer's crafted EOT-PGD: the base of the sanity checks, which plan no teacher of their own."""
+
+    crafted = True
+    threat_model = "transfer"
+
+
+def test_the_sanity_cells_of_a_crafted_eot_pgd_are_crafted_on_the_teacher():
+    cfg = copy.deepcopy(CFG)
+    cfg["attack"]["eot_pgd_linf"]["attack"]["_target_"] = f"{__name__}.CraftedEOTPGD"
+    plan = make_plan(cfg)[0]
+    base = "digits/dropout/seed0/eot_pgd_linf/16/255"
+    for role in ("frozen", "x2", "unbounded"):
+        cell = plan.cell(f"{base}/{role}")
+        assert cell.base == base and stages(plan)[cell.craft]["deps"] == ["digits/teacher"], role
+
+
 def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep_runs_it():
     base = ["logger=none", "defense=[finetune]", "attack.transfer_mi_fgsm.epsilons=[16/255]",
             "cache_dir=plan-tests-cache"]  # fmt: skip
@@ -320,6 +402,14 @@ def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep
     cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
     assert cell.reference == "digits/finetune/seed0/pgd_linf/16/255", "the sweep's PGD cell, not a white-box MI-FGSM"
     assert not any("transfer_mi_fgsm/16/255/reference" in s["id"] for s in plan.stages)
+    single = make_plan(compose([*base, "attack=[pgd_linf,transfer_mi_fgsm]", "attack.pgd_linf.epsilons=[16/255]"]))[0]
+    assert single.cell(cell.id).reference == "digits/finetune/seed0/pgd_linf/16/255", "a named entry at one budget"
+    unrun = compose([*base, "attack=[pgd_linf,transfer_mi_fgsm]", "attack.pgd_linf.epsilons=[16/255]",
+                     "attack.pgd_linf.applies_to=randomized"])  # fmt: skip
+    elsewhere = make_plan(unrun)[0]
+    ref = elsewhere.cell(elsewhere.cell(cell.id).reference)
+    assert (ref.role, ref.entry) == ("reference", "pgd_linf"), "named, though the sweep runs it on no such model"
+    assert ref.attack == {"cfg": unrun["attack"]["pgd_linf"]["attack"], "eps": "16/255", "changes": {}}
     own = make_plan(compose([*base, "attack=[transfer_mi_fgsm]"]))[0]
     ref = own.cell(own.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255").reference)
     assert ref.entry == "transfer_mi_fgsm" and ref.attack["cfg"]["_target_"] == "attacks.transfer_families.MIFGSM"
@@ -355,6 +445,31 @@ def test_cells_by_kind_of_model_and_what_is_left_out(planned):
     assert plan.attack(rnd.id).early_stop is False
     eot = plan.cell("digits/dropout/seed0/eot_pgd_linf/16/255")
     assert eot.attack["changes"] == {} and eot.n == 6 and eot.draws == 3
+
+
+def test_an_attack_runs_only_on_the_models_it_names():
+    plan, notes, _ = plan_of(attack__fgsm__defenses=["finetune"])
+    assert {c.model for c in plan.cells() if c.entry == "fgsm"} == {"digits/finetune/seed0"}
+    assert notes == [
+        "digits: not run on the deterministic models teacher (by design): fgsm, eot_pgd_linf",
+        "digits: not run on the deterministic models finetune (by design): eot_pgd_linf",
+        "digits: not run on the randomized models dropout (by design): fgsm",
+    ]
+
+
+def test_a_model_of_two_kinds_is_named_by_both_in_the_notes(monkeypatch):
+    from benchmark import config
+
+    declared = config._declarations
+
+    def also_nondifferentiable(cfg):
+        out = declared(cfg)
+        drop = out["dropout"]
+        return {**out, "dropout": config.Declared(drop.kinds | {"nondifferentiable"}, drop.freezable)}
+
+    monkeypatch.setattr(config, "_declarations", also_nondifferentiable)
+    notes = plan_of()[1]
+    assert "digits: not run on the nondifferentiable and randomized models dropout (by design): fgsm" in notes
 
 
 def test_the_sanity_cells_of_a_randomized_model(planned):
@@ -475,6 +590,55 @@ def test_a_teacher_from_a_checkpoint_file(tmp_path):
     assert teacher["init_key"] == stages(ssl[0])["digits/common"]["key"] and "public" not in teacher
 
 
+def test_a_teacher_checkpoints_format_head_and_tensors_enter_its_stage(tmp_path):
+    """`teacher.checkpoint_format` and `teacher.checkpoint_head` reach the checkpoint spec (`auto` when a config
+    has none); the key follows the tensors the file puts into the model, not its path."""
+    from benchmark.stages.build import build_datamodule, build_model, checkpoint_spec
+
+    dm = build_datamodule(CFG["data"]["digits"])
+    dm.setup()
+    path = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save(build_model(CFG["model"], dm).state_dict(), path)
+    chosen = plan_of(
+        teacher__checkpoint=str(path), teacher__checkpoint_format="suite", teacher__checkpoint_head="fresh"
+    )
+    t = stages(chosen[0])["digits/teacher"]
+    spec = {k: v for k, v in t["job"]["checkpoint"].items() if k != "digest"}
+    assert spec == checkpoint_spec(str(path), "teacher.checkpoint", "suite", "fresh")
+    assert t["load_report"]["head"].startswith("fresh")
+    unset = plan_of(
+        teacher__checkpoint=str(path), teacher__checkpoint_format=KeyError, teacher__checkpoint_head=KeyError
+    )
+    job = stages(unset[0])["digits/teacher"]["job"]
+    assert (job["checkpoint"]["format"], job["checkpoint"]["head"]) == ("auto", "auto")
+    before = stages(plan_of(teacher__checkpoint=str(path))[0])["digits/teacher"]
+    moved = tmp_path / "moved.pt"
+    path.rename(moved)
+    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"]["key"] == before["key"]
+    torch.manual_seed(1)
+    torch.save(build_model(CFG["model"], dm).state_dict(), moved)
+    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"]["key"] != before["key"], (
+        "other tensors in the file: another teacher"
+    )
+
+
+def test_a_teacher_from_timms_weights_in_a_local_file_is_reported(tmp_path):
+    """`model.pretrained_file`: the plan notes what timm's weights put into the teacher and keeps the load report."""
+    import timm
+
+    torch.manual_seed(1)
+    path = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), path)
+    only = {"defense": {"finetune": CFG["defense"]["finetune"]}, "attack": {"fgsm": CFG["attack"]["fgsm"]}}
+    plan, notes, _ = plan_of(**only, model__pretrained=True, model__backbone="resnet10t",
+                             model__pretrained_file=str(path), earlier_defenses={})  # fmt: skip
+    teacher = stages(plan)["digits/teacher"]
+    assert teacher["job"]["public"] is True and teacher["load_report"]["path"] == str(path)
+    assert teacher["load_report"]["head"].startswith("fresh"), "a head for the digits' classes"
+    assert notes[0] == f"digits/teacher: model.pretrained_file: {teacher['load_report']['line']}"
+
+
 def test_a_teacher_with_timms_pretrained_weights():
     """`model.pretrained=true`: the first model of the chain is timm's weights (listed by timm; nothing downloads)."""
     only = {"defense": {"finetune": CFG["defense"]["finetune"]}, "attack": {"fgsm": CFG["attack"]["fgsm"]}}
@@ -523,6 +687,11 @@ def test_plans_of_one_run_share_a_data_pair_set_up_once(monkeypatch):
     data: dict = {}
     first, second = make_plan(copy.deepcopy(CFG), data)[0], make_plan(copy.deepcopy(SSL), data)[0]
     assert second._data["digits"] is first._data["digits"] and len(built) == 1, "the same pair: set up once"
+    reordered = copy.deepcopy(CFG)
+    reordered["data"]["digits"] = dict(reversed(list(CFG["data"]["digits"].items())))
+    assert make_plan(reordered, data)[0]._data["digits"] is first._data["digits"] and len(built) == 1, (
+        "the same recipe written in another key order: the same pair"
+    )
     other = copy.deepcopy(CFG)
     other["data"]["digits"]["split_seed"] = 1
     assert make_plan(other, data)[0]._data["digits"] is not first._data["digits"] and len(built) == 2
