@@ -338,10 +338,15 @@ class CraftedWithoutASurrogateName(FGSM):
     threat_model = "transfer"
 
 
-def test_a_crafted_attack_that_names_no_surrogate_is_crafted_on_the_teacher():
+def planned_with(attack: str, cls: type):
+    """The plan of CFG with `attack`'s entry built from `cls` (a class of this module)."""
     cfg = copy.deepcopy(CFG)
-    cfg["attack"]["fgsm"]["attack"]["_target_"] = f"{__name__}.CraftedWithoutASurrogateName"
-    plan = make_plan(cfg)[0]
+    cfg["attack"][attack]["attack"]["_target_"] = f"{__name__}.{cls.__name__}"
+    return make_plan(cfg)[0]
+
+
+def test_a_crafted_attack_that_names_no_surrogate_is_crafted_on_the_teacher():
+    plan = planned_with("fgsm", CraftedWithoutASurrogateName)
     cell = plan.cell("digits/finetune/seed0/fgsm/8/255")
     assert cell.crafted and cell.craft == "digits/teacher/craft/fgsm/8/255" and cell.surrogate == "", (
         "crafted on the teacher; its rows name no surrogate"
@@ -359,9 +364,7 @@ class WhiteBoxWithASurrogateNameAndTargetClasses(FGSM):
 
 
 def test_a_white_box_cell_names_no_surrogate_and_is_targeted_only_when_its_attack_says_so():
-    cfg = copy.deepcopy(CFG)
-    cfg["attack"]["fgsm"]["attack"]["_target_"] = f"{__name__}.WhiteBoxWithASurrogateNameAndTargetClasses"
-    cell = make_plan(cfg)[0].cell("digits/finetune/seed0/fgsm/8/255")
+    cell = planned_with("fgsm", WhiteBoxWithASurrogateNameAndTargetClasses).cell("digits/finetune/seed0/fgsm/8/255")
     assert (cell.crafted, cell.craft, cell.surrogate, cell.targeted) == (False, None, "", False)
 
 
@@ -384,9 +387,7 @@ class CraftedEOTPGD(PGD):
 
 
 def test_the_sanity_cells_of_a_crafted_eot_pgd_are_crafted_on_the_teacher():
-    cfg = copy.deepcopy(CFG)
-    cfg["attack"]["eot_pgd_linf"]["attack"]["_target_"] = f"{__name__}.CraftedEOTPGD"
-    plan = make_plan(cfg)[0]
+    plan = planned_with("eot_pgd_linf", CraftedEOTPGD)
     base = "digits/dropout/seed0/eot_pgd_linf/16/255"
     for role in ("frozen", "x2", "unbounded"):
         cell = plan.cell(f"{base}/{role}")
