@@ -56,10 +56,9 @@ def charge(stage: dict, done) -> dict[str, float]:
 def split(stats: dict) -> tuple[dict, dict[str, float], dict[str, dict[str, float]]]:
     """(the counts without the seconds, the seconds by kind rounded to 0.1 s, {run_stats name: the whole stages'
     wall-clock or CPU seconds by kind})."""
-    prefixes = (PREFIX, *WHOLE)
-    counts = {k: v for k, v in stats.items() if not k.startswith(prefixes)}
-    seconds = {k[len(PREFIX) :]: round(v, 1) for k, v in sorted(stats.items()) if k.startswith(PREFIX)}
-    by_whole = {}
-    for p, name in WHOLE.items():
-        by_whole[name] = {k[len(p) :]: round(v, 1) for k, v in sorted(stats.items()) if k.startswith(p)}
-    return counts, seconds, by_whole
+
+    def by_kind(prefix: str) -> dict[str, float]:
+        return {k[len(prefix) :]: round(v, 1) for k, v in sorted(stats.items()) if k.startswith(prefix)}
+
+    counts = {k: v for k, v in stats.items() if not k.startswith((PREFIX, *WHOLE))}
+    return counts, by_kind(PREFIX), {name: by_kind(prefix) for prefix, name in WHOLE.items()}
