@@ -66,22 +66,22 @@ docs:  ## build the documentation site (docs/, mkdocs.yml) into site/; a broken 
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 perf:  ## time our PGD against torchattacks' PGD and the bare forward+backward cost
-	$(PY) -m benchmark.perf $(ARGS)
+	$(PY) -m benchmark.devtools.perf $(ARGS)
 
 perf-checkpoints:  ## load time and matched tensors of a public checkpoint per format (results/perf_checkpoints.json)
-	$(PY) -m benchmark.perf_checkpoints $(ARGS)
+	$(PY) -m benchmark.devtools.perf_checkpoints $(ARGS)
 
 perf-memory:  ## peak RSS of the whole-split steps on a fake 224-px CIFAR-10-size pair (results/perf_memory.json)
-	OMP_NUM_THREADS=1 $(PY) -m benchmark.perf_memory $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m benchmark.devtools.memory $(ARGS)
 
 gpu-check:  ## on a GPU (< 10 min): fp32 vs bf16 attacks, eval.batch_size=auto, DDP and workers on every GPU (results/gpu_check.json)
-	$(PY) -m benchmark.gpu_check $(ARGS)
+	$(PY) -m benchmark.devtools.gpu_check $(ARGS)
 
 report:  ## rebuild leaderboard.md and the plots of results/$(EXPERIMENT) from its results.csv
-	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do $(PY) -m benchmark.report results/$$e || exit $$?; done
+	@for e in $(or $(BENCH_GROUP_$(EXPERIMENT)),$(EXPERIMENT)); do $(PY) -m benchmark.results.report results/$$e || exit $$?; done
 
 dashboard:  ## save a W&B workspace per pair of results/$(EXPERIMENT) (needs `wandb login`; ARGS='--pair P --seed 0')
-	$(PY) -m benchmark.dashboard results/$(EXPERIMENT) $(ARGS)
+	$(PY) -m benchmark.tracking.dashboard results/$(EXPERIMENT) $(ARGS)
 
 # Mutation testing with mutmut 3 rather than cosmic-ray: mutmut works on a copy (./mutants, or a scratch folder per
 # module under results/mutation/work) while cosmic-ray's local runner rewrites the source files in place, which is

@@ -11,9 +11,9 @@ candidates they produce (APGD's highest-loss point and its last misclassified it
 that the model gets right in the fewest of `draws` fresh forward passes. Scoring is the runner's job.
 
 The warnings of the authors' checks (randomness, softmax output, zero gradients, Square beating the white-box
-attacks, a dynamic forward pass, too few classes) are collected in `messages`; `benchmark.checks.autoattack_flags`
-turns them into the suite's flags (every rule in one file), which the runner writes into results.csv, the
-leaderboard and W&B.
+attacks, a dynamic forward pass, too few classes) are collected in `messages`;
+`benchmark.runner.checks.autoattack_flags` turns them into the suite's flags (every rule in one file), which the runner
+writes into results.csv, the leaderboard and W&B.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class AutoAttack(Attack):
         self.version, self.seed, self.draws = version, int(seed), int(draws)
         self.eot = 20 if version == "rand" else 1
         self.steps = int(steps)
-        self.messages: list[str] = []  # the authors' check warnings, every batch's (`benchmark.checks`)
+        self.messages: list[str] = []  # the authors' check warnings, every batch's (`benchmark.runner.checks`)
 
     def derived_config(self) -> dict:
         # The version sets the EOT samples (not an argument); recorded for the results and the sanity checks.

@@ -77,8 +77,8 @@ Norm = Annotated[str, parse_norm]
 
 
 #: How an attack reads a tensor that a forward hook captured inside the model (an intermediate layer's output):
-#: as is, or, inside `benchmark.stages.attack.precision`, cast to fp32 with fp16's gradient scale, like the outputs
-#: of the model's entry points (`forward`, `features`).
+#: as is, or, inside `benchmark.runner.stages.attack.precision`, cast to fp32 with fp16's gradient scale, like the
+#: outputs of the model's entry points (`forward`, `features`).
 _READOUT: ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = ContextVar("attack_readout", default=None)
 
 

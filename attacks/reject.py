@@ -1,9 +1,9 @@
 """The adaptive attack on a model that may reject its input (an abstaining model, e.g. paper 2's differentiators).
 
 An abstaining deployed model returns C + 1 logits: the C classes, then the reject decision as an extra logit
-(`reject_label` = C, the last). The scoring rule of the suite (`benchmark.stages.score.outcome`) counts a rejected
-adversarial input as defended and a rejected clean input as an error, so an attack that ignores the reject option
-(plain PGD on the cross-entropy of the true label) happily drives inputs into rejection and stops there, and a
+(`reject_label` = C, the last). The scoring rule of the suite (`benchmark.runner.stages.score.outcome`) counts a
+rejected adversarial input as defended and a rejected clean input as an error, so an attack that ignores the reject
+option (plain PGD on the cross-entropy of the true label) happily drives inputs into rejection and stops there, and a
 detector looks robust for the wrong reason (Carlini & Wagner 2017, "Adversarial examples are not easily detected:
 bypassing ten detection methods").
 
@@ -103,7 +103,7 @@ class RejectAwarePGD(PGD):
     """
 
     name = "pgd_reject_aware"
-    #: Aims at the reject decision: the runner's rule for abstaining models (`benchmark.checks`) looks for it.
+    #: Aims at the reject decision: the runner's rule for abstaining models (`benchmark.runner.checks`) looks for it.
     reject_aware = True
 
     def __init__(

@@ -1,7 +1,7 @@
 """The statistics of the counts: the transferability formula, the Wilson interval, the sanity tolerance.
 
 Every metric is a reduction of per-example flags, counted once over the whole evaluation subset in
-`benchmark.stages.score` (which holds the counting rule):
+`benchmark.runner.stages.score` (which holds the counting rule):
 - `clean_correct[i]`: the model classifies clean example i correctly;
 - `adv_correct[i]`: the model classifies the adversarial version of example i correctly. For a
   white-box attack only clean-correct examples are attacked (the others keep x' = x), as in paper 1

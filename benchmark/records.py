@@ -22,8 +22,8 @@ def budget_key(norm: str, eps: float) -> tuple[str, float]:
     return norm, round(float(eps), 10)
 
 
-#: The rows that are per-example worst cases over other rows of a model at one budget (`benchmark.rows`): over every
-#: attack, and over the transfer attacks alone.
+#: The rows that are per-example worst cases over other rows of a model at one budget (`benchmark.runner.rows`): over
+#: every attack, and over the transfer attacks alone.
 UNIONS = ("worst_case", "worst_transfer")
 
 
@@ -57,8 +57,8 @@ def headline_eps(rows: list[Row], headline: dict) -> dict[str, float]:
 
 
 def seed_note(n_seeds: int, spread: str) -> str:
-    """How a figure or panel reads its seeds, by the leaderboard's rule (`benchmark.results`): with one training seed
-    a bar or line is one trained model per defense, not the method; with several it is the mean over seeds and
+    """How a figure or panel reads its seeds, by the leaderboard's rule (`benchmark.results.files`): with one training
+    seed a bar or line is one trained model per defense, not the method; with several it is the mean over seeds and
     `spread` says what its band or error bar is."""
     if n_seeds <= 1:
         return "one training seed: one trained model per defense, not the method"
@@ -155,7 +155,7 @@ class Row:
     robust_acc_ci_high: float | None = math.nan
     # a targeted attack (mimicry): the share of clean-correct examples assigned to their target class under attack
     targeted_success: float | None = None
-    # a model that may reject (`benchmark.stages.score.abstention`): empty for the others
+    # a model that may reject (`benchmark.runner.stages.score.abstention`): empty for the others
     clean_acc_accepted: float | None = None
     false_rejection_rate: float | None = None
     defense_rate: float | None = None

@@ -31,12 +31,12 @@ from omegaconf import OmegaConf
 
 from attacks.base import AttackConstraintError, parse_eps
 from attacks.errors import ConfigError
-from benchmark import estimate
-from benchmark.checks import flag_warnings
-from benchmark.config import compose, usage
 from benchmark.numerics import machine
 from benchmark.records import Row
-from benchmark.timing import split
+from benchmark.runner import estimate
+from benchmark.runner.checks import flag_warnings
+from benchmark.runner.config import compose, usage
+from benchmark.runner.timing import split
 
 
 def report_config(cfg: dict) -> dict:
@@ -52,7 +52,7 @@ def report_config(cfg: dict) -> dict:
 def write_results(out: Path, cfg: dict, rows: list[Row], examples: dict, warnings: list[str]) -> None:
     """results.csv first (nothing after it can lose a result), then the per-example data, the run's warnings
     that are not row flags, and what the report needs to rebuild itself (`make report`)."""
-    from benchmark.results import write_csv
+    from benchmark.results.files import write_csv
 
     write_csv(rows, out / "results.csv")
     (out / "per_example.json").write_text(json.dumps(examples))
@@ -73,12 +73,12 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     each experiment's results, report and W&B. One result per experiment, as `run` returns it."""
     from rich.console import Console
 
-    from benchmark.launchers.common import quiet_lightning
+    from benchmark.runner.launchers.common import quiet_lightning
 
     quiet_lightning()
-    from benchmark.launchers import launch
-    from benchmark.launchers.workers import launch_group
-    from benchmark.planner import make_plan
+    from benchmark.runner.launchers import launch
+    from benchmark.runner.launchers.workers import launch_group
+    from benchmark.runner.planner import make_plan
 
     console = Console(stderr=True)
     planned, data = [], {}  # data: the set-up data pairs, shared by plans on the same pair
@@ -112,10 +112,10 @@ def run_group(cfgs: list[dict]) -> list[dict]:
 def _results(cfg, plan, plan_warnings, launched, console, start: float, group: dict) -> dict:
     """After the launch: the merge (or the inline computation), rows, results files, report, W&B, run_stats.json.
     `group`: the shared pool's experiments and wall time, when several experiments ran on one."""
-    from benchmark.execute import Executor
-    from benchmark.report import write_report_if_changed
-    from benchmark.rows import make_rows
-    from benchmark.tracking import track
+    from benchmark.results.report import write_report_if_changed
+    from benchmark.runner.execute import Executor
+    from benchmark.runner.rows import make_rows
+    from benchmark.tracking.runs import track
 
     done = Executor(cfg, launched.plan if launched else plan, console).run()
     failed = launched.failures if launched else []  # already shown, one line each; kept for the report
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return []
         if print_plan or print_json:
-            from benchmark.planner import make_plan
+            from benchmark.runner.planner import make_plan
 
             plan, notes, _ = make_plan(cfg)
             if print_json:  # each loaded file's report is its stage's `load_report`

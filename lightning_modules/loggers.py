@@ -2,7 +2,7 @@
 `group`), and the stable W&B run ids shared with the runner's evaluation and sweep runs.
 
 It lives on the training floor so that a training stage needs nothing above it: the runner's W&B tracking
-(`benchmark.tracking`) sits on top, imports this, and nothing below imports the tracking.
+(`benchmark.tracking.runs`) sits on top, imports this, and nothing below imports the tracking.
 
 A training run's id is derived from its stage's cache key (`run_id(kind, key)`), and `wandb.init(resume="allow")`
 continues that run online: a rerun that trains the stage again (its entry removed, say) logs into the same run,

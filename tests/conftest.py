@@ -106,7 +106,7 @@ def warm_run(tmp_path_factory) -> Path:
     from sweeps import tiny
 
     from benchmark import run as runner
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own basetemp under one shared folder

@@ -71,7 +71,7 @@ def tiny(tmp: Path, *extra: str) -> list[str]:
 def run(overrides: list[str]) -> dict:
     """`benchmark.run` on the composed overrides: what it computed and where it wrote."""
     from benchmark import run as runner
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     return runner.run(compose(overrides))
 
@@ -105,7 +105,7 @@ FAST = [
 def fast_experiment(experiment: str, tmp: Path) -> list[str]:
     """The overrides that run `experiment` in seconds on the fake data written under `tmp / "data"`
     (`fake_data.write_all` and `write_fashion`), with its cache and results in `tmp`."""
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     cfg = compose([f"experiment={experiment}"])
     overrides = [f"experiment={experiment}", *FAST, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'r'}"]
@@ -136,7 +136,7 @@ def fast_experiment(experiment: str, tmp: Path) -> list[str]:
 
 def expected_models(experiment: str) -> set[str]:
     """The models an experiment evaluates: the teacher, its defenses and, with CommonInit, the common model."""
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     cfg = compose([f"experiment={experiment}"])
     return {"teacher", *cfg["defense"], *({"common"} if cfg["teacher"].get("common") else set())}

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from attacks import FGSM, PGD, Attack, AttackConstraintError, AutoAttack, attack_mode, check_adversarial
 from attacks.autoattack import PassCounter
 from attacks.errors import ConfigError
-from benchmark.cache import stage_key
-from benchmark.checks import autoattack_flags
+from benchmark.runner.cache import stage_key
+from benchmark.runner.checks import autoattack_flags
 
 #: One intra-op thread per test (tests/conftest.py): the batches are tiny.
 pytestmark = pytest.mark.usefixtures("one_thread")

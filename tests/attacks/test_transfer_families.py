@@ -639,14 +639,14 @@ CONFIGS = [
 
 @pytest.fixture(scope="module")
 def composed() -> dict:
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     return compose([f"attack=[{','.join(CONFIGS)}]"])["attack"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_composes_and_crafts_on_the_surrogate(name, composed, surrogate, batch):
-    from benchmark.stages.build import build
+    from benchmark.components import build
 
     entry = composed[name]
     assert entry["epsilons"] == ["4/255", "8/255", "16/255", "32/255"]

@@ -5,8 +5,8 @@ of other shapes (test_claims.py). The budget
 
 from __future__ import annotations
 
-from benchmark.claims import Claim
 from benchmark.records import Row
+from benchmark.results.claims import Claim
 
 EPS = 8 / 255  # its budget key (rounded to 1e-10) differs from the float itself
 HL = {"linf": EPS}

@@ -14,11 +14,12 @@ from toy_models import Gatekeeper
 
 from attacks.pgd import PGD
 from attacks.reject import RejectAwarePGD, _Merged
-from benchmark import checks, report
 from benchmark.records import Row
-from benchmark.results import write_csv
-from benchmark.stages.attack import compute_cell, predict_draws
-from benchmark.stages.score import metrics, outcome, targeted_success
+from benchmark.results import report
+from benchmark.results.files import write_csv
+from benchmark.runner import checks
+from benchmark.runner.stages.attack import compute_cell, predict_draws
+from benchmark.runner.stages.score import metrics, outcome, targeted_success
 
 
 def image(values) -> torch.Tensor:
@@ -213,8 +214,8 @@ def test_the_leaderboard_withholds_flagged_numbers_and_states_the_rule(tmp_path)
 # ---- through the runner ---------------------------------------------------------------------------------------
 def _sweep(tmp_path, attacks: str) -> list[Row]:
     from benchmark import run as runner
-    from benchmark.config import compose
-    from benchmark.results import read_csv
+    from benchmark.results.files import read_csv
+    from benchmark.runner.config import compose
 
     overrides = [
         "logger=none",

@@ -1,7 +1,7 @@
-"""The attack stage's cell computation (benchmark/stages/attack.py) on tiny linear models: the precision wrappers, the
-predictions over draws, crafting in batches (every batch checked), the windows of attacked examples, the scoring of a
-cell with its detector and reject label. Some tests pin exact values found by mutation testing (`make mutate`,
-tests/mutation/mutate.py).
+"""The attack stage's cell computation (benchmark/runner/stages/attack.py) on tiny linear models: the precision
+wrappers, the predictions over draws, crafting in batches (every batch checked), the windows of attacked examples, the
+scoring of a cell with its detector and reject label. Some tests pin exact values found by mutation testing (`make
+mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from attacks.base import Attack, AttackConstraintError
-from benchmark.stages.attack import (
+from benchmark.runner.stages.attack import (
     Attacked,
     _method,
     _outputs,

@@ -1,4 +1,4 @@
-"""What a training stage's key is made of (benchmark/stages/build.py): the key spec of a job (what the stage computes,
+"""What a training stage's key is made of (benchmark/components.py): the key spec of a job (what the stage computes,
 not where it runs), the teacher's module config and the declared kinds of a model. Some tests pin exact values found
 by mutation testing (`make mutate`, tests/mutation/mutate.py).
 """
@@ -13,9 +13,9 @@ import pytest
 MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "model"
 
 
-# ---- what a training stage's key is made of (benchmark/stages/build.py) ---------------------------------------
+# ---- what a training stage's key is made of (benchmark/components.py) ---------------------------------------
 def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path):
-    from benchmark.stages.build import job_key_spec
+    from benchmark.components import job_key_spec
 
     base = {
         "kind": "student",
@@ -82,8 +82,8 @@ def _job(**changes) -> dict:
 
 
 def test_the_channels_last_layout_enters_the_key_and_the_contiguous_one_keeps_the_old_key():
+    from benchmark.components import job_key_spec
     from benchmark.numerics import stage_layout
-    from benchmark.stages.build import job_key_spec
 
     channels_last = stage_layout({})  # the default layout
     contiguous = stage_layout({"numerics": {"channels_last": False}})
@@ -98,7 +98,7 @@ def test_the_channels_last_layout_enters_the_key_and_the_contiguous_one_keeps_th
 def test_the_model_key_leaves_out_the_pretrained_keys_while_they_are_off(name):
     import yaml
 
-    from benchmark.stages.build import PRETRAINED_KEYS, model_key
+    from benchmark.components import PRETRAINED_KEYS, model_key
 
     shipped = yaml.safe_load((MODEL_CONFIGS / f"{name}.yaml").read_text())
     cfg = {**shipped, "pretrained": False, "pretrained_file": None}  # as they ship: off
@@ -109,7 +109,7 @@ def test_the_model_key_leaves_out_the_pretrained_keys_while_they_are_off(name):
 
 def test_a_pretrained_file_that_holds_no_tensors_is_named_by_its_config_field(tmp_path):
     from attacks.errors import ConfigError
-    from benchmark.stages.build import model_key
+    from benchmark.components import model_key
 
     text = tmp_path / "weights.pt"
     text.write_text("not a checkpoint")
@@ -118,7 +118,7 @@ def test_a_pretrained_file_that_holds_no_tensors_is_named_by_its_config_field(tm
 
 
 def test_the_teacher_module_and_the_declared_kinds():
-    from benchmark.stages.build import TEACHER_MODULE, declared, teacher_module_cfg
+    from benchmark.components import TEACHER_MODULE, declared, teacher_module_cfg
 
     assert teacher_module_cfg({}) == TEACHER_MODULE == teacher_module_cfg({"module": None})
     assert teacher_module_cfg({"module": {"lr": 1, "_target_": "x.Y"}}) == {"_target_": "x.Y", "lr": 1}

@@ -1,6 +1,6 @@
-"""The content-addressed stage cache (benchmark/cache.py): the keys and what enters them (equal specs in other forms,
-the code closure of a stage, the library versions), atomic entries, checksums, claims. Some tests pin exact values
-found by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""The content-addressed stage cache (benchmark/runner/cache.py): the keys and what enters them (equal specs in other
+forms, the code closure of a stage, the library versions), atomic entries, checksums, claims. Some tests pin exact
+values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.cache import Cache, DamagedEntry, stage_key
+from benchmark.runner.cache import Cache, DamagedEntry, stage_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +93,7 @@ def _edit_meta(folder):
 def test_a_damaged_entry_is_reported_in_one_line_and_removed(tmp_path, caplog, damage, why):
     cache, folder = _entry(tmp_path)
     damage(folder)
-    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.runner.cache"):
         assert cache.meta("attack", "k") is None, "a damaged entry was taken as finished"
     (record,) = caplog.records
     assert why in record.getMessage() and "\n" not in record.getMessage()
@@ -112,7 +112,7 @@ def test_a_file_damaged_after_its_entry_was_read_is_caught_when_loaded(tmp_path)
 # ---- claims: one process computes a stage; a dead holder's claim is free -----------------------------------
 HOLD = """
 import sys, time
-from benchmark.cache import Cache
+from benchmark.runner.cache import Cache
 with Cache(sys.argv[1]).claim("attack", "k") as held:
     print("held", held, flush=True)
     time.sleep(float(sys.argv[2]))
@@ -172,9 +172,9 @@ def test_a_truncated_cell_in_a_finished_sweep_is_reported_and_recomputed(tmp_pat
     rows = read_rows(tmp_path)
     (victim,) = [p for p in (tmp_path / "cache" / "attack").glob("*/outcome.pt")][:1]
     victim.write_bytes(victim.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.runner.cache"):
         again = run(overrides)
-    (record,) = [r for r in caplog.records if r.name == "benchmark.cache"]
+    (record,) = [r for r in caplog.records if r.name == "benchmark.runner.cache"]
     assert "outcome.pt is truncated or altered" in record.getMessage()
     assert again["stats"]["attacks_run"] == 1 and first["stats"]["attacks_run"] == 4
     timing = {"attack_seconds", "wall_seconds", "cached"}
@@ -191,7 +191,7 @@ class _Opaque:
 def test_file_sha256_over_several_blocks(tmp_path):
     import hashlib
 
-    from benchmark.cache import file_sha256
+    from benchmark.runner.cache import file_sha256
 
     data = bytes(range(256)) * (10 * 1024 + 3)  # 2.5 MiB: three blocks, the last short
     (tmp_path / "f").write_bytes(data)
@@ -219,7 +219,7 @@ def _rewrite_meta(folder, edit):
 
 
 def test_a_reformatted_meta_is_still_valid_and_files_are_hashed_once(tmp_path, monkeypatch):
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     cache = Cache(tmp_path)
     folder = cache.put("attack", "k", {"seconds": 1.5, "attack": "pgd"}, {"outcome": torch.zeros(3)})
@@ -288,7 +288,7 @@ def test_the_size_of_a_damaged_file_is_reported(tmp_path, caplog):
     cache, folder = _entry(tmp_path)
     _truncate(folder)
     size = (folder / "outcome.pt").stat().st_size
-    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.runner.cache"):
         assert cache.meta("attack", "k") is None
     assert caplog.records[0].getMessage() == (
         f"cache: damaged entry attack/k removed (outcome.pt is truncated or altered (sha256 mismatch, {size} bytes)); "
@@ -299,7 +299,7 @@ def test_the_size_of_a_damaged_file_is_reported(tmp_path, caplog):
 def test_an_entry_without_files_and_one_with_objects(tmp_path):
     import pickle
 
-    from benchmark.cache import CHECKSUMS, _meta_sha256
+    from benchmark.runner.cache import CHECKSUMS, _meta_sha256
 
     cache = Cache(tmp_path)
     cache.put("attack", "k", {"a": 1})
@@ -346,7 +346,7 @@ def test_a_file_written_in_staging_moves_into_its_entry_with_its_checksum(tmp_pa
     assert path == folder / "x_adv.npy" and path.read_bytes() == b"rows" * 1000
     assert cache.meta("craft", "k") == {"n": 1}
     path.write_bytes(b"ROWS" * 1000)  # same size, other bytes: the checksum catches it
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     cache_mod._VERIFIED.clear()  # a new process: the entry is verified afresh
     with caplog.at_level(logging.WARNING), pytest.raises(DamagedEntry, match="x_adv.npy is truncated or altered"):
@@ -373,7 +373,7 @@ def test_a_value_and_its_text_give_different_keys(value, text):
 
 
 def test_key_covers_the_code_the_library_versions_and_the_cache_version(monkeypatch):
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     key = stage_key("cell", {"a": 1})
     assert key == stage_key("cell", {"a": 1}, ())
@@ -388,7 +388,7 @@ def test_key_covers_the_code_the_library_versions_and_the_cache_version(monkeypa
 
 
 def test_library_versions_name_every_library_and_none_for_a_missing_one(monkeypatch):
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     cache_mod.library_versions.cache_clear()
     monkeypatch.setattr(cache_mod, "LIBRARIES", ("torch", "no-such-distribution-xyz"))
@@ -431,21 +431,22 @@ def tree(tmp_path) -> Path:
 
 
 def test_module_closure_follows_suite_imports_only(tree):
-    from benchmark.cache import module_closure
+    from benchmark.runner.cache import module_closure
 
     assert module_closure(["attacks.a"], tree) == CLOSURE_A
     assert module_closure(("nope.x", "attacks.nope", "attacks.c"), tree) == ["attacks.c"]
     assert module_closure(["attacks.w", "attacks.z", "attacks.p"], tree) == ["attacks.p", "attacks.w", "attacks.z"]
     real = module_closure(["attacks.fgsm"])
     assert {"attacks.fgsm", "attacks.base"} <= set(real) and "attacks.errors" not in real
-    training = module_closure(["benchmark.stages.train"])  # its W&B logger is on the training floor, non-semantic
-    assert "benchmark.stages.build" in training and "lightning_modules.training" in training
-    outside = {"benchmark.tracking", "benchmark.report", "benchmark.wandb_charts", "lightning_modules.loggers"}
-    assert not outside & set(training)
+    # its W&B logger is on the training floor, non-semantic
+    training = module_closure(["benchmark.runner.stages.train"])
+    assert "benchmark.components" in training and "lightning_modules.training" in training
+    outside = {"benchmark.tracking.runs", "benchmark.results.report", "benchmark.tracking.charts"}
+    assert not (outside | {"lightning_modules.loggers"}) & set(training)
 
 
 def test_code_fingerprint_changes_with_the_closure_only(tree):
-    from benchmark.cache import code_fingerprint
+    from benchmark.runner.cache import code_fingerprint
 
     before = code_fingerprint(["attacks.a"], tree)
     assert len(before) == 16 and int(before, 16) >= 0
@@ -460,7 +461,7 @@ def test_code_fingerprint_changes_with_the_closure_only(tree):
 
 def test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file(tree):
     """The speed trick of `_imports` (parse a file once per mtime and size) gives what parsing afresh gives."""
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     assert cache_mod.module_closure(["attacks.c"], tree) == ["attacks.c"]
     (tree / "attacks/c.py").write_text("import attacks.f\n")  # an edit in place adds an import
@@ -473,7 +474,7 @@ def test_the_parsed_imports_are_reused_only_for_the_same_version_of_a_file(tree)
 def test_the_code_fingerprint_is_reused_only_for_the_same_version_of_its_files(tree):
     """The speed trick of `code_fingerprint` (hash a closure once per version of its files) gives what hashing
     afresh gives: an edit in place is seen, and a cleared memo computes the same value."""
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     before = cache_mod.code_fingerprint(["attacks.a"], tree)
     assert cache_mod.code_fingerprint(["attacks.a"], tree) == before
@@ -489,7 +490,7 @@ def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_facto
     (the memo's stamp holds the root)."""
     import os
 
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     other = tmp_path_factory.mktemp("other")
     for name in TREE:
@@ -508,7 +509,7 @@ def test_the_code_fingerprint_of_another_tree_is_not_reused(tree, tmp_path_facto
 
 
 def test_inside_frozen_code_a_fingerprint_is_computed_once_and_outside_it_follows_the_files(tree, monkeypatch):
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     plain = cache_mod.code_fingerprint(["attacks.a"], tree)
     computed = []
@@ -528,8 +529,8 @@ def test_a_plan_s_keys_are_those_of_unfrozen_fingerprints(monkeypatch):
     """make_plan fingerprints inside `frozen_code`; the keys are what the plain fingerprints give."""
     from contextlib import nullcontext
 
-    import benchmark.planner as planner_mod
-    from benchmark.config import compose
+    import benchmark.runner.planner as planner_mod
+    from benchmark.runner.config import compose
 
     cfg = compose(["logger=none", "defense=[finetune,dropout]", "attack=[fgsm,transfer_pgd_linf]", "eval.n_examples=4",
                    "cache_dir=never-written", "results_dir=never-written"])  # fmt: skip
@@ -539,7 +540,7 @@ def test_a_plan_s_keys_are_those_of_unfrozen_fingerprints(monkeypatch):
 
 
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "ROOT", tree)
     key = stage_key("cell", {}, ["attacks.a"])
@@ -551,7 +552,7 @@ def test_two_files_of_the_same_size_and_time_are_parsed_each(tree):
     """`_imports` reuses a parse per (file, mtime, size): the file's name is part of what it reuses it for."""
     import os
 
-    from benchmark import cache as cache_mod
+    from benchmark.runner import cache as cache_mod
 
     (tree / "attacks/c.py").write_text("import attacks.f\n")
     (tree / "attacks/w.py").write_text("import attacks.g\n")  # the same size

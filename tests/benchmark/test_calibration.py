@@ -1,6 +1,6 @@
-"""The method-level test keeps its stated error rates (benchmark/stats.py, simulated by benchmark/calibration.py), and
-its pieces agree with independent implementations: the paired t-test (scipy), REML (statsmodels' MixedLM), the power
-of the test against a simulation."""
+"""The method-level test keeps its stated error rates (benchmark/results/statistics.py, simulated by
+benchmark/results/calibration.py), and its pieces agree with independent implementations: the paired t-test (scipy),
+REML (statsmodels' MixedLM), the power of the test against a simulation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmark import calibration
-from benchmark.stats import mean_squares, power, random_effects_mean, seeds_for_power
+from benchmark.results import calibration
+from benchmark.results.statistics import mean_squares, power, random_effects_mean, seeds_for_power
 
 #: Coverage of the 95 % interval and the rate of wrong verdicts the issue asks of the test in every setting; with
 #: 20,000 replicates the Monte Carlo standard error is 0.15 points at 95 % coverage and at a 5 % rate, so the bounds

@@ -16,11 +16,11 @@ import torch
 import torchvision
 
 import datamodules.fashion as fashion
-from benchmark import checkpoint_layouts as layouts
 from benchmark import run as runner
-from benchmark.cache import file_sha256
-from benchmark.config import compose
-from benchmark.stages.build import build_datamodule, build_model
+from benchmark.components import build_datamodule, build_model
+from benchmark.devtools import checkpoint_layouts as layouts
+from benchmark.runner.cache import file_sha256
+from benchmark.runner.config import compose
 from lightning_modules.checkpoints import load_into, resave
 from lightning_modules.classifier import build_classifier
 
@@ -100,7 +100,7 @@ def test_the_plan_shows_each_files_load_report(tmp_path, capsys):
 
 
 def test_timms_weights_from_a_local_file_are_reported_and_recorded_as_the_file(tmp_path, capsys, timm_file):
-    from benchmark.stages.train import run_train_job
+    from benchmark.runner.stages.train import run_train_job
 
     weights = timm_file
     over = ["model.backbone=resnet10t.c3_in1k", "model.pretrained=true", f"model.pretrained_file={weights}"]
@@ -295,8 +295,8 @@ def test_the_results_folder_differs_with_a_checkpoint_and_follows_its_content(tm
 
 def test_a_file_changed_after_the_plan_is_not_computed_under_the_plans_key(tmp_path, capsys, suite_file):
     from attacks.errors import ConfigError
-    from benchmark.planner import make_plan
-    from benchmark.stages.train import run_train_job
+    from benchmark.runner.planner import make_plan
+    from benchmark.runner.stages.train import run_train_job
 
     cfg = compose([*BASE, f"cache_dir={tmp_path / 'cache'}", f"teacher.checkpoint={suite_file}"])
     teacher = make_plan(cfg)[0].stage("digits/teacher")

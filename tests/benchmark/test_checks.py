@@ -1,6 +1,6 @@
-"""The sanity rules (benchmark/checks.py) and the counting rule (benchmark/stages/score.py) on hand-made outcomes and
-rows: the tolerance and the flags, the per-example rules, the reject option, the rules across rows, the dispatch of
-one model's checks and AutoAttack's flags.
+"""The sanity rules (benchmark/runner/checks.py) and the counting rule (benchmark/runner/stages/score.py) on hand-made
+outcomes and rows: the tolerance and the flags, the per-example rules, the reject option, the rules across rows, the
+dispatch of one model's checks and AutoAttack's flags.
 
 Each test pins a behaviour that decides a published number or flag, on outcomes where the distinction shows: the
 boundaries of every tolerance, which rows a rule compares. Some tests pin exact values found by mutation testing
@@ -15,10 +15,10 @@ import pytest
 import torch
 from hand_cells import cell
 
-from benchmark import checks
-from benchmark.detection import detection_auroc
 from benchmark.records import Row
-from benchmark.stages.score import metrics, outcome, per_example, worst_case
+from benchmark.runner import checks
+from benchmark.runner.detection import detection_auroc
+from benchmark.runner.stages.score import metrics, outcome, per_example, worst_case
 
 
 def det(adv: list[bool], clean: list[bool] | None = None) -> dict:

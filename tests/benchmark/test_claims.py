@@ -1,7 +1,8 @@
-"""The claims (benchmark/claims.py) as the matrices their test reads: a claim of defense A against B (one paired part),
-paper 2's rate at a clean-accuracy cost (two parts), "attack X is the strongest on every model" (a part per model), the
-rows each one takes, and how the findings test their parts (intersection-union for support, Bonferroni for the
-reverse). The reference values come from benchmark.stats, tested against textbook formulas in test_stats.py.
+"""The claims (benchmark/results/claims.py) as the matrices their test reads: a claim of defense A against B (one paired
+part), paper 2's rate at a clean-accuracy cost (two parts), "attack X is the strongest on every model" (a part per
+model), the rows each one takes, and how the findings test their parts (intersection-union for support, Bonferroni for
+the reverse). The reference values come from benchmark.results.statistics, tested against textbook formulas in
+test_stats.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from hand_rows import EPS, HL, ones, row
 
-from benchmark.claims import (
+from benchmark.results.claims import (
     CLAIMS,
     NO_OUTCOMES,
     NOT_IN_RUN,
@@ -24,8 +25,8 @@ from benchmark.claims import (
     outcomes,
     stacked,
 )
-from benchmark.findings import claim_test, findings
-from benchmark.stats import random_effects_mean
+from benchmark.results.statistics import random_effects_mean
+from benchmark.results.verdicts import claim_test, findings
 
 RATE = RateClaim("stops 90 %", "paper 2", defense="diff", base="student", attack="adaptive")
 

@@ -15,12 +15,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from wandb_reader import chart_table_key, read_run, read_table
 
-from benchmark import dashboard, wandb_charts
-from benchmark import findings as fnd
-from benchmark.findings import findings
 from benchmark.records import Row
-from benchmark.results import PairResults, write_csv
-from benchmark.tracking import Tracker, track
+from benchmark.results import verdicts as fnd
+from benchmark.results.files import PairResults, write_csv
+from benchmark.results.verdicts import findings
+from benchmark.tracking import charts as wandb_charts
+from benchmark.tracking import dashboard
+from benchmark.tracking.runs import Tracker, track
 
 PAIRS = ("svhn_mnist", "mnist_usps")
 SEEDS = (0, 1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmark.detection import RepresentationDetector, detection_auroc
+from benchmark.runner.detection import RepresentationDetector, detection_auroc
 
 
 def _detector():

@@ -1,6 +1,6 @@
-"""The time estimate (`benchmark.estimate`): what it counts (validation attacks, universal perturbations' epochs, the
-workers' schedule, a range), and its check against a finished run's run_stats.json (`python -m benchmark.estimate
-RESULTS_DIR`)."""
+"""The time estimate (`benchmark.runner.estimate`): what it counts (validation attacks, universal perturbations' epochs,
+the workers' schedule, a range), and its check against a finished run's run_stats.json (`python -m
+benchmark.runner.estimate RESULTS_DIR`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark import estimate
 from benchmark import run as runner
-from benchmark.config import compose
+from benchmark.runner import estimate
+from benchmark.runner.config import compose
 
 COSTS = estimate.PassCosts(train=1e-3, grad=1e-3, score=3e-4, ref=2e-4)
 INFO = {"train_sizes": {"source": 800, "target": 100}, "val_sizes": {"source": 100, "target": 250}}
@@ -66,7 +66,7 @@ def test_the_estimate_is_checked_against_a_runs_stats(tmp_path, capsys):
     from sweeps import ONE_EPOCH
 
     cfg = compose([*ONE_EPOCH, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}", "launcher=inline"])
-    from benchmark.planner import make_plan
+    from benchmark.runner.planner import make_plan
 
     cold = estimate.summary(cfg, make_plan(cfg)[0])
     low, high = cold["range"]

@@ -14,7 +14,7 @@ import pytest
 
 import datamodules.fashion as fashion
 from benchmark import run as runner
-from benchmark.config import compose
+from benchmark.runner.config import compose
 
 SMALL = [
     "experiment=fashion_task",

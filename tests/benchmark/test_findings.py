@@ -1,8 +1,8 @@
-"""The findings (benchmark/findings.py): one test and one verdict per claim, on hand-made per-example outcomes whose
-answer is known: the random-effects test over seeds and examples, the paired t-test with one seed, the verdict's two
-sides, Holm's correction over every claim of the run, the seeds for 80 % power, each seed's own interval, the budgets a
-claim is tested at, and the claims read from the config. The reference values come from benchmark.stats (tested
-against textbook formulas in test_stats.py), scipy and statsmodels called directly.
+"""The findings (benchmark/results/verdicts.py): one test and one verdict per claim, on hand-made per-example outcomes
+whose answer is known: the random-effects test over seeds and examples, the paired t-test with one seed, the verdict's
+two sides, Holm's correction over every claim of the run, the seeds for 80 % power, each seed's own interval, the
+budgets a claim is tested at, and the claims read from the config. The reference values come from
+benchmark.results.statistics (tested against textbook formulas in test_stats.py), scipy and statsmodels called directly.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
-from benchmark import findings as fnd
-from benchmark.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
-from benchmark.findings import findings, markdown
-from benchmark.stats import random_effects_mean, seeds_for_power
+from benchmark.results import verdicts as fnd
+from benchmark.results.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
+from benchmark.results.statistics import random_effects_mean, seeds_for_power
+from benchmark.results.verdicts import findings, markdown
 
 
 def run(by_seed: dict[int, tuple[list, list]], claims=(CLAIM,), pair: str = "p", per_example=None, extra=()):
@@ -255,7 +255,7 @@ def test_the_default_claims_are_the_seed_list():
 
 
 def test_a_p_value_is_never_printed_on_the_other_side_of_alpha():
-    from benchmark.findings import p_str
+    from benchmark.results.verdicts import p_str
 
     assert [p_str(x) for x in (0.0496, 0.04996, 0.0504, 0.05, 0.1234, 0.00012, 5e-5, None)] == [
         "0.0496", "0.04996", "0.05", "0.05", "0.12", "0.00012", "<0.0001", "-"]  # fmt: skip

@@ -112,7 +112,7 @@ def _pixels(path: Path) -> np.ndarray:
 STRUCTURE = ("row_id", "experiment", "pair", "source", "target", "model", "defense", "mode", "seed", "attack",
              "threat_model", "surrogate", "norm", "eps", "eps_label", "steps", "examples", "n_examples", "draws",
              "transferability_form", "randomized_defense", "nondifferentiable_defense", "sanity_reference")  # fmt: skip
-#: What the report reads from a run's folder (`benchmark.report.read_outputs`), then what it writes.
+#: What the report reads from a run's folder (`benchmark.results.report.read_outputs`), then what it writes.
 REPORT_INPUTS = ("results.csv", "per_example.json", "run_warnings.json", "report_config.json")
 PLOTS = ("robust_vs_eps.png", "heatmap.png", "tradeoff.png", "transfer.png")
 
@@ -127,9 +127,9 @@ def machine_slug() -> str:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from benchmark.config import compose
-    from benchmark.report import rebuild
+    from benchmark.results.report import rebuild
     from benchmark.run import run
+    from benchmark.runner.config import compose
 
     tmp = tmp_path_factory.mktemp("golden")
     threads = torch.get_num_threads()
@@ -153,7 +153,7 @@ def sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
     """`make report` on a copy of the stored run."""
-    from benchmark.report import rebuild
+    from benchmark.results.report import rebuild
 
     tmp = tmp_path_factory.mktemp("report")
     for name in REPORT_INPUTS:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark import gpu_check
+from benchmark.devtools import gpu_check
 
 
 def test_precision_part_reports_time_and_robust_accuracy_per_precision(tmp_path):

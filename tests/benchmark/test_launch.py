@@ -25,9 +25,9 @@ import torch
 from sweeps import SPENT, read_rows, spent, tiny
 
 from benchmark import run as runner
-from benchmark.config import compose
-from benchmark.execute import stage_entry
-from benchmark.planner import make_plan
+from benchmark.runner.config import compose
+from benchmark.runner.execute import stage_entry
+from benchmark.runner.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"attack_seconds", "wall_seconds", "train_seconds", "prep_seconds", "cached"}
@@ -97,8 +97,8 @@ echo "Submitted batch job $n"
 
 
 def test_the_slurm_submission(tmp_path, monkeypatch):
-    from benchmark.launchers.common import prepare
-    from benchmark.launchers.slurm import submit, units
+    from benchmark.runner.launchers.common import prepare
+    from benchmark.runner.launchers.slurm import submit, units
 
     bin_ = tmp_path / "bin"
     bin_.mkdir()
@@ -183,7 +183,7 @@ def test_a_worker_killed_mid_stage_loses_nothing_and_the_next_run_redoes_nothing
 RUN_ONE = """
 import json, sys, time
 from pathlib import Path
-from benchmark.launchers.common import StageRunner
+from benchmark.runner.launchers.common import StageRunner
 runner = StageRunner(sys.argv[1])
 stage = runner.plan.stage(sys.argv[2])
 Path(sys.argv[3]).touch()
@@ -195,7 +195,7 @@ print(runner.run(stage, wait=True), json.dumps(dict(runner.executor.done.stats))
 
 @pytest.mark.e2e
 def test_two_processes_reaching_the_same_stage_compute_it_once(tmp_path):
-    from benchmark.launchers.common import prepare
+    from benchmark.runner.launchers.common import prepare
 
     cfg = compose(tiny(tmp_path, "launcher=workers"))
     root = prepare(cfg, make_plan(cfg)[0])
@@ -240,9 +240,9 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     cells, a loaded model's come first."""
     from types import SimpleNamespace
 
-    from benchmark.launchers import workers
-    from benchmark.launchers.workers import _Worker, levels
-    from benchmark.plan import Plan
+    from benchmark.runner.launchers import workers
+    from benchmark.runner.launchers.workers import _Worker, levels
+    from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
         return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
@@ -297,9 +297,9 @@ def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_
     in experiment order."""
     from types import SimpleNamespace
 
-    from benchmark.launchers import workers
-    from benchmark.launchers.workers import _Worker, levels
-    from benchmark.plan import Plan
+    from benchmark.runner.launchers import workers
+    from benchmark.runner.launchers.workers import _Worker, levels
+    from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
         return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}

@@ -1,6 +1,6 @@
-"""The leaderboard (benchmark/leaderboard.py) on hand-made rows: the order, the withheld defenses, the cells of the
-ranking table, the mean over seeds and its interval, the sections that read the headline budgets. Some tests pin exact
-values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""The leaderboard (benchmark/results/leaderboard.py) on hand-made rows: the order, the withheld defenses, the cells of
+the ranking table, the mean over seeds and its interval, the sections that read the headline budgets. Some tests pin
+exact values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from leaderboard_rows import EPS, HL, row
 
-from benchmark import leaderboard as lb
 from benchmark.numerics import machine_line
 from benchmark.records import Row
-from benchmark.results import Estimate, PairResults
-from benchmark.stats import t_interval
+from benchmark.results import leaderboard as lb
+from benchmark.results.files import Estimate, PairResults
+from benchmark.results.statistics import t_interval
 
 
 # ---- leaderboard.py ------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def test_an_accuracy_is_shown_with_its_interval_cut_to_its_range():
 
 
 def test_several_seeds_give_random_effects_intervals_and_a_model_trained_once_stands_apart():
-    from benchmark.stats import random_effects_mean
+    from benchmark.results.statistics import random_effects_mean
 
     outcomes = {("tla", 0): [1, 1, 0, 1], ("tla", 1): [1, 0, 0, 1], ("ft", 0): [0, 1, 0, 0], ("ft", 1): [0, 0, 0, 0]}
     clean = {("tla", 0): [1, 1, 1, 1], ("tla", 1): [1, 1, 0, 1], ("ft", 0): [1, 1, 1, 0], ("ft", 1): [1, 1, 1, 1]}
@@ -217,7 +217,7 @@ def test_a_model_trained_once_is_listed_after_the_ranked_defenses_without_a_rank
 def test_the_clean_cost_interval_is_cut_to_the_range_of_a_difference_of_accuracies():
     """With two seeds the random-effects interval of the clean cost reaches past -100 and +100 points: it is cut to
     [-100, +100], what a difference of two accuracies can take."""
-    from benchmark.stats import random_effects_mean
+    from benchmark.results.statistics import random_effects_mean
 
     clean = {("tla", 0): [1, 1, 1, 1], ("tla", 1): [1, 0, 1, 0], ("finetune", 0): [0, 0, 0, 0],
              ("finetune", 1): [1, 1, 1, 1]}  # fmt: skip

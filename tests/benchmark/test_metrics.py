@@ -10,7 +10,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from benchmark.metrics import transferability_ratio, wilson_interval
-from benchmark.stages.score import metrics
+from benchmark.runner.stages.score import metrics
 
 T, F = True, False
 CLEAN = torch.tensor([T, T, T, T, F, F])

@@ -10,12 +10,12 @@ import pytest
 from fake_runs import DEFENSES, HEADLINE, fake_row, fake_run
 from sweeps import ONE_EPOCH
 
-from benchmark import estimate
 from benchmark import run as runner
-from benchmark.config import compose
-from benchmark.figure_style import FAMILIES, label, model_styles
-from benchmark.overrides import sweep_dir
-from benchmark.png_figures import figures
+from benchmark.results.figure_style import FAMILIES, label, model_styles
+from benchmark.results.figures import figures
+from benchmark.runner import estimate
+from benchmark.runner.config import compose
+from benchmark.runner.overrides import sweep_dir
 from lightning_modules.loggers import replace_offline
 
 
@@ -85,7 +85,7 @@ def test_every_bad_value_stops_before_any_work_with_one_line(override, says, cap
 # ---- what a run will cost --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_plan_says_what_is_cached_and_what_it_will_cost(tmp_path, monkeypatch, capsys):
-    from benchmark.planner import make_plan
+    from benchmark.runner.planner import make_plan
 
     cfg = compose([*ONE_EPOCH, f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'r'}"])
     plan = make_plan(cfg)[0]
@@ -204,7 +204,7 @@ def test_a_model_the_run_flagged_is_marked_in_every_figure():
     (those numbers are left out of the figures already)."""
     from dataclasses import replace
 
-    from benchmark.png_figures import FLAGGED_NOTE, flagged_models
+    from benchmark.results.figures import FLAGGED_NOTE, flagged_models
 
     rows, _ = fake_run(defenses=DEFENSES[:4])
     names = list(dict.fromkeys(r.defense for r in rows))

@@ -67,9 +67,9 @@ def test_the_channels_last_layout_computes_the_same_logits_and_input_gradients_t
 
 
 def test_the_layout_is_in_every_training_stage_key_and_applied_to_the_module(tmp_path):
-    from benchmark.config import compose
-    from benchmark.planner import make_plan
-    from benchmark.stages.build import build_datamodule, build_module, job_key_spec
+    from benchmark.components import build_datamodule, build_module, job_key_spec
+    from benchmark.runner.config import compose
+    from benchmark.runner.planner import make_plan
 
     base = ["logger=none", "defense=[finetune]", "attack=[fgsm]", f"cache_dir={tmp_path}"]
     on, off = (make_plan(compose([*base, f"numerics.channels_last={v}"]))[0] for v in ("true", "false"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.perf_memory import run_step
+from benchmark.devtools.memory import run_step
 
 
 @pytest.mark.parametrize("step", ["cell", "cell_randomized", "craft", "tune"])

@@ -1,11 +1,10 @@
-"""The plan (benchmark/plan.py): its stages, lookups and JSON on hand-made stages, the attacks it builds once per
-recipe; on small composed configs (no training needed) the cache keys it carries, and the one-way shape of the
-imports. Some tests pin exact values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""The plan (benchmark/runner/plan.py): its stages, lookups and JSON on hand-made stages, the attacks it builds once per
+recipe; on small composed configs (no training needed) the cache keys it carries. Some tests pin exact values found
+by mutation testing (`make mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import shutil
@@ -19,11 +18,11 @@ from plan_budgets import EIGHT, SIXTEEN
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.transfer import TransferAttack
-from benchmark import cache as cache_mod
-from benchmark.config import compose
-from benchmark.plan import Plan, attack_modules, make_attack, module_of
-from benchmark.planner import make_plan
 from benchmark.records import Budget
+from benchmark.runner import cache as cache_mod
+from benchmark.runner.config import compose
+from benchmark.runner.plan import Plan, attack_modules, make_attack, module_of
+from benchmark.runner.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("attacks", "benchmark", "datamodules", "defenses", "lightning_modules")
@@ -113,68 +112,6 @@ def test_editing_a_line_invalidates_exactly_the_stages_it_can_change(tmp_path, m
     assert "digits/purifier/seed0" in moved, "AToP's purifier trains with PGD code (its validation attack)"
 
 
-def _imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from a.b import c` names a.b, and a.b.c when c is a module (`from benchmark import tracking`)
-            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-    return {m for m in found if m.split(".")[0] in PACKAGES}
-
-
-def _import_graph() -> dict[str, set[str]]:
-    """Each suite module and the suite names it imports (at the top or inside a function)."""
-    graph = {}
-    for package in PACKAGES:
-        for f in (ROOT / package).rglob("*.py"):
-            name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-            graph[name] = _imports(f)
-    return graph
-
-
-#: The top floor and the only modules that may import it: W&B tracking logs what the runner produced, so only the
-#: entry point calls it (a training stage's logger comes from the training floor, `lightning_modules.loggers`).
-TOP_FLOOR = {"benchmark.tracking": {"benchmark.run"}}
-
-
-def test_wandb_tracking_is_the_top_floor():
-    graph = _import_graph()
-    for top, allowed in TOP_FLOOR.items():
-        assert top in graph, f"{top} moved: update TOP_FLOOR"
-        importers = {name for name, deps in graph.items() if top in deps and name != top}
-        assert importers <= allowed, f"{sorted(importers - allowed)} import {top}, the top floor"
-
-
-def test_imports_only_point_downward_and_have_no_cycle():
-    graph = _import_graph()
-    for name, deps in graph.items():
-        if name.split(".")[0] != "benchmark":
-            assert not any(d.split(".")[0] == "benchmark" for d in deps), f"{name} imports the runner"
-    state: dict[str, int] = {}
-
-    def visit(node, path):
-        state[node] = 1
-        for dep in graph.get(node, ()):
-            dep = dep if dep in graph else dep.rsplit(".", 1)[0]
-            if state.get(dep) == 1:
-                raise AssertionError(f"import cycle: {' -> '.join([*path, dep])}")
-            if dep in graph and state.get(dep) is None:
-                visit(dep, [*path, dep])
-        state[node] = 2
-
-    for node in graph:
-        if state.get(node) is None:
-            visit(node, [node])
-
-
-def test_no_file_over_400_lines():
-    for package in PACKAGES:
-        for f in (ROOT / package).rglob("*.py"):
-            assert len(f.read_text().splitlines()) <= 450, f"{f} is too long to read in one go"
-
-
 # ---- the plan on hand-made stages -------------------------------------------------------------------------------
 def test_module_of_and_the_modules_of_an_attack():
     assert module_of("a.b.C") == "a.b" and module_of("C") == "C"
@@ -193,7 +130,7 @@ def test_make_attack_at_its_epsilon_with_the_changes():
 
 
 def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypatch):
-    import benchmark.plan as plan_module
+    import benchmark.runner.plan as plan_module
 
     built = []
     real_build = plan_module.build
@@ -226,7 +163,7 @@ def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypa
 def test_make_attack_builds_a_config_that_is_not_plain_data_each_time(monkeypatch):
     import numpy as np
 
-    import benchmark.plan as plan_module
+    import benchmark.runner.plan as plan_module
 
     monkeypatch.setattr(plan_module, "_BUILT", {})
     three, five = ({"cfg": {"_target_": "attacks.pgd.PGD", "steps": np.int64(n)}, "eps": "8/255"} for n in (3, 5))

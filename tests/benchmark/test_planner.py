@@ -1,7 +1,7 @@
-"""The planner (benchmark/planner.py) on small composed configs: every training stage's job, key and dependencies, a
-data pair's evaluation subset, every cell's spec and key, the crafted sets, the sanity cells, the CommonInit chain and
-a public teacher. No training, no attack. Some tests pin exact values found by mutation testing (`make mutate`,
-tests/mutation/mutate.py).
+"""The planner (benchmark/runner/planner.py) on small composed configs: every training stage's job, key and
+dependencies, a data pair's evaluation subset, every cell's spec and key, the crafted sets, the sanity cells, the
+CommonInit chain and a public teacher. No training, no attack. Some tests pin exact values found by mutation testing
+(`make mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from plan_budgets import SIXTEEN
 from attacks.errors import ConfigError
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
-from benchmark.cache import stage_key
-from benchmark.config import compose
-from benchmark.plan import Plan, attack_modules, module_of
-from benchmark.planner import CELL_MODULES, make_plan, single_process_strategy
+from benchmark.components import job_key_spec, teacher_module_cfg
 from benchmark.records import Budget
-from benchmark.stages.build import job_key_spec, teacher_module_cfg
+from benchmark.runner.cache import stage_key
+from benchmark.runner.config import compose
+from benchmark.runner.plan import Plan, attack_modules, module_of
+from benchmark.runner.planner import CELL_MODULES, make_plan, single_process_strategy
 
 #: Never created: planning writes nothing.
 WHERE = ["cache_dir=plan-tests-cache", "results_dir=plan-tests-results"]
@@ -111,7 +111,7 @@ def test_the_teachers_job_and_key(planned):
         "numerics": {"channels_last": True},
         "wandb": {**CFG["logger"], "group": "digits"},
     }
-    modules = ["datamodules.digits", "lightning_modules.modules", "benchmark.stages.train"]
+    modules = ["datamodules.digits", "lightning_modules.modules", "benchmark.runner.stages.train"]
     assert t["key"] == job["key"] == stage_key("teacher", job_key_spec(job), modules)
     assert (t["kind"], t["deps"], t["defense"], t["seed"]) == ("teacher", [], "teacher", 0)
     assert warnings == []
@@ -142,7 +142,7 @@ def test_the_students_jobs_keys_and_earlier_stages(planned):
             teacher["key"],
         )
         assert job["module"] == dcfg["module"] and job["trainer"] == {**CFG["trainer"], **dcfg["trainer"]}
-        modules = ["datamodules.digits", module_of(dcfg["module"]["_target_"]), "benchmark.stages.train"]
+        modules = ["datamodules.digits", module_of(dcfg["module"]["_target_"]), "benchmark.runner.stages.train"]
         assert s["key"] == job["key"] == stage_key("student", job_key_spec(job), modules)
     assert ft["deps"] == [teacher["id"]] and ft["job"]["init_key"] is None
     assert drop["deps"] == [teacher["id"], freeze["id"]] and drop["job"]["init_key"] == freeze["key"]
@@ -191,7 +191,7 @@ def test_init_from_errors():
 # ---- a data pair ----------------------------------------------------------------------------------------------
 def test_the_pairs_evaluation_subset(planned):
     info = planned[0].pairs["digits"]
-    from benchmark.stages.build import build_datamodule
+    from benchmark.components import build_datamodule
 
     dm = build_datamodule(CFG["data"]["digits"])
     dm.setup()
@@ -277,7 +277,7 @@ def test_a_transfer_cell_its_crafted_set_and_reference(planned):
         "attack": attack.config(),
         "eval": {**plan.pairs["digits"]["eval"], "n": 10},
     }
-    assert craft["key"] == stage_key("craft", spec, [*attack_modules(attack), "benchmark.stages.attack"])
+    assert craft["key"] == stage_key("craft", spec, [*attack_modules(attack), "benchmark.runner.stages.attack"])
     assert {k: craft[k] for k in ("kind", "deps", "pair", "teacher", "attack", "n")} == {
         "kind": "craft", "deps": ["digits/teacher"], "pair": "digits", "teacher": "digits/teacher",
         "attack": c.attack, "n": 10}  # fmt: skip
@@ -459,7 +459,7 @@ def test_an_attack_runs_only_on_the_models_it_names():
 
 
 def test_a_model_of_two_kinds_is_named_by_both_in_the_notes(monkeypatch):
-    from benchmark import config
+    from benchmark.runner import config
 
     declared = config._declarations
 
@@ -510,7 +510,7 @@ def test_without_an_eot_attack_or_frozen_randomness_no_sanity_checks():
 
 
 def test_sanity_checks_need_a_model_that_freezes(monkeypatch):
-    from benchmark import config
+    from benchmark.runner import config
 
     declared = config._declarations
 
@@ -570,7 +570,7 @@ def test_attacks_crafted_on_the_common_model(ssl_planned):
 
 # ---- a public teacher -----------------------------------------------------------------------------------------
 def test_a_teacher_from_a_checkpoint_file(tmp_path):
-    from benchmark.stages.build import build_datamodule, build_model, checkpoint_spec
+    from benchmark.components import build_datamodule, build_model, checkpoint_spec
 
     dm = build_datamodule(CFG["data"]["digits"])
     dm.setup()
@@ -594,7 +594,7 @@ def test_a_teacher_from_a_checkpoint_file(tmp_path):
 def test_a_teacher_checkpoints_format_head_and_tensors_enter_its_stage(tmp_path):
     """`teacher.checkpoint_format` and `teacher.checkpoint_head` reach the checkpoint spec (`auto` when a config
     has none); the key follows the tensors the file puts into the model, not its path."""
-    from benchmark.stages.build import build_datamodule, build_model, checkpoint_spec
+    from benchmark.components import build_datamodule, build_model, checkpoint_spec
 
     dm = build_datamodule(CFG["data"]["digits"])
     dm.setup()
@@ -661,8 +661,8 @@ def test_two_entries_with_one_recipe_share_the_crafted_set_and_the_cell():
 def test_the_executor_of_the_planning_process_evaluates_on_the_planner_s_data(planned, monkeypatch):
     """The planner sets up each data pair; the executor in the same process (inline, or merging a launch) uses that
     one instead of building it again, and a plan read from JSON (a worker's) builds its own, with the same data."""
-    import benchmark.execute as execute
-    from benchmark.launchers.common import narrow
+    import benchmark.runner.execute as execute
+    from benchmark.runner.launchers.common import narrow
 
     plan, _, _ = planned
     dm = plan._data["digits"]
@@ -680,7 +680,7 @@ def test_the_executor_of_the_planning_process_evaluates_on_the_planner_s_data(pl
 
 
 def test_plans_of_one_run_share_a_data_pair_set_up_once(monkeypatch):
-    import benchmark.planner as planner_mod
+    import benchmark.runner.planner as planner_mod
 
     built = []
     real = planner_mod.build_datamodule

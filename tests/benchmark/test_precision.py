@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import benchmark.stages.attack as stage
+import benchmark.runner.stages.attack as stage
 from attacks.pgd import PGD
-from benchmark.batch_size import find_batch_size
-from benchmark.checks import tolerance
-from benchmark.stages.attack import precision, predict, run_attack
+from benchmark.runner.batch_size import find_batch_size
+from benchmark.runner.checks import tolerance
+from benchmark.runner.stages.attack import precision, predict, run_attack
 
 CPU = torch.device("cpu")
 #: A budget at which PGD breaks about half of the session model's examples: where flags are most sensitive.
@@ -99,8 +99,8 @@ def test_an_unknown_precision_is_one_line():
 
 
 def test_the_precision_enters_the_cells_cache_key(tmp_path):
-    from benchmark.config import compose
-    from benchmark.planner import make_plan
+    from benchmark.runner.config import compose
+    from benchmark.runner.planner import make_plan
 
     base = ["logger=none", "defense=finetune", "attack=[pgd_linf,transfer_pgd_linf]", f"cache_dir={tmp_path}"]
     keys = {}

@@ -10,10 +10,10 @@ import timm
 import torch
 
 from attacks.errors import ConfigError
-from benchmark.cache import Cache
-from benchmark.config import compose
-from benchmark.planner import make_plan
-from benchmark.stages.train import run_train_job
+from benchmark.runner.cache import Cache
+from benchmark.runner.config import compose
+from benchmark.runner.planner import make_plan
+from benchmark.runner.stages.train import run_train_job
 from lightning_modules.classifier import build_classifier
 
 TAGGED = "resnet10t.c3_in1k"

@@ -19,11 +19,11 @@ from __future__ import annotations
 import pytest
 
 from attacks.errors import ConfigError
-from benchmark import config
 from benchmark import run as runner
-from benchmark.checks import FLAG_DOC
-from benchmark.config import AttackEntry
-from benchmark.planner import make_plan
+from benchmark.runner import config
+from benchmark.runner.checks import FLAG_DOC
+from benchmark.runner.config import AttackEntry
+from benchmark.runner.planner import make_plan
 
 #: A digits sweep with the purifier (trained for 2 epochs from a 2-epoch finetune student) and the attacks a
 #: randomized model gets, shortened; finetune is the deterministic reference. AutoAttack-rand (4,000 passes per

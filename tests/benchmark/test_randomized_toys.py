@@ -12,7 +12,7 @@ import json
 import pytest
 
 from benchmark import run as runner
-from benchmark.config import compose
+from benchmark.runner.config import compose
 
 TOYS = [
     "logger=none",

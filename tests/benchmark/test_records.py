@@ -12,8 +12,6 @@ import pytest
 from hand_cells import cell
 from hand_rows import EPS
 
-from benchmark import plan as plan_module
-from benchmark.config import compose
 from benchmark.records import (
     COLUMNS,
     Budget,
@@ -26,7 +24,9 @@ from benchmark.records import (
     headline_eps,
     same_eps,
 )
-from benchmark.results import read_csv, write_csv
+from benchmark.results.files import read_csv, write_csv
+from benchmark.runner import plan as plan_module
+from benchmark.runner.config import compose
 
 #: One deterministic and one randomized student, white-box, transfer and EOT attacks, on 16 test examples.
 SWEEP = [
@@ -55,7 +55,7 @@ SWEEP = [
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    from benchmark.planner import make_plan
+    from benchmark.runner.planner import make_plan
 
     tmp = tmp_path_factory.mktemp("records")
     cfg = compose([*SWEEP, f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}"])
@@ -90,8 +90,8 @@ def test_the_plan_survives_json_with_its_specs(planned):
 def test_no_attack_is_built_after_planning(planned, monkeypatch):
     """Execute and rows take every attack from the plan (`Plan.attack`): none is constructed again in this process."""
     from attacks.base import Attack
-    from benchmark.execute import Executor
-    from benchmark.rows import make_rows
+    from benchmark.runner.execute import Executor
+    from benchmark.runner.rows import make_rows
 
     cfg, plan = planned
     built = []

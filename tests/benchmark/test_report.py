@@ -13,12 +13,12 @@ from pathlib import Path
 from fake_runs import ATTACKS, DEFENSES, HEADLINE, LINF, fake_run
 from wandb_reader import read_run
 
-from benchmark import report
-from benchmark.checks import FLAG_DOC, flag_warnings
-from benchmark.findings import findings
-from benchmark.leaderboard import leaderboard
 from benchmark.records import Row
-from benchmark.results import read_csv, write_csv
+from benchmark.results import report
+from benchmark.results.files import read_csv, write_csv
+from benchmark.results.leaderboard import leaderboard
+from benchmark.results.verdicts import findings
+from benchmark.runner.checks import FLAG_DOC, flag_warnings
 
 
 def write_run(tmp: Path, rows: list[Row], per_example: dict, run_warnings: list[str]) -> Path:
@@ -105,8 +105,8 @@ def test_rebuild_without_per_example_data_still_reports(tmp_path):
 
 
 def test_means_over_seeds_carry_the_random_effects_interval_of_their_examples(tmp_path):
-    from benchmark.claims import stacked
-    from benchmark.stats import random_effects_mean
+    from benchmark.results.claims import stacked
+    from benchmark.results.statistics import random_effects_mean
 
     rows, per_example = fake_run(seeds=(0, 1, 2), defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
     board = leaderboard(rows, HEADLINE, "success_ratio", [], per_example=per_example)
@@ -128,7 +128,7 @@ def test_findings_section_in_the_leaderboard(tmp_path):
     section = board[board.index("\n## Findings") : board.index("\n## Sanity checks")]
     assert "Fine-tuning is more robust than training from scratch under white-box FGSM" in section
     assert "paired t over examples (one seed" in section
-    from benchmark.claims import CLAIMS, extra_claims
+    from benchmark.results.claims import CLAIMS, extra_claims
 
     missing = [line for line in section.splitlines() if "not in this run" in line]
     # papers 2-3's claims (defenses not in this fake run) and the worst case over transfer attacks (one here)
@@ -150,8 +150,8 @@ def test_one_colour_per_defense_in_every_figure_and_every_attack_in_the_heatmap(
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from benchmark.figure_style import label
-    from benchmark.png_figures import figures
+    from benchmark.results.figure_style import label
+    from benchmark.results.figures import figures
 
     rows, _ = fake_run(pairs=("svhn_mnist",))
     fewer = [(d, r, lv) for d, r, lv in DEFENSES if d not in ("scratch", "tla")]  # another pair, fewer defenses
@@ -206,7 +206,7 @@ def test_the_worst_case_curve_leaves_out_budgets_no_white_box_attack_covered():
     alone would draw a curve that rises with epsilon (seen in the digits plot)."""
     import matplotlib.pyplot as plt
 
-    from benchmark.png_figures import figures
+    from benchmark.results.figures import figures
 
     rows, _ = fake_run(defenses=[d for d in DEFENSES if d[0] in ("pgd_at", "atop")])
     transfer = _find(rows, "atop", "transfer_pgd_linf", 32 / 255)
@@ -225,7 +225,7 @@ def test_the_worst_case_curve_leaves_out_budgets_no_white_box_attack_covered():
 
 
 def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
-    from benchmark.tracking import track
+    from benchmark.tracking.runs import track
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     rows, per_example = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])

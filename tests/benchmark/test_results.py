@@ -1,6 +1,6 @@
-"""The lookups of a pair's results (benchmark/results.py) on hand-made rows: numbers read from results.csv, the values
-per defense, attack and budget, the clean accuracy per seed, the order the leaderboard ranks in. Some tests pin exact
-values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
+"""The lookups of a pair's results (benchmark/results/files.py) on hand-made rows: numbers read from results.csv, the
+values per defense, attack and budget, the clean accuracy per seed, the order the leaderboard ranks in. Some tests pin
+exact values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import statistics
 import pytest
 from leaderboard_rows import EPS, HL, row
 
-from benchmark.results import PairResults, number
+from benchmark.results.files import PairResults, number
 
 
 # ---- results.py ------------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_a_seed_without_a_clean_accuracy_on_either_side_is_left_out_of_the_paire
 def test_a_paired_cost_is_over_the_examples_both_sides_were_scored_on(sizes):
     """Each seed's clean row of the defense and of the base may cover different numbers of examples: the paired
     difference is over the first n that every row of both covers."""
-    from benchmark.stats import random_effects_mean
+    from benchmark.results.statistics import random_effects_mean
 
     clean = {
         ("a", 0): [1, 1, 0, 1, 1, 0],

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import datamodules.fashion as fashion
-from benchmark import checkpoint_layouts as layouts
 from benchmark import run as runner
-from benchmark.cache import Cache
-from benchmark.config import compose
+from benchmark.devtools import checkpoint_layouts as layouts
+from benchmark.runner.cache import Cache
+from benchmark.runner.config import compose
 
 pytestmark = pytest.mark.skipif(not Path(fashion.DEBIAN_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 

@@ -1,5 +1,5 @@
-"""The rows of a sweep (benchmark/rows.py) from a hand-made plan and hand-made outcomes: every field a row takes from
-its model, its cell and its outcome, the transferability, the targeted success, the per-example worst case and the
+"""The rows of a sweep (benchmark/runner/rows.py) from a hand-made plan and hand-made outcomes: every field a row takes
+from its model, its cell and its outcome, the transferability, the targeted success, the per-example worst case and the
 per-example lists. No training, no attack. Some tests pin exact values found by mutation testing (`make mutate`,
 tests/mutation/mutate.py).
 """
@@ -13,11 +13,11 @@ import torch
 from hand_cells import cell
 from hand_rows import EPS
 
-from benchmark.execute import Executed
-from benchmark.plan import Plan
 from benchmark.records import CellSpec, budget_key
-from benchmark.rows import _rounded, make_rows, row_id
-from benchmark.stages.score import outcome, target_hits, targeted_success
+from benchmark.runner.execute import Executed
+from benchmark.runner.plan import Plan
+from benchmark.runner.rows import _rounded, make_rows, row_id
+from benchmark.runner.stages.score import outcome, target_hits, targeted_success
 
 Y = torch.tensor([0, 1, 2, 0, 1, 2])
 
@@ -224,7 +224,7 @@ def test_checks_run_on_the_rows(sweep):
 
 
 def test_without_the_data_or_predictions_no_targets():
-    from benchmark.rows import _targets
+    from benchmark.runner.rows import _targets
 
     x = c("p/two/seed0", "mimicry", targeted=True)
     plan = Plan("exp", {"p": {"num_classes": 3}}, [])
@@ -239,7 +239,7 @@ def test_without_the_data_or_predictions_no_targets():
 
 
 def test_the_targets_of_more_than_one_batch_pair_each_image_with_its_label():
-    from benchmark.rows import _targets
+    from benchmark.runner.rows import _targets
 
     n = 300  # more than the 256 images recomputed at a time
     y = torch.arange(n) % 3
@@ -268,7 +268,7 @@ def test_the_per_example_lists_are_each_value_rounded_as_round_would(dtype):
 
 def test_the_transfer_attacks_have_their_own_worst_case():
     from benchmark.records import Row
-    from benchmark.rows import _worst_case
+    from benchmark.runner.rows import _worst_case
 
     def made(attack: str, threat: str, adv: list[int], n: int = 6) -> tuple[Row, dict]:
         r = Row(pair="p", defense="d", seed=0, attack=attack, threat_model=threat, norm="linf", eps=EPS,

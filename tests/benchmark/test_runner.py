@@ -14,12 +14,12 @@ from fake_data import skip_md5, write_all, write_fashion
 from sweeps import SPENT, expected_models, fast_experiment, read_rows, run, spent, tiny
 from wandb_reader import read_run
 
-from benchmark import config
 from benchmark import run as runner
-from benchmark.config import compose
-from benchmark.execute import Executor
-from benchmark.planner import make_plan
-from benchmark.results import read_csv
+from benchmark.results.files import read_csv
+from benchmark.runner import config
+from benchmark.runner.config import compose
+from benchmark.runner.execute import Executor
+from benchmark.runner.planner import make_plan
 from lightning_modules.loggers import run_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch, 
 
 
 def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
-    from benchmark import findings as fnd
+    from benchmark.results import verdicts as fnd
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     found, real = [], fnd.findings

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from attacks.base import Attack, AttackConstraintError
 from benchmark.metrics import wilson_interval
-from benchmark.stages.attack import compute_cell, predict_draws
-from benchmark.stages.score import (
+from benchmark.runner.stages.attack import compute_cell, predict_draws
+from benchmark.runner.stages.score import (
     abstention,
     head,
     metrics,

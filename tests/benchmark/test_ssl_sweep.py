@@ -11,11 +11,11 @@ import torch
 
 from attacks.errors import ConfigError
 from benchmark import run as runner
-from benchmark.cache import Cache
-from benchmark.config import compose
-from benchmark.planner import make_plan
-from benchmark.stages.build import build_datamodule, build_model, build_module
-from benchmark.stages.train import run_train_job
+from benchmark.components import build_datamodule, build_model, build_module
+from benchmark.runner.cache import Cache
+from benchmark.runner.config import compose
+from benchmark.runner.planner import make_plan
+from benchmark.runner.stages.train import run_train_job
 
 SSL = ["experiment=digits_ssl", "logger=none", "progress=false"]
 

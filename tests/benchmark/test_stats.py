@@ -1,6 +1,6 @@
-"""The statistics (benchmark/stats.py) on small hand-made matrices: the mean squares of a (seeds, examples) matrix, the
-random-effects mean with Satterthwaite's degrees of freedom, the power of its test and the seeds it needs, the t
-interval of other per-seed quantities, Holm. The reference values are computed here from the textbook formulas
+"""The statistics (benchmark/results/statistics.py) on small hand-made matrices: the mean squares of a (seeds, examples)
+matrix, the random-effects mean with Satterthwaite's degrees of freedom, the power of its test and the seeds it needs,
+the t interval of other per-seed quantities, Holm. The reference values are computed here from the textbook formulas
 (Searle, Casella & McCulloch 1992, ch. 4; Satterthwaite 1946; the noncentral t for the power) and from scipy and
 statsmodels called directly. Its calibration is simulated in test_calibration.py.
 """
@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from benchmark.stats import (
+from benchmark.results.statistics import (
     ALPHA,
     holm,
     mean_squares,
@@ -275,8 +275,8 @@ def test_seeds_for_power_needs_a_seed_variance():
 
 
 def test_a_missing_outcome_gives_no_evidence_on_either_side():
-    from benchmark.claims import Part
-    from benchmark.findings import claim_test
+    from benchmark.results.claims import Part
+    from benchmark.results.verdicts import claim_test
 
     values = np.array([[1.0, 0.0, np.nan, 1.0] * 10, [1.0, 1.0, 0.0, 1.0] * 10])
     test = random_effects_mean(values)

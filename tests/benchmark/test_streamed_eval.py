@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from attacks.base import attack_mode
 from attacks.pgd import PGD
-from benchmark.detection import RepresentationDetector
-from benchmark.stages.attack import compute_cell, predict_draws, run_attack
+from benchmark.runner.detection import RepresentationDetector
+from benchmark.runner.stages.attack import compute_cell, predict_draws, run_attack
 from datamodules.base import ImageFile, LabeledTensors, LazyImages
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""A training stage's identity (benchmark/stages/train.py) on fake modules, fake data and a cache in a temporary
+"""A training stage's identity (benchmark/runner/stages/train.py) on fake modules, fake data and a cache in a temporary
 folder, the training itself replaced by recorders: the preparation's key, seed and cache entry, the parameter
 checksum, the accuracy over a split, the cache lookup before training and the process a stage trains in. Some tests
 pin exact values found by mutation testing (`make mutate`, tests/mutation/mutate.py).
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmark.cache import Cache, stage_key
+from benchmark.runner.cache import Cache, stage_key
 
 
 # ---- a training stage's identity -----------------------------------------------------------------------------
@@ -40,7 +40,7 @@ class Prepared(nn.Module):
 
 
 def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_path, monkeypatch, caplog):
-    from benchmark.stages.train import ensure_prepared
+    from benchmark.runner.stages.train import ensure_prepared
 
     monkeypatch.setenv("PL_SEED_WORKERS", "0")
     monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what `seed_everything(None)` would take
@@ -69,7 +69,7 @@ def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_pa
 
 
 def test_param_checksum_sums_every_parameter_in_double():
-    from benchmark.stages.train import _param_checksum
+    from benchmark.runner.stages.train import _param_checksum
 
     assert _param_checksum(Prepared(None)) == 3.0
     m = nn.Linear(1, 1)
@@ -91,7 +91,7 @@ class FakeData:
 
 
 def test_accuracy_over_every_batch_of_the_split_in_eval_mode():
-    from benchmark.stages.train import _accuracy
+    from benchmark.runner.stages.train import _accuracy
 
     m = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.9))
     dm = FakeData(600)
@@ -109,8 +109,8 @@ def job(tmp_path, **trainer) -> dict:
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """The training functions of benchmark.stages.train replaced by recorders."""
-    import benchmark.stages.train as train
+    """The training functions of benchmark.runner.stages.train replaced by recorders."""
+    import benchmark.runner.stages.train as train
 
     calls = []
     train_job = lambda j, progress=True: calls.append(("train", j["key"], progress)) or {"m": 1}  # noqa: E731
@@ -124,7 +124,7 @@ def fakes(monkeypatch):
 
 
 def test_a_cached_stage_is_not_run_again(tmp_path, fakes):
-    from benchmark.stages.train import train_stage
+    from benchmark.runner.stages.train import train_stage
 
     Cache(tmp_path).put("student", "abc", {"m": 0})
     assert train_stage(job(tmp_path, devices=4)) == {"m": 0, "cached": True} and fakes == []
@@ -136,7 +136,7 @@ def test_a_cached_stage_is_not_run_again(tmp_path, fakes):
      ({"devices": "auto"}, False, ("train", "abc", False)), ({"devices": 2}, True, ("public", "abc"))],
 )  # fmt: skip
 def test_a_single_process_stage_runs_in_process(tmp_path, fakes, trainer, public, want):
-    from benchmark.stages.train import train_stage
+    from benchmark.runner.stages.train import train_stage
 
     j = {**job(tmp_path, **trainer), **({"public": True} if public else {})}
     assert train_stage(j, progress=False) == {"m": 2 if public else 1, "cached": False} and fakes == [want]
@@ -149,7 +149,7 @@ def test_a_single_process_stage_runs_in_process(tmp_path, fakes, trainer, public
 def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fakes, monkeypatch, trainer):
     import subprocess
 
-    from benchmark.stages.train import train_stage
+    from benchmark.runner.stages.train import train_stage
 
     seen = {}
     root = tmp_path / "fresh" / "cache"  # not there yet: the job file's folder is made with its parents
@@ -164,7 +164,7 @@ def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fak
     j = job(root, **trainer)
     assert train_stage(j) == {"m": 3, "cached": False}
     path = root / "jobs" / "student-abc.json"
-    assert seen["cmd"] == [sys.executable, "-m", "benchmark.stages.train", str(path)] and seen["check"] is True
+    assert seen["cmd"] == [sys.executable, "-m", "benchmark.runner.stages.train", str(path)] and seen["check"] is True
     assert json.loads(path.read_text()) == j
     assert seen["env"]["KEEP_ME"] == "yes" and not {"MASTER_PORT", "WORLD_SIZE", "PL_GLOBAL_SEED"} & set(seen["env"])
     assert fakes == [("prep", "abc", "module of abc in cache, dm of d", "dm of d", "cache")], "once, before the ranks"
@@ -175,7 +175,7 @@ def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fak
 def test_a_ddp_stage_that_writes_nothing_is_an_error(tmp_path, fakes, monkeypatch):
     import subprocess
 
-    from benchmark.stages.train import train_stage
+    from benchmark.runner.stages.train import train_stage
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)
     with pytest.raises(RuntimeError, match=r"the DDP training job .*student-abc\.json finished without writing"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark import tune
+from benchmark.devtools import tune
 from datamodules.base import TransferDataModule
 
 
@@ -45,7 +45,7 @@ def test_tuning_reads_only_the_validation_split(tmp_path, monkeypatch):
 def test_the_validation_pass_on_images_read_a_batch_at_a_time_is_the_pass_on_the_stacked_split(tmp_path, monkeypatch):
     """The validation split and the attacker's data are read a batch at a time, and a crafted attack's examples are
     kept in a file: the same numbers as with every split stacked whole (a deterministic defense; a crafted attack)."""
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     attacks = ["pgd_linf", "transfer_pgd_linf"]
     cfg = compose([
@@ -64,7 +64,7 @@ def test_the_validation_pass_on_images_read_a_batch_at_a_time_is_the_pass_on_the
 @pytest.mark.slow
 def test_a_randomized_defense_is_tuned_with_the_same_draws_whatever_ran_before(tmp_path):
     """Its clean draws are seeded (eval.seed), as the runner's: a cold tune (training first) and a warm one agree."""
-    from benchmark.config import compose
+    from benchmark.runner.config import compose
 
     cfg = compose([
         "defense=dropout", "teacher.trainer.max_epochs=1", "++defense.freeze.trainer.max_epochs=1",

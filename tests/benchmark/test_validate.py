@@ -1,6 +1,6 @@
-"""Checking a config (`benchmark.config.validate`) builds nothing real: no tensor with storage, no data; what it
+"""Checking a config (`benchmark.runner.config.validate`) builds nothing real: no tensor with storage, no data; what it
 learns of each defense is what the built module declares; and every kind of bad module argument stops there, in
-one line that names what is valid (`benchmark.arguments`)."""
+one line that names what is valid (`benchmark.runner.arguments`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from attacks.errors import ConfigError
-from benchmark import config
-from benchmark.arguments import accepted, check_arguments
-from benchmark.config import compose, validate
-from benchmark.stages.build import build, build_datamodule, build_model, declared
+from benchmark.components import build, build_datamodule, build_model, declared
+from benchmark.runner import config
+from benchmark.runner.arguments import accepted, check_arguments
+from benchmark.runner.config import compose, validate
 from datamodules.base import TransferDataModule
 from lightning_modules.modules import StudentModule
 

@@ -21,7 +21,7 @@ from attacks.base import parse_eps
 from attacks.errors import ConfigError
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
-from benchmark.stages.build import build
+from benchmark.components import build
 from defenses.atop import AToP
 from defenses.base import TRAIN_ATTACK_KEYS, AdversarialStudent
 from defenses.gen_af import GenAFDualTrack
@@ -295,8 +295,8 @@ def test_the_readmes_add_a_defense_walkthrough_runs_end_to_end(readme_defense, t
     import shlex
     import shutil
 
-    from benchmark import config as config_module
     from benchmark import run as runner
+    from benchmark.runner import config as config_module
 
     configs = tmp_path / "configs"
     shutil.copytree(config_module.CONFIG_DIR, configs)

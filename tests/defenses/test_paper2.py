@@ -8,7 +8,7 @@ import torch
 
 from attacks.errors import ConfigError
 from attacks.mimicry import layer_function
-from benchmark.stages.build import declared
+from benchmark.components import declared
 from defenses.differentiator import DifferentiatorPipeline, DifferentiatorStudent
 from defenses.dropout import InferenceDropout
 from defenses.neuron_distance import NeuronDistancePatch

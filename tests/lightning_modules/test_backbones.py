@@ -64,7 +64,7 @@ def test_unknown_model_is_one_line_naming_ours():
 
 def test_resnet18_cifar_is_torchvisions_resnet18_with_the_cifar_stem():
     """solo-learn's CIFAR backbone (torchvision's resnet18, 3x3 stride-1 conv1, no max-pool) loads as it is."""
-    from benchmark.checkpoint_layouts import cifar_resnet18
+    from benchmark.devtools.checkpoint_layouts import cifar_resnet18
 
     tv = cifar_resnet18(num_classes=10).eval()
     net = timm.create_model("resnet18_cifar", num_classes=10).eval()

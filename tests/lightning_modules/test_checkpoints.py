@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attacks.errors import ConfigError
-from benchmark import checkpoint_layouts as layouts
+from benchmark.devtools import checkpoint_layouts as layouts
 from lightning_modules.checkpoints import load_into
 from lightning_modules.classifier import build_classifier
 

@@ -204,23 +204,23 @@ MODULES: tuple[Target, ...] = (
         functions=("x_genetic_regularization", "xǁGenAFDualTrackǁtraining_loss"),
     ),
     # The runner's modules that decide the numbers: the sanity rules, the counting rule and the cache key.
-    Target("benchmark/checks.py", ("tests/benchmark/test_checks.py", *CACHE_KEY_TESTS)),
+    Target("benchmark/runner/checks.py", ("tests/benchmark/test_checks.py", *CACHE_KEY_TESTS)),
     Target(
-        "benchmark/stages/score.py",
+        "benchmark/runner/stages/score.py",
         ("tests/benchmark/test_checks.py", "tests/benchmark/test_score.py", *CACHE_KEY_TESTS),
     ),
-    Target("benchmark/cache.py", ("tests/benchmark/test_cache.py", *CHECK_RULE_TESTS)),
+    Target("benchmark/runner/cache.py", ("tests/benchmark/test_cache.py", *CHECK_RULE_TESTS)),
     # A cell's numbers: crafting (every batch checked), the predictions over draws, the outcome and its precision.
-    Target("benchmark/stages/attack.py", (*STAGE_TESTS, "tests/benchmark/test_score.py", *PRECISION_TESTS)),
+    Target("benchmark/runner/stages/attack.py", (*STAGE_TESTS, "tests/benchmark/test_score.py", *PRECISION_TESTS)),
     # A training stage's identity: what its key is made of (build.job_key_spec, planner's _job), the preparation's
     # key and the cache lookup before training. The training itself is not mutated (it needs minutes per mutant).
     Target(
-        "benchmark/stages/train.py",
+        "benchmark/runner/stages/train.py",
         STAGE_TESTS,
         functions=("x_ensure_prepared", "x__param_checksum", "x__accuracy", "x_train_stage"),
     ),
     Target(
-        "benchmark/stages/build.py",
+        "benchmark/components.py",
         STAGE_TESTS,
         functions=(
             "x_semantic",
@@ -232,18 +232,18 @@ MODULES: tuple[Target, ...] = (
         ),
     ),
     # The rows and the records they are made of.
-    Target("benchmark/rows.py", ROWS_TESTS),
+    Target("benchmark/runner/rows.py", ROWS_TESTS),
     Target("benchmark/records.py", (*ROWS_TESTS, *RECORDS_TESTS)),
     # The verdicts and the intervals. Not mutated: the findings' markdown table (formatting, read by test_golden.py
     # and test_findings.py) and claims.extra_claims (the claim list: data, like CLAIMS).
-    Target("benchmark/stats.py", (*STATS_TESTS, "tests/benchmark/test_findings.py")),
+    Target("benchmark/results/statistics.py", (*STATS_TESTS, "tests/benchmark/test_findings.py")),
     Target(
-        "benchmark/findings.py",
+        "benchmark/results/verdicts.py",
         VERDICT_TESTS,
         functions=("x_budgets", "x_claim_test", "x__shown", "x_evaluate", "x_findings"),
     ),
     Target(
-        "benchmark/claims.py",
+        "benchmark/results/claims.py",
         VERDICT_TESTS,
         functions=(
             "x_seed_order",
@@ -256,14 +256,14 @@ MODULES: tuple[Target, ...] = (
         ),
     ),
     Target(
-        "benchmark/leaderboard.py",
+        "benchmark/results/leaderboard.py",
         LEADERBOARD_TESTS,
         functions=("x_leaderboard", "x__mean_ci", "x__est", "x__unranked", "x__ranking"),
     ),
-    Target("benchmark/results.py", LEADERBOARD_TESTS, functions=("x_number", "xǁPairResultsǁ*")),
+    Target("benchmark/results/files.py", LEADERBOARD_TESTS, functions=("x_number", "xǁPairResultsǁ*")),
     # The plan: the stages, their keys and dependencies, each cell's spec.
-    Target("benchmark/plan.py", (*PLAN_TESTS, *PLANNER_TESTS)),
-    Target("benchmark/planner.py", (*PLAN_TESTS, *PLANNER_TESTS)),
+    Target("benchmark/runner/plan.py", (*PLAN_TESTS, *PLANNER_TESTS)),
+    Target("benchmark/runner/planner.py", (*PLAN_TESTS, *PLANNER_TESTS)),
 )
 
 

@@ -1,0 +1,331 @@
+"""The claims of the papers behind the suite, each as the matrices of per-example values its test reads
+(`benchmark.results.verdicts` tests them and writes the verdicts).
+
+A claim is made of one or more **parts** (`Part`): a (seeds, examples) matrix whose mean the claim puts on one side of
+a null value. Three shapes:
+
+- `Claim`: defense A keeps more examples than defense B under an attack at a budget. One part, the paired per-example
+  difference of A's and B's outcomes (`robust`: right when clean and under the attack, a fraction of draws for a
+  randomized model; `target_hit`: right when clean and assigned the attacker's target class under a targeted attack),
+  claimed above 0.
+- `RateClaim`: a defense that may reject stops at least `rate` of the adversarial inputs at a clean-accuracy loss below
+  `max_loss` against the model it guards (paper 2: "over 90 % ... with an accuracy loss of less than 10 %"). Two parts:
+  the rate, as the per-example value robust - rate * clean (its mean is above 0 exactly when the share of the
+  clean-correct examples whose adversarial input is rejected or answered right, the suite's `defense_rate`, is above
+  `rate`; shown divided by the clean share, as the rate's distance to the threshold), and the paired per-example
+  loss of clean accuracy against the guarded model, claimed below `max_loss`.
+- `StrongestAttackClaim`: attack X leaves the lowest robust accuracy of `attacks` on every model of the pair (paper
+  3's "the strongest DAE"). One part per model, over its seeds: the per-example difference between the strongest *other*
+  attack on that model (the lowest mean over its seeds and examples: computed, not asserted) and X, claimed above 0;
+  every model must show it.
+
+Every example of a part is one that every row of the claim covers (entry i of per_example.json is target test
+example i), in every seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from attacks.errors import ConfigError
+from benchmark.records import Row, same_eps
+
+HEADLINE = "headline"
+#: A claim tested at every budget of its attack that the run has (one finding per budget).
+EACH = "each"
+#: The per-example outcomes a claim can compare (keys of per_example.json).
+METRICS = {"robust": "robust accuracy", "target_hit": "targeted hits"}
+NOT_IN_RUN = "not in this run"
+NO_OUTCOMES = "not tested (no per-example outcomes for its rows)"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One matrix of a claim: the claim is that its mean is above (`sign` +1) or below (-1) `null`. `scale` turns
+    the mean's distance to the null into the shown difference (a rate part divides by the clean share)."""
+
+    label: str
+    values: np.ndarray  # (seeds, examples)
+    seeds: tuple[str, ...]
+    null: float = 0.0
+    sign: int = 1
+    scale: float = 1.0
+
+
+def seed_order(seed: str):
+    return (0, int(seed)) if seed.lstrip("-").isdigit() else (1, seed)
+
+
+def stacked(by_seed: dict[str, list], n: int | None = None) -> np.ndarray:
+    """The outcomes of each seed in seed order, cut to the first `n` examples (default: what every seed covers)."""
+    seeds = sorted(by_seed, key=seed_order)
+    n = min(len(by_seed[s]) for s in seeds) if n is None else n
+    return np.array([np.asarray(by_seed[s][:n], float) for s in seeds])
+
+
+def matching(rows: list[Row], pair: str, attack: str, norm: str, eps: float | None = None) -> list[Row]:
+    """The rows of an attack at a budget (every budget of its norm when `eps` is None), sanity rows left out."""
+    return [r for r in rows if r.pair == pair and r.threat_model != "sanity" and r.attack == attack
+            and r.norm == norm and (eps is None or same_eps(r.eps, eps))]  # fmt: skip
+
+
+def outcomes(rows: list[Row], per_example: dict, pair: str, defense: str, attack: str, norm: str, eps: float,
+             key: str = "robust") -> dict[str, list] | None:  # fmt: skip
+    """seed -> the per-example outcomes (`key` of per_example.json) of one defense's row; None if a row lacks them."""
+    found = {}
+    for r in matching(rows, pair, attack, norm, eps):
+        if r.defense == defense:
+            values = per_example.get(r.row_id, {}).get(key)
+            if not values:
+                return None
+            found[str(r.seed)] = values
+    return found
+
+
+def clean_outcomes(rows: list[Row], per_example: dict, pair: str, defense: str) -> dict[str, list]:
+    """seed -> a defense's clean per-example outcomes, from its row covering the most examples (the first such row)."""
+    out: dict[str, list] = {}
+    for r in rows:
+        ex = per_example.get(r.row_id, {}).get("clean")
+        if r.pair == pair and r.defense == defense and ex and len(ex) > len(out.get(str(r.seed), [])):
+            out[str(r.seed)] = ex
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`higher` keeps more examples than `lower` under `attack` at (`norm`, `eps`), by `metric` (`METRICS`).
+
+    `eps` is "headline" (the budget the leaderboard ranks at), "each" (every budget of the attack in the run) or a
+    number / fraction string such as "8/255".
+    """
+
+    text: str
+    source: str
+    higher: str
+    lower: str
+    attack: str
+    norm: str = "linf"
+    eps: str = HEADLINE
+    metric: str = "robust"
+
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
+        high, low = (outcomes(rows, per_example, pair, d, self.attack, self.norm, eps, self.metric)
+                     for d in (self.higher, self.lower))  # fmt: skip
+        if high is None or low is None:
+            return NO_OUTCOMES
+        seeds = sorted(set(high) & set(low), key=seed_order)
+        if not seeds:
+            return NOT_IN_RUN
+        n = min(len(side[s]) for side in (high, low) for s in seeds)
+        a, b = (stacked({s: side[s] for s in seeds}, n) for side in (high, low))
+        return [Part(f"{self.higher} - {self.lower}", a - b, tuple(seeds))]
+
+
+@dataclass(frozen=True)
+class RateClaim:
+    """`defense` stops at least `rate` of the adversarial inputs of `attack` and loses less than `max_loss` clean
+    accuracy against `base`; see the module docstring."""
+
+    text: str
+    source: str
+    defense: str
+    base: str
+    attack: str
+    rate: float = 0.9
+    max_loss: float = 0.1
+    norm: str = "linf"
+    eps: str = HEADLINE
+
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
+        attacked = outcomes(rows, per_example, pair, self.defense, self.attack, self.norm, eps)
+        if attacked is None:
+            return NO_OUTCOMES
+        mine = clean_outcomes(rows, per_example, pair, self.defense)
+        base = clean_outcomes(rows, per_example, pair, self.base)
+        seeds = sorted(set(attacked) & set(mine) & set(base), key=seed_order)
+        if not seeds:
+            return NOT_IN_RUN
+        n = min(len(side[s]) for side in (attacked, mine, base) for s in seeds)
+        robust, clean, guarded = (stacked({s: side[s] for s in seeds}, n) for side in (attacked, mine, base))
+        share = float(clean.mean())
+        rate = Part(f"defense rate - {100 * self.rate:g} %", robust - self.rate * clean, tuple(seeds),
+                    scale=1 / share if share else math.nan)  # fmt: skip
+        loss = Part(f"clean loss vs {self.base} - {100 * self.max_loss:g} points", guarded - clean, tuple(seeds),
+                    null=self.max_loss, sign=-1)  # fmt: skip
+        return [rate, loss]
+
+
+@dataclass(frozen=True)
+class StrongestAttackClaim:
+    """`attack` leaves the lowest robust accuracy among `attacks` on every model of the pair but `exclude`, over the
+    seeds; see the module docstring."""
+
+    text: str
+    source: str
+    attack: str
+    attacks: tuple[str, ...]
+    exclude: tuple[str, ...] = field(default=())
+    norm: str = "linf"
+    eps: str = HEADLINE
+
+    def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
+        robust: dict[str, dict[str, dict[str, list]]] = {}  # defense -> attack -> seed -> outcomes
+        for a in self.attacks:
+            for r in matching(rows, pair, a, self.norm, eps):
+                ex = per_example.get(r.row_id, {}).get("robust")
+                if r.defense not in self.exclude and ex:
+                    robust.setdefault(r.defense, {}).setdefault(a, {})[str(r.seed)] = ex
+        parts = []
+        for d, by in robust.items():
+            seeds = sorted(by.get(self.attack, {}), key=seed_order)
+            others = [a for a in by if a != self.attack and all(s in by[a] for s in seeds)]
+            if not seeds or not others:
+                continue
+            n = min(len(by[a][s]) for a in (self.attack, *others) for s in seeds)
+            x = stacked({s: by[self.attack][s] for s in seeds}, n)
+            means = {a: float(stacked({s: by[a][s] for s in seeds}, n).mean()) for a in others}
+            strongest = min(means, key=means.get)
+            diff = stacked({s: by[strongest][s] for s in seeds}, n) - x
+            parts.append(Part(f"{d}: {strongest} - {self.attack}", diff, tuple(seeds)))
+        return parts or NOT_IN_RUN
+
+
+def extra_claims() -> list:
+    """The README's claims beyond the defenses' seed list: paper 2 (mimicry, the rejecting differentiators) and
+    papers 3 and 1 on the SSL encoder (digits_ssl)."""
+    mimicry = [
+        Claim(
+            "Targeted mimicry of the teacher's layer K hits the student that keeps those layers (freeze) more often "
+            "than an independently trained one (targeted hits, at each budget)",
+            "Wang et al. 2018",
+            higher="freeze",
+            lower="scratch",
+            attack=attack,
+            norm=norm,
+            eps=EACH,
+            metric="target_hit",
+        )
+        for attack, norm in (("mimicry_linf", "linf"), ("mimicry_dssim", "dssim"))
+    ]
+    return [
+        *mimicry,
+        Claim(
+            "The differentiators' accept/reject pipeline keeps more examples than the student it guards, in the "
+            "worst case (adaptive attack included)",
+            "Wu et al. (arXiv 1908.11230)",
+            higher="differentiator",
+            lower="freeze",
+            attack="worst_case",
+        ),
+        RateClaim(
+            "Over 90 % of adversarial inputs stopped (rejected or classified right) at under 10 points of clean "
+            "accuracy loss, against the adaptive attack",
+            "Wu et al. (arXiv 1908.11230)",
+            defense="differentiator",
+            base="freeze",
+            attack="pgd_reject_aware",
+        ),
+        Claim(
+            "Gen-AF is more robust than plain fine-tuning of the encoder under the feature-space UAP",
+            "Zhou et al. 2024",
+            higher="genaf",
+            lower="commoninit",
+            attack="uap_feature",
+        ),
+        Claim(
+            "Transfer from the teacher is stronger into CommonInit (fine-tuned from the common model) than into "
+            "Scratch",
+            "Zhang et al. 2020",
+            higher="scratch",
+            lower="commoninit",
+            attack="transfer_pgd_linf",
+        ),
+        Claim(
+            "Transfer is stronger into CommonInit than into Scratch in the per-example worst case over every transfer "
+            "attack and surrogate",
+            "Zhang et al. 2020",
+            higher="scratch",
+            lower="commoninit",
+            attack="worst_transfer",
+        ),
+        StrongestAttackClaim(
+            "The feature-space UAP is the strongest downstream-agnostic attack on every student (per student: "
+            "against the strongest other DAE)",
+            "this suite's README",
+            attack="uap_feature",
+            attacks=("uap_feature", "ssp_universal", "ssp", "l4a", "advencoder_per"),
+            exclude=("teacher", "common"),
+        ),
+    ]
+
+
+#: The seed claims; `report.claims` in the config may replace them (a list of dicts with `Claim`'s keys).
+CLAIMS = [
+    Claim(
+        "Fine-tuning is more robust than training from scratch under white-box FGSM",
+        "Zhang et al. 2020",
+        higher="finetune",
+        lower="scratch",
+        attack="fgsm",
+    ),
+    Claim(
+        "Transfer from the teacher is stronger into a fine-tuned student than into an independently trained one "
+        "(lower robust accuracy under the teacher's PGD)",
+        "Zhang et al. 2020",
+        higher="scratch",
+        lower="finetune",
+        attack="transfer_pgd_linf",
+    ),
+    Claim(
+        "Transfer is stronger into a fine-tuned student than into an independently trained one in the per-example "
+        "worst case over every transfer attack and surrogate (the black-box attacker's best)",
+        "Zhang et al. 2020",
+        higher="scratch",
+        lower="finetune",
+        attack="worst_transfer",
+    ),
+    *(
+        Claim(
+            f"{name} is more robust than plain fine-tuning in the per-example worst case",
+            paper,
+            higher=defense,
+            lower="finetune",
+            attack="worst_case",
+        )
+        for name, defense, paper in (
+            ("TLA", "tla", "Mao et al. 2019"),
+            ("TRADES", "trades", "Zhang et al. 2019 (TRADES)"),
+            ("Gen-AF", "genaf", "Zhou et al. 2024"),
+        )
+    ),
+    Claim(
+        "AToP (adversarially fine-tuned purifier) is more robust than its purifier alone in the worst case",
+        "Lin et al. 2024",
+        higher="atop",
+        lower="purifier",
+        attack="worst_case",
+    ),
+    *extra_claims(),
+]
+
+
+def claims_from_config(entries: list[dict]) -> list[Claim]:
+    """Claims from the config (`report.claims`): each entry has the fields of `Claim` (norm, eps, metric optional)."""
+    names = [f.name for f in fields(Claim)]
+    optional = ("norm", "eps", "metric")
+    required = [n for n in names if n not in optional]
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) - set(names) or set(required) - set(entry):
+            raise ConfigError(f"report.claims[{i}] must be a mapping with keys {', '.join(names)} "
+                              f"({', '.join(optional)} optional)")  # fmt: skip
+        if entry.get("norm", "linf") not in ("linf", "l2"):
+            raise ConfigError(f"report.claims[{i}].norm '{entry['norm']}'; valid: l2, linf")
+        if entry.get("metric", "robust") not in METRICS:
+            raise ConfigError(f"report.claims[{i}].metric '{entry['metric']}'; valid: {', '.join(METRICS)}")
+        out.append(Claim(**{k: str(v) for k, v in entry.items()}))
+    return out
