@@ -28,36 +28,44 @@ from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from rich.console import Console
 
-from attacks.base import AttackConstraintError, parse_eps
+from attacks.base import AttackConstraintError
 from attacks.errors import ConfigError
 from benchmark.numerics import machine
 from benchmark.records import Row
+from benchmark.results.files import write_csv
+from benchmark.results.report import write_report_if_changed
 from benchmark.runner import estimate
-from benchmark.runner.checks import flag_warnings
 from benchmark.runner.config import compose, usage
+from benchmark.runner.execute import Executor
+from benchmark.runner.launchers import launch
+from benchmark.runner.launchers.common import quiet_lightning
+from benchmark.runner.launchers.workers import launch_group
+from benchmark.runner.plan import Plan
+from benchmark.runner.planner import make_plan
+from benchmark.runner.rows import make_rows
 from benchmark.runner.timing import split
+from benchmark.tracking.runs import track
 
 
-def report_config(cfg: dict) -> dict:
+def report_config(cfg: dict, plan: Plan) -> dict:
     """What the report reads of the config (report_config.json, so that `make report` rebuilds it alone)."""
     return {
-        "headline": {k.lower(): parse_eps(v) for k, v in cfg["report"]["headline"].items()},
+        "headline": plan.headline,
         "transferability": cfg["report"]["transferability"],
         "claims": cfg["report"].get("claims"),
         "machine": machine(cfg),
     }
 
 
-def write_results(out: Path, cfg: dict, rows: list[Row], examples: dict, warnings: list[str]) -> None:
+def write_results(out: Path, cfg: dict, plan: Plan, rows: list[Row], examples: dict, warnings: list[str]) -> None:
     """results.csv first (nothing after it can lose a result), then the per-example data, the run's warnings
     that are not row flags, and what the report needs to rebuild itself (`make report`)."""
-    from benchmark.results.files import write_csv
-
     write_csv(rows, out / "results.csv")
     (out / "per_example.json").write_text(json.dumps(examples))
     (out / "run_warnings.json").write_text(json.dumps(warnings, indent=1))
-    (out / "report_config.json").write_text(json.dumps(report_config(cfg)))
+    (out / "report_config.json").write_text(json.dumps(report_config(cfg, plan)))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
@@ -71,15 +79,7 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     before work starts; then the stages, on one pool of workers when every experiment has `launcher=workers` (a
     worker with nothing ready in one experiment takes the next one's stages), else each experiment's in turn; then
     each experiment's results, report and W&B. One result per experiment, as `run` returns it."""
-    from rich.console import Console
-
-    from benchmark.runner.launchers.common import quiet_lightning
-
     quiet_lightning()
-    from benchmark.runner.launchers import launch
-    from benchmark.runner.launchers.workers import launch_group
-    from benchmark.runner.planner import make_plan
-
     console = Console(stderr=True)
     planned, data = [], {}  # data: the set-up data pairs, shared by plans on the same pair
     for cfg in cfgs:
@@ -112,11 +112,6 @@ def run_group(cfgs: list[dict]) -> list[dict]:
 def _results(cfg, plan, plan_warnings, launched, console, start: float, group: dict) -> dict:
     """After the launch: the merge (or the inline computation), rows, results files, report, W&B, run_stats.json.
     `group`: the shared pool's experiments and wall time, when several experiments ran on one."""
-    from benchmark.results.report import write_report_if_changed
-    from benchmark.runner.execute import Executor
-    from benchmark.runner.rows import make_rows
-    from benchmark.tracking.runs import track
-
     done = Executor(cfg, launched.plan if launched else plan, console).run()
     failed = launched.failures if launched else []  # already shown, one line each; kept for the report
     if launched:
@@ -125,19 +120,20 @@ def _results(cfg, plan, plan_warnings, launched, console, start: float, group: d
     out = Path(cfg["results_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(plan.to_json())
-    write_results(out, cfg, rows, examples, [*plan_warnings, *failed])
+    write_results(out, cfg, plan, rows, examples, [*plan_warnings, *failed])
     report_start = time.perf_counter()
-    plots, found, rebuilt = write_report_if_changed(out, rows, examples, report_config(cfg), [*plan_warnings, *failed])
+    report, rebuilt = write_report_if_changed(out, rows, examples, report_config(cfg, plan), [*plan_warnings, *failed])
     if not rebuilt:
         console.log(f"leaderboard and plots in {out} are up to date (same results, same code): not redrawn")
-    warnings = [*flag_warnings(rows), *plan_warnings]  # printed at the end; the failures were printed already
+    plots = report.plots
+    warnings = [w for w in report.warnings if w not in failed]  # printed at the end; the failures were already
     # (and `teacher_loaded` when a public teacher was loaded, not trained)
     stats = {"teacher_trained": 0, "student_trained": 0, "crafted": 0, "attacks_run": 0, "cache_hits": 0}
     counts, seconds_by_kind, whole = split(done.stats)
     stats.update(counts)
     timings = {"report_seconds": time.perf_counter() - report_start, "seconds_by_kind": seconds_by_kind, **whole}
     wandb_start = time.perf_counter()
-    failures = track(cfg, rows, plots, warnings, stats, found)
+    failures = track(cfg, rows, plots, warnings, stats, report.found, report.headline)
     timings["wandb_seconds"] = time.perf_counter() - wandb_start
     elapsed = time.perf_counter() - start  # with a shared pool: this experiment's own steps, the pool apart
     run_stats = {**stats, **timings, "seconds": elapsed, "machine": machine(cfg)}
@@ -205,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return []
         if print_plan or print_json:
-            from benchmark.runner.planner import make_plan
-
             plan, notes, _ = make_plan(cfg)
             if print_json:  # each loaded file's report is its stage's `load_report`
                 print(plan.to_json())

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from attacks.base import parse_eps
 from attacks.errors import ConfigError
 from benchmark.components import build_datamodule
 from benchmark.numerics import stage_numerics
@@ -57,10 +56,10 @@ def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> LazyImage
     """A crafted attack's examples for the validation images: crafted on its surrogate (trained or cached) at the
     headline budget, fitted on the attacker's data (never the test split) as the sweep does. They are kept in a
     temporary file (`run_attack`), read a batch at a time by every candidate."""
-    headline = parse_eps(cfg["report"]["headline"]["linf"])
+    headline = plan.headline["linf"]
     stage = next(
         (s for s in plan.stages if s["kind"] == "craft" and f"/craft/{attack_name}/" in s["id"]
-         and abs(parse_eps(s["attack"]["eps"]) - headline) < 1e-9),
+         and abs(s["attack"]["eps"] - headline) < 1e-9),
         None,
     )  # fmt: skip
     if stage is None:
@@ -98,7 +97,7 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     pred = predict_draws(model, x, draws, bs, ex.device)
     per_attack, robust, examples = {}, None, {}
     for name in attack_names:
-        attack = make_attack({"cfg": cfg["attack"][name]["attack"], "eps": cfg["report"]["headline"]["linf"]})
+        attack = make_attack({"cfg": cfg["attack"][name]["attack"], "eps": plan.headline["linf"]})
         if randomized and getattr(attack, "early_stop", False):
             attack = attack.replace(early_stop=False)
         x_adv = None

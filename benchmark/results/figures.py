@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from benchmark.results.figure_style import label, model_styles
-from benchmark.records import UNIONS, budget_key, eps_axis, eps_str, headline_eps, seed_note
+from benchmark.records import UNIONS, budget_key, eps_axis, eps_str, seed_note
 from benchmark.results.files import Estimate, PairResults
 
 WORST = "worst_case"
@@ -308,7 +308,8 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
 def figures(rows: list, headline: dict[str, float], per_example: dict | None = None
             ) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
-    model colours they share; `per_example` (per_example.json) gives the accuracies their intervals."""
+    model colours they share; `headline`: the budget of each norm, resolved on the rows by the report
+    (`benchmark.records.headline_eps`); `per_example` (per_example.json) gives the accuracies their intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,7 +319,7 @@ def figures(rows: list, headline: dict[str, float], per_example: dict | None = N
     out = {}
     for pair in pairs:
         res = PairResults([r for r in plain if r.pair == pair], per_example)
-        hl = headline_eps(res.rows, headline)
+        hl = headline
         suffix = "" if len(pairs) == 1 else f"_{pair}"
         flagged = flagged_models([r for r in rows if r.pair == pair])  # sanity rows included
         out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers, flagged)

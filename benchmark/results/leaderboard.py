@@ -11,7 +11,7 @@ import statistics
 from benchmark.results import verdicts as fnd
 from benchmark.metrics import SANITY_TOL
 from benchmark.numerics import machine_line
-from benchmark.records import UNIONS, Row, eps_str, headline_eps, same_eps
+from benchmark.records import UNIONS, Row, eps_str, same_eps
 from benchmark.results.files import Estimate, PairResults, number
 from benchmark.results.statistics import t_interval
 
@@ -121,8 +121,9 @@ def leaderboard(
     then its sections; then the findings (`benchmark.results.verdicts`, when given) and every warning of the run; `machine`
     (`benchmark.numerics.machine`) is named at the top; `per_example` (per_example.json) gives the accuracies their
     intervals (`benchmark.results.files`). `rows` as the report passes them: with the numbers of `no_adaptive_attack` rows
-    withheld (`benchmark.results.report.withheld`)."""
-    hl = headline_eps(rows, headline)
+    withheld (`benchmark.results.report.withheld`); `headline`: the budget each norm is ranked at, resolved on the
+    rows (`benchmark.records.headline_eps`, by the report)."""
+    hl = headline
     lines = _intro(rows, hl, warnings, machine)
     for pair in dict.fromkeys(r.pair for r in rows):
         res = PairResults([r for r in rows if r.pair == pair], per_example)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from benchmark.results import verdicts as fnd
-from benchmark.runner.checks import flag_warnings
-from benchmark.results.leaderboard import leaderboard
-from benchmark.records import Row
+from attacks.errors import ConfigError
+from benchmark.records import Row, headline_eps
+from benchmark.results import verdicts
+from benchmark.results.figures import plots
 from benchmark.results.files import read_csv
+from benchmark.results.leaderboard import leaderboard
+from benchmark.runner.cache import code_fingerprint
+from benchmark.runner.checks import flag_warnings
 
 #: Row fields blanked when a defense that may reject lacks an attack on its reject decision (`no_adaptive_attack`).
 WITHHELD_FIELDS = ("robust_acc", "robust_acc_worst_of_k", "success_rate", "robust_acc_ci_low", "robust_acc_ci_high")
@@ -48,28 +51,46 @@ def read_outputs(out_dir: Path) -> dict:
     }
 
 
+@dataclass
+class Report:
+    """What a report computed, once, for the run to hand on (W&B tracking, the closing log): the plot paths, the
+    findings, every warning it shows and the budget each norm is ranked at (resolved on the rows)."""
+
+    plots: dict[str, Path]
+    found: list[dict]
+    warnings: list[str]
+    headline: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "plots": {name: str(path) for name, path in self.plots.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Report:
+        return cls(**{**d, "plots": {name: Path(path) for name, path in d["plots"].items()}})
+
+
 def write_report(
     out_dir: Path, rows: list[Row], per_example: dict | None, report_config: dict, warnings: list[str]
-) -> tuple[dict[str, Path], list[dict]]:
-    """Write leaderboard.md and the plots of a run from its rows; returns the plot paths and the findings (computed
-    here, once: the run hands them to W&B tracking).
+) -> Report:
+    """Write leaderboard.md and the plots of a run from its rows.
 
     The warnings shown are `warnings` (the run's own: plan warnings and failures) followed by one per flag the
-    runner raised; none is recomputed. The claims are `benchmark.results.verdicts.CLAIMS` unless `report_config` has
-    `claims`.
+    runner raised. The headline budgets are `report_config`'s (the config's `report.headline`), each resolved on
+    the rows here (`headline_eps`: the median swept budget of a norm whose headline was not swept). The claims are
+    `benchmark.results.verdicts.CLAIMS` unless `report_config` has `claims`.
     """
-    headline = report_config.get("headline") or {"linf": 16 / 255, "l2": 1.0}  # config.yaml's default
+    if "headline" not in report_config:
+        raise ConfigError("report_config.json has no headline budgets: rerun `make bench` to write them")
+    headline = headline_eps(rows, report_config["headline"]) if rows else {}
     form = report_config.get("transferability", "success_ratio")
     warnings = list(dict.fromkeys([*warnings, *flag_warnings(rows)]))
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
-    claims = fnd.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
-    found = fnd.findings(rows, per_example, headline, claims)
+    claims = verdicts.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
+    found = verdicts.findings(rows, per_example, headline, claims)
     (out_dir / "leaderboard.md").write_text(
         leaderboard(rows, headline, form, warnings, found, report_config.get("machine"), per_example)
     )
-    from benchmark.results.figures import plots  # matplotlib: only when the figures are drawn
-
-    return plots(rows, out_dir, headline, per_example), found
+    return Report(plots(rows, out_dir, headline, per_example), found, warnings, headline)
 
 
 #: What the report is built from (`rebuild` reads the same files), and where a built report records their digest.
@@ -80,8 +101,6 @@ STATE = "report_state.json"
 def inputs_digest(out_dir: Path) -> str:
     """The digest of the report's input files in `out_dir` and of the code that draws it (this module and every
     suite module it imports: the cache keys' `code_fingerprint`)."""
-    from benchmark.runner.cache import code_fingerprint
-
     h = hashlib.sha256(code_fingerprint(["benchmark.results.report"]).encode())
     for name in INPUTS:
         path = Path(out_dir) / name
@@ -91,25 +110,24 @@ def inputs_digest(out_dir: Path) -> str:
 
 def write_report_if_changed(
     out_dir: Path, rows: list[Row], per_example: dict | None, report_config: dict, warnings: list[str]
-) -> tuple[dict[str, Path], list[dict], bool]:
+) -> tuple[Report, bool]:
     """`write_report`, unless the report in `out_dir` was built from the same input files by the same code and
     its files are all there (a warm rerun: the leaderboard and plots would come out byte for byte the same); then
-    its plots and findings are read back. The runner calls this after writing the input files; returns
-    (plots, findings, whether it was rebuilt)."""
+    what it computed is read back. The runner calls this after writing the input files; returns the `Report` and
+    whether it was rebuilt."""
     out_dir = Path(out_dir)
     digest, state_file = inputs_digest(out_dir), out_dir / STATE
     try:
         state = json.loads(state_file.read_text())
-        plots = {name: Path(path) for name, path in state["plots"].items()}
-        if state["digest"] == digest and all(p.exists() for p in [out_dir / "leaderboard.md", *plots.values()]):
-            return plots, state["found"], False
+        built = Report.from_json(state["report"])
+        if state["digest"] == digest and all(p.exists() for p in [out_dir / "leaderboard.md", *built.plots.values()]):
+            return built, False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no report yet, or an unreadable state: build it
     state_file.unlink(missing_ok=True)  # a report half written below must not look up to date
-    plots, found = write_report(out_dir, rows, per_example, report_config, warnings)
-    state = {"digest": digest, "plots": {name: str(path) for name, path in plots.items()}, "found": found}
-    state_file.write_text(json.dumps(state))
-    return plots, found, True
+    built = write_report(out_dir, rows, per_example, report_config, warnings)
+    state_file.write_text(json.dumps({"digest": digest, "report": built.to_json()}))
+    return built, True
 
 
 def rebuild(out_dir: Path) -> dict[str, Path]:
@@ -119,7 +137,7 @@ def rebuild(out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     saved = read_outputs(out_dir)
     rows = read_csv(out_dir / "results.csv")
-    return write_report(out_dir, rows, saved["per_example"], saved["report_config"], saved["run_warnings"])[0]
+    return write_report(out_dir, rows, saved["per_example"], saved["report_config"], saved["run_warnings"]).plots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (out / "results.csv").exists():
         print(f"error: no results.csv in {out}; run `make bench` first", file=sys.stderr)
         return 2
-    paths = rebuild(out)
+    try:
+        paths = rebuild(out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out / 'leaderboard.md'} and {', '.join(p.name for p in paths.values())}")
     return 0
 

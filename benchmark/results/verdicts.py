@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from benchmark.results.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
-from benchmark.records import Row, eps_str, headline_eps
+from benchmark.records import Row, eps_str
 from benchmark.results.statistics import ALPHA, MAX_SEEDS, POWER, holm, random_effects_mean, seeds_for_power
 
 __all__ = ["CLAIMS", "COLUMNS", "claims_from_config", "findings", "markdown"]
@@ -87,10 +87,11 @@ def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -
 def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list | None = None
              ) -> list[dict]:  # fmt: skip
     """One finding per claim, dataset pair and budget: the difference and its interval, the test, the Holm-adjusted
-    p over every claim of the run, the verdict and the seeds for 80 % power (see the module docstring)."""
+    p over every claim of the run, the verdict and the seeds for 80 % power (see the module docstring). `headline`:
+    the budget each norm is ranked at, resolved on the rows (`benchmark.records.headline_eps`, by the report)."""
     claims = CLAIMS if claims is None else claims
     per_example = per_example or {}
-    hl = headline_eps(rows, headline) if rows else {}
+    hl = headline
     out = [
         evaluate(c, rows, per_example, pair, eps)
         for pair in dict.fromkeys(r.pair for r in rows)

@@ -21,6 +21,7 @@ from attacks.base import Attack, parse_eps
 from attacks.errors import ConfigError, choose
 from benchmark.components import build, build_datamodule, declared, model_skeleton, teacher_module_cfg
 from benchmark.metrics import TRANSFERABILITY_FORMS
+from benchmark.records import Budget
 from benchmark.runner.arguments import check_arguments
 from benchmark.runner.overrides import file_overrides, key_of, sweep_dir, unknown_key_error
 
@@ -189,8 +190,8 @@ class AttackEntry:
 
     name: str
     cfg: dict
-    eps_labels: list[str]
-    attacks: list[Attack]
+    budgets: list[Budget]  # one per configured epsilon, its label as written ("16/255")
+    attacks: list[Attack]  # built at each budget
     applies_to: str = "all"
     n_examples: int | None = None
     defenses: list[str] | None = None
@@ -305,9 +306,28 @@ def _on_meta(fn):
     return fn()
 
 
-def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
-    """Check every name and value of a composed config before any work; return the attack entries and what each
-    defense (and earlier stage) declares."""
+@dataclass(frozen=True)
+class Validated:
+    """A composed config resolved once into the typed values the plan carries: the attack entries (each at its
+    budgets), what each defense (and earlier stage) declares, and the headline budget of each norm."""
+
+    entries: list[AttackEntry]
+    declared: dict[str, Declared]
+    headline: dict[str, float]
+
+
+def headline_budgets(cfg: dict) -> dict[str, float]:
+    """The headline budget of each norm (`report.headline`: {linf: 16/255, l2: 1.0}), the budget a defense is
+    ranked at; checked here, once."""
+    headline = {}
+    for norm, value in ((cfg.get("report") or {}).get("headline") or {}).items():
+        choose("report.headline norm", norm.lower(), ("linf", "l2"))
+        headline[norm.lower()] = parse_eps(value)
+    return headline
+
+
+def validate(cfg: dict) -> Validated:
+    """Check every name and value of a composed config before any work; return it resolved (`Validated`)."""
     for key in ("data", "defense", "attack"):
         if not cfg.get(key):
             raise ConfigError(f"the sweep has no {key}; select at least one, e.g. {key}=<name>")
@@ -330,9 +350,7 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
         raise ConfigError(f"eval.device must be auto, cpu, cuda, cuda:N or mps, got {ev['device']!r}")
     choose("eval.precision", ev.get("precision", "fp32"), ("fp32", "bf16", "fp16"))
     choose("report.transferability", cfg["report"]["transferability"], TRANSFERABILITY_FORMS)
-    for norm, value in cfg["report"]["headline"].items():
-        choose("report.headline norm", norm.lower(), ("linf", "l2"))
-        parse_eps(value)
+    headline = headline_budgets(cfg)
     found = _declarations(cfg)
     _check_trainer("teacher", cfg["teacher"].get("trainer") or {})
     entries = []
@@ -354,7 +372,7 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
             AttackEntry(
                 name,
                 acfg["attack"],
-                labels,
+                [Budget(a.norm, a.eps, label) for a, label in zip(attacks, labels)],
                 attacks,
                 applies_to,
                 n,
@@ -363,7 +381,7 @@ def validate(cfg: dict) -> tuple[list[AttackEntry], dict[str, Declared]]:
             )  # fmt: skip
         )
     _check_references(entries)
-    return entries, found
+    return Validated(entries, found, headline)
 
 
 def _check_references(entries: list[AttackEntry]) -> None:

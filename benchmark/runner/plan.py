@@ -24,7 +24,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from attacks.base import Attack, parse_eps
+from attacks.base import Attack
 from benchmark.components import build
 from benchmark.records import CellSpec
 
@@ -50,11 +50,12 @@ _BUILT: dict[str, Attack] = {}
 
 
 def make_attack(spec: dict) -> Attack:
-    """The attack of a plan entry: its config at its epsilon, with the plan's changes (`Attack.replace`)."""
+    """The attack of a plan entry (`{"cfg", "eps", "changes"}`): its config at its epsilon (a float: the budget
+    was parsed once, by the config check), with the plan's changes (`Attack.replace`)."""
     changes = spec.get("changes") or {}
 
     def built() -> Attack:
-        attack = build(spec["cfg"], eps=parse_eps(spec["eps"]))
+        attack = build(spec["cfg"], eps=spec["eps"])
         return attack.replace(**changes) if changes else attack
 
     try:
@@ -80,6 +81,7 @@ class Plan:
     name: str
     pairs: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)
+    headline: dict[str, float] = field(default_factory=dict)  # the headline budget per norm, from the config
     _attacks: dict = field(default_factory=dict, repr=False, compare=False)
     #: The set-up data pairs, in the process that planned: its executor evaluates on them instead of building them
     #: again (for `make bench EXPERIMENT=fashion`, seconds of a warm rerun). Never in the JSON.
@@ -129,10 +131,11 @@ class Plan:
         return stage["id"]
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "pairs": self.pairs, "stages": self.stages}, indent=1, default=asdict)
+        d = {"name": self.name, "pairs": self.pairs, "stages": self.stages, "headline": self.headline}
+        return json.dumps(d, indent=1, default=asdict)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
         d = json.loads(text)
         stages = [{**s, "cell": CellSpec.from_json(s["cell"])} if s["kind"] == "cell" else s for s in d["stages"]]
-        return cls(d["name"], d["pairs"], stages)
+        return cls(d["name"], d["pairs"], stages, d["headline"])

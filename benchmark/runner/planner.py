@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from attacks.base import Attack, parse_eps
+from attacks.base import Attack
 from attacks.pgd import PGD
 from benchmark.components import (
     NON_SEMANTIC_DATA_KEYS,
@@ -41,9 +41,10 @@ class Planner:
     def __init__(self, cfg: dict, data: dict | None = None):
         self.cfg = cfg
         self.data = {} if data is None else data  # set-up data pairs by their config (JSON)
-        self.entries, self.declared = validate(cfg)
+        resolved = validate(cfg)
+        self.entries, self.declared, self.headline = resolved.entries, resolved.declared, resolved.headline
         self.seeds = seeds_of(cfg)
-        self.plan = Plan(cfg["name"])
+        self.plan = Plan(cfg["name"], headline=self.headline)
         self.notes: list[str] = []  # what the plan leaves out by design (the log shows them)
         self._skipped: dict[tuple[str, str, str], list[str]] = {}  # (pair, kind, attacks) -> the models
         self.warnings: list[str] = []  # checks the plan cannot run (every report shows them)
@@ -211,24 +212,25 @@ class Planner:
         for entry in self.entries:
             if not entry.applies(declared.kinds, model["defense"]):
                 continue
-            for label, attack in zip(entry.eps_labels, entry.attacks):
-                spec = {"cfg": entry.cfg, "eps": label, "changes": {}}
+            for budget, attack in zip(entry.budgets, entry.attacks):
+                spec = {"cfg": entry.cfg, "eps": budget.eps, "changes": {}}
                 if randomized and getattr(attack, "early_stop", False):
                     spec["changes"] = {"early_stop": False}  # one noisy pass must not decide (evaluate after)
-                cell = self._cell(pair, model, entry, spec, "attack", entry.n_examples, randomized, draws, teacher)
-                base_cells[(entry.name, label)] = cell
+                cell = self._cell(pair, model, entry, spec, budget, "attack", entry.n_examples, randomized, draws,
+                                  teacher)  # fmt: skip
+                base_cells[(entry.name, budget.label)] = cell
         if randomized:
             self._sanity_cells(pair, model, declared, draws, base_cells)
 
-    def _cell(self, pair, model, entry, spec, role, n, randomized, draws, teacher, suffix="") -> CellSpec:
-        """Resolve one cell into its `CellSpec`: the attack is built here, once, and what the rows need of it is
-        recorded (budget, threat model, steps...)."""
+    def _cell(self, pair, model, entry, spec, budget, role, n, randomized, draws, teacher, suffix="") -> CellSpec:
+        """Resolve one cell into its `CellSpec`: the attack is built here, once, from its recipe `spec` at `budget`,
+        and what the rows need of it is recorded (budget, threat model, steps...)."""
         info = self.plan.pairs[pair]
         n = info["n"] if n is None else min(n, info["n"])
         attack = make_attack(spec)
         deps, craft = [model["id"]], None
         if attack.crafted:
-            craft = self._craft(pair, entry, spec, self._surrogates(pair, entry, attack, teacher), attack)
+            craft = self._craft(pair, entry, spec, budget, self._surrogates(pair, entry, attack, teacher), attack)
             deps.append(craft["id"])
         key_spec = {
             "model": model["key"],
@@ -240,7 +242,7 @@ class Planner:
         sanity = role in ("frozen", "unbounded")
         name = ROW_NAMES[role] or entry.name
         cell = CellSpec(
-            id=f"{model['id']}/{entry.name}/{spec['eps']}{suffix}",
+            id=f"{model['id']}/{entry.name}/{budget.label}{suffix}",
             pair=pair,
             model=model["id"],
             defense=model["defense"],
@@ -249,8 +251,8 @@ class Planner:
             role=role,
             attack=spec,
             name=name.format(entry=entry.name),
-            # the unbounded check's budget is its own (eps = 1), not the base attack's label
-            budget=Budget(attack.norm, attack.eps, "1" if role == "unbounded" else spec["eps"]),
+            # the unbounded check's budget is its own (eps = 1), not the base attack's
+            budget=Budget(budget.norm, attack.eps, "1") if role == "unbounded" else budget,
             threat_model="sanity" if sanity else attack.threat_model,
             surrogate=getattr(attack, "surrogate_name", "") if attack.crafted else "",
             steps=getattr(attack, "steps", getattr(getattr(attack, "base", None), "steps", 1)),
@@ -270,13 +272,14 @@ class Planner:
             # attack run white-box, or the sweep's entry it names (`reference`, at the same budget). (A randomized
             # model's white-box reference is an EOT attack on fewer examples: accuracy only.)
             named = next((e for e in self.entries if e.name == entry.reference and not e.attacks[0].crafted
-                          and spec["eps"] in e.eps_labels and e.attacks[0].norm == attack.norm), None)  # fmt: skip
+                          and budget in e.budgets), None)  # fmt: skip
             if named is not None:
-                counterpart, ref_entry = {"cfg": named.cfg, "eps": spec["eps"], "changes": {}}, named
+                counterpart, ref_entry = {"cfg": named.cfg, "eps": budget.eps, "changes": {}}, named
             else:
                 inner = {k: v for k, v in spec["cfg"]["attack"].items() if k != "_partial_"}
-                counterpart, ref_entry = {"cfg": inner, "eps": spec["eps"], "changes": {}}, entry
-            ref = self._cell(pair, model, ref_entry, counterpart, "reference", n, False, 1, teacher, "/reference")
+                counterpart, ref_entry = {"cfg": inner, "eps": budget.eps, "changes": {}}, entry
+            ref = self._cell(pair, model, ref_entry, counterpart, budget, "reference", n, False, 1, teacher,
+                             "/reference")  # fmt: skip
             self.plan.update_cell(sid, reference=ref.id)
         return self.plan.cell(sid)
 
@@ -305,7 +308,8 @@ class Planner:
                 out.append(teacher)
         return out
 
-    def _craft(self, pair: str, entry: AttackEntry, spec: dict, surrogates: list[dict], attack: Attack) -> dict:
+    def _craft(self, pair: str, entry: AttackEntry, spec: dict, budget: Budget, surrogates: list[dict],
+               attack: Attack) -> dict:  # fmt: skip
         info = self.plan.pairs[pair]
         n = info["n"] if entry.n_examples is None else min(entry.n_examples, info["n"])  # what its cells score
         keys = [s["key"] for s in surrogates]
@@ -313,7 +317,7 @@ class Planner:
                     "eval": {**info["eval"], "n": n}}  # fmt: skip
         where = surrogates[0]["id"] if len(surrogates) == 1 else f"{pair}/ensemble"
         craft = {
-            "id": f"{where}/craft/{entry.name}/{spec['eps']}",
+            "id": f"{where}/craft/{entry.name}/{budget.label}",
             "kind": "craft",
             "key": stage_key("craft", key_spec, [*attack_modules(attack), "benchmark.runner.stages.attack"]),
             "deps": [s["id"] for s in surrogates],
@@ -331,10 +335,14 @@ class Planner:
         (L-inf, no BPDA) at the budget nearest the headline L-inf one, on `eval.sanity_examples` examples."""
         base = next(
             (
-                (e, lbl, a)
+                (e, b, a)
                 for e in self.entries
-                for lbl, a in zip(e.eps_labels, e.attacks)
-                if (e.name, lbl) in base_cells and isinstance(a, PGD) and a.eot > 1 and not a.bpda and a.norm == "linf"
+                for b, a in zip(e.budgets, e.attacks)
+                if (e.name, b.label) in base_cells
+                and isinstance(a, PGD)
+                and a.eot > 1
+                and not a.bpda
+                and a.norm == "linf"
             ),
             None,
         )
@@ -343,8 +351,8 @@ class Planner:
             self.warnings.append(f"{pair}/{model['defense']}: randomness sanity checks not run: needs {missing}")
             return
         entry = base[0]
-        headline = parse_eps(self.cfg["report"]["headline"]["linf"])
-        label, attack = min(zip(entry.eps_labels, entry.attacks), key=lambda la: abs(la[1].eps - headline))
+        headline = self.headline["linf"]
+        budget, attack = min(zip(entry.budgets, entry.attacks), key=lambda ba: abs(ba[1].eps - headline))
         n = min(self.cfg["eval"]["sanity_examples"], self.plan.pairs[pair]["n"])
         steps, eot = attack.steps, attack.eot
         variants = {
@@ -352,11 +360,11 @@ class Planner:
             "x2": {"steps": 2 * steps, "eot": 2 * eot, "step_size": attack.step_size / 2, "early_stop": False},
             "unbounded": {"eps": 1.0, "step_size": 2.5 / steps, "early_stop": False},
         }
-        base_id = base_cells[(entry.name, label)].id
+        base_id = base_cells[(entry.name, budget.label)].id
         for role, changes in variants.items():
-            spec = {"cfg": entry.cfg, "eps": label, "changes": changes}
+            spec = {"cfg": entry.cfg, "eps": budget.eps, "changes": changes}
             d = 1 if role == "frozen" else draws
-            cell = self._cell(pair, model, entry, spec, role, n, True, d, None, f"/{role}")
+            cell = self._cell(pair, model, entry, spec, budget, role, n, True, d, None, f"/{role}")
             self.plan.update_cell(cell.id, base=base_id)
 
 

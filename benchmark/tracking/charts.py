@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmark.records import UNIONS, eps_axis, eps_str, headline_eps, seed_note
+from benchmark.records import UNIONS, eps_axis, eps_str, seed_note
 from benchmark.results.files import PairResults, number
 
 #: The defense whose clean accuracy `test/clean_cost` is measured against (as in the leaderboard).
@@ -128,13 +128,14 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
     per defense, attacks with two or more budgets), `charts/<pair>/worst_case_<norm>` (`wandb.plot.bar` at the
     headline budget, defenses ranked as in the leaderboard) and `charts/<pair>/clean_cost_vs_robust`
     (`wandb.plot.scatter`: clean accuracy minus plain fine-tuning's, or the clean accuracy without fine-tuning,
-    against the worst case at the headline L-inf budget). Values are means over seeds, accuracies in [0, 1]."""
+    against the worst case at the headline L-inf budget). Values are means over seeds, accuracies in [0, 1];
+    `headline`: the budget of each norm as the report resolved it on the rows."""
     import wandb
 
     charts: dict[str, Any] = {}
     for pair in dict.fromkeys(r.pair for r in rows if r.threat_model != "sanity"):
         res = PairResults([r for r in rows if r.pair == pair])
-        hl = headline_eps(res.rows, headline)
+        hl = headline
         seeds = f" ({seed_note(len({str(r.seed) for r in res.rows}), 'no band in this chart')})"
         for attack, norm in res.attacks:
             epss = res.epsilons(attack, norm)

@@ -48,7 +48,7 @@ class _Pair:
 
     def __init__(self, rows: list[dict], headline: dict[str, float], pair: str):
         self.res = PairResults([r for r in rows if r.pair == pair])
-        self.hl = headline_eps(self.res.rows, headline)
+        self.hl = headline
         self.models = [m for m in evaluated_models(rows) if m["pair"] == pair]
         self.have = {k for m in self.models for k in m["metrics"]}
 
@@ -187,10 +187,10 @@ def load_sweep(out: Path) -> dict:
     """What `make dashboard` needs from a finished sweep's folder: rows, headline budgets, project, entity, group."""
     from omegaconf import OmegaConf
 
-    from attacks.base import parse_eps
     from attacks.errors import ConfigError
     from benchmark.results.files import read_csv
     from benchmark.results.report import read_outputs
+    from benchmark.runner.config import headline_budgets
 
     if not (out / "results.csv").exists() or not (out / "config.yaml").exists():
         raise ConfigError(f"no results.csv or config.yaml in {out}; run `make bench` first")
@@ -200,10 +200,10 @@ def load_sweep(out: Path) -> dict:
         raise ConfigError(f"the sweep in {out} was not logged to W&B (logger=none); run it with logger=wandb")
     rows = read_csv(out / "results.csv")
     saved = read_outputs(out)["report_config"].get("headline")
-    headline = saved or {k.lower(): parse_eps(v) for k, v in ((cfg.get("report") or {}).get("headline") or {}).items()}
+    headline = saved if saved is not None else headline_budgets(cfg)
     return {
         "rows": rows,
-        "headline": headline,
+        "headline": headline_eps(rows, headline),  # resolved on the rows, as the report does
         "project": logger["project"],
         "entity": logger.get("entity"),
         "group": cfg["name"],

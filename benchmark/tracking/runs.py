@@ -104,9 +104,9 @@ class Tracker:
         rows: list[dict],
         images: dict[str, os.PathLike],
         summary: dict[str, Any],
-        findings: list[dict] = (),
+        findings: list[dict],
+        headline: dict[str, float],
         run_id: str | None = None,
-        headline: dict[str, float] | None = None,
     ) -> None:
         """The sweep run: the results, attack x defense (long format) and findings tables, W&B's native charts
         (`benchmark.tracking.dashboard.sweep_charts` at the `headline` budgets), the plots and the headline numbers."""
@@ -137,7 +137,7 @@ class Tracker:
 
             columns, data = long_table(rows)
             log["attack_defense"] = wandb.Table(columns=columns, data=data)
-            log.update(sweep_charts(rows, headline or {}))
+            log.update(sweep_charts(rows, headline))
         except Exception as e:  # noqa: BLE001 - the tables above are still logged
             self.fail(f"W&B charts failed ({type(e).__name__}: {e}); the plots are PNGs beside results.csv")
         self._run(name, "sweep", config, log, summary, run_id=run_id)
@@ -158,20 +158,14 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def sweep_headline(cfg: dict) -> dict[str, float]:
-    """The headline budgets of the config's `report.headline` (none: the charts use the median swept budgets)."""
-    from attacks.base import parse_eps
-
-    return {k.lower(): parse_eps(v) for k, v in ((cfg.get("report") or {}).get("headline") or {}).items()}
-
-
 def track(
     cfg: dict,
     rows: list[Row],
     plots: dict,
     warnings: list[str],
     stats: dict,
-    findings: Sequence[dict] = (),
+    findings: Sequence[dict],
+    headline: dict[str, float],
 ) -> list[str]:
     """Log an evaluation run per model and the sweep run (results and findings tables, plots) to W&B; returns
     the W&B failures (each also a Python warning).
@@ -179,7 +173,7 @@ def track(
     Nothing is logged when the sweep computed nothing (`stats` all zero but cache hits): a rerun of a finished
     sweep adds nothing. Otherwise every model is logged, under its stable run id (see the module docstring),
     so that a model whose cells all came from the cache of an interrupted sweep is not left out. `findings`: the
-    leaderboard's (`benchmark.results.report.write_report` computes them once).
+    leaderboard's and `headline` its budgets (`benchmark.results.report.write_report` computes both once).
     """
     logger_cfg = cfg.get("logger") or {}
     tracker = Tracker({**logger_cfg, "group": cfg["name"]} if logger_cfg else None)
@@ -203,6 +197,5 @@ def track(
         **{f"stats/{k}": v for k, v in stats.items()},
     }
     rid = run_id("sweep", cfg["name"], cfg["results_dir"])
-    headline = sweep_headline(cfg)
-    tracker.log_sweep(f"sweep-{cfg['name']}", cfg, rows, plots, summary, found, run_id=rid, headline=headline)
+    tracker.log_sweep(f"sweep-{cfg['name']}", cfg, rows, plots, summary, found, headline, run_id=rid)
     return tracker.failures

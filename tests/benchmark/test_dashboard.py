@@ -61,7 +61,7 @@ def sweep(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)
         found = findings(rows, per_example, HEADLINE)  # the run computes them once, with the report
-        assert track(cfg, rows, {"heatmap": png}, [], {"attacks_run": 1}, found) == []
+        assert track(cfg, rows, {"heatmap": png}, [], {"attacks_run": 1}, found, HEADLINE) == []
         # A training run of the same group whose config names a pair, a seed and a defense: only its job type
         # keeps it out of the dashboard's run set.
         train_config = {"pair": PAIRS[0], "seed": 0, "defense": "finetune"}

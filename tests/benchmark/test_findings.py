@@ -16,6 +16,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
+from benchmark.records import headline_eps
 from benchmark.results import verdicts as fnd
 from benchmark.results.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
 from benchmark.results.statistics import random_effects_mean, seeds_for_power
@@ -153,9 +154,9 @@ def test_seeds_are_paired_in_numeric_order_and_only_where_both_defenses_ran():
 def test_the_headline_budget_the_claims_own_or_each_of_the_run():
     rows = [row(d, eps=e) for d in "ab" for e in (EPS, 2 * EPS, 3 * EPS)]
     ex = {r.row_id: {"robust": ones(10 if r.defense == "a" else 0, 10)} for r in rows}
-    (median,) = findings(rows, ex, {}, [CLAIM])
+    (median,) = findings(rows, ex, headline_eps(rows, {}), [CLAIM])
     assert median["eps"] == pytest.approx(2 * EPS) and median["eps_label"] == "16/255"
-    (own,) = findings(rows, ex, {"linf": 2 * EPS}, [Claim("t", "s", "a", "b", "pgd", eps="24/255")])
+    (own,) = findings(rows, ex, headline_eps(rows, {"linf": 2 * EPS}), [Claim("t", "s", "a", "b", "pgd", eps="24/255")])
     assert own["eps"] == pytest.approx(3 * EPS) and own["verdict"] == "supported"
     each = findings(rows, ex, HL, [Claim("t", "s", "a", "b", "pgd", eps=EACH)])
     assert [f["eps_label"] for f in each] == ["8/255", "16/255", "24/255"]

@@ -122,9 +122,9 @@ def test_module_of_and_the_modules_of_an_attack():
 
 def test_make_attack_at_its_epsilon_with_the_changes():
     cfg = {"_target_": "attacks.pgd.PGD", "steps": 4}
-    plain = make_attack({"cfg": cfg, "eps": "8/255"})
+    plain = make_attack({"cfg": cfg, "eps": EIGHT})
     assert isinstance(plain, PGD) and plain.eps == pytest.approx(EIGHT) and plain.steps == 4
-    changed = make_attack({"cfg": cfg, "eps": "8/255", "changes": {"steps": 2, "early_stop": False}})
+    changed = make_attack({"cfg": cfg, "eps": EIGHT, "changes": {"steps": 2, "early_stop": False}})
     assert (changed.steps, changed.early_stop, changed.eps) == (2, False, pytest.approx(EIGHT))
     assert make_attack({"cfg": cfg, "eps": 0.5, "changes": {}}).steps == 4
 
@@ -141,7 +141,7 @@ def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypa
         "surrogate": "teacher",
         "attack": {"_target_": "attacks.pgd.PGD", "_partial_": True, "steps": 3},
     }
-    first, second = (make_attack({"cfg": cfg, "eps": "8/255"}) for _ in range(2))
+    first, second = (make_attack({"cfg": cfg, "eps": EIGHT}) for _ in range(2))
     fresh = real_build(cfg, eps=EIGHT)
     assert len(built) == 1, "the same recipe is built once"
     assert first is not second and first.base is not second.base, "each caller gets its own attack and inner attack"
@@ -149,13 +149,13 @@ def test_make_attack_builds_each_recipe_once_and_never_shares_an_attack(monkeypa
     first.base.forward_passes = 99
     first.surrogate = torch.nn.Identity()
     assert (second.base.forward_passes, second.surrogate) == (fresh.base.forward_passes, fresh.surrogate)
-    assert make_attack({"cfg": cfg, "eps": "16/255"}).eps == pytest.approx(SIXTEEN) and len(built) == 2
+    assert make_attack({"cfg": cfg, "eps": SIXTEEN}).eps == pytest.approx(SIXTEEN) and len(built) == 2
     inner = dict(reversed(list(cfg["attack"].items())))
     reordered = {"attack": inner, "surrogate": "teacher", "_target_": cfg["_target_"]}
-    assert make_attack({"cfg": reordered, "eps": "8/255"}).config() == fresh.config() and len(built) == 2, (
+    assert make_attack({"cfg": reordered, "eps": EIGHT}).config() == fresh.config() and len(built) == 2, (
         "the same recipe with its keys in another order: built once"
     )
-    pgd = {"cfg": cfg["attack"] | {"_partial_": False}, "eps": "8/255"}
+    pgd = {"cfg": cfg["attack"] | {"_partial_": False}, "eps": EIGHT}
     assert make_attack(pgd).early_stop and not make_attack({**pgd, "changes": {"early_stop": False}}).early_stop
     assert len(built) == 4, "another recipe: the changes are part of it"
 
@@ -166,7 +166,7 @@ def test_make_attack_builds_a_config_that_is_not_plain_data_each_time(monkeypatc
     import benchmark.runner.plan as plan_module
 
     monkeypatch.setattr(plan_module, "_BUILT", {})
-    three, five = ({"cfg": {"_target_": "attacks.pgd.PGD", "steps": np.int64(n)}, "eps": "8/255"} for n in (3, 5))
+    three, five = ({"cfg": {"_target_": "attacks.pgd.PGD", "steps": np.int64(n)}, "eps": EIGHT} for n in (3, 5))
     assert (make_attack(three).steps, make_attack(five).steps, make_attack(three).steps) == (3, 5, 3)
     assert plan_module._BUILT == {}, "nothing memoized under a recipe that is not JSON"
 
@@ -193,9 +193,9 @@ def test_plan_lookups():
 
 def test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe():
     p = Plan("x")
-    recipe = {"cfg": {"_target_": "attacks.fgsm.FGSM"}, "eps": "8/255", "changes": {}}
+    recipe = {"cfg": {"_target_": "attacks.fgsm.FGSM"}, "eps": EIGHT, "changes": {}}
     p.add({**stage("c", key="kc"), "cell": cell(id="c", attack=recipe)})
-    p.add({"id": "t", "kind": "craft", "key": "kt", "deps": [], "attack": {**recipe, "eps": "16/255"}})
+    p.add({"id": "t", "kind": "craft", "key": "kt", "deps": [], "attack": {**recipe, "eps": SIXTEEN}})
     made = FGSM(0.5)
     p.add(stage("given", key="kg"), made)
     first = p.attack("c")

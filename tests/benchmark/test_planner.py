@@ -249,7 +249,7 @@ def test_a_white_box_cell(planned):
     c = plan.cell("digits/finetune/seed0/fgsm/16/255")
     assert (c.pair, c.model, c.defense, c.seed, c.entry, c.role, c.name) == (
         "digits", "digits/finetune/seed0", "finetune", 0, "fgsm", "attack", "fgsm")  # fmt: skip
-    assert c.attack == {"cfg": CFG["attack"]["fgsm"]["attack"], "eps": "16/255", "changes": {}}
+    assert c.attack == {"cfg": CFG["attack"]["fgsm"]["attack"], "eps": SIXTEEN, "changes": {}}
     assert c.budget == Budget("linf", SIXTEEN, "16/255") and (c.threat_model, c.surrogate, c.steps) == (
         "white-box",
         "",
@@ -286,7 +286,7 @@ def test_a_transfer_cell_its_crafted_set_and_reference(planned):
     assert ref.id == c.id + "/reference" and (ref.role, ref.name, ref.entry, ref.threat_model) == (
         "reference", "transfer_pgd_linf", "transfer_pgd_linf", "white-box")  # fmt: skip
     inner = {k: v for k, v in CFG["attack"]["transfer_pgd_linf"]["attack"]["attack"].items() if k != "_partial_"}
-    assert ref.attack == {"cfg": inner, "eps": "16/255", "changes": {}} and ref.steps == 3 and ref.craft is None
+    assert ref.attack == {"cfg": inner, "eps": SIXTEEN, "changes": {}} and ref.steps == 3 and ref.craft is None
     assert (ref.n, ref.draws, ref.randomized, ref.reference) == (10, 1, False, None)
     fewer = plan_of(attack__transfer_pgd_linf__n_examples=4)[0]
     assert fewer.cell(c.reference).n == fewer.cell(c.id).n == 4, "the reference scores the transfer cell's examples"
@@ -410,7 +410,7 @@ def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep
     elsewhere = make_plan(unrun)[0]
     ref = elsewhere.cell(elsewhere.cell(cell.id).reference)
     assert (ref.role, ref.entry) == ("reference", "pgd_linf"), "named, though the sweep runs it on no such model"
-    assert ref.attack == {"cfg": unrun["attack"]["pgd_linf"]["attack"], "eps": "16/255", "changes": {}}
+    assert ref.attack == {"cfg": unrun["attack"]["pgd_linf"]["attack"], "eps": SIXTEEN, "changes": {}}
     own = make_plan(compose([*base, "attack=[transfer_mi_fgsm]"]))[0]
     ref = own.cell(own.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255").reference)
     assert ref.entry == "transfer_mi_fgsm" and ref.attack["cfg"]["_target_"] == "attacks.transfer_families.MIFGSM"
@@ -485,7 +485,7 @@ def test_the_sanity_cells_of_a_randomized_model(planned):
                                     "white-box", 3), (unbounded, "sanity_unbounded", "sanity", 3)):  # fmt: skip
         assert (c.name, c.threat_model, c.draws, c.n, c.base, c.randomized, c.entry) == (
             name, threat, draws, 5, base, True, "eot_pgd_linf")  # fmt: skip
-        assert c.attack["eps"] == "16/255" and c.attack["cfg"] == CFG["attack"]["eot_pgd_linf"]["attack"]
+        assert c.attack["eps"] == SIXTEEN and c.attack["cfg"] == CFG["attack"]["eot_pgd_linf"]["attack"]
     assert frozen.budget == Budget("linf", SIXTEEN, "16/255") and unbounded.budget == Budget("linf", 1.0, "1")
     assert x2.steps == 8 and plan.attack(x2.id).eot == 4
     more = plan_of(eval__sanity_examples=50)[0]
@@ -495,7 +495,7 @@ def test_the_sanity_cells_of_a_randomized_model(planned):
 def test_the_sanity_checks_take_the_budget_nearest_the_headline():
     plan = plan_of(attack__eot_pgd_linf__epsilons=["10/255", "18/255", "30/255"], report__headline__linf="16/255")[0]
     sanity = [c for c in plan.cells() if c.role in ("frozen", "x2", "unbounded")]
-    assert {c.attack["eps"] for c in sanity} == {"18/255"} and len(sanity) == 3
+    assert {c.attack["eps"] for c in sanity} == {18 / 255} and len(sanity) == 3
     assert {c.base for c in sanity} == {"digits/dropout/seed0/eot_pgd_linf/18/255"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from fake_runs import ATTACKS, DEFENSES, HEADLINE, LINF, fake_run
 from wandb_reader import read_run
 
-from benchmark.records import Row
+from benchmark.records import Row, headline_eps
 from benchmark.results import report
 from benchmark.results.files import read_csv, write_csv
 from benchmark.results.leaderboard import leaderboard
@@ -71,25 +71,26 @@ def test_a_warm_rerun_reuses_the_report_built_from_the_same_files_and_rebuilds_o
     rows, per_example = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
     out = write_run(tmp_path, rows, per_example, [])
     args = (out, rows, per_example, {"headline": HEADLINE}, [])
-    plots, found, rebuilt = report.write_report_if_changed(*args)
-    assert rebuilt and found and plots
+    built, rebuilt = report.write_report_if_changed(*args)
+    plots, found = built.plots, built.found
+    assert rebuilt and found and plots and built.headline == headline_eps(rows, HEADLINE)
     board = (out / "leaderboard.md").read_bytes()
 
     drawn = []
     real = report.write_report
     monkeypatch.setattr(report, "write_report", lambda *a: drawn.append(1) or real(*a))
-    again, found_again, rebuilt = report.write_report_if_changed(*args)
+    again, rebuilt = report.write_report_if_changed(*args)
     assert not rebuilt and not drawn
-    assert again == plots and json.dumps(found_again) == json.dumps(found)
+    assert json.dumps(again.to_json()) == json.dumps(built.to_json()), "plots, findings, warnings, headline"
     assert (out / "leaderboard.md").read_bytes() == board
 
     plots["heatmap"].unlink()  # a plot gone: redrawn
-    assert report.write_report_if_changed(*args)[2] and plots["heatmap"].exists()
+    assert report.write_report_if_changed(*args)[1] and plots["heatmap"].exists()
     (out / "run_warnings.json").write_text(json.dumps(["a new warning"]))  # an input changed
-    assert report.write_report_if_changed(*args)[2]
-    assert not report.write_report_if_changed(*args)[2]
+    assert report.write_report_if_changed(*args)[1]
+    assert not report.write_report_if_changed(*args)[1]
     monkeypatch.setattr(report, "inputs_digest", lambda out_dir: "another code")  # e.g. the report's code changed
-    assert report.write_report_if_changed(*args)[2]
+    assert report.write_report_if_changed(*args)[1]
     assert len(drawn) == 3
 
 
@@ -97,6 +98,7 @@ def test_rebuild_without_per_example_data_still_reports(tmp_path):
     """An older run (no per_example.json, no run_warnings.json): the findings say they could not be tested."""
     rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
     write_csv(rows, tmp_path / "results.csv")
+    (tmp_path / "report_config.json").write_text(json.dumps({"headline": HEADLINE}))
     paths = report.rebuild(tmp_path)
     board = (tmp_path / "leaderboard.md").read_text()
     assert "not tested (no per-example outcomes for its rows)" in board
@@ -243,17 +245,29 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
         files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
         return {p.parent.name: read_run(p) for p in files}
 
-    assert track(cfg, rows, {}, [], stats, found) == []
+    assert track(cfg, rows, {}, [], stats, found, HEADLINE) == []
     first = logged()
     ids = {r["id"] for r in first.values()}
     assert len(ids) == len(first) == 2 + 1, "an eval run per model and the sweep run"
     # W&B names an offline directory by the second and the id: a rerun a second later gets new directories.
     time.sleep(1.1)
-    assert track(cfg, rows, {}, [], stats, found) == []
+    assert track(cfg, rows, {}, [], stats, found, HEADLINE) == []
     second = logged()
     assert len(second) == len(first), "offline, a rerun replaces its runs (wandb sync uploads each run once)"
     assert not set(second) & set(first), "the rerun's directories are new, the earlier ones removed"
     assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
     (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
-    assert len(found) == len(report.fnd.CLAIMS) and sweep["tables"]["findings"]["nrows"] == len(found), "every claim"
+    assert len(found) == len(report.verdicts.CLAIMS) and sweep["tables"]["findings"]["nrows"] == len(found), "every claim"
     assert sweep["tables"]["results"]["nrows"] == len(rows)
+
+
+def test_a_report_without_headline_budgets_is_one_line_and_changes_nothing(tmp_path, capsys):
+    """The report never guesses the budget a run is ranked at: without report_config.json's headline it stops."""
+    rows, _ = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])
+    write_csv(rows, tmp_path / "results.csv")
+    (tmp_path / "report_config.json").write_text(json.dumps({"transferability": "success_ratio"}))
+    before = (tmp_path / "results.csv").read_bytes()
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no headline budgets" in err and "make bench" in err
+    assert (tmp_path / "results.csv").read_bytes() == before and not (tmp_path / "leaderboard.md").exists()

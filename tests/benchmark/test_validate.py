@@ -41,14 +41,15 @@ def test_checking_a_config_builds_no_tensor_and_loads_no_data(monkeypatch, exper
 
     monkeypatch.setattr(TransferDataModule, "setup", no_data)
     with RealTensors() as mode:
-        entries, found = validate(cfg)
+        resolved = validate(cfg)
+    entries, found = resolved.entries, resolved.declared
     assert mode.made == [], f"validate built tensors with storage: {sorted(set(mode.made))[:5]}"
     assert set(found) == {*cfg["defense"], *cfg["earlier_defenses"]} and entries
 
 
 def test_what_the_check_learns_is_what_the_built_modules_declare():
     cfg = compose(["logger=none"])  # digits: every defense of the suite
-    _, found = validate(cfg)
+    found = validate(cfg).declared
     dm = build_datamodule(cfg["data"]["digits"])
     teacher = build_model(cfg["model"], dm).state_dict()
     for name, dfn in {**cfg["earlier_defenses"], **cfg["defense"]}.items():
@@ -141,7 +142,7 @@ class ReadsAValue(StudentModule):
 def test_a_constructor_that_reads_a_value_is_checked_on_the_cpu_instead():
     cfg = compose(["logger=none", "defense=[finetune]", "attack=[fgsm]"])
     cfg["defense"]["finetune"]["module"]["_target_"] = f"{__name__}.ReadsAValue"
-    assert validate(cfg)[1]["finetune"].kinds == frozenset()
+    assert validate(cfg).declared["finetune"].kinds == frozenset()
     cfg["defense"]["finetune"]["module"]["mode"] = "half"
     with pytest.raises(ConfigError, match="unknown mode 'half'"):
         validate(cfg)

@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -103,7 +103,7 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
 def narrow(plan: Plan, missing: set[str]) -> Plan:
     """The plan without `missing` stages and what needs them."""
     gone = dependents(plan, missing)
-    return Plan(plan.name, plan.pairs, [s for s in plan.stages if s["id"] not in gone], plan._attacks, plan._data)
+    return replace(plan, stages=[s for s in plan.stages if s["id"] not in gone])
 
 
 def finished(cache: Cache, plan: Plan) -> set[str]:
