@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import timm
 import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -14,7 +15,9 @@ from hydra.utils import instantiate
 from attacks.errors import ConfigError, choose
 from benchmark.numerics import apply_layout
 from datamodules.base import TransferDataModule
-from lightning_modules.classifier import build_classifier
+from lightning_modules.checkpoints import HEADS, file_digest, load_into, rule_of
+from lightning_modules.checkpoints import pretrained_report as report
+from lightning_modules.classifier import ImageClassifier, build_classifier
 
 #: Data-config fields that do not change what a stage computes (left out of cache keys).
 NON_SEMANTIC_DATA_KEYS = ("root", "download", "num_workers", "eval_batch_size")
@@ -66,8 +69,6 @@ def model_skeleton(model_cfg: dict, dm: TransferDataModule) -> nn.Module:
     """The classifier of a model config without its weights, for the config check (`benchmark.runner.config.validate`,
     under `torch.device("meta")`): a pretrained model is its architecture, and whether timm lists weights for it
     (they are downloaded by the stage that loads them)."""
-    import timm
-
     kwargs = model_cfg.get("kwargs") or {}
     model = build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
     if model_cfg.get("pretrained_file") and not model_cfg.get("pretrained"):
@@ -101,8 +102,6 @@ def model_key(model_cfg: dict) -> dict:
     bytes); the pretrained keys left out while they are off, so that a config with them keeps its keys."""
     key = {k: v for k, v in model_cfg.items() if k not in PRETRAINED_KEYS or v}
     if key.get("pretrained_file"):
-        from lightning_modules.checkpoints import file_digest
-
         key["pretrained_file"] = file_digest(str(pretrained_file(key["pretrained_file"])), "model.pretrained_file")
     return key
 
@@ -110,8 +109,6 @@ def model_key(model_cfg: dict) -> dict:
 def pretrained_report(model_cfg: dict, dm: TransferDataModule, model: nn.Module | None = None):
     """The `LoadReport` of timm's weights from `model.pretrained_file` into `model` (default: the classifier built as
     its stage builds it), or None without a file."""
-    from lightning_modules.checkpoints import pretrained_report as report
-
     if not (model_cfg.get("pretrained") and model_cfg.get("pretrained_file")):
         return None
     model = build_model(model_cfg, dm) if model is None else model
@@ -121,10 +118,6 @@ def pretrained_report(model_cfg: dict, dm: TransferDataModule, model: nn.Module 
 def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, file: str | None = None, **kwargs):
     """timm's pretrained `backbone` with a new `num_classes` head, behind the normalization of its weights; from
     the local `file` when given (timm's `pretrained_cfg_overlay=dict(file=...)`, read weights-only by timm)."""
-    import timm
-
-    from lightning_modules.classifier import ImageClassifier
-
     build_classifier(backbone, num_classes, in_chans, (0.0,), (1.0,), **kwargs)  # a bad name: the usual one line
     if file:
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file(file))}
@@ -148,8 +141,6 @@ def checkpoint_spec(path: str, where: str = "teacher.checkpoint", fmt: str = "au
     """A checkpoint file as a stage input: its absolute path, the format its keys are read in and what becomes of
     its head (`lightning_modules.checkpoints`). The planner adds `digest`, the content of the tensors it loads: the
     cache key (`checkpoint_key`)."""
-    from lightning_modules.checkpoints import HEADS, rule_of
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{where}: no file at '{path}' (give the path of a state-dict file saved with torch.save)")
@@ -162,8 +153,6 @@ def load_checkpoint(spec: dict, model: nn.Module):
     """Load a checkpoint file into an `ImageClassifier` (`weights_only=True`: no code is run from the file) in the
     formats people download (`lightning_modules.checkpoints`); returns its `LoadReport` (`.line()`). A spec with a
     `digest` (planned) must load the same tensors: a file changed since the plan stops in one line."""
-    from lightning_modules.checkpoints import load_into
-
     where = spec.get("where", "teacher.checkpoint")
     report = load_into(model, spec["path"], spec.get("format", "auto"), where, spec.get("head", "auto"))
     if spec.get("digest") and report.digest != spec["digest"]:

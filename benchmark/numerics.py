@@ -19,6 +19,7 @@ and input gradients of the two layouts agree to float tolerance.
 
 from __future__ import annotations
 
+import platform
 from contextlib import contextmanager
 
 import torch
@@ -68,8 +69,6 @@ def stage_numerics(cfg: dict):
 
 def _cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` says)."""
-    import platform
-
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

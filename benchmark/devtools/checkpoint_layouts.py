@@ -24,6 +24,7 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from omegaconf import OmegaConf
 
 
 def cifar_resnet18(num_classes: int = 1000) -> nn.Module:
@@ -128,8 +129,6 @@ def _lightning_save(module: L.LightningModule, path: Path) -> Path:
 def solo_learn_file(path: Path, num_classes: int = 10, omegaconf: bool = False) -> Path:
     hparams = {"method": "byol", "backbone": {"name": "resnet18"}, "data": {"dataset": "cifar10"}}
     if omegaconf:  # solo-learn saves its Hydra config: the file then needs arbitrary unpickling
-        from omegaconf import OmegaConf
-
         hparams = {"cfg": OmegaConf.create(hparams)}
     return _lightning_save(_SoloLearnLike(num_classes, hparams), path)
 

@@ -45,9 +45,17 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from attacks.pgd import PGD
+from attacks.universal import FeatureUAP
+from benchmark.devtools import tune
+from benchmark.runner import execute
+from benchmark.runner.detection import RepresentationDetector
+from benchmark.runner.stages.attack import compute_cell, predict_draws, run_attack
 from datamodules.base import Splits, TransferDataModule
 from datamodules.vision_pairs import OBJECT_CLASSES, ToUnitImage
+from defenses.gen_af import GenAF
 from lightning_modules.backbones import TimmStyleClassifier
+from lightning_modules.classifier import ImageClassifier
 
 STEPS = ("datamodule", "universal", "genaf", "cell", "cell_randomized", "craft", "tune")
 #: The evaluation batch size (`eval.batch_size` off CUDA), the detector's reference images (`eval.detection_reference`).
@@ -129,9 +137,6 @@ class Noisy(nn.Module):
 
 def runner_split(dm, split: str):
     """The target test split (the evaluation subset) or validation split as the runner at this checkout reads it."""
-    from benchmark.devtools import tune
-    from benchmark.runner import execute
-
     if split == "test" and hasattr(execute, "evaluation_subset"):
         return execute.evaluation_subset(dm, None)
     if split == "val" and hasattr(tune, "validation_split"):
@@ -141,8 +146,6 @@ def runner_split(dm, split: str):
 
 def detection_reference(dm):
     """The detector's clean reference images as the runner at this checkout reads them."""
-    from benchmark.runner import execute
-
     if hasattr(execute, "evaluation_subset"):  # changed with it
         x, y = dm.lazy_tensors("target", "train")
         return x[:DETECTION_REFERENCE], y[:DETECTION_REFERENCE]
@@ -151,10 +154,6 @@ def detection_reference(dm):
 
 def run_cell(step: str, model: nn.Module, dm) -> None:
     """One attack cell as the runner computes it (see the module docstring)."""
-    from attacks.pgd import PGD
-    from benchmark.runner.detection import RepresentationDetector
-    from benchmark.runner.stages.attack import compute_cell, predict_draws, run_attack
-
     cpu = torch.device("cpu")
     x, y = runner_split(dm, "val" if step == "tune" else "test")
     randomized = step == "cell_randomized"
@@ -179,8 +178,6 @@ def run_cell(step: str, model: nn.Module, dm) -> None:
 
 
 def run_step(step: str, n_source: int, n_target: int, n_test: int) -> dict:
-    from lightning_modules.classifier import ImageClassifier
-
     torch.manual_seed(0)
     model = ImageClassifier(PatchCNN(), (0.5,) * 3, (0.5,) * 3).eval()
     dm = FakePair(n_source, n_target, n_test)
@@ -189,15 +186,11 @@ def run_step(step: str, n_source: int, n_target: int, n_test: int) -> dict:
     dm.setup()
     dm.fingerprint()
     if step == "universal":
-        from attacks.universal import FeatureUAP
-
         attack = FeatureUAP(8 / 255, epochs=1, batch_size=64, max_examples=64)  # one fit step
         runner_way = getattr(dm, "lazy_tensors", None) or dm.tensors
         attack.attacker_data = runner_way("source", "train")
         attack.fitted(model, "cpu")
     elif step == "genaf":
-        from defenses.gen_af import GenAF
-
         module = GenAF(model, teacher_state=model.state_dict(), probe_steps=1, probe_epochs=1, probe_batch_size=64)
         module.prepare(dm)
     elif step in ("cell", "cell_randomized", "craft", "tune"):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
 from attacks.pgd import PGD
 from benchmark.runner.stages.attack import precision
@@ -127,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.precisions is None:
         args.precisions = ["bf16", "fp16"] if args.device.startswith("cuda") else ["bf16"]
-    from rich.console import Console
-    from rich.table import Table
 
     results = [measure(s, args.steps, args.rounds, args.eps, 0, args.precisions, args.device) for s in args.setups]
     table = Table(title=f"PGD-{args.steps}, L-inf eps {args.eps:.4f}, median of {args.rounds} interleaved rounds")

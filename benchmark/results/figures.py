@@ -9,6 +9,8 @@ and examples; a model trained once, its t interval over examples). Sanity-check 
 
 from __future__ import annotations
 
+import numpy as np
+
 import math
 import textwrap
 from pathlib import Path
@@ -152,27 +154,26 @@ def robust_vs_eps(
     return fig
 
 
-def heatmap_columns(res: PairResults, hl: dict[str, float]) -> list[tuple[str, str, float]]:
+def heatmap_columns(res: PairResults, headline: dict[str, float]) -> list[tuple[str, str, float]]:
     """Every (attack, norm) of the pair, each at its norm's headline budget, or at the swept budget nearest it;
     the worst cases last."""
     cols = []
     for attack, norm in res.attacks:
         epss = res.epsilons(attack, norm)
-        cols.append((attack, norm, min(epss, key=lambda e: abs(e - hl[norm]))))
+        cols.append((attack, norm, min(epss, key=lambda e: abs(e - headline[norm]))))
     return sorted(cols, key=lambda c: c[0] in UNIONS)
 
 
 def heatmap(
-    res: PairResults, pair: str, hl: dict[str, float], hidden: set[tuple] = frozenset(), flagged: set[str] = frozenset()
+    res: PairResults, pair: str, headline: dict[str, float], hidden: set[tuple] = frozenset(), flagged: set[str] = frozenset()
 ):
     """Robust accuracy (%) of every model (rows, ranked) under every attack (columns); `hidden`: the cells whose
     numbers are not robustness (`drawable`), marked "not adaptive"."""
     import matplotlib
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    cols = heatmap_columns(res, hl)
-    defenses = res.ranked(hl)
+    cols = heatmap_columns(res, headline)
+    defenses = res.ranked(headline)
     grid = np.full((len(defenses), len(cols)), math.nan)
     for i, d in enumerate(defenses):
         for j, (a, n, e) in enumerate(cols):
@@ -181,8 +182,8 @@ def heatmap(
     fig, ax = plt.subplots(figsize=(2.6 + 1.05 * len(cols), 1.4 + 0.42 * len(defenses)), layout="constrained")
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e6e6e6")
     im = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap=cmap, aspect="auto")
-    off = any(abs(e - hl[n]) > 1e-9 for _, n, e in cols)
-    labels = [f"{a}\n{n} {eps_str(n, e)}" + ("*" if abs(e - hl[n]) > 1e-9 else "") for a, n, e in cols]
+    off = any(abs(e - headline[n]) > 1e-9 for _, n, e in cols)
+    labels = [f"{a}\n{n} {eps_str(n, e)}" + ("*" if abs(e - headline[n]) > 1e-9 else "") for a, n, e in cols]
     ax.set_xticks(range(len(cols)), labels, fontsize=8, rotation=45, ha="right", rotation_mode="anchor")
     marks = set()
     ax.set_yticks(range(len(defenses)), [_name(d, flagged) for d in defenses], fontsize=9)
@@ -203,7 +204,7 @@ def heatmap(
                 text, color = f"{v:.0f}", "w" if v < 60 else "k"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7 if "\n" in text else 8)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)", shrink=0.9)
-    budgets = ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
+    budgets = ", ".join(f"{n} {eps_str(n, e)}" for n, e in headline.items())
     seeds = seed_note(len({str(r.seed) for r in res.rows}), "a cell is the mean")
     title = f"{_title(res, pair)}: robust accuracy (%) by attack and model at the headline budget ({budgets}; {seeds})"
     if off:
@@ -217,7 +218,7 @@ def heatmap(
 def tradeoff(
     res: PairResults,
     pair: str,
-    hl: dict[str, float],
+    headline: dict[str, float],
     colors: dict[str, tuple],
     markers: dict[str, str],
     flagged: set[str] = frozenset(),
@@ -226,16 +227,16 @@ def tradeoff(
     worst case, the strongest attack there), a dot per defense."""
     import matplotlib.pyplot as plt
 
-    norm = "linf" if "linf" in hl else next(iter(hl))
+    norm = "linf" if "linf" in headline else next(iter(headline))
     at = [(a, n) for a, n in res.attacks if n == norm]
     attack = WORST if (WORST, norm) in at else None
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     shown, xs, ys = [], [], []
     for d in res.defenses:
         if attack:
-            robust = res.estimate(d, attack, norm, hl[norm])
+            robust = res.estimate(d, attack, norm, headline[norm])
         else:  # the strongest attack there (the lowest mean)
-            per_attack = [e for a, _ in at if (e := res.estimate(d, a, norm, hl[norm])) is not None]
+            per_attack = [e for a, _ in at if (e := res.estimate(d, a, norm, headline[norm])) is not None]
             robust = min(per_attack, key=lambda e: e.mean, default=None)
         x, y = _stat(res.clean_estimate(d)), _stat(robust)
         if x is None or y is None:
@@ -252,7 +253,7 @@ def tradeoff(
     pad = 5
     ax.set(
         xlabel="clean accuracy (%)",
-        ylabel=f"robust accuracy (%), {what}, {norm} {eps_str(norm, hl[norm])}",
+        ylabel=f"robust accuracy (%), {what}, {norm} {eps_str(norm, headline[norm])}",
         xlim=(max(0, min(xs, default=0) - pad), min(100, max(xs, default=100) + pad)),
         ylim=(max(0, min(ys, default=0) - pad), min(100, max(ys, default=100) + pad)),
     )
@@ -267,7 +268,7 @@ def tradeoff(
     return fig
 
 
-def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str] = frozenset()):
+def transfer(res: PairResults, pair: str, headline: dict[str, float], flagged: set[str] = frozenset()):
     """Robust accuracy (%) under each transfer attack (a bar per attack and surrogate, `worst_transfer` last) for
     every model, at the headline L-inf budget (or the nearest swept one); None without two transfer attacks."""
     import matplotlib
@@ -278,8 +279,8 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
     if len(attacks) < 2:
         return None
     attacks += [a for a, n in res.attacks if a == "worst_transfer" and n == "linf"]
-    eps = {a: min(res.epsilons(a, "linf"), key=lambda e: abs(e - hl["linf"])) for a in attacks}
-    models = [d for d in res.ranked(hl) if any(res.estimate(d, a, "linf", eps[a]) for a in attacks)]
+    eps = {a: min(res.epsilons(a, "linf"), key=lambda e: abs(e - headline["linf"])) for a in attacks}
+    models = [d for d in res.ranked(headline) if any(res.estimate(d, a, "linf", eps[a]) for a in attacks)]
     cmap = matplotlib.colormaps["tab20"]
     fig_width = 6 + 0.9 * len(models) * max(1, len(attacks) / 6)  # the legend beside the bars takes about 3 in
     fig, ax = plt.subplots(figsize=(fig_width, 5), layout="constrained")
@@ -291,15 +292,15 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
         color = "k" if a == "worst_transfer" else cmap(k % 20)
         low, high = [s[0] - s[1] for s in drawn], [s[2] - s[0] for s in drawn]
         ax.bar(xs, [s[0] for s in drawn], width, yerr=[low, high] if any(low) or any(high) else None, color=color,
-               label=a + ("" if abs(eps[a] - hl["linf"]) < 1e-9 else "*"), capsize=1.5)  # fmt: skip
+               label=a + ("" if abs(eps[a] - headline["linf"]) < 1e-9 else "*"), capsize=1.5)  # fmt: skip
     ax.set_xticks(range(len(models)), [_name(d, flagged) for d in models], rotation=30, ha="right", fontsize=9)
     ax.set_ylim(0, 100)
     ax.set_ylabel("robust accuracy (%) under transfer")
     ax.grid(axis="y", alpha=0.3)
     seeds = seed_note(len({str(r.seed) for r in res.rows}), "error bars: 95 % interval over seeds and examples")
-    note = "; * the attack's nearest budget" if any(abs(e - hl["linf"]) > 1e-9 for e in eps.values()) else ""
+    note = "; * the attack's nearest budget" if any(abs(e - headline["linf"]) > 1e-9 for e in eps.values()) else ""
     title = (f"{_title(res, pair)}: robust accuracy under each transfer attack (each crafted on its surrogate, never "
-             f"on the model attacked), L-inf {eps_str('linf', hl['linf'])}{note} ({seeds})")  # fmt: skip
+             f"on the model attacked), L-inf {eps_str('linf', headline['linf'])}{note} ({seeds})")  # fmt: skip
     fig.suptitle("\n".join(textwrap.wrap(title, int(11 * fig_width))), fontsize=10)
     ax.legend(title="transfer attack", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return fig
@@ -319,13 +320,12 @@ def figures(rows: list, headline: dict[str, float], per_example: dict | None = N
     out = {}
     for pair in pairs:
         res = PairResults([r for r in plain if r.pair == pair], per_example)
-        hl = headline
         suffix = "" if len(pairs) == 1 else f"_{pair}"
         flagged = flagged_models([r for r in rows if r.pair == pair])  # sanity rows included
         out[f"robust_vs_eps{suffix}"] = robust_vs_eps(res, pair, colors, markers, flagged)
-        out[f"heatmap{suffix}"] = heatmap(res, pair, hl, hidden, flagged)
-        out[f"tradeoff{suffix}"] = tradeoff(res, pair, hl, colors, markers, flagged)
-        if "linf" in hl and (fig := transfer(res, pair, hl, flagged)) is not None:
+        out[f"heatmap{suffix}"] = heatmap(res, pair, headline, hidden, flagged)
+        out[f"tradeoff{suffix}"] = tradeoff(res, pair, headline, colors, markers, flagged)
+        if "linf" in headline and (fig := transfer(res, pair, headline, flagged)) is not None:
             out[f"transfer{suffix}"] = fig
     return out, colors
 

@@ -12,6 +12,9 @@ Without per-example outcomes (a results.csv alone) the mean is shown without an 
 
 from __future__ import annotations
 
+from benchmark.results.claims import stacked
+from benchmark.results.statistics import random_effects_mean
+
 import csv
 import math
 import statistics
@@ -74,9 +77,6 @@ class PairResults:
     def _estimate(self, by_seed: dict[str, Row], key: str, base: dict[str, Row] | None = None) -> Estimate | None:
         """The estimate of per-seed rows' outcomes (`key` of per_example.json), or of their paired difference
         with `base`'s rows of the same seeds."""
-        from benchmark.results.claims import stacked
-        from benchmark.results.statistics import random_effects_mean
-
         seeds = [s for s in by_seed if base is None or s in base]
         vals = [number(getattr(by_seed[s], f"{key}_acc")) for s in seeds]
         if base is not None:

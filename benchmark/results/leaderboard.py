@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from benchmark.results import verdicts as fnd
+from benchmark.results import verdicts
 from benchmark.metrics import SANITY_TOL
 from benchmark.numerics import machine_line
 from benchmark.records import UNIONS, Row, eps_str, same_eps
@@ -78,7 +78,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 # ---- the page -------------------------------------------------------------------------------------------------
-def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: dict | None) -> list[str]:
+def _intro(rows: list[Row], headline: dict[str, float], warnings: list[str], machine: dict | None) -> list[str]:
     warned = [
         f"**{len(warnings)} warning(s)**: some numbers may overestimate robustness or a check did not run; "
         "see [Sanity checks](#sanity-checks) at the end.",
@@ -98,7 +98,7 @@ def _intro(rows: list[Row], hl: dict[str, float], warnings: list[str], machine: 
         "over the transfer attacks alone (every surrogate and family: the black-box number). Attacks may run on "
         "fewer examples (see results.csv "
         "`n_examples`). Ranking: worst case at the headline budget ("
-        + ", ".join(f"{n} {eps_str(n, e)}" for n, e in hl.items())
+        + ", ".join(f"{n} {eps_str(n, e)}" for n, e in headline.items())
         + "). A defense that may reject its input is ranked by the same rule: a rejected adversarial input counts as "
         "defended, a rejected clean input as an error; its numbers are withheld (-) at budgets where no attack aimed "
         "at its reject decision ran.",
@@ -123,22 +123,21 @@ def leaderboard(
     intervals (`benchmark.results.files`). `rows` as the report passes them: with the numbers of `no_adaptive_attack` rows
     withheld (`benchmark.results.report.withheld`); `headline`: the budget each norm is ranked at, resolved on the
     rows (`benchmark.records.headline_eps`, by the report)."""
-    hl = headline
-    lines = _intro(rows, hl, warnings, machine)
+    lines = _intro(rows, headline, warnings, machine)
     for pair in dict.fromkeys(r.pair for r in rows):
         res = PairResults([r for r in rows if r.pair == pair], per_example)
         # listed last, without a rank: a model trained once beside methods trained per seed, then a model whose
         # headline number is withheld
-        unranked = {d for d in res.defenses if res.single_model(d)} | _unranked(res, hl)
-        ranked = [d for d in res.ranked(hl) if d not in unranked] + [d for d in res.ranked(hl) if d in unranked]
-        lines += _ranking(pair, res, hl, ranked, unranked)
-        lines += _detection_section(res, hl, ranked)
-        lines += _mimicry_section(res) + _abstaining_section(res, hl)
+        unranked = {d for d in res.defenses if res.single_model(d)} | _unranked(res, headline)
+        ranked = [d for d in res.ranked(headline) if d not in unranked] + [d for d in res.ranked(headline) if d in unranked]
+        lines += _ranking(pair, res, headline, ranked, unranked)
+        lines += _detection_section(res, headline, ranked)
+        lines += _mimicry_section(res) + _abstaining_section(res, headline)
         lines += _sanity_section(res) + _randomized_section(res)
         lines += _cost_section(res, ranked) + _budget_tables(res, ranked)
-        lines += _transfer_section(res, ranked, transferability_form, hl)
+        lines += _transfer_section(res, ranked, transferability_form, headline)
     if found is not None:
-        lines += fnd.markdown(found)
+        lines += verdicts.markdown(found)
     lines += ["## Sanity checks", ""]
     if warnings:
         lines += [f"- WARNING: {w}" for w in warnings]
@@ -151,20 +150,20 @@ def leaderboard(
     return "\n".join(lines)
 
 
-def _unranked(res: PairResults, hl: dict[str, float]) -> set[str]:
+def _unranked(res: PairResults, headline: dict[str, float]) -> set[str]:
     """Defenses whose worst case at a headline budget is withheld (`no_adaptive_attack`)."""
     return {
         r.defense
         for r in res.rows
-        if r.attack == "worst_case" and "no_adaptive_attack" in r.flag_list and same_eps(r.eps, hl.get(r.norm, -1))
+        if r.attack == "worst_case" and "no_adaptive_attack" in r.flag_list and same_eps(r.eps, headline.get(r.norm, -1))
     }
 
 
-def _ranking(pair: str, res: PairResults, hl: dict, ranked: list[str], unranked: set[str]) -> list[str]:
+def _ranking(pair: str, res: PairResults, headline: dict, ranked: list[str], unranked: set[str]) -> list[str]:
     """The pair's heading and its ranking: clean accuracy, its cost against plain fine-tuning, every attack at the
     headline budgets."""
     f = res.first
-    cols = [(a, n, hl[n]) for a, n in res.attacks if any(res.values(d, a, n, hl[n]) for d in ranked)]
+    cols = [(a, n, headline[n]) for a, n in res.attacks if any(res.values(d, a, n, headline[n]) for d in ranked)]
     base = res.clean("finetune")
     lines = [f"## {pair}: {f.source} -> {f.target} ({f.model}, {f.n_examples} target test examples)", ""]
     if base:
@@ -183,7 +182,7 @@ def _ranking(pair: str, res: PairResults, hl: dict, ranked: list[str], unranked:
     return lines + _table(header, body)
 
 
-def _detection_section(res: PairResults, hl: dict, ranked: list[str]) -> list[str]:
+def _detection_section(res: PairResults, headline: dict, ranked: list[str]) -> list[str]:
     """AUROC of the representation detector under each white-box attack; nothing when detection was off."""
     if not any(number(r.detection_auroc) is not None for r in res.rows):
         return []
@@ -200,8 +199,8 @@ def _detection_section(res: PairResults, hl: dict, ranked: list[str]) -> list[st
         "",
     ]
     return lines + _table(
-        ["defense", *(_column(a, n, hl[n]) for a, n in whitebox)],
-        [[d, *(_pct(res.values(d, a, n, hl[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
+        ["defense", *(_column(a, n, headline[n]) for a, n in whitebox)],
+        [[d, *(_pct(res.values(d, a, n, headline[n], "detection_auroc")) for a, n in whitebox)] for d in ranked],
     )
 
 
@@ -232,10 +231,10 @@ def _mimicry_section(res: PairResults) -> list[str]:
     )
 
 
-def _abstaining_section(res: PairResults, hl: dict[str, float]) -> list[str]:
+def _abstaining_section(res: PairResults, headline: dict[str, float]) -> list[str]:
     """Defenses that may reject: clean accuracy on accepted inputs, false rejections, defense and rejection rates
     under every attack at the headline budgets."""
-    rows = [r for r in res.rows if number(r.false_rejection_rate) is not None and same_eps(r.eps, hl.get(r.norm, -1))]
+    rows = [r for r in res.rows if number(r.false_rejection_rate) is not None and same_eps(r.eps, headline.get(r.norm, -1))]
     if not rows:
         return []
     lines = [
@@ -349,13 +348,13 @@ def _budget_tables(res: PairResults, ranked: list[str]) -> list[str]:
     return lines
 
 
-def _transfer_section(res: PairResults, ranked: list[str], form: str, hl: dict[str, float]) -> list[str]:
+def _transfer_section(res: PairResults, ranked: list[str], form: str, headline: dict[str, float]) -> list[str]:
     """Transferability of every transfer attack (its surrogate and white-box reference named) at the headline budget
     of its norm, or its swept budget nearest to it."""
     transfer = [(a, n) for a, n in res.attacks if any(r.threat_model == "transfer" and r.attack == a for r in res.rows)]
     if not transfer:
         return []
-    keys = [(a, n, min(res.epsilons(a, n), key=lambda e: abs(e - hl.get(n, e)))) for a, n in transfer]
+    keys = [(a, n, min(res.epsilons(a, n), key=lambda e: abs(e - headline.get(n, e)))) for a, n in transfer]
 
     def about(a: str) -> str:
         r = next(r for r in res.rows if r.attack == a and r.threat_model == "transfer")

@@ -18,6 +18,8 @@ without a verdict of its own.
 
 from __future__ import annotations
 
+from attacks.base import parse_eps
+
 import math
 
 from benchmark.results.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
@@ -30,14 +32,12 @@ TEST_METHODS = "random effects over seeds and examples"
 TEST_MODELS = "paired t over examples (one seed: one trained model per method)"
 
 
-def budgets(claim, rows: list[Row], pair: str, hl: dict) -> list[float]:
+def budgets(claim, rows: list[Row], pair: str, headline: dict) -> list[float]:
     """The budgets a claim is tested at on a pair: the headline one of its norm, its own, or each of the run's."""
-    from attacks.base import parse_eps
-
     if claim.eps == EACH:
         found = sorted({r.budget_key[1] for r in matching(rows, pair, claim.attack, claim.norm)})
         return found or [math.nan]
-    return [hl.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)]
+    return [headline.get(claim.norm, math.nan) if claim.eps == HEADLINE else parse_eps(claim.eps)]
 
 
 def claim_test(parts: list[Part]) -> dict:
@@ -91,12 +91,11 @@ def findings(rows: list[Row], per_example: dict | None, headline: dict[str, floa
     the budget each norm is ranked at, resolved on the rows (`benchmark.records.headline_eps`, by the report)."""
     claims = CLAIMS if claims is None else claims
     per_example = per_example or {}
-    hl = headline
     out = [
         evaluate(c, rows, per_example, pair, eps)
         for pair in dict.fromkeys(r.pair for r in rows)
         for c in claims
-        for eps in budgets(c, rows, pair, hl)
+        for eps in budgets(c, rows, pair, headline)
     ]
     tested = [f for f in out if "p" in f]
     for f, q in zip(tested, holm([f["p"] for f in tested])):

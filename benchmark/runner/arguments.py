@@ -17,7 +17,10 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
+from hydra.utils import get_object
+
 from attacks.errors import ConfigError
+from defenses.base import TRAIN_ATTACK_KEYS
 
 #: Hydra's instantiation keys: no argument of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -49,8 +52,6 @@ def accepted(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
 
 
 def _locate(path: str) -> Any | None:
-    from hydra.utils import get_object
-
     try:
         return get_object(path)
     except Exception:  # noqa: BLE001 - an unknown target is reported, in one line, by `build`
@@ -58,8 +59,6 @@ def _locate(path: str) -> Any | None:
 
 
 def _train_attack_keys() -> tuple[str, ...]:
-    from defenses.base import TRAIN_ATTACK_KEYS
-
     return TRAIN_ATTACK_KEYS
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: Bump when the format of a cache entry changes (not for code changes: the code fingerprint covers those).
 CACHE_VERSION = 5
@@ -54,8 +56,6 @@ LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "sciki
 def _plain(obj: Any) -> Any:
     """JSON-ready, order-independent form of configs (OmegaConf nodes included)."""
     try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
         if isinstance(obj, (DictConfig, ListConfig)):
             obj = OmegaConf.to_container(obj, resolve=True)
     except ImportError:  # pragma: no cover
@@ -338,8 +338,6 @@ class Cache:
         flock, filelock falls back to a marker file whose holder is checked by pid. The caller checks the cache
         again once it holds the claim: the stage may have finished while it waited.
         """
-        from filelock import FileLock, Timeout
-
         path = self.claim_path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), timeout=0, thread_local=False)

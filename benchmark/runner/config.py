@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from attacks.base import Attack, parse_eps
 from attacks.errors import ConfigError, choose
+from attacks.transfer import ATTACKER_MODELS
 from benchmark.components import build, build_datamodule, declared, model_skeleton, teacher_module_cfg
 from benchmark.metrics import TRANSFERABILITY_FORMS
 from benchmark.records import Budget
 from benchmark.runner.arguments import check_arguments
 from benchmark.runner.overrides import file_overrides, key_of, sweep_dir, unknown_key_error
+from lightning_modules.checkpoints import file_digest
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", "launcher", "experiment")
@@ -49,11 +55,6 @@ def check_choices(overrides: list[str]) -> None:
 def compose(overrides: list[str], earlier: bool = True) -> dict:
     """The composed, resolved config as a plain dict; `earlier`: with the defenses it trains without evaluating them
     (`earlier_defenses`; off for those defenses' own composition, which needs only their config)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     check_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -78,8 +79,6 @@ def compose(overrides: list[str], earlier: bool = True) -> dict:
 def _file_contents(overrides: list[str]) -> dict[str, str]:
     """{override: the content digest of the weights file it names}, for the results folder (`sweep_dir`). A file
     that cannot be read is left out here: the plan stops on it with its one-line error."""
-    from lightning_modules.checkpoints import file_digest
-
     out = {}
     for override, path in file_overrides(overrides).items():
         try:
@@ -91,9 +90,6 @@ def _file_contents(overrides: list[str]) -> dict[str, str]:
 
 def _unknown_key(message: str, overrides: list[str]) -> str | None:
     """The one-line error of an override whose key the config lacks, naming the valid keys (`unknown_key_error`)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     bad = re.search(r"Could not override '([\w.]+)'|Key '(\w+)' is not in struct", message)
     if not bad:
         return None
@@ -114,8 +110,6 @@ def earlier_defenses(cfg: dict, overrides: list[str]) -> dict:
     Each is composed from its own config file with the same experiment and overrides (minus the ones that
     select or set other defenses), so it is exactly what `defense=<name>` would train.
     """
-    from attacks.transfer import ATTACKER_MODELS
-
     earlier: dict = {}
     todo = [d["init_from"] for d in cfg["defense"].values() if d.get("init_from")]
     for entry in cfg["attack"].values():
@@ -240,9 +234,9 @@ def _declarations(cfg: dict) -> dict[str, Declared]:
         _check_trainer(dname, dfn.get("trainer") or {})
         check_arguments(dfn["module"], f"defense.{dname}.module", runtime=("model", "teacher_state"))
     found: dict[str, Declared] = {}
-    for pname, dcfg in cfg["data"].items():
-        check_arguments(dcfg, f"data.{pname}")
-        dm = build_datamodule(dcfg)  # loads nothing: the data comes with `setup`, in the plan
+    for pname, data_cfg in cfg["data"].items():
+        check_arguments(data_cfg, f"data.{pname}")
+        dm = build_datamodule(data_cfg)  # loads nothing: the data comes with `setup`, in the plan
 
         found.update(_on_meta(functools.partial(_modules, cfg, pname, dm, teachers, defenses)))
     return found
@@ -332,52 +326,56 @@ def validate(cfg: dict) -> Validated:
         if not cfg.get(key):
             raise ConfigError(f"the sweep has no {key}; select at least one, e.g. {key}=<name>")
     seeds_of(cfg)
-    ev = cfg["eval"]
-    n = ev.get("n_examples")
+    evaluation = cfg["eval"]
+    n = evaluation.get("n_examples")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"eval.n_examples must be an integer >= 1 or null, got {n!r}")
     for key in ("batch_size", "draws", "sanity_examples"):
-        if (key, ev[key]) != ("batch_size", "auto") and (not isinstance(ev[key], int) or ev[key] < 1):
-            raise ConfigError(f"eval.{key} must be an integer >= 1{' or auto' * (key == 'batch_size')}, got {ev[key]}")
-    if not isinstance(ev["seed"], int) or isinstance(ev["seed"], bool):
-        raise ConfigError(f"eval.seed must be an integer, got {ev['seed']!r}")
-    if not isinstance(ev["detection"], bool):
-        raise ConfigError(f"eval.detection must be true or false, got {ev['detection']!r}")
-    ref = ev["detection_reference"]
+        if (key, evaluation[key]) != ("batch_size", "auto") and (
+            not isinstance(evaluation[key], int) or evaluation[key] < 1
+        ):
+            raise ConfigError(
+                f"eval.{key} must be an integer >= 1{' or auto' * (key == 'batch_size')}, got {evaluation[key]}"
+            )
+    if not isinstance(evaluation["seed"], int) or isinstance(evaluation["seed"], bool):
+        raise ConfigError(f"eval.seed must be an integer, got {evaluation['seed']!r}")
+    if not isinstance(evaluation["detection"], bool):
+        raise ConfigError(f"eval.detection must be true or false, got {evaluation['detection']!r}")
+    ref = evaluation["detection_reference"]
     if not isinstance(ref, int) or isinstance(ref, bool) or ref < 1:
         raise ConfigError(f"eval.detection_reference must be an integer >= 1, got {ref!r}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(ev["device"])):
-        raise ConfigError(f"eval.device must be auto, cpu, cuda, cuda:N or mps, got {ev['device']!r}")
-    choose("eval.precision", ev.get("precision", "fp32"), ("fp32", "bf16", "fp16"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(evaluation["device"])):
+        raise ConfigError(f"eval.device must be auto, cpu, cuda, cuda:N or mps, got {evaluation['device']!r}")
+    choose("eval.precision", evaluation.get("precision", "fp32"), ("fp32", "bf16", "fp16"))
     choose("report.transferability", cfg["report"]["transferability"], TRANSFERABILITY_FORMS)
     headline = headline_budgets(cfg)
     found = _declarations(cfg)
     _check_trainer("teacher", cfg["teacher"].get("trainer") or {})
     entries = []
-    for name, acfg in cfg["attack"].items():
-        labels = [str(e) for e in acfg.get("epsilons") or []]
+    for name, attack_cfg in cfg["attack"].items():
+        labels = [str(e) for e in attack_cfg.get("epsilons") or []]
         if not labels:
             raise ConfigError(f"attack '{name}' has no epsilons")
-        applies_to = acfg.get("applies_to", "all")
+        applies_to = attack_cfg.get("applies_to", "all")
         choose(f"attack.{name}.applies_to", applies_to, APPLIES_TO)
-        n = acfg.get("n_examples")
+        n = attack_cfg.get("n_examples")
         if n is not None and (not isinstance(n, int) or n < 1):
             raise ConfigError(f"attack.{name}.n_examples must be an integer >= 1 or null, got {n}")
-        defenses = acfg.get("defenses")
+        defenses = attack_cfg.get("defenses")
         for d in defenses or []:  # names of any defense config: narrowing the sweep must not break it
             choose(f"attack.{name}.defenses entry", d, ["teacher", *options("defense")])
-        check_arguments(acfg["attack"], f"attack.{name}.attack", runtime=("eps",))
-        attacks = [build(acfg["attack"], eps=parse_eps(e)) for e in labels]  # cheap: an attack holds no tensor
+        check_arguments(attack_cfg["attack"], f"attack.{name}.attack", runtime=("eps",))
+        attacks = [build(attack_cfg["attack"], eps=parse_eps(e)) for e in labels]  # cheap: an attack holds no tensor
         entries.append(
             AttackEntry(
                 name,
-                acfg["attack"],
+                attack_cfg["attack"],
                 [Budget(a.norm, a.eps, label) for a, label in zip(attacks, labels)],
                 attacks,
                 applies_to,
                 n,
                 list(defenses) if defenses else None,
-                acfg.get("reference"),
+                attack_cfg.get("reference"),
             )  # fmt: skip
         )
     _check_references(entries)

@@ -38,7 +38,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+
+from benchmark.components import build_datamodule
+from benchmark.runner.cache import Cache
+from benchmark.runner.execute import stage_entry
+from benchmark.runner.launchers.workers import layout
 from benchmark.runner.pass_costs import PassCosts, deployed_factor, pass_costs
+from benchmark.runner.plan import Plan
+from benchmark.runner.timing import kind_of
+from defenses.base import AdversarialStudent, TrainAttack
 
 #: A run estimated above this many seconds is far beyond the default benchmark's few minutes; the runner says so.
 FAR_BEYOND_SECONDS = 15 * 60
@@ -86,10 +96,6 @@ def _class_name(module: dict) -> str:
 def _train_steps(module: dict) -> tuple[int, int]:
     """(the training attack's steps per example, the validation attack's): 0, 0 for a module that does not train
     on adversarial examples."""
-    from hydra.utils import get_object
-
-    from defenses.base import AdversarialStudent, TrainAttack
-
     target = module.get("_target_")
     try:
         cls = get_object(target) if target else None
@@ -191,8 +197,6 @@ def stage_seconds(cfg: dict, plan, costs: dict, share: str = "point") -> dict[st
 def _pair(cfg: dict, plan, pair: str):
     """The plan's data pair (set up by its planner), or one built from its config (not set up: its shape is enough)."""
     if pair not in plan._data:
-        from benchmark.components import build_datamodule
-
         plan._data[pair] = build_datamodule(cfg["data"][pair])
     return plan._data[pair]
 
@@ -203,7 +207,6 @@ def workers_of(cfg: dict) -> int:
     launcher = cfg.get("launcher") or {}
     if launcher.get("name") != "workers":
         return 1
-    from benchmark.runner.launchers.workers import layout
 
     return len(layout(launcher))
 
@@ -257,10 +260,6 @@ def summary(cfg: dict, plan, assume_cold: bool = False, quiet: bool = False) -> 
     """Per kind of stage: how many, how many cached, how many to compute; the estimated seconds of the rest (a point
     and a range: on this machine as busy as it is now, or quiet with `quiet`), their CPU seconds by kind of work (as
     run_stats.json names them)."""
-    from benchmark.runner.cache import Cache
-    from benchmark.runner.execute import stage_entry
-    from benchmark.runner.timing import kind_of
-
     cache = Cache(cfg["cache_dir"])
     counts: dict[str, Counter] = {}
     todo = []
@@ -345,10 +344,6 @@ def check(folders: list[str | os.PathLike]) -> dict:
     """The estimate of finished runs' plans, every stage priced as if the cache were empty, beside what their
     run_stats.json measured: per kind of work (CPU seconds, and the whole stages' wall-clock seconds) and the wall
     time (with a shared pool of workers, as `make bench` runs its experiments: the pool's and each run's own)."""
-    from omegaconf import OmegaConf
-
-    from benchmark.runner.plan import Plan
-
     kinds: dict[str, dict[str, float]] = {}
     measured_wall, stages, seconds, workers, fixed = 0.0, [], {}, 1, 0.0
     pool = None
@@ -358,8 +353,6 @@ def check(folders: list[str | os.PathLike]) -> dict:
         stats = json.loads((folder / "run_stats.json").read_text())
         for pair, info in plan.pairs.items():  # a plan written before the validation sizes were kept
             if "val_sizes" not in info:
-                from benchmark.components import build_datamodule
-
                 dm = plan._data[pair] = build_datamodule(cfg["data"][pair])
                 info["val_sizes"] = {d: len(dm.splits(d).val) for d in ("source", "target")}
         s = summary(cfg, plan, assume_cold=True, quiet=True)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks.errors import ConfigError
+from attacks.transfer import Ensemble
 from benchmark.components import build_datamodule
 from benchmark.numerics import stage_numerics
 from benchmark.records import CellSpec
@@ -234,8 +235,6 @@ class Executor:
     def surrogate(self, stage: dict) -> tuple[torch.nn.Module, int]:
         """The model a crafted set is crafted on (several: their ensemble, `attacks.transfer.Ensemble`) and the
         batch size to craft with."""
-        from attacks.transfer import Ensemble
-
         loaded = [self._model(sid, 1) for sid in stage.get("surrogates") or [stage["teacher"]]]
         model = loaded[0].model if len(loaded) == 1 else Ensemble([m.model for m in loaded])
         return model, min(m.batch_size for m in loaded)
@@ -293,18 +292,18 @@ class Executor:
         start = time.perf_counter()
         x, y = self._xy(cell.pair, cell.n)
         attack = self.plan.attack(cell.id)
-        ev = self.cfg["eval"]
+        evaluation = self.cfg["eval"]
         # every cell of a randomized model (the frozen one too) shares the model's K clean draws
-        loaded = self._model(cell.model, ev["draws"] if cell.randomized else 1)
+        loaded = self._model(cell.model, evaluation["draws"] if cell.randomized else 1)
         bs = loaded.batch_size
         crafted = self._crafted_set(cell.craft)[0][: cell.n] if cell.craft else None
         task = self._progress.add_task(f"  {attack.label}", total=cell.n) if self._progress else None
         on_batch = (lambda k: self._progress.advance(task, k)) if task is not None else None
-        common = {"batch_size": bs, "device": self.device, "seed": ev["seed"], "on_batch": on_batch}
+        common = {"batch_size": bs, "device": self.device, "seed": evaluation["seed"], "on_batch": on_batch}
         common["precision_name"] = self.precision
         try:
             if cell.role == "frozen":  # a deterministic stand-in with its randomness fixed: one pass decides
-                with loaded.model.frozen(ev["seed"]) as fixed:
+                with loaded.model.frozen(evaluation["seed"]) as fixed:
                     pred = predict_draws(fixed, x, 1, bs, self.device)
                     out, cost = compute_cell(attack, fixed, x, y, pred, randomized=True, **common)
             else:

@@ -15,6 +15,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from hydra.utils import get_object
+
+from benchmark.components import build, build_datamodule
+from benchmark.numerics import apply_layout, stage_layout
+from lightning_modules.classifier import build_classifier
+from lightning_modules.modules import StudentModule
 
 #: A pass of the deployed model in passes of the classifier, where it cannot be timed before training (the
 #: differentiators are built from the trained student: about 10 on digits, its reject-aware attack included).
@@ -53,9 +59,6 @@ def _steps(backbone: str, kwargs: tuple, shape: tuple, classes: int, train_batch
     """{train, grad, score: (a call of that pass of the model on random images, its batch)}, the model in the stages'
     memory layout (`numerics.channels_last`); batches capped at about 0.1 s of forward passes (a large model's cost
     per example does not depend on its batch)."""
-    from benchmark.numerics import apply_layout
-    from lightning_modules.classifier import build_classifier
-
     torch.manual_seed(0)
     model = build_classifier(backbone, classes, shape[0], (0.5,), (0.5,), **dict(kwargs))
     apply_layout(model, {"channels_last": channels_last})
@@ -121,12 +124,9 @@ def _timed(spec: tuple, rounds: int = 8, budget: float = 4.0) -> tuple[float, fl
 
 def pass_costs(cfg: dict, pair: str, dm=None) -> PassCosts:
     """The sweep's model's `PassCosts` on a pair (random images of its shape: the values do not change the time)."""
-    from benchmark.components import build_datamodule
-
     dm = build_datamodule(cfg["data"][pair]) if dm is None else dm
     kwargs = tuple(sorted((cfg["model"].get("kwargs") or {}).items()))
     batch = cfg["eval"]["batch_size"] if isinstance(cfg["eval"]["batch_size"], int) else 256
-    from benchmark.numerics import stage_layout
 
     layout = stage_layout(cfg)["channels_last"]
     spec = (cfg["model"]["backbone"], kwargs, tuple(dm.image_shape), dm.num_classes, dm.batch_size, batch, layout)
@@ -136,17 +136,12 @@ def pass_costs(cfg: dict, pair: str, dm=None) -> PassCosts:
 def deployed_factor(cfg: dict, pair: str, module: dict, dm) -> float:
     """A pass of a defense's deployed model (a purifier before the classifier, test-time dropout...) in passes of
     the classifier, timed on the untrained module (1 for a defense that deploys its classifier as it is)."""
-    from hydra.utils import get_object
-
-    from lightning_modules.modules import StudentModule
-
     try:
         cls = get_object(module["_target_"])
     except Exception:  # noqa: BLE001 - the config check names a bad target
         return 1.0
     if getattr(cls, "deployed_model", None) is StudentModule.deployed_model:
         return 1.0
-    from benchmark.numerics import stage_layout
 
     key = json.dumps([cfg["model"], cfg["data"][pair], module, stage_layout(cfg)], sort_keys=True, default=str)
     return _deployed(key, cls.__name__, dm)
@@ -154,9 +149,6 @@ def deployed_factor(cfg: dict, pair: str, module: dict, dm) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _deployed(key: str, name: str, dm) -> float:
-    from benchmark.components import build
-    from lightning_modules.classifier import build_classifier
-
     model_cfg, _, module, layout = json.loads(key)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -165,8 +157,6 @@ def _deployed(key: str, name: str, dm) -> float:
         def make():
             kwargs = model_cfg.get("kwargs") or {}
             return build_classifier(model_cfg["backbone"], dm.num_classes, dm.image_shape[0], dm.mean, dm.std, **kwargs)
-
-        from benchmark.numerics import apply_layout
 
         torch.manual_seed(0)
         base = apply_layout(make(), layout)

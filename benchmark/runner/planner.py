@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 
 from attacks.base import Attack
+from attacks.errors import ConfigError, choose
 from attacks.pgd import PGD
+from attacks.transfer import ATTACKER_MODELS
 from benchmark.components import (
     NON_SEMANTIC_DATA_KEYS,
     build_datamodule,
@@ -87,8 +89,6 @@ class Planner:
 
     def _defense_cfg(self, name: str) -> dict:
         """A defense of the sweep, or an earlier stage of one (`stages`: composed from its shipped config)."""
-        from attacks.errors import ConfigError
-
         found = self.cfg["defense"].get(name) or (self.cfg.get("earlier_defenses") or {}).get(name)
         if found is None:
             raise ConfigError(f"init_from names unknown defense '{name}'")
@@ -97,21 +97,19 @@ class Planner:
     def _student(self, pair: str, name: str, seed: int, teacher: dict, chain: tuple[str, ...] = ()) -> dict:
         """The training stage of a defense; a defense with `init_from` first gets the stage it starts from, one with
         `start_from: common` copies the common model instead of the teacher (CommonInit)."""
-        from attacks.errors import ConfigError, choose
-
         sid = f"{pair}/{name}/seed{seed}"
         existing = self.plan._index().get(sid)
         if existing is not None:
             return existing
-        dcfg = self._defense_cfg(name)
-        start = dcfg.get("start_from", "teacher")
+        defense_cfg = self._defense_cfg(name)
+        start = defense_cfg.get("start_from", "teacher")
         choose(f"defense {name}: start_from", start, STARTS)
         if start == "common":
             teacher = self.commons.get(pair)
             if teacher is None:
                 raise ConfigError(f"defense '{name}' starts from the common model, but teacher.common is not set")
         deps, init_key = [teacher["id"]], None
-        if parent := dcfg.get("init_from"):
+        if parent := defense_cfg.get("init_from"):
             if parent in (*chain, name):
                 raise ConfigError(
                     f"defense '{name}' starts from itself: init_from chain {' -> '.join((*chain, name, parent))}"
@@ -119,7 +117,9 @@ class Planner:
             earlier = self._student(pair, parent, seed, self.teachers[pair], (*chain, name))
             deps.append(earlier["id"])
             init_key = earlier["key"]
-        job = self._job("student", name, pair, dcfg["module"], dcfg.get("trainer"), seed, teacher["key"], init_key)
+        job = self._job(
+            "student", name, pair, defense_cfg["module"], defense_cfg.get("trainer"), seed, teacher["key"], init_key
+        )
         stage = {"id": sid, "kind": "student", "key": job["key"], "deps": deps, "job": job, "defense": name}
         stage["seed"] = seed
         self.plan.add(stage)
@@ -135,7 +135,7 @@ class Planner:
         dm = self.plan._data[pair] = self.data[recipe]
         n_test = len(dm.splits("target").test)
         n = n_test if cfg["eval"]["n_examples"] is None else min(cfg["eval"]["n_examples"], n_test)
-        ev = cfg["eval"]
+        evaluation = cfg["eval"]
         self.plan.pairs[pair] = {
             "fingerprint": dm.fingerprint(),
             "source": dm.source_name,
@@ -147,19 +147,21 @@ class Planner:
             "eval": {
                 "data": semantic(cfg["data"][pair], NON_SEMANTIC_DATA_KEYS),
                 "fingerprint": dm.fingerprint(),
-                "seed": ev["seed"],
-                "batch_size": ev["batch_size"],
-                "precision": ev.get("precision", "fp32"),  # the attacks' autocast: crafted sets and cells differ
-                "detection": bool(ev["detection"]),
-                "detection_reference": ev["detection_reference"] if ev["detection"] else None,
+                "seed": evaluation["seed"],
+                "batch_size": evaluation["batch_size"],
+                "precision": evaluation.get(
+                    "precision", "fp32"
+                ),  # the attacks' autocast: crafted sets and cells differ
+                "detection": bool(evaluation["detection"]),
+                "detection_reference": evaluation["detection_reference"] if evaluation["detection"] else None,
             },
         }
-        tcfg = cfg["teacher"]
+        teacher_cfg = cfg["teacher"]
         common = None
-        if tcfg.get("common"):
-            common = self._root(pair, "common", tcfg["common"], dm, None)
+        if teacher_cfg.get("common"):
+            common = self._root(pair, "common", teacher_cfg["common"], dm, None)
             self.commons[pair] = common
-        teacher = self._root(pair, "teacher", tcfg, dm, common)
+        teacher = self._root(pair, "teacher", teacher_cfg, dm, common)
         self.teachers[pair] = teacher
         for root in (common, teacher) if common else (teacher,):
             self._cells(pair, root, Declared(frozenset(), False), teacher)
@@ -167,16 +169,16 @@ class Planner:
             for name in cfg["defense"]:
                 self._cells(pair, self._student(pair, name, seed, teacher), self.declared[name], teacher)
 
-    def _root(self, pair: str, name: str, tcfg: dict, dm, common: dict | None) -> dict:
+    def _root(self, pair: str, name: str, teacher_cfg: dict, dm, common: dict | None) -> dict:
         """The teacher (or CommonInit's common model): trained on the source domain (from the common model when
         there is one), or a public model loaded as it is: a checkpoint file, or timm's pretrained weights for the
         first model of the chain (`model.pretrained=true`)."""
         where = "teacher.checkpoint" if name == "teacher" else "teacher.common.checkpoint"
         extra: dict = {}
         loaded = None
-        if tcfg.get("checkpoint"):
-            fmt, head = tcfg.get("checkpoint_format", "auto"), tcfg.get("checkpoint_head", "auto")
-            spec = checkpoint_spec(tcfg["checkpoint"], where, fmt, head)
+        if teacher_cfg.get("checkpoint"):
+            fmt, head = teacher_cfg.get("checkpoint_format", "auto"), teacher_cfg.get("checkpoint_head", "auto")
+            spec = checkpoint_spec(teacher_cfg["checkpoint"], where, fmt, head)
             loaded = load_checkpoint(spec, build_model(self.cfg["model"], dm))  # a misfit fails before work
             spec["digest"] = loaded.digest  # the key follows the tensors loaded
             extra = {"public": True, "checkpoint": spec}
@@ -187,8 +189,10 @@ class Planner:
             self.notes.append(f"{pair}/{name}: {loaded.where}: {loaded.line()}")
         if common is not None and not extra:
             extra.update(init_key=common["key"], init_kind="teacher")
-        seed = tcfg.get("seed", 0)
-        job = self._job("teacher", name, pair, teacher_module_cfg(tcfg), tcfg.get("trainer"), seed, None, **extra)
+        seed = teacher_cfg.get("seed", 0)
+        job = self._job(
+            "teacher", name, pair, teacher_module_cfg(teacher_cfg), teacher_cfg.get("trainer"), seed, None, **extra
+        )
         stage = {"id": f"{pair}/{name}", "kind": "teacher", "key": job["key"], "deps": [], "job": job}
         if extra.get("init_key"):
             stage["deps"] = [common["id"]]
@@ -287,9 +291,6 @@ class Planner:
         """The stages a crafted attack is crafted on: the teacher; the common model (`surrogate: common`); a model
         the attacker trains (`attacks.transfer.ATTACKER_MODELS`: a training stage of that defense config with
         `eval.attacker_seed`); several of them for an ensemble."""
-        from attacks.errors import ConfigError
-        from attacks.transfer import ATTACKER_MODELS
-
         teacher = teacher or self.teachers[pair]
         out = []
         for name in getattr(attack, "surrogates", (getattr(attack, "surrogate_name", "teacher"),)):

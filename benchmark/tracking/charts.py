@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from attacks.base import eps_tag
 from benchmark.records import UNIONS, eps_axis, eps_str, seed_note
 from benchmark.results.files import PairResults, number
 
@@ -15,8 +16,6 @@ CLEAN_BASE = "finetune"
 
 def metric_tag(attack: str, norm: str, eps: float) -> str:
     """A row's name in metric keys: `pgd_linf_8` (8/255), `pgd_l2_0.5`, `worst_case_linf_16`."""
-    from attacks.base import eps_tag
-
     return f"{curve_tag(attack, norm)}_{eps_tag(eps, norm)}"
 
 
@@ -135,7 +134,6 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
     charts: dict[str, Any] = {}
     for pair in dict.fromkeys(r.pair for r in rows if r.threat_model != "sanity"):
         res = PairResults([r for r in rows if r.pair == pair])
-        hl = headline
         seeds = f" ({seed_note(len({str(r.seed) for r in res.rows}), 'no band in this chart')})"
         for attack, norm in res.attacks:
             epss = res.epsilons(attack, norm)
@@ -156,30 +154,32 @@ def sweep_charts(rows: list[dict], headline: dict[str, float]) -> dict[str, Any]
                 title=f"{pair}: {attack} ({norm}), robust accuracy against epsilon{seeds}",
                 xname=eps_axis(norm),
             )
-        for norm, eps in hl.items():
+        for norm, eps in headline.items():
             if (WORST, norm) not in res.attacks:
                 continue
             e = min(res.epsilons(WORST, norm), key=lambda x: abs(x - eps))
-            data = [[d, statistics.mean(v), len(v)] for d in res.ranked(hl) if (v := res.values(d, WORST, norm, e))]
+            data = [
+                [d, statistics.mean(v), len(v)] for d in res.ranked(headline) if (v := res.values(d, WORST, norm, e))
+            ]
             charts[f"charts/{pair}/worst_case_{norm}"] = wandb.plot.bar(
                 wandb.Table(columns=["defense", "robust_acc", "seeds"], data=data),
                 "defense",
                 "robust_acc",
                 title=f"{pair}: per-example worst-case robust accuracy at {norm} {eps_str(norm, e)}{seeds}",
             )
-        if (scatter := _tradeoff(res, hl, seeds)) is not None:
+        if (scatter := _tradeoff(res, headline, seeds)) is not None:
             charts[f"charts/{pair}/clean_cost_vs_robust"] = scatter
     return charts
 
 
-def _tradeoff(res, hl: dict[str, float], seeds: str):
+def _tradeoff(res, headline: dict[str, float], seeds: str):
     """The clean cost against the worst case at the headline L-inf budget (else the first norm's), or None."""
     import wandb
 
-    norm = "linf" if "linf" in hl else next(iter(hl))
+    norm = "linf" if "linf" in headline else next(iter(headline))
     if (WORST, norm) not in res.attacks:
         return None
-    e = min(res.epsilons(WORST, norm), key=lambda x: abs(x - hl[norm]))
+    e = min(res.epsilons(WORST, norm), key=lambda x: abs(x - headline[norm]))
     x_name = "clean_cost" if CLEAN_BASE in res.defenses else "clean_acc"
     data = []
     for d in res.defenses:

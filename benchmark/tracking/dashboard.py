@@ -22,8 +22,14 @@ import os
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from attacks.errors import ConfigError, choose
 from benchmark.records import eps_axis, eps_str, headline_eps, seed_note
-from benchmark.results.files import PairResults
+from benchmark.results.figures import heatmap_columns
+from benchmark.results.files import PairResults, read_csv
+from benchmark.results.report import read_outputs
+from benchmark.runner.config import headline_budgets
 from benchmark.tracking.charts import WORST, evaluated_models, metric_tag
 
 #: How a panel aggregates the runs of a defense (its seeds): their mean, with the range from the lowest to the
@@ -48,7 +54,7 @@ class _Pair:
 
     def __init__(self, rows: list[dict], headline: dict[str, float], pair: str):
         self.res = PairResults([r for r in rows if r.pair == pair])
-        self.hl = headline
+        self.headline = headline
         self.models = [m for m in evaluated_models(rows) if m["pair"] == pair]
         self.have = {k for m in self.models for k in m["metrics"]}
 
@@ -59,7 +65,7 @@ class _Pair:
 
     def at_headline(self, attack: str, norm: str) -> tuple[str, str]:
         """An attack's metric tag at the headline budget (or its swept budget nearest it) and that budget."""
-        eps = min(self.res.epsilons(attack, norm), key=lambda e: abs(e - self.hl[norm]))
+        eps = min(self.res.epsilons(attack, norm), key=lambda e: abs(e - self.headline[norm]))
         return metric_tag(attack, norm, eps), eps_str(norm, eps)
 
     def bars(self, what: str, key: str, attacks: list[tuple[str, str]]) -> list:
@@ -77,11 +83,9 @@ def panel_sections(rows: list[dict], headline: dict[str, float], pair: str) -> l
     that the pair's evaluation runs have."""
     import wandb_workspaces.reports.v2 as wr
 
-    from benchmark.results.figures import heatmap_columns
-
     p = _Pair(rows, headline, pair)
     n = len(p.models)
-    columns = sorted(heatmap_columns(p.res, p.hl), key=lambda c: c[0] != WORST)  # the worst cases first
+    columns = sorted(heatmap_columns(p.res, p.headline), key=lambda c: c[0] != WORST)  # the worst cases first
     robust = p.bars("robust accuracy", "test/robust_acc/{tag}", [(a, nm) for a, nm, _ in columns])
     curves = {k: x for m in p.models for step in m["curves"] for x in step if x.startswith("curve/eps_") for k in step}
     lines = [
@@ -185,13 +189,6 @@ def _seed(value):
 
 def load_sweep(out: Path) -> dict:
     """What `make dashboard` needs from a finished sweep's folder: rows, headline budgets, project, entity, group."""
-    from omegaconf import OmegaConf
-
-    from attacks.errors import ConfigError
-    from benchmark.results.files import read_csv
-    from benchmark.results.report import read_outputs
-    from benchmark.runner.config import headline_budgets
-
     if not (out / "results.csv").exists() or not (out / "config.yaml").exists():
         raise ConfigError(f"no results.csv or config.yaml in {out}; run `make bench` first")
     cfg = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"), resolve=False)
@@ -212,8 +209,6 @@ def load_sweep(out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Save a W&B workspace per dataset pair of a finished sweep (`make dashboard`)."""
-    from attacks.errors import ConfigError, choose
-
     parser = argparse.ArgumentParser(prog="python -m benchmark.tracking.dashboard", description=main.__doc__)
     parser.add_argument("results", type=Path, help="the sweep's folder, results/<experiment>")
     parser.add_argument("--pair", action="append", help="only this dataset pair (repeatable; default: every pair)")

@@ -29,8 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.records import Row
-from benchmark.tracking.charts import evaluated_models
+from benchmark.records import COLUMNS, Row
+from benchmark.results.verdicts import COLUMNS as FINDING_COLUMNS
+from benchmark.tracking.charts import evaluated_models, long_table, sweep_charts
 from lightning_modules.loggers import init_kwargs, replace_offline, run_id
 
 MODES = ("offline", "online", "disabled")
@@ -115,9 +116,6 @@ class Tracker:
         try:
             import wandb
 
-            from benchmark.records import COLUMNS
-            from benchmark.results.verdicts import COLUMNS as FINDING_COLUMNS
-
             columns = COLUMNS if rows else []
             log: dict[str, Any] = {
                 # Mixed types: a column may hold numbers and blanks (rows read back from results.csv).
@@ -133,8 +131,6 @@ class Tracker:
             self.fail(f"W&B table failed ({type(e).__name__}: {e}); the results are in results.csv")
             return
         try:
-            from benchmark.tracking.charts import long_table, sweep_charts
-
             columns, data = long_table(rows)
             log["attack_defense"] = wandb.Table(columns=columns, data=data)
             log.update(sweep_charts(rows, headline))

@@ -16,7 +16,7 @@ from PIL import Image
 from wandb_reader import chart_table_key, read_run, read_table
 
 from benchmark.records import Row
-from benchmark.results import verdicts as fnd
+from benchmark.results import verdicts
 from benchmark.results.files import PairResults, write_csv
 from benchmark.results.verdicts import findings
 from benchmark.tracking import charts as wandb_charts
@@ -152,7 +152,7 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
     first = long[0]
     assert (type(first["seed"]), type(first["eps"]), type(first["robust_acc"])) == (int, float, float)
     assert [r["robust_acc"] for r in long] == pytest.approx([r.robust_acc for r in plain])
-    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == len(fnd.CLAIMS) * len(PAIRS), (
+    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == len(verdicts.CLAIMS) * len(PAIRS), (
         "every claim per pair"
     )
     assert any(h.get("plots/heatmap/_type") == "image-file" for h in run["history"]), "the PNGs stay"

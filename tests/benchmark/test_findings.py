@@ -17,7 +17,7 @@ from statsmodels.stats.multitest import multipletests
 
 from attacks.errors import ConfigError
 from benchmark.records import headline_eps
-from benchmark.results import verdicts as fnd
+from benchmark.results import verdicts
 from benchmark.results.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
 from benchmark.results.statistics import random_effects_mean, seeds_for_power
 from benchmark.results.verdicts import findings, markdown
@@ -44,7 +44,7 @@ def test_several_seeds_are_tested_over_seeds_and_examples():
     (f,) = run(by_seed)
     d = np.array([np.asarray(a) - np.asarray(b) for a, b in by_seed.values()])
     want = random_effects_mean(d)
-    assert f["test"] == fnd.TEST_METHODS and (f["seeds"], f["n"]) == (3, 100)
+    assert f["test"] == verdicts.TEST_METHODS and (f["seeds"], f["n"]) == (3, 100)
     assert (f["difference"], f["ci_low"], f["ci_high"], f["p"]) == pytest.approx(
         (want["mean"], want["ci_low"], want["ci_high"], want["p"])
     )
@@ -72,7 +72,7 @@ def test_seeds_that_disagree_give_no_verdict_though_each_seed_alone_is_clear():
 def test_one_seed_is_the_paired_t_test_about_one_model_per_method():
     a, b = spread(60, 120, 1), spread(45, 120, 2)
     (f,) = run({0: (a, b)})
-    assert f["test"] == fnd.TEST_MODELS and f["seeds"] == 1 and f["seeds_needed"] is None
+    assert f["test"] == verdicts.TEST_MODELS and f["seeds"] == 1 and f["seeds_needed"] is None
     want = stats.ttest_rel(a, b)
     assert f["p"] == pytest.approx(want.pvalue)
     assert (f["ci_low"], f["ci_high"]) == pytest.approx(tuple(want.confidence_interval()))
@@ -100,8 +100,8 @@ def test_the_verdict_rule_at_alpha(monkeypatch):
     }.items():
         fixed = {"tests": [{"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}], "p_support": support,
                  "p_contra": contra, "p": min(1.0, 2 * min(support, contra))}  # fmt: skip
-        monkeypatch.setattr(fnd, "claim_test", lambda parts, fixed=fixed: fixed)
-        monkeypatch.setattr(fnd, "seeds_for_power", lambda test: None)
+        monkeypatch.setattr(verdicts, "claim_test", lambda parts, fixed=fixed: fixed)
+        monkeypatch.setattr(verdicts, "seeds_for_power", lambda test: None)
         (f,) = run({0: ([1.0, 0.0], [0.0, 0.0])})
         assert f["verdict"] == verdict, (support, contra)
 
@@ -138,7 +138,7 @@ def test_only_the_examples_every_row_covers_are_compared():
     a, b = ones(20, 50), ones(10, 30)
     (f,) = run({0: (a, b), 1: (ones(20, 40), ones(5, 40))})
     assert f["n"] == 30 and f["seeds"] == 2
-    assert f["test"] == fnd.TEST_METHODS, "two seeds already make a test about the methods"
+    assert f["test"] == verdicts.TEST_METHODS, "two seeds already make a test about the methods"
     d = np.array([np.asarray(a[:30]) - b, np.asarray(ones(20, 40)[:30]) - ones(5, 40)[:30]])
     assert f["difference"] == pytest.approx(d.mean())
 

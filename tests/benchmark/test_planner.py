@@ -133,7 +133,7 @@ def test_the_students_jobs_keys_and_earlier_stages(planned):
     assert list(by).index("digits/freeze/seed0") < list(by).index("digits/dropout/seed0"), "the earlier stage first"
     for s, name in ((ft, "finetune"), (freeze, "freeze"), (drop, "dropout")):
         job = s["job"]
-        dcfg = {**CFG["defense"], **CFG["earlier_defenses"]}[name]
+        defense_cfg = {**CFG["defense"], **CFG["earlier_defenses"]}[name]
         assert (s["kind"], s["defense"], s["seed"], s["id"]) == ("student", name, 0, f"digits/{name}/seed0")
         assert (job["kind"], job["name"], job["domain"], job["teacher_key"]) == (
             "student",
@@ -141,8 +141,8 @@ def test_the_students_jobs_keys_and_earlier_stages(planned):
             "target",
             teacher["key"],
         )
-        assert job["module"] == dcfg["module"] and job["trainer"] == {**CFG["trainer"], **dcfg["trainer"]}
-        modules = ["datamodules.digits", module_of(dcfg["module"]["_target_"]), "benchmark.runner.stages.train"]
+        assert job["module"] == defense_cfg["module"] and job["trainer"] == {**CFG["trainer"], **defense_cfg["trainer"]}
+        modules = ["datamodules.digits", module_of(defense_cfg["module"]["_target_"]), "benchmark.runner.stages.train"]
         assert s["key"] == job["key"] == stage_key("student", job_key_spec(job), modules)
     assert ft["deps"] == [teacher["id"]] and ft["job"]["init_key"] is None
     assert drop["deps"] == [teacher["id"], freeze["id"]] and drop["job"]["init_key"] == freeze["key"]

@@ -257,7 +257,8 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
     assert not set(second) & set(first), "the rerun's directories are new, the earlier ones removed"
     assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
     (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
-    assert len(found) == len(report.verdicts.CLAIMS) and sweep["tables"]["findings"]["nrows"] == len(found), "every claim"
+    assert len(found) == len(report.verdicts.CLAIMS), "every claim"
+    assert sweep["tables"]["findings"]["nrows"] == len(found)
     assert sweep["tables"]["results"]["nrows"] == len(rows)
 
 

@@ -143,11 +143,11 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch, 
 
 
 def test_wandb_offline_runs_are_written_and_read_back(tmp_path, monkeypatch):
-    from benchmark.results import verdicts as fnd
+    from benchmark.results import verdicts
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    found, real = [], fnd.findings
-    monkeypatch.setattr(fnd, "findings", lambda *a, **k: found.append(real(*a, **k)) or found[-1])
+    found, real = [], verdicts.findings
+    monkeypatch.setattr(verdicts, "findings", lambda *a, **k: found.append(real(*a, **k)) or found[-1])
     overrides = [
         o for o in tiny(tmp_path, "defense=finetune", "attack=[pgd_linf,transfer_pgd_linf]") if o != "logger=none"
     ]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,9 +139,6 @@ def finish(cfg: dict, plan: Plan, stats: Counter, logs: str, console: Console, e
 
 def quiet_lightning() -> None:
     """Keep the console for the sweep: no hardware banners or tips, no warnings about tiny datasets."""
-    import logging
-    import warnings
-
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     for pattern in ("does not have many workers", "smaller than the logging interval", r"isinstance\(treespec"):
         warnings.filterwarnings("ignore", f".*{pattern}.*")

@@ -21,13 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks.errors import ConfigError, choose
 from benchmark.runner.cache import Cache
-from benchmark.runner.launchers.common import Launched, StageRunner, failures, finish, finished, one_line, prepare
+from benchmark.runner.launchers.common import (
+    Launched,
+    StageRunner,
+    failures,
+    finish,
+    finished,
+    one_line,
+    prepare,
+    quiet_lightning,
+)
 from benchmark.runner.plan import Plan
+from benchmark.runner.stages.train import run_train_job
 
 
 @dataclass
@@ -88,15 +99,11 @@ class StageJob(submitit.helpers.Checkpointable):
         self.root, self.stage_ids = root, stage_ids
 
     def __call__(self) -> dict:
-        from benchmark.runner.launchers.common import quiet_lightning
-
         quiet_lightning()
         env = submitit.JobEnvironment()
         runner = StageRunner(self.root, log=str(env.paths.stderr))
         stages = [runner.plan.stage(i) for i in self.stage_ids]
         if env.num_tasks > 1:  # a DDP training stage: every task of the job is one rank of it
-            from benchmark.runner.stages.train import run_train_job
-
             for stage in stages:
                 if not runner.done(stage):
                     run_train_job(stage["job"], progress=False)
@@ -114,8 +121,6 @@ def make_executor(lcfg: dict, folder: Path, unit: Unit, after: list[str] = ()) -
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=lcfg["max_requeue"])
     gpus, tasks = unit.gpus, unit.tasks
     if cluster == "local":  # one task: a DDP stage's ranks are started by the training stage itself, as inline
-        import torch
-
         gpus, tasks = min(gpus, torch.cuda.device_count()), 1
     params = {
         "name": f"bench-{unit.name}",

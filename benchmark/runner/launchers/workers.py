@@ -20,12 +20,22 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attacks.errors import ConfigError
 from benchmark.runner.cache import Cache
-from benchmark.runner.launchers.common import Launched, StageRunner, dependents, failures, finish, finished, prepare
+from benchmark.runner.launchers.common import (
+    Launched,
+    StageRunner,
+    dependents,
+    failures,
+    finish,
+    finished,
+    prepare,
+    quiet_lightning,
+)
 from benchmark.runner.plan import Plan
 
 
@@ -41,8 +51,6 @@ def layout(lcfg: dict) -> list[dict]:
     """One entry per worker: the GPU it sees (None on a CPU machine) and its torch threads."""
     devices = lcfg.get("devices", "auto")
     if devices == "auto":
-        import torch
-
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
@@ -236,10 +244,7 @@ class _Worker:
 def main(argv: list[str]) -> int:
     threads = int(os.environ.get("BENCH_WORKER_THREADS", "0"))
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
-    from benchmark.runner.launchers.common import quiet_lightning
 
     quiet_lightning()
     _Worker([Path(a) for a in argv[:-1]], int(argv[-1])).loop()

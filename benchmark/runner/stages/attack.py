@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from attacks.base import Attack, AttackConstraintError, attack_mode, check_adversarial, readout
 from attacks.errors import choose
+from benchmark.runner.stages.score import outcome
 from datamodules.base import ImageFile, LazyImages, chunks
 
 #: eval.precision -> the autocast dtype of the attack's passes (None: no autocast).
@@ -243,8 +244,6 @@ def compute_cell(
     attack draws what it drew when x' was made whole first). A randomized model's are written to a temporary
     `ImageFile` first: each of its draws scores every final example after the attack, in that order of random draws.
     """
-    from benchmark.runner.stages.score import outcome
-
     if x_adv is None and not randomized:  # the clean-correct examples' x', scored window by window as it is made
         torch.manual_seed(seed)
         adv = Attacked(attack, model, x, y, batch_size, device, pred_clean[0] == y, on_batch, precision_name)

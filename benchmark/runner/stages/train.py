@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,8 +163,6 @@ def train_stage(job: dict, progress: bool = True) -> dict:
     if job.get("public"):
         meta = run_public_job(job)
     elif isinstance(devices, int) and devices > 1 or job["trainer"].get("num_nodes", 1) > 1:
-        import subprocess
-
         dm = build_datamodule(job["data"])  # the preparation runs once, here; the ranks find it cached
         ensure_prepared(job, build_module(job, cache, dm), dm, cache)
 
