@@ -35,7 +35,7 @@ from benchmark.numerics import machine
 from benchmark.records import Row
 from benchmark.runner import estimate
 from benchmark.runner.checks import flag_warnings
-from benchmark.runner.config import compose, usage
+from benchmark.runner.config import compose, report_entries, usage
 from benchmark.runner.timing import split
 
 
@@ -45,6 +45,7 @@ def report_config(cfg: dict) -> dict:
         "headline": {k.lower(): parse_eps(v) for k, v in cfg["report"]["headline"].items()},
         "transferability": cfg["report"]["transferability"],
         "claims": cfg["report"].get("claims"),
+        "defenses": report_entries(cfg["defense"]),
         "machine": machine(cfg),
     }
 

@@ -305,15 +305,16 @@ def transfer(res: PairResults, pair: str, hl: dict[str, float], flagged: set[str
     return fig
 
 
-def figures(rows: list, headline: dict[str, float], per_example: dict | None = None
-            ) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
+def figures(rows: list, headline: dict[str, float], per_example: dict | None = None,
+            families: dict[str, str] | None = None) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
-    model colours they share; `per_example` (per_example.json) gives the accuracies their intervals."""
+    model colours they share; `per_example` (per_example.json) gives the accuracies their intervals, `families`
+    (defense -> family, from the configs) the colours' hues."""
     import matplotlib
 
     matplotlib.use("Agg")
     plain, hidden = drawable([r for r in rows if r.threat_model != "sanity"])
-    colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)))
+    colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)), families)
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
     for pair in pairs:
@@ -329,14 +330,15 @@ def figures(rows: list, headline: dict[str, float], per_example: dict | None = N
     return out, colors
 
 
-def plots(rows: list, out_dir: Path, headline: dict[str, float], per_example: dict | None = None) -> dict[str, Path]:
-    """Draw every figure into `out_dir` as PNG; returns {stem: path}."""
+def plots(rows: list, out_dir: Path, headline: dict[str, float], per_example: dict | None = None,
+          families: dict[str, str] | None = None) -> dict[str, Path]:  # fmt: skip
+    """Draw every figure into `out_dir` as PNG (`figures`); returns {stem: path}."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    figs, _ = figures(rows, headline, per_example)
+    figs, _ = figures(rows, headline, per_example, families)
     for stem, fig in figs.items():
         paths[stem] = out_dir / f"{stem}.png"
         fig.savefig(paths[stem], dpi=120)

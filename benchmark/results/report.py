@@ -19,6 +19,7 @@ from benchmark.runner.checks import flag_warnings
 from benchmark.results.leaderboard import leaderboard
 from benchmark.records import Row
 from benchmark.results.files import read_csv
+from benchmark.runner.config import shipped_defenses
 
 #: Row fields blanked when a defense that may reject lacks an attack on its reject decision (`no_adaptive_attack`).
 WITHHELD_FIELDS = ("robust_acc", "robust_acc_worst_of_k", "success_rate", "robust_acc_ci_low", "robust_acc_ci_high")
@@ -48,6 +49,12 @@ def read_outputs(out_dir: Path) -> dict:
     }
 
 
+def defenses_of(report_config: dict) -> dict[str, dict]:
+    """Each defense's family and claims (`benchmark.runner.config.report_entries`) as the run wrote them; for a run
+    that wrote none (before the defense configs held them), every shipped defense's, as its report had them."""
+    return report_config["defenses"] if "defenses" in report_config else shipped_defenses()
+
+
 def write_report(
     out_dir: Path, rows: list[Row], per_example: dict | None, report_config: dict, warnings: list[str]
 ) -> tuple[dict[str, Path], list[dict]]:
@@ -69,7 +76,8 @@ def write_report(
     )
     from benchmark.results.figures import plots  # matplotlib: only when the figures are drawn
 
-    return plots(rows, out_dir, headline, per_example), found
+    families = {name: d["family"] for name, d in defenses_of(report_config).items()}
+    return plots(rows, out_dir, headline, per_example, families), found
 
 
 #: What the report is built from (`rebuild` reads the same files), and where a built report records their digest.
