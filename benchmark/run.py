@@ -77,6 +77,7 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     from benchmark.runner.launchers.common import quiet_lightning
 
     quiet_lightning()
+    from benchmark.results.report import report_inputs
     from benchmark.runner.launchers import launch
     from benchmark.runner.launchers.workers import launch_group
     from benchmark.runner.planner import make_plan
@@ -86,6 +87,7 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     for cfg in cfgs:
         start = time.perf_counter()
         plan, notes, plan_warnings = make_plan(cfg, data)  # validates every name and value before any work
+        report_inputs(report_config(cfg))  # and the defenses' claims
         console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
         for note in notes:
             console.log(note)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark.results import verdicts as fnd
+from benchmark.results.claims import claims_from_config, run_claims
 from benchmark.runner.checks import flag_warnings
 from benchmark.results.leaderboard import leaderboard
 from benchmark.records import Row
@@ -49,10 +50,15 @@ def read_outputs(out_dir: Path) -> dict:
     }
 
 
-def defenses_of(report_config: dict) -> dict[str, dict]:
-    """Each defense's family and claims (`benchmark.runner.config.report_entries`) as the run wrote them; for a run
-    that wrote none (before the defense configs held them), every shipped defense's, as its report had them."""
-    return report_config["defenses"] if "defenses" in report_config else shipped_defenses()
+def report_inputs(report_config: dict) -> tuple[list, dict[str, str]]:
+    """What the report reads of the run's defenses in report_config.json: the claims the findings test
+    (`benchmark.results.claims.run_claims`: each defense's, and those about attacks; the config's `report.claims`
+    replaces them) and each defense's figure family. A run that wrote no defenses (written before their configs held
+    them) gets every shipped defense's, as its report had them."""
+    defenses = report_config["defenses"] if "defenses" in report_config else shipped_defenses()
+    given = report_config.get("claims")
+    claims = claims_from_config(given) if given else run_claims(defenses)
+    return claims, {name: d["family"] for name, d in defenses.items()}
 
 
 def write_report(
@@ -62,21 +68,20 @@ def write_report(
     here, once: the run hands them to W&B tracking).
 
     The warnings shown are `warnings` (the run's own: plan warnings and failures) followed by one per flag the
-    runner raised; none is recomputed. The claims are `benchmark.results.verdicts.CLAIMS` unless `report_config` has
-    `claims`.
+    runner raised; none is recomputed. The claims and the figures' families are the run's defenses'
+    (`report_inputs`).
     """
     headline = report_config.get("headline") or {"linf": 16 / 255, "l2": 1.0}  # config.yaml's default
     form = report_config.get("transferability", "success_ratio")
     warnings = list(dict.fromkeys([*warnings, *flag_warnings(rows)]))
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
-    claims = fnd.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
+    claims, families = report_inputs(report_config)
     found = fnd.findings(rows, per_example, headline, claims)
     (out_dir / "leaderboard.md").write_text(
         leaderboard(rows, headline, form, warnings, found, report_config.get("machine"), per_example)
     )
     from benchmark.results.figures import plots  # matplotlib: only when the figures are drawn
 
-    families = {name: d["family"] for name, d in defenses_of(report_config).items()}
     return plots(rows, out_dir, headline, per_example, families), found
 
 

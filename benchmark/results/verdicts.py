@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 
-from benchmark.results.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
+from benchmark.results.claims import EACH, HEADLINE, METRICS, Part, matching
 from benchmark.records import Row, eps_str, headline_eps
 from benchmark.results.statistics import ALPHA, MAX_SEEDS, POWER, holm, random_effects_mean, seeds_for_power
 
-__all__ = ["CLAIMS", "COLUMNS", "claims_from_config", "findings", "markdown"]
+__all__ = ["COLUMNS", "findings", "markdown"]
 
 TEST_METHODS = "random effects over seeds and examples"
 TEST_MODELS = "paired t over examples (one seed: one trained model per method)"
@@ -84,11 +84,10 @@ def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -
     return item
 
 
-def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list | None = None
-             ) -> list[dict]:  # fmt: skip
-    """One finding per claim, dataset pair and budget: the difference and its interval, the test, the Holm-adjusted
-    p over every claim of the run, the verdict and the seeds for 80 % power (see the module docstring)."""
-    claims = CLAIMS if claims is None else claims
+def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list) -> list[dict]:
+    """One finding per claim (the run's: `benchmark.results.claims.run_claims`), dataset pair and budget: the
+    difference and its interval, the test, the Holm-adjusted p over every claim of the run, the verdict and the seeds
+    for 80 % power (see the module docstring)."""
     per_example = per_example or {}
     hl = headline_eps(rows, headline) if rows else {}
     out = [
