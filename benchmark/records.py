@@ -65,6 +65,22 @@ def seed_note(n_seeds: int, spread: str) -> str:
     return f"mean over {n_seeds} seeds; {spread}"
 
 
+# ---- families of models ------------------------------------------------------------------------------------
+#: The families of models that the figures tell apart, each with its hue (a sequential colormap; its members take
+#: shades of it): paper 1's training modes, adversarial fine-tuning, purification, paper 2's defenses, the reference
+#: models (the teacher and CommonInit's common model) and `other`. A defense config names its family (`family:`,
+#: one of these; checked with the config); one that names none is `other`.
+HUES = {
+    "reference": "Greys",
+    "modes": "Blues",
+    "adversarial": "Reds",
+    "purification": "Greens",
+    "paper2": "Purples",
+    "other": "YlOrBr",
+}
+OTHER = "other"
+
+
 @dataclass(frozen=True)
 class Budget:
     """An attack's budget: the norm (or budget type: dssim, patch), epsilon as a float, and the label it was

@@ -35,9 +35,9 @@ from attacks.errors import ConfigError
 from benchmark.numerics import machine
 from benchmark.records import Row
 from benchmark.results.files import write_csv
-from benchmark.results.report import write_report_if_changed
+from benchmark.results.report import report_inputs, write_report_if_changed
 from benchmark.runner import estimate
-from benchmark.runner.config import compose, usage
+from benchmark.runner.config import compose, report_entries, usage
 from benchmark.runner.execute import Executor
 from benchmark.runner.launchers import launch
 from benchmark.runner.launchers.common import quiet_lightning
@@ -55,6 +55,7 @@ def report_config(cfg: dict, plan: Plan) -> dict:
         "headline": plan.headline,
         "transferability": cfg["report"]["transferability"],
         "claims": cfg["report"].get("claims"),
+        "defenses": report_entries(cfg["defense"]),
         "machine": machine(cfg),
     }
 
@@ -85,6 +86,7 @@ def run_group(cfgs: list[dict]) -> list[dict]:
     for cfg in cfgs:
         start = time.perf_counter()
         plan, notes, plan_warnings = make_plan(cfg, data)  # validates every name and value before any work
+        report_inputs(report_config(cfg, plan))  # and the defenses' claims
         console.log(f"experiment [bold]{cfg['name']}[/]: {len(plan)} stages -> {cfg['results_dir']}")
         for note in notes:
             console.log(note)

@@ -1,12 +1,13 @@
-"""How well the report's method-level test keeps its stated error rates, simulated: `python -m benchmark.results.calibration`.
+"""How well the report's method-level test keeps its stated error rates, simulated: `python -m
+benchmark.results.calibration`.
 
 Each replicate is a run's worth of paired per-example outcomes of two methods: S training seeds x n test examples,
 binary outcomes, every example with a difficulty p_i ~ U(0.3, 0.7) shared by both methods and every seed, every seed
 with an effect a_s ~ N(0, seed_sd) on the difference of the two methods' success probabilities (method A gets
 p_i + (delta + a_s) / 2, method B p_i - (delta + a_s) / 2; the outcomes are independent given those), so the true
 difference of the methods is `delta` and the seed-to-seed standard deviation of a seed's difference is `seed_sd`
-(plus the examples' sampling noise). Per replicate the test of `benchmark.results.statistics.random_effects_mean` gives a 95 %
-interval and a verdict: "supported" (the interval above 0), "contradicted" (below 0) or neither. Reported per
+(plus the examples' sampling noise). Per replicate the test of `benchmark.results.statistics.random_effects_mean` gives
+a 95 % interval and a verdict: "supported" (the interval above 0), "contradicted" (below 0) or neither. Reported per
 setting: the share of intervals that hold `delta` (coverage) and the share of wrong verdicts (any verdict when
 delta = 0; "contradicted" when delta > 0).
 

@@ -21,12 +21,17 @@ a null value. Three shapes:
 
 Every example of a part is one that every row of the claim covers (entry i of per_example.json is target test
 example i), in every seed.
+
+A claim about a defense lives in that defense's config (`claims:`, a list of `Claim` or `RateClaim` fields:
+`claims_from_config`); the run writes the claims of its defenses to report_config.json, and the report tests those and
+the claims about attacks (`ATTACK_CLAIMS`), in their `order` (`run_claims`). `report.claims` in the config replaces
+them all.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
@@ -100,7 +105,8 @@ class Claim:
     """`higher` keeps more examples than `lower` under `attack` at (`norm`, `eps`), by `metric` (`METRICS`).
 
     `eps` is "headline" (the budget the leaderboard ranks at), "each" (every budget of the attack in the run) or a
-    number / fraction string such as "8/255".
+    number / fraction string such as "8/255". `order` (every claim shape has it): the claim's place among the run's
+    claims (`run_claims`), lowest first; a claim without one comes after those that have one.
     """
 
     text: str
@@ -111,6 +117,7 @@ class Claim:
     norm: str = "linf"
     eps: str = HEADLINE
     metric: str = "robust"
+    order: float | None = None
 
     def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
         high, low = (outcomes(rows, per_example, pair, d, self.attack, self.norm, eps, self.metric)
@@ -139,6 +146,7 @@ class RateClaim:
     max_loss: float = 0.1
     norm: str = "linf"
     eps: str = HEADLINE
+    order: float | None = None
 
     def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
         attacked = outcomes(rows, per_example, pair, self.defense, self.attack, self.norm, eps)
@@ -171,6 +179,7 @@ class StrongestAttackClaim:
     exclude: tuple[str, ...] = field(default=())
     norm: str = "linf"
     eps: str = HEADLINE
+    order: float | None = None
 
     def parts(self, rows: list[Row], per_example: dict, pair: str, eps: float) -> list[Part] | str:
         robust: dict[str, dict[str, dict[str, list]]] = {}  # defense -> attack -> seed -> outcomes
@@ -194,10 +203,11 @@ class StrongestAttackClaim:
         return parts or NOT_IN_RUN
 
 
-def extra_claims() -> list:
-    """The README's claims beyond the defenses' seed list: paper 2 (mimicry, the rejecting differentiators) and
-    papers 3 and 1 on the SSL encoder (digits_ssl)."""
-    mimicry = [
+#: The claims about an attack rather than one defense, in every run (a defense's own claims are in its config): paper
+#: 2's mimicry (the student that keeps the teacher's layers, freeze, against one trained apart, under each mimicry
+#: attack) and this suite's strongest downstream-agnostic attack (papers 3 and 1 on the SSL encoder, digits_ssl).
+ATTACK_CLAIMS = [
+    *(
         Claim(
             "Targeted mimicry of the teacher's layer K hits the student that keeps those layers (freeze) more often "
             "than an independently trained one (targeted hits, at each budget)",
@@ -208,124 +218,50 @@ def extra_claims() -> list:
             norm=norm,
             eps=EACH,
             metric="target_hit",
+            order=order,
         )
-        for attack, norm in (("mimicry_linf", "linf"), ("mimicry_dssim", "dssim"))
-    ]
-    return [
-        *mimicry,
-        Claim(
-            "The differentiators' accept/reject pipeline keeps more examples than the student it guards, in the "
-            "worst case (adaptive attack included)",
-            "Wu et al. (arXiv 1908.11230)",
-            higher="differentiator",
-            lower="freeze",
-            attack="worst_case",
-        ),
-        RateClaim(
-            "Over 90 % of adversarial inputs stopped (rejected or classified right) at under 10 points of clean "
-            "accuracy loss, against the adaptive attack",
-            "Wu et al. (arXiv 1908.11230)",
-            defense="differentiator",
-            base="freeze",
-            attack="pgd_reject_aware",
-        ),
-        Claim(
-            "Gen-AF is more robust than plain fine-tuning of the encoder under the feature-space UAP",
-            "Zhou et al. 2024",
-            higher="genaf",
-            lower="commoninit",
-            attack="uap_feature",
-        ),
-        Claim(
-            "Transfer from the teacher is stronger into CommonInit (fine-tuned from the common model) than into "
-            "Scratch",
-            "Zhang et al. 2020",
-            higher="scratch",
-            lower="commoninit",
-            attack="transfer_pgd_linf",
-        ),
-        Claim(
-            "Transfer is stronger into CommonInit than into Scratch in the per-example worst case over every transfer "
-            "attack and surrogate",
-            "Zhang et al. 2020",
-            higher="scratch",
-            lower="commoninit",
-            attack="worst_transfer",
-        ),
-        StrongestAttackClaim(
-            "The feature-space UAP is the strongest downstream-agnostic attack on every student (per student: "
-            "against the strongest other DAE)",
-            "this suite's README",
-            attack="uap_feature",
-            attacks=("uap_feature", "ssp_universal", "ssp", "l4a", "advencoder_per"),
-            exclude=("teacher", "common"),
-        ),
-    ]
-
-
-#: The seed claims; `report.claims` in the config may replace them (a list of dicts with `Claim`'s keys).
-CLAIMS = [
-    Claim(
-        "Fine-tuning is more robust than training from scratch under white-box FGSM",
-        "Zhang et al. 2020",
-        higher="finetune",
-        lower="scratch",
-        attack="fgsm",
+        for attack, norm, order in (("mimicry_linf", "linf", 80), ("mimicry_dssim", "dssim", 90))
     ),
-    Claim(
-        "Transfer from the teacher is stronger into a fine-tuned student than into an independently trained one "
-        "(lower robust accuracy under the teacher's PGD)",
-        "Zhang et al. 2020",
-        higher="scratch",
-        lower="finetune",
-        attack="transfer_pgd_linf",
+    StrongestAttackClaim(
+        "The feature-space UAP is the strongest downstream-agnostic attack on every student (per student: against "
+        "the strongest other DAE)",
+        "this suite's README",
+        attack="uap_feature",
+        attacks=("uap_feature", "ssp_universal", "ssp", "l4a", "advencoder_per"),
+        exclude=("teacher", "common"),
+        order=150,
     ),
-    Claim(
-        "Transfer is stronger into a fine-tuned student than into an independently trained one in the per-example "
-        "worst case over every transfer attack and surrogate (the black-box attacker's best)",
-        "Zhang et al. 2020",
-        higher="scratch",
-        lower="finetune",
-        attack="worst_transfer",
-    ),
-    *(
-        Claim(
-            f"{name} is more robust than plain fine-tuning in the per-example worst case",
-            paper,
-            higher=defense,
-            lower="finetune",
-            attack="worst_case",
-        )
-        for name, defense, paper in (
-            ("TLA", "tla", "Mao et al. 2019"),
-            ("TRADES", "trades", "Zhang et al. 2019 (TRADES)"),
-            ("Gen-AF", "genaf", "Zhou et al. 2024"),
-        )
-    ),
-    Claim(
-        "AToP (adversarially fine-tuned purifier) is more robust than its purifier alone in the worst case",
-        "Lin et al. 2024",
-        higher="atop",
-        lower="purifier",
-        attack="worst_case",
-    ),
-    *extra_claims(),
 ]
+#: The values of a config's claim that are numbers (the others are strings).
+NUMBERS = ("rate", "max_loss", "order")
 
 
-def claims_from_config(entries: list[dict]) -> list[Claim]:
-    """Claims from the config (`report.claims`): each entry has the fields of `Claim` (norm, eps, metric optional)."""
-    names = [f.name for f in fields(Claim)]
-    optional = ("norm", "eps", "metric")
-    required = [n for n in names if n not in optional]
+def claims_from_config(entries: list[dict], where: str = "report.claims") -> list[Claim | RateClaim]:
+    """Claims from a config (a defense config's `claims:`, or `report.claims`, which replaces the run's): each entry
+    has the fields of `Claim` (norm, eps, metric, order optional), or of `RateClaim` (an entry with `defense`: its
+    `base`, `rate`, `max_loss`; rate, max_loss, norm, eps, order optional)."""
     out = []
     for i, entry in enumerate(entries):
+        kind = RateClaim if isinstance(entry, dict) and "defense" in entry else Claim
+        names = [f.name for f in fields(kind)]
+        optional = [f.name for f in fields(kind) if f.default is not MISSING]
+        required = [n for n in names if n not in optional]
         if not isinstance(entry, dict) or set(entry) - set(names) or set(required) - set(entry):
-            raise ConfigError(f"report.claims[{i}] must be a mapping with keys {', '.join(names)} "
+            raise ConfigError(f"{where}[{i}] must be a mapping with keys {', '.join(names)} "
                               f"({', '.join(optional)} optional)")  # fmt: skip
         if entry.get("norm", "linf") not in ("linf", "l2"):
-            raise ConfigError(f"report.claims[{i}].norm '{entry['norm']}'; valid: l2, linf")
+            raise ConfigError(f"{where}[{i}].norm '{entry['norm']}'; valid: l2, linf")
         if entry.get("metric", "robust") not in METRICS:
-            raise ConfigError(f"report.claims[{i}].metric '{entry['metric']}'; valid: {', '.join(METRICS)}")
-        out.append(Claim(**{k: str(v) for k, v in entry.items()}))
+            raise ConfigError(f"{where}[{i}].metric '{entry['metric']}'; valid: {', '.join(METRICS)}")
+        if bad := [k for k in NUMBERS if k in entry and not isinstance(entry[k], (int, float))]:
+            raise ConfigError(f"{where}[{i}].{bad[0]} must be a number, got {entry[bad[0]]!r}")
+        out.append(kind(**{k: v if k in NUMBERS else str(v) for k, v in entry.items()}))
     return out
+
+
+def run_claims(defenses: dict[str, dict]) -> list:
+    """The claims a run tests: those of each of its defenses (`claims:` in the defense's config, as the run wrote
+    them: `benchmark.runner.config.report_entries`) and `ATTACK_CLAIMS`, in their `order` (stable: claims without
+    one last, in the order of the defenses)."""
+    own = [c for name, d in defenses.items() for c in claims_from_config(d["claims"], f"defense.{name}.claims")]
+    return sorted([*own, *ATTACK_CLAIMS], key=lambda c: (c.order is None, c.order or 0))

@@ -3,20 +3,20 @@ clean-versus-robust trade-off.
 
 One colour per defense in every figure (`defense_colors`, fixed by the order of the defenses in the rows) and
 one legend per figure for all of its panels. With several seeds a point is the mean over seeds and its band or error
-bar the report's 95 % interval of that accuracy (`benchmark.results.files.PairResults.estimate`: random effects over seeds
-and examples; a model trained once, its t interval over examples). Sanity-check rows are left out.
+bar the report's 95 % interval of that accuracy (`benchmark.results.files.PairResults.estimate`: random effects over
+seeds and examples; a model trained once, its t interval over examples). Sanity-check rows are left out.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 import math
 import textwrap
 from pathlib import Path
 
-from benchmark.results.figure_style import label, model_styles
+import numpy as np
+
 from benchmark.records import UNIONS, budget_key, eps_axis, eps_str, seed_note
+from benchmark.results.figure_style import label, model_styles
 from benchmark.results.files import Estimate, PairResults
 
 WORST = "worst_case"
@@ -165,7 +165,11 @@ def heatmap_columns(res: PairResults, headline: dict[str, float]) -> list[tuple[
 
 
 def heatmap(
-    res: PairResults, pair: str, headline: dict[str, float], hidden: set[tuple] = frozenset(), flagged: set[str] = frozenset()
+    res: PairResults,
+    pair: str,
+    headline: dict[str, float],
+    hidden: set[tuple] = frozenset(),
+    flagged: set[str] = frozenset(),
 ):
     """Robust accuracy (%) of every model (rows, ranked) under every attack (columns); `hidden`: the cells whose
     numbers are not robustness (`drawable`), marked "not adaptive"."""
@@ -306,16 +310,17 @@ def transfer(res: PairResults, pair: str, headline: dict[str, float], flagged: s
     return fig
 
 
-def figures(rows: list, headline: dict[str, float], per_example: dict | None = None
-            ) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
+def figures(rows: list, headline: dict[str, float], per_example: dict | None = None,
+            families: dict[str, str] | None = None) -> tuple[dict[str, object], dict[str, tuple]]:  # fmt: skip
     """The figures by file stem (robust_vs_eps, heatmap, tradeoff; `_<pair>` appended with several pairs) and the
     model colours they share; `headline`: the budget of each norm, resolved on the rows by the report
-    (`benchmark.records.headline_eps`); `per_example` (per_example.json) gives the accuracies their intervals."""
+    (`benchmark.records.headline_eps`); `per_example` (per_example.json) gives the accuracies their intervals,
+    `families` (defense -> family, from the configs) the colours' hues."""
     import matplotlib
 
     matplotlib.use("Agg")
     plain, hidden = drawable([r for r in rows if r.threat_model != "sanity"])
-    colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)))
+    colors, markers = model_styles(list(dict.fromkeys(r.defense for r in plain)), families)
     pairs = list(dict.fromkeys(r.pair for r in plain))
     out = {}
     for pair in pairs:
@@ -330,14 +335,15 @@ def figures(rows: list, headline: dict[str, float], per_example: dict | None = N
     return out, colors
 
 
-def plots(rows: list, out_dir: Path, headline: dict[str, float], per_example: dict | None = None) -> dict[str, Path]:
-    """Draw every figure into `out_dir` as PNG; returns {stem: path}."""
+def plots(rows: list, out_dir: Path, headline: dict[str, float], per_example: dict | None = None,
+          families: dict[str, str] | None = None) -> dict[str, Path]:  # fmt: skip
+    """Draw every figure into `out_dir` as PNG (`figures`); returns {stem: path}."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    figs, _ = figures(rows, headline, per_example)
+    figs, _ = figures(rows, headline, per_example, families)
     for stem, fig in figs.items():
         paths[stem] = out_dir / f"{stem}.png"
         fig.savefig(paths[stem], dpi=120)

@@ -1,19 +1,16 @@
 """The results of a finished sweep as files and lookups: results.csv in and out (typed `Row`s), and one pair's rows.
 
-Shared by the report (`benchmark.results.report`), the plots and W&B tracking, which read rows (and, for the intervals of
-accuracies, the per-example outcomes of per_example.json).
+Shared by the report (`benchmark.results.report`), the plots and W&B tracking, which read rows (and, for the intervals
+of accuracies, the per-example outcomes of per_example.json).
 
 An accuracy's interval is one kind throughout the report (`PairResults.estimate`): with several training seeds, the
-mean over seeds with the 95 % random-effects interval over seeds and examples (`benchmark.results.statistics`, the same model the
-findings test with); a single model beside them (the teacher, the common encoder: trained once, not per seed), its
-value with the 95 % t interval over its examples; a run of one seed, the values alone (each is one trained model).
+mean over seeds with the 95 % random-effects interval over seeds and examples (`benchmark.results.statistics`, the same
+model the findings test with); a single model beside them (the teacher, the common encoder: trained once, not per seed),
+its value with the 95 % t interval over its examples; a run of one seed, the values alone (each is one trained model).
 Without per-example outcomes (a results.csv alone) the mean is shown without an interval.
 """
 
 from __future__ import annotations
-
-from benchmark.results.claims import stacked
-from benchmark.results.statistics import random_effects_mean
 
 import csv
 import math
@@ -22,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.records import COLUMNS, Row, budget_key, same_eps
+from benchmark.results.claims import stacked
+from benchmark.results.statistics import random_effects_mean
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 import statistics
 
-from benchmark.results import verdicts
 from benchmark.metrics import SANITY_TOL
 from benchmark.numerics import machine_line
 from benchmark.records import UNIONS, Row, eps_str, same_eps
+from benchmark.results import verdicts
 from benchmark.results.files import Estimate, PairResults, number
 from benchmark.results.statistics import t_interval
 
@@ -118,18 +118,19 @@ def leaderboard(
     per_example: dict | None = None,
 ) -> str:
     """Markdown: per dataset pair, defenses ranked by per-example worst-case robust accuracy at the headline budget,
-    then its sections; then the findings (`benchmark.results.verdicts`, when given) and every warning of the run; `machine`
-    (`benchmark.numerics.machine`) is named at the top; `per_example` (per_example.json) gives the accuracies their
-    intervals (`benchmark.results.files`). `rows` as the report passes them: with the numbers of `no_adaptive_attack` rows
-    withheld (`benchmark.results.report.withheld`); `headline`: the budget each norm is ranked at, resolved on the
-    rows (`benchmark.records.headline_eps`, by the report)."""
+    then its sections; then the findings (`benchmark.results.verdicts`, when given) and every warning of the run;
+    `machine` (`benchmark.numerics.machine`) is named at the top; `per_example` (per_example.json) gives the accuracies
+    their intervals (`benchmark.results.files`). `rows` as the report passes them: with the numbers of
+    `no_adaptive_attack` rows withheld (`benchmark.results.report.withheld`); `headline`: the budget each norm is ranked
+    at, resolved on the rows (`benchmark.records.headline_eps`, by the report)."""
     lines = _intro(rows, headline, warnings, machine)
     for pair in dict.fromkeys(r.pair for r in rows):
         res = PairResults([r for r in rows if r.pair == pair], per_example)
         # listed last, without a rank: a model trained once beside methods trained per seed, then a model whose
         # headline number is withheld
         unranked = {d for d in res.defenses if res.single_model(d)} | _unranked(res, headline)
-        ranked = [d for d in res.ranked(headline) if d not in unranked] + [d for d in res.ranked(headline) if d in unranked]
+        order = res.ranked(headline)
+        ranked = [d for d in order if d not in unranked] + [d for d in order if d in unranked]
         lines += _ranking(pair, res, headline, ranked, unranked)
         lines += _detection_section(res, headline, ranked)
         lines += _mimicry_section(res) + _abstaining_section(res, headline)
@@ -155,7 +156,9 @@ def _unranked(res: PairResults, headline: dict[str, float]) -> set[str]:
     return {
         r.defense
         for r in res.rows
-        if r.attack == "worst_case" and "no_adaptive_attack" in r.flag_list and same_eps(r.eps, headline.get(r.norm, -1))
+        if r.attack == "worst_case"
+        and "no_adaptive_attack" in r.flag_list
+        and same_eps(r.eps, headline.get(r.norm, -1))
     }
 
 
@@ -234,7 +237,9 @@ def _mimicry_section(res: PairResults) -> list[str]:
 def _abstaining_section(res: PairResults, headline: dict[str, float]) -> list[str]:
     """Defenses that may reject: clean accuracy on accepted inputs, false rejections, defense and rejection rates
     under every attack at the headline budgets."""
-    rows = [r for r in res.rows if number(r.false_rejection_rate) is not None and same_eps(r.eps, headline.get(r.norm, -1))]
+    rows = [
+        r for r in res.rows if number(r.false_rejection_rate) is not None and same_eps(r.eps, headline.get(r.norm, -1))
+    ]
     if not rows:
         return []
     lines = [

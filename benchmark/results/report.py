@@ -17,11 +17,13 @@ from pathlib import Path
 from attacks.errors import ConfigError
 from benchmark.records import Row, headline_eps
 from benchmark.results import verdicts
+from benchmark.results.claims import claims_from_config, run_claims
 from benchmark.results.figures import plots
 from benchmark.results.files import read_csv
 from benchmark.results.leaderboard import leaderboard
 from benchmark.runner.cache import code_fingerprint
 from benchmark.runner.checks import flag_warnings
+from benchmark.runner.config import shipped_defenses
 
 #: Row fields blanked when a defense that may reject lacks an attack on its reject decision (`no_adaptive_attack`).
 WITHHELD_FIELDS = ("robust_acc", "robust_acc_worst_of_k", "success_rate", "robust_acc_ci_low", "robust_acc_ci_high")
@@ -69,6 +71,17 @@ class Report:
         return cls(**{**d, "plots": {name: Path(path) for name, path in d["plots"].items()}})
 
 
+def report_inputs(report_config: dict) -> tuple[list, dict[str, str]]:
+    """What the report reads of the run's defenses in report_config.json: the claims the findings test
+    (`benchmark.results.claims.run_claims`: each defense's, and those about attacks; the config's `report.claims`
+    replaces them) and each defense's figure family. A run that wrote no defenses (written before their configs held
+    them) gets every shipped defense's, as its report had them."""
+    defenses = report_config["defenses"] if "defenses" in report_config else shipped_defenses()
+    given = report_config.get("claims")
+    claims = claims_from_config(given) if given else run_claims(defenses)
+    return claims, {name: d["family"] for name, d in defenses.items()}
+
+
 def write_report(
     out_dir: Path, rows: list[Row], per_example: dict | None, report_config: dict, warnings: list[str]
 ) -> Report:
@@ -76,8 +89,8 @@ def write_report(
 
     The warnings shown are `warnings` (the run's own: plan warnings and failures) followed by one per flag the
     runner raised. The headline budgets are `report_config`'s (the config's `report.headline`), each resolved on
-    the rows here (`headline_eps`: the median swept budget of a norm whose headline was not swept). The claims are
-    `benchmark.results.verdicts.CLAIMS` unless `report_config` has `claims`.
+    the rows here (`headline_eps`: the median swept budget of a norm whose headline was not swept). The claims and
+    the figures' families are the run's defenses' (`report_inputs`).
     """
     if "headline" not in report_config:
         raise ConfigError("report_config.json has no headline budgets: rerun `make bench` to write them")
@@ -85,12 +98,12 @@ def write_report(
     form = report_config.get("transferability", "success_ratio")
     warnings = list(dict.fromkeys([*warnings, *flag_warnings(rows)]))
     rows = [withheld(r) for r in rows]  # the flags stay, the numbers they withhold go (figures included)
-    claims = verdicts.claims_from_config(report_config["claims"]) if report_config.get("claims") else None
+    claims, families = report_inputs(report_config)
     found = verdicts.findings(rows, per_example, headline, claims)
     (out_dir / "leaderboard.md").write_text(
         leaderboard(rows, headline, form, warnings, found, report_config.get("machine"), per_example)
     )
-    return Report(plots(rows, out_dir, headline, per_example), found, warnings, headline)
+    return Report(plots(rows, out_dir, headline, per_example, families), found, warnings, headline)
 
 
 #: What the report is built from (`rebuild` reads the same files), and where a built report records their digest.

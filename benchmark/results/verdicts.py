@@ -1,32 +1,32 @@
 """Findings: does this run support the claims of the papers behind the suite? One test and one verdict per claim.
 
-Each claim (`benchmark.results.claims`) gives one or more parts, each a (seeds, examples) matrix of per-example values whose
-mean it puts on one side of a null value. Each part is tested by `benchmark.results.statistics.random_effects_mean`: with several
-training seeds, a two-way crossed random-effects model of seeds and examples (a verdict about the *methods*:
-training luck and the choice of test examples are both in the interval); with one seed, the paired t-test over
-examples (a verdict about *one trained model per method*). A claim of several parts is supported when every part is
+Each claim (`benchmark.results.claims`) gives one or more parts, each a (seeds, examples) matrix of per-example values
+whose mean it puts on one side of a null value. Each part is tested by
+`benchmark.results.statistics.random_effects_mean`: with several training seeds, a two-way crossed random-effects model
+of seeds and examples (a verdict about the
+*methods*: training luck and the choice of test examples are both in the interval); with one seed, the paired t-test
+over examples (a verdict about *one trained model per method*). A claim of several parts is supported when every part is
 (intersection-union: the largest one-sided p of the claimed side), contradicted when one part is reversed
 (Bonferroni over the parts); its p is the two-sided p of the smaller side.
 
 Holm's correction runs over every claim of the run, every pair, every budget and both directions at once (one
 family). Verdict: "supported" when the Holm-adjusted p is below 0.05 on the claimed side, "contradicted" when it is on
 the other side, else "not supported". Beside each verdict: the seeds a run on the same examples would need for 80 %
-power at the observed difference (`benchmark.results.statistics.seeds_for_power`), so that "not supported" reads as either "no
-effect seen" or "too few seeds". Each seed's own difference is listed with its paired t interval over the examples,
-without a verdict of its own.
+power at the observed difference (`benchmark.results.statistics.seeds_for_power`), so that "not supported" reads as
+either "no effect seen" or "too few seeds". Each seed's own difference is listed with its paired t interval over the
+examples, without a verdict of its own.
 """
 
 from __future__ import annotations
 
-from attacks.base import parse_eps
-
 import math
 
-from benchmark.results.claims import CLAIMS, EACH, HEADLINE, METRICS, Part, claims_from_config, matching
+from attacks.base import parse_eps
 from benchmark.records import Row, eps_str
+from benchmark.results.claims import EACH, HEADLINE, METRICS, Part, matching
 from benchmark.results.statistics import ALPHA, MAX_SEEDS, POWER, holm, random_effects_mean, seeds_for_power
 
-__all__ = ["CLAIMS", "COLUMNS", "claims_from_config", "findings", "markdown"]
+__all__ = ["COLUMNS", "findings", "markdown"]
 
 TEST_METHODS = "random effects over seeds and examples"
 TEST_MODELS = "paired t over examples (one seed: one trained model per method)"
@@ -84,12 +84,11 @@ def evaluate(claim, rows: list[Row], per_example: dict, pair: str, eps: float) -
     return item
 
 
-def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list | None = None
-             ) -> list[dict]:  # fmt: skip
-    """One finding per claim, dataset pair and budget: the difference and its interval, the test, the Holm-adjusted
-    p over every claim of the run, the verdict and the seeds for 80 % power (see the module docstring). `headline`:
-    the budget each norm is ranked at, resolved on the rows (`benchmark.records.headline_eps`, by the report)."""
-    claims = CLAIMS if claims is None else claims
+def findings(rows: list[Row], per_example: dict | None, headline: dict[str, float], claims: list) -> list[dict]:
+    """One finding per claim (the run's: `benchmark.results.claims.run_claims`), dataset pair and budget: the
+    difference and its interval, the test, the Holm-adjusted p over every claim of the run, the verdict and the seeds
+    for 80 % power (see the module docstring). `headline`: the budget each norm is ranked at, resolved on the rows
+    (`benchmark.records.headline_eps`, by the report)."""
     per_example = per_example or {}
     out = [
         evaluate(c, rows, per_example, pair, eps)
@@ -155,9 +154,10 @@ def markdown(items: list[dict]) -> list[str]:
         "model's share of examples (points; for a claim of several parts, each part), on the examples every row of "
         "the claim covers, with its 95 % interval. With several training seeds the test is about the methods: a "
         "two-way random-effects model of the per-example differences over seeds and examples (Satterthwaite's "
-        "degrees of freedom; benchmark/results/statistics.py), so training luck and the choice of test examples are both in the "
-        "interval; with one seed it is the paired t-test over examples, about one trained model per method. p is "
-        f"two-sided; Holm's correction runs over every claim of the run and both directions (one family); alpha = "
+        "degrees of freedom; benchmark/results/statistics.py), so training luck and the choice of test examples are "
+        "both in the interval; with one seed it is the paired t-test over examples, about one trained model per "
+        f"method. p is two-sided; Holm's correction runs over every claim of the run and both directions (one family); "
+        f"alpha = "
         f"{ALPHA}. `supported` / `contradicted`: the Holm-adjusted p is below alpha on the claimed / the other side. "
         f"`seeds for {100 * POWER:.0f} % power`: the training seeds a run on these examples would need to detect the "
         "observed difference, from the seed and example variances estimated here.",

@@ -26,7 +26,7 @@ from attacks.errors import ConfigError, choose
 from attacks.transfer import ATTACKER_MODELS
 from benchmark.components import build, build_datamodule, declared, model_skeleton, teacher_module_cfg
 from benchmark.metrics import TRANSFERABILITY_FORMS
-from benchmark.records import Budget
+from benchmark.records import HUES, OTHER, Budget
 from benchmark.runner.arguments import check_arguments
 from benchmark.runner.overrides import file_overrides, key_of, sweep_dir, unknown_key_error
 from lightning_modules.checkpoints import file_digest
@@ -37,6 +37,21 @@ GROUPS = ("data", "model", "teacher", "defense", "attack", "trainer", "logger", 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def report_entries(defenses: dict[str, dict]) -> dict[str, dict]:
+    """What the report needs of each defense config (the run writes it to report_config.json): its figure family
+    (`family:`, `other` when it names none) and the claims about it that the findings test (`claims:`)."""
+    return {name: {"family": d.get("family", OTHER), "claims": d.get("claims") or []} for name, d in defenses.items()}
+
+
+def shipped_defenses() -> dict[str, dict]:
+    """`report_entries` of every defense config in configs/defense/, as written there (for a run that wrote none:
+    what its report showed)."""
+    return report_entries(
+        {name: OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "defense" / f"{name}.yaml"))[name]
+         for name in options("defense")}
+    )  # fmt: skip
 
 
 def check_choices(overrides: list[str]) -> None:
@@ -232,6 +247,7 @@ def _declarations(cfg: dict) -> dict[str, Declared]:
         check_arguments(mcfg, where, runtime=("model",))
     for dname, dfn in defenses.items():
         _check_trainer(dname, dfn.get("trainer") or {})
+        choose(f"defense.{dname}.family", dfn.get("family", OTHER), HUES)
         check_arguments(dfn["module"], f"defense.{dname}.module", runtime=("model", "teacher_state"))
     found: dict[str, Declared] = {}
     for pname, data_cfg in cfg["data"].items():

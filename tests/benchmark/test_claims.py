@@ -14,7 +14,6 @@ import pytest
 from hand_rows import EPS, HL, ones, row
 
 from benchmark.results.claims import (
-    CLAIMS,
     NO_OUTCOMES,
     NOT_IN_RUN,
     Claim,
@@ -23,10 +22,12 @@ from benchmark.results.claims import (
     StrongestAttackClaim,
     clean_outcomes,
     outcomes,
+    run_claims,
     stacked,
 )
 from benchmark.results.statistics import random_effects_mean
 from benchmark.results.verdicts import claim_test, findings
+from benchmark.runner.config import shipped_defenses
 
 RATE = RateClaim("stops 90 %", "paper 2", defense="diff", base="student", attack="adaptive")
 
@@ -248,10 +249,12 @@ def test_bonferronis_p_against_a_claim_of_several_parts_is_at_most_one():
     assert test["tests"][0]["p_below"] > 0.5 and test["p_contra"] == 1.0
 
 
-def test_the_extra_claims_are_in_the_seed_list():
-    kinds = {type(c).__name__ for c in CLAIMS}
+def test_the_shipped_claims_have_every_shape_and_each_its_own_place():
+    claims = run_claims(shipped_defenses())  # every defense config's and those about attacks
+    kinds = {type(c).__name__ for c in claims}
     assert {"RateClaim", "StrongestAttackClaim", "Claim"} <= kinds
-    assert len({c.text + c.attack for c in CLAIMS}) == len(CLAIMS)
+    assert len({c.text + c.attack for c in claims}) == len(claims)
+    assert len({c.order for c in claims}) == len(claims) and None not in {c.order for c in claims}
 
 
 def test_the_strongest_attack_claim_is_over_every_seed_of_a_model():

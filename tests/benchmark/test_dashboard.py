@@ -16,8 +16,8 @@ from PIL import Image
 from wandb_reader import chart_table_key, read_run, read_table
 
 from benchmark.records import Row
-from benchmark.results import verdicts
 from benchmark.results.files import PairResults, write_csv
+from benchmark.results.report import report_inputs
 from benchmark.results.verdicts import findings
 from benchmark.tracking import charts as wandb_charts
 from benchmark.tracking import dashboard
@@ -27,6 +27,7 @@ PAIRS = ("svhn_mnist", "mnist_usps")
 SEEDS = (0, 1)
 KEEP = ("finetune", "pgd_at", "purifier", "atop")  # plain fine-tuning (the clean-cost base), AT, two randomized
 SWEPT = {(a, n) for a, n, _, budgets, *_ in ATTACKS if len(budgets) > 1}
+CLAIMS, _ = report_inputs({})  # every shipped claim
 
 
 def _rows() -> tuple[list[Row], dict]:
@@ -60,7 +61,7 @@ def sweep(tmp_path_factory):
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)
-        found = findings(rows, per_example, HEADLINE)  # the run computes them once, with the report
+        found = findings(rows, per_example, HEADLINE, CLAIMS)  # the run computes them once, with the report
         assert track(cfg, rows, {"heatmap": png}, [], {"attacks_run": 1}, found, HEADLINE) == []
         # A training run of the same group whose config names a pair, a seed and a defense: only its job type
         # keeps it out of the dashboard's run set.
@@ -152,7 +153,7 @@ def test_the_sweep_run_holds_native_charts_and_a_long_table(sweep):
     first = long[0]
     assert (type(first["seed"]), type(first["eps"]), type(first["robust_acc"])) == (int, float, float)
     assert [r["robust_acc"] for r in long] == pytest.approx([r.robust_acc for r in plain])
-    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == len(verdicts.CLAIMS) * len(PAIRS), (
+    assert run["tables"]["findings"]["nrows"] == len(sweep["findings"]) == len(CLAIMS) * len(PAIRS), (
         "every claim per pair"
     )
     assert any(h.get("plots/heatmap/_type") == "image-file" for h in run["history"]), "the PNGs stay"

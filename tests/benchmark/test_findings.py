@@ -18,9 +18,10 @@ from statsmodels.stats.multitest import multipletests
 from attacks.errors import ConfigError
 from benchmark.records import headline_eps
 from benchmark.results import verdicts
-from benchmark.results.claims import CLAIMS, EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config
+from benchmark.results.claims import EACH, Claim, RateClaim, StrongestAttackClaim, claims_from_config, run_claims
 from benchmark.results.statistics import random_effects_mean, seeds_for_power
 from benchmark.results.verdicts import findings, markdown
+from benchmark.runner.config import shipped_defenses
 
 
 def run(by_seed: dict[int, tuple[list, list]], claims=(CLAIM,), pair: str = "p", per_example=None, extra=()):
@@ -231,11 +232,19 @@ def test_claims_from_the_config_and_their_errors():
     )
     assert got == [Claim("t", "s", "a", "b", "x", eps="0.5"), Claim("u", "s", "a", "b", "x", norm="l2"),
                    Claim("v", "s", "a", "b", "x", metric="target_hit")]  # fmt: skip
-    keys = "report.claims[1] must be a mapping with keys text, source, higher, lower, attack, norm, eps, metric"
+    keys = "report.claims[1] must be a mapping with keys text, source, higher, lower, attack, norm, eps, metric, order"
     full = {"text": "t", "source": "s", "higher": "a", "lower": "b", "attack": "x"}
     for bad in ("text", {**full, "other": 1}, {k: v for k, v in full.items() if k != "source"}):
-        with pytest.raises(ConfigError, match=re_escape(keys + " (norm, eps, metric optional)")):
+        with pytest.raises(ConfigError, match=re_escape(keys + " (norm, eps, metric, order optional)")):
             claims_from_config([full, bad])
+    # a rate claim (an entry with `defense`), and a defense config's claims, named as such in the errors
+    rate = {"text": "r", "source": "s", "defense": "a", "base": "b", "attack": "x", "max_loss": 0.2, "order": 5}
+    assert claims_from_config([rate]) == [RateClaim("r", "s", "a", "b", "x", max_loss=0.2, order=5)]
+    keys = "defense.a.claims[0] must be a mapping with keys text, source, defense, base, attack, rate, max_loss, norm"
+    with pytest.raises(ConfigError, match=re_escape(keys + ", eps, order (rate, max_loss, norm, eps, order optional)")):
+        claims_from_config([{**rate, "higher": "a"}], "defense.a.claims")
+    with pytest.raises(ConfigError, match=re_escape("defense.a.claims[0].rate must be a number, got 'most'")):
+        claims_from_config([{**rate, "rate": "most"}], "defense.a.claims")
     with pytest.raises(ConfigError, match=re_escape("report.claims[0].norm 'l1'; valid: l2, linf")):
         claims_from_config([{**full, "norm": "l1"}])
     with pytest.raises(ConfigError, match=re_escape("report.claims[0].metric 'x'; valid: robust, target_hit")):
@@ -243,16 +252,29 @@ def test_claims_from_the_config_and_their_errors():
     assert claims_from_config([]) == []
 
 
-def test_the_default_claims_are_the_seed_list():
+def test_the_shipped_claims_are_each_defense_configs_in_their_order():
+    claims = run_claims(shipped_defenses())
     rows = [row("finetune", "fgsm"), row("scratch", "fgsm")]
     ex = {rows[0].row_id: {"robust": ones(10, 10)}, rows[1].row_id: {"robust": ones(0, 10)}}
-    items = findings(rows, ex, HL)
-    assert [f["claim"] for f in items] == [c.text for c in CLAIMS]
+    items = findings(rows, ex, HL, claims)
+    assert [f["claim"] for f in items] == [c.text for c in claims]
     assert items[0]["verdict"] == "supported"
-    transfer = next(c for c in CLAIMS if getattr(c, "attack", "") == "transfer_pgd_linf")
+    assert [c.order for c in claims] == sorted(c.order for c in claims)
+    transfer = next(c for c in claims if getattr(c, "attack", "") == "transfer_pgd_linf")
     assert (transfer.higher, transfer.lower) == ("scratch", "finetune"), "lower robust accuracy for finetune"
-    mimicry = [c for c in CLAIMS if c.attack.startswith("mimicry")]
+    mimicry = [c for c in claims if c.attack.startswith("mimicry")]
     assert {(c.higher, c.lower, c.metric, c.eps) for c in mimicry} == {("freeze", "scratch", "target_hit", EACH)}
+
+
+def test_a_runs_claims_are_its_defenses_and_those_about_attacks_in_their_order():
+    from benchmark.results.claims import ATTACK_CLAIMS
+
+    mine = {"text": "m", "source": "s", "higher": "mine", "lower": "finetune", "attack": "fgsm"}
+    defenses = {"mine": {"family": "other", "claims": [mine, {**mine, "text": "first", "order": 0}]},
+                "finetune": {"family": "modes", "claims": []}}  # fmt: skip
+    assert [c.text for c in run_claims(defenses)] == ["first", *(c.text for c in ATTACK_CLAIMS), "m"]
+    with pytest.raises(ConfigError, match=re_escape("defense.mine.claims[0].norm 'l1'; valid: l2, linf")):
+        run_claims({"mine": {"family": "other", "claims": [{**mine, "norm": "l1"}]}})
 
 
 def test_a_p_value_is_never_printed_on_the_other_side_of_alpha():

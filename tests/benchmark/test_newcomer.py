@@ -11,10 +11,10 @@ from fake_runs import DEFENSES, HEADLINE, fake_row, fake_run
 from sweeps import ONE_EPOCH
 
 from benchmark import run as runner
-from benchmark.results.figure_style import FAMILIES, label, model_styles
+from benchmark.results.figure_style import family, label, model_styles
 from benchmark.results.figures import figures
 from benchmark.runner import estimate
-from benchmark.runner.config import compose
+from benchmark.runner.config import compose, shipped_defenses
 from benchmark.runner.overrides import sweep_dir
 from lightning_modules.loggers import replace_offline
 
@@ -115,12 +115,13 @@ def test_a_bigger_model_is_priced_higher(tmp_path):
 
 # ---- figures ---------------------------------------------------------------------------------------------------
 def test_thirteen_models_are_told_apart_by_family_hue_and_marker():
-    models = list(FAMILIES)[:15] + ["my_defense"]
-    colors, markers = model_styles(models)
+    families = {name: d["family"] for name, d in shipped_defenses().items()}  # from the defense configs
+    models = ["teacher", "common", *families, "my_defense"]
+    colors, markers = model_styles(models, families)
     styles = {(tuple(round(c, 3) for c in colors[m]), markers[m]) for m in models}
     assert len(styles) == len(models), "two models share a colour and a marker"
-    for fam in set(FAMILIES.values()):
-        members = [m for m in models if FAMILIES.get(m) == fam]
+    for fam in {family(m, families) for m in models}:
+        members = [m for m in models if family(m, families) == fam]
         assert len({markers[m] for m in members}) == len(members), f"{fam}: markers repeat within the family"
     red = [colors[m] for m in ("pgd_at", "trades", "tla", "genaf")]
     assert all(c[0] > c[2] for c in red), "adversarial fine-tuning is one (red) hue"

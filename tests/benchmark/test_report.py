@@ -122,6 +122,36 @@ def test_means_over_seeds_carry_the_random_effects_interval_of_their_examples(tm
     assert f"| {100 * test['mean']:.1f} |" in without, "no per-example outcomes: the mean alone"
 
 
+def test_the_report_reads_each_defenses_family_and_claims_from_what_the_run_wrote(tmp_path, monkeypatch):
+    from benchmark.results import figures
+    from benchmark.results.claims import ATTACK_CLAIMS
+
+    rows, per_example = fake_run(defenses=DEFENSES[1:3], attacks=ATTACKS[:2])  # scratch and finetune
+    out = write_run(tmp_path, rows, per_example, [])
+    mine = {"text": "Scratch keeps more than fine-tuning", "source": "s", "higher": "scratch", "lower": "finetune",
+            "attack": "fgsm"}  # fmt: skip
+    written = {"scratch": {"family": "paper2", "claims": [mine]}, "finetune": {"family": "modes", "claims": []}}
+    (out / "report_config.json").write_text(json.dumps({"headline": HEADLINE, "claims": None, "defenses": written}))
+    drawn = {}
+    styles = figures.model_styles
+    monkeypatch.setattr(figures, "model_styles", lambda models, fam: drawn.update(fam) or styles(models, fam))
+
+    def claims_shown() -> list[str]:
+        board = (out / "leaderboard.md").read_text()
+        section = board[board.index("\n## Findings") : board.index("\n## Sanity checks")]
+        return [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.count(" | ") > 10]
+
+    report.rebuild(out)
+    assert drawn == {"scratch": "paper2", "finetune": "modes"}, "the families the run wrote, not the shipped ones"
+    about_attacks = [f"{c.text} ({c.source})" for c in ATTACK_CLAIMS]
+    assert claims_shown()[1:] == [*about_attacks, f"{mine['text']} (s)"], "its defenses' claims, not finetune.yaml's"
+    # the config's report.claims replaces them all
+    replaced = {"headline": HEADLINE, "claims": [{**mine, "text": "only"}], "defenses": written}
+    (out / "report_config.json").write_text(json.dumps(replaced))
+    report.rebuild(out)
+    assert claims_shown()[1:] == ["only (s)"]
+
+
 def test_findings_section_in_the_leaderboard(tmp_path):
     rows, per_example = fake_run()
     out = write_run(tmp_path, rows, per_example, [])
@@ -130,11 +160,15 @@ def test_findings_section_in_the_leaderboard(tmp_path):
     section = board[board.index("\n## Findings") : board.index("\n## Sanity checks")]
     assert "Fine-tuning is more robust than training from scratch under white-box FGSM" in section
     assert "paired t over examples (one seed" in section
-    from benchmark.results.claims import CLAIMS, extra_claims
+    from benchmark.results.claims import ATTACK_CLAIMS
 
     missing = [line for line in section.splitlines() if "not in this run" in line]
-    # papers 2-3's claims (defenses not in this fake run) and the worst case over transfer attacks (one here)
-    absent = [c.text for c in extra_claims()] + [c.text for c in CLAIMS if c.attack == "worst_transfer"]
+    # no defenses in report_config.json: every shipped claim; those naming a defense that is not in this fake run,
+    # those about attacks it has not run and the worst case over transfer attacks (one here) are not in it
+    claims, _ = report.report_inputs({})
+    ran = {d for d, _, _ in DEFENSES}
+    named = [{getattr(c, k, "") for k in ("higher", "lower", "defense", "base")} - {""} for c in claims]
+    absent = [c.text for c, n in zip(claims, named) if n - ran or c in ATTACK_CLAIMS or c.attack == "worst_transfer"]
     assert all(any(text in line for text in absent) for line in missing), "every seed claim has its rows in this run"
 
 
@@ -239,7 +273,8 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
         "logger": {"project": "test", "mode": "offline", "dir": str(out)},
     }
     stats = {"attacks_run": 1}
-    found = findings(rows, per_example, HEADLINE)  # the run computes them once, with the report
+    claims, _ = report.report_inputs({})  # every shipped claim
+    found = findings(rows, per_example, HEADLINE, claims)  # the run computes them once, with the report
 
     def logged() -> dict[str, dict]:
         files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -257,7 +292,7 @@ def test_logging_the_same_sweep_twice_reuses_the_run_ids(tmp_path, monkeypatch):
     assert not set(second) & set(first), "the rerun's directories are new, the earlier ones removed"
     assert {r["id"] for r in second.values()} == ids, "a rerun logged new run ids"
     (sweep,) = {r["id"]: r for r in second.values() if r["job_type"] == "sweep"}.values()
-    assert len(found) == len(report.verdicts.CLAIMS), "every claim"
+    assert len(found) == len(claims), "every claim"
     assert sweep["tables"]["findings"]["nrows"] == len(found)
     assert sweep["tables"]["results"]["nrows"] == len(rows)
 

@@ -209,6 +209,11 @@ def test_a_wandb_failure_loses_no_result(tmp_path, monkeypatch):
         ("eval.n_examples=0", "eval.n_examples must be an integer >= 1 or null, got 0"),
         ("eval.n_exampels=5", "unknown key 'eval.n_exampels' (did you mean eval.n_examples"),
         ("report.transferability=ratio", "valid: accuracy_drop, success_ratio"),
+        ("defense.finetune.family=blue", "unknown defense.finetune.family 'blue'; valid: adversarial, modes, other"),
+        (
+            "defense.finetune.claims=[{text: t, source: s, higher: finetune, lower: scratch, attack: fgsm, norm: l1}]",
+            "defense.finetune.claims[0].norm 'l1'; valid: l2, linf",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, override, expected):

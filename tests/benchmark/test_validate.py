@@ -122,6 +122,11 @@ def test_what_the_check_learns_is_what_the_built_modules_declare():
         (["defense.finetune.module.optimizer=adagrad"], "unknown optimizer 'adagrad'; valid: adam, adamw, sgd"),
         (["experiment=digits_ssl", "+teacher.common.module.transform.normalize=true"], "'normalize' is not an option"),
         (["++model.pretrained=true"], "no pretrained weights for 'small_cnn'"),
+        # a defense's figure family (its config's `family:`): one of `benchmark.records.HUES`
+        (
+            ["defense.finetune.family=blue"],
+            "unknown defense.finetune.family 'blue'; valid: adversarial, modes, other, paper2, purification, reference",
+        ),
     ],
 )
 def test_each_kind_of_bad_module_argument_is_one_line(monkeypatch, overrides, expected):

@@ -290,8 +290,8 @@ class _OneBatch(L.LightningDataModule):
 @pytest.mark.slow
 def test_the_readmes_add_a_defense_walkthrough_runs_end_to_end(readme_defense, tmp_path, monkeypatch):
     """As a newcomer follows the README: its defense file and config in place, then its `make bench` command (made
-    small), run by the runner: the defense trains and is attacked, and its sweep writes its own folder, not the
-    experiment's."""
+    small), run by the runner: the defense trains and is attacked, its sweep writes its own folder, not the
+    experiment's, and the claim in its config is one of the leaderboard's findings."""
     import shlex
     import shutil
 
@@ -317,3 +317,5 @@ def test_the_readmes_add_a_defense_walkthrough_runs_end_to_end(readme_defense, t
     (csv_path,) = (tmp_path / "results" / experiment / "sweeps").glob("*/results.csv")
     defenses = {line.split(",")[6] for line in csv_path.read_text().splitlines()[1:]}
     assert defenses == {"teacher", "finetune", name}
+    (claim,) = yaml.safe_load(blocks["yaml"])[name]["claims"]
+    assert claim["text"] in (csv_path.parent / "leaderboard.md").read_text(), "its config's claim is a finding"

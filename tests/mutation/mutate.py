@@ -235,7 +235,7 @@ MODULES: tuple[Target, ...] = (
     Target("benchmark/runner/rows.py", ROWS_TESTS),
     Target("benchmark/records.py", (*ROWS_TESTS, *RECORDS_TESTS)),
     # The verdicts and the intervals. Not mutated: the findings' markdown table (formatting, read by test_golden.py
-    # and test_findings.py) and claims.extra_claims (the claim list: data, like CLAIMS).
+    # and test_findings.py) and claims.ATTACK_CLAIMS (data, like the claims in the defense configs).
     Target("benchmark/results/statistics.py", (*STATS_TESTS, "tests/benchmark/test_findings.py")),
     Target(
         "benchmark/results/verdicts.py",
