@@ -37,7 +37,7 @@ from benchmark.records import Row
 from benchmark.results.files import write_csv
 from benchmark.results.report import report_inputs, write_report_if_changed
 from benchmark.runner import estimate
-from benchmark.runner.config import compose, report_entries, usage
+from benchmark.runner.config import compose, report_defenses, usage
 from benchmark.runner.execute import Executor
 from benchmark.runner.launchers import launch
 from benchmark.runner.launchers.common import quiet_lightning
@@ -55,7 +55,7 @@ def report_config(cfg: dict, plan: Plan) -> dict:
         "headline": plan.headline,
         "transferability": cfg["report"]["transferability"],
         "claims": cfg["report"].get("claims"),
-        "defenses": report_entries(cfg["defense"]),
+        "defenses": report_defenses(cfg),
         "machine": machine(cfg),
     }
 

@@ -54,6 +54,13 @@ def shipped_defenses() -> dict[str, dict]:
     )  # fmt: skip
 
 
+def report_defenses(cfg: dict) -> dict[str, dict]:
+    """The defenses a run's report reads (report_config.json): every shipped defense's entry, so that a claim about
+    a defense the sweep did not run is listed as not in this run, then the sweep's own (a user's defense included,
+    with the settings of this run)."""
+    return {**shipped_defenses(), **report_entries(cfg["defense"])}
+
+
 def check_choices(overrides: list[str]) -> None:
     """Reject unknown config-group options with one line that names the valid ones."""
     for o in overrides:

@@ -19,9 +19,8 @@ from benchmark.results.claims import claims_from_config
 from benchmark.results.figure_style import model_styles
 from benchmark.results.figures import figures
 from benchmark.results.report import report_inputs
-from benchmark.run import report_config
 from benchmark.runner.cache import Cache
-from benchmark.runner.config import compose, options, validate
+from benchmark.runner.config import compose, options, report_defenses, validate
 from benchmark.runner.planner import make_plan
 from benchmark.runner.stages.train import train_stage
 
@@ -44,11 +43,11 @@ def composed(name: str, *more: str) -> dict:
 @pytest.mark.parametrize("name", DEFENSES)
 def test_it_composes_and_passes_the_check_with_its_family_and_claims(name):
     cfg = composed(name)
-    _, declared = validate(cfg)
+    declared = validate(cfg).declared
     assert name in declared
     assert cfg["defense"][name].get("family") in HUES, "a shipped defense names its figure family (family:)"
-    claims, families = report_inputs(report_config(cfg))  # what the run hands the report: its claims parse
-    assert families == {name: cfg["defense"][name]["family"]}
+    claims, families = report_inputs({"defenses": report_defenses(cfg)})  # what the run hands the report
+    assert families[name] == cfg["defense"][name]["family"]
     own = claims_from_config(cfg["defense"][name].get("claims") or [])
     assert set(own) <= set(claims)
     assert all(name in {getattr(c, side, None) for side in ("higher", "lower", "defense", "base")} for c in own)
@@ -74,7 +73,7 @@ def test_it_trains_one_step_as_the_runner_trains_it(name, tmp_path, one_thread):
 @pytest.mark.parametrize("name", DEFENSES)
 def test_it_is_drawn_in_its_familys_hue(name):
     cfg = composed(name)
-    _, families = report_inputs(report_config(cfg))
+    _, families = report_inputs({"defenses": report_defenses(cfg)})  # as the run writes them
     colors, _ = model_styles(["teacher", name], families)
     assert colors[name] == matplotlib.colormaps[HUES[cfg["defense"][name]["family"]]](0.75), "its family's hue"
     rows = [
