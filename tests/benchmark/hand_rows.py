@@ -1,4 +1,4 @@
-"""Hand-made rows and per-example outcomes for the tests of the verdicts: the findings (test_findings.py), the claims
+"""Hand-made rows and per-example outcomes for the tests of the verdicts: the findings (test_verdicts.py), the claims
 of other shapes (test_claims.py). The budget
 `EPS` is also the one of the tests of the rows and the records (test_rows.py, test_records.py).
 """

@@ -1,5 +1,5 @@
 """Hand-made rows of a finished sweep as the leaderboard reads them: the helpers the tests of the leaderboard
-(test_leaderboard.py) and of the lookups it ranks with (test_results.py) share.
+(test_leaderboard.py) and of the lookups it ranks with (test_results_files.py) share.
 """
 
 from __future__ import annotations

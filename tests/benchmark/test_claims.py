@@ -2,7 +2,7 @@
 part), paper 2's rate at a clean-accuracy cost (two parts), "attack X is the strongest on every model" (a part per
 model), the rows each one takes, and how the findings test their parts (intersection-union for support, Bonferroni for
 the reverse). The reference values come from benchmark.results.statistics, tested against textbook formulas in
-test_stats.py.
+test_statistics.py.
 """
 
 from __future__ import annotations

@@ -138,8 +138,12 @@ ROWS_TESTS = (
 )
 #: The verdicts: the statistics (against textbook formulas, scipy and statsmodels), the claims' matrices and the
 #: findings over them; the calibration simulation's fast tests (the full simulation is slow: not run per mutant).
-STATS_TESTS = ("tests/benchmark/test_stats.py", "tests/benchmark/test_calibration.py")
-VERDICT_TESTS = ("tests/benchmark/test_stats.py", "tests/benchmark/test_findings.py", "tests/benchmark/test_claims.py")
+STATS_TESTS = ("tests/benchmark/test_statistics.py", "tests/benchmark/test_calibration.py")
+VERDICT_TESTS = (
+    "tests/benchmark/test_statistics.py",
+    "tests/benchmark/test_verdicts.py",
+    "tests/benchmark/test_claims.py",
+)
 PLAN_TESTS = (
     *_named(
         "tests/benchmark/test_plan.py",
@@ -154,7 +158,7 @@ PLAN_TESTS = (
     ),
     "tests/benchmark/test_planner.py",
 )
-LEADERBOARD_TESTS = ("tests/benchmark/test_leaderboard.py", "tests/benchmark/test_results.py")
+LEADERBOARD_TESTS = ("tests/benchmark/test_leaderboard.py", "tests/benchmark/test_results_files.py")
 #: The precision tests that need no trained classifier.
 PRECISION_TESTS = tuple(
     f"tests/benchmark/test_precision.py::{t}"
@@ -235,8 +239,8 @@ MODULES: tuple[Target, ...] = (
     Target("benchmark/runner/rows.py", ROWS_TESTS),
     Target("benchmark/records.py", (*ROWS_TESTS, *RECORDS_TESTS)),
     # The verdicts and the intervals. Not mutated: the findings' markdown table (formatting, read by test_golden.py
-    # and test_findings.py) and claims.ATTACK_CLAIMS (data, like the claims in the defense configs).
-    Target("benchmark/results/statistics.py", (*STATS_TESTS, "tests/benchmark/test_findings.py")),
+    # and test_verdicts.py) and claims.ATTACK_CLAIMS (data, like the claims in the defense configs).
+    Target("benchmark/results/statistics.py", (*STATS_TESTS, "tests/benchmark/test_verdicts.py")),
     Target(
         "benchmark/results/verdicts.py",
         VERDICT_TESTS,

@@ -2,7 +2,8 @@
 whose answer is known: the random-effects test over seeds and examples, the paired t-test with one seed, the verdict's
 two sides, Holm's correction over every claim of the run, the seeds for 80 % power, each seed's own interval, the
 budgets a claim is tested at, and the claims read from the config. The reference values come from
-benchmark.results.statistics (tested against textbook formulas in test_stats.py), scipy and statsmodels called directly.
+benchmark.results.statistics (tested against textbook formulas in test_statistics.py), scipy and statsmodels called
+directly.
 """
 
 from __future__ import annotations
