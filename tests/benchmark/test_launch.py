@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hand_cells import cell
 from sweeps import SPENT, read_rows, spent, tiny
 
 from benchmark import run as runner
@@ -234,6 +235,30 @@ def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, 
     assert_same_rows([r for r in inline if r["defense"] != "finetune"], rows)
 
 
+def test_the_stages_that_need_a_stage_through_deps_a_reference_or_a_base():
+    """A failed stage takes with it the stages that need it: through `deps`, and a transfer cell its white-box
+    reference, a sanity cell its base cell (their rows need those)."""
+    from benchmark.runner.launchers.common import dependents, narrow
+    from benchmark.runner.plan import Plan
+
+    def stage(i, *deps, **changes):
+        return {"id": i, "kind": "cell", "key": i, "deps": list(deps), "cell": cell(id=i, **changes)}
+
+    plan = Plan(
+        "p",
+        stages=[
+            {"id": "m", "kind": "student", "key": "m", "deps": []},
+            stage("m/pgd", "m"),
+            stage("m/transfer", "m", reference="m/pgd"),
+            stage("m/x2", "m", base="m/pgd"),
+            stage("m/fgsm", "m"),
+        ],
+    )
+    assert dependents(plan, {"m/pgd"}) == {"m/pgd", "m/transfer", "m/x2"}
+    assert dependents(plan, {"m"}) == {s["id"] for s in plan.stages}
+    assert [s["id"] for s in narrow(plan, {"m/pgd"}).stages] == ["m", "m/fgsm"]
+
+
 def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     """A training that other stages wait for goes before any cell, even a cell of a model the worker holds (at a
     run's end the other worker would otherwise sit idle behind it), the head of the longest chain first; among
@@ -245,7 +270,8 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
-        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+        s = {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps)}
+        return {**s, "cell": cell(id=i, model=model)} if model else s
 
     plan = Plan(
         "p",
@@ -302,7 +328,8 @@ def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_
     from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
-        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+        s = {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps)}
+        return {**s, "cell": cell(id=i, model=model)} if model else s
 
     first = Plan("a", stages=[stage("a/teacher"), stage("a/atop", "a/teacher"), stage("a/cell", "a/atop", model="m"),
                               stage("a/teacher-cell", "a/teacher", model="t")])  # fmt: skip

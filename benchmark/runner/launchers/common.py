@@ -95,7 +95,8 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
     while changed:
         changed = False
         for s in plan.stages:
-            needs = [*s["deps"], s.get("reference"), s.get("base")]
+            cell = s["cell"] if s["kind"] == "cell" else None
+            needs = [*s["deps"], *((cell.reference, cell.base) if cell else ())]
             if s["id"] not in out and any(n in out for n in needs if n):
                 out.add(s["id"])
                 changed = True

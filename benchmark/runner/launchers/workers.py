@@ -207,7 +207,7 @@ class _Worker:
         # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, the
         # head of the longest chain first, so the other worker does not run out of work at a run's end (the order
         # never changes a stage's numbers); among cells, those of a model this worker has loaded.
-        ready.sort(key=lambda s: (-level[s["id"]], s.get("model") not in loaded))
+        ready.sort(key=lambda s: (-level[s["id"]], s["kind"] != "cell" or s["cell"].model not in loaded))
         return ready, bool(left)
 
     def take(self) -> tuple[bool, bool]:
