@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from attacks.errors import ConfigError, choose
 from benchmark.numerics import apply_layout
+from benchmark.records import Job
 from datamodules.base import TransferDataModule
 from lightning_modules.checkpoints import HEADS, file_digest, load_into, rule_of
 from lightning_modules.checkpoints import pretrained_report as report
@@ -182,38 +183,38 @@ def declared(module: Any) -> frozenset[str]:
     return frozenset(k for k in ("randomized", "nondifferentiable") if getattr(module, k, False))
 
 
-def job_key_spec(job: dict) -> dict:
+def job_key_spec(job: Job) -> dict:
     """What a training stage's cache key is made of (besides the code and library versions; see `cache`)."""
     return {
-        "kind": job["kind"],
-        "data": semantic(job["data"], NON_SEMANTIC_DATA_KEYS),
-        "data_fingerprint": job["data_fingerprint"],
-        "domain": job["domain"],
-        "model": model_key(job["model"]),
-        "module": job["module"],
-        "trainer": semantic(job["trainer"], NON_SEMANTIC_TRAINER_KEYS),
-        "seed": job["seed"],
-        "teacher_key": job.get("teacher_key"),
-        "init_key": job.get("init_key"),
+        "kind": job.kind,
+        "data": semantic(job.data, NON_SEMANTIC_DATA_KEYS),
+        "data_fingerprint": job.data_fingerprint,
+        "domain": job.domain,
+        "model": model_key(job.model),
+        "module": job.module,
+        "trainer": semantic(job.trainer, NON_SEMANTIC_TRAINER_KEYS),
+        "seed": job.seed,
+        "teacher_key": job.teacher_key,
+        "init_key": job.init_key,
         # a public model instead of training: the file's hash (not its path), or timm's weights
-        **({"checkpoint": checkpoint_key(job["checkpoint"])} if job.get("checkpoint") else {}),
-        **({"init_kind": job["init_kind"]} if job.get("init_kind") else {}),
-        **({"numerics": job["numerics"]} if job.get("numerics", {}).get("channels_last") else {}),
+        **({"checkpoint": checkpoint_key(job.checkpoint)} if job.checkpoint else {}),
+        **({"init_kind": job.init_kind} if job.init_kind else {}),
+        **({"numerics": job.numerics} if job.numerics.get("channels_last") else {}),
     }
 
 
-def build_module(job: dict, cache, dm: TransferDataModule) -> L.LightningModule:
+def build_module(job: Job, cache, dm: TransferDataModule) -> L.LightningModule:
     """The LightningModule of a training job (before training, or to load a finished one into)."""
-    model = build_model(job["model"], dm)
+    model = build_model(job.model, dm)
     kwargs: dict[str, Any] = {"model": model}
-    if job.get("teacher_key"):
-        teacher = cache.tensors("teacher", job["teacher_key"], "state")
+    if job.teacher_key:
+        teacher = cache.tensors("teacher", job.teacher_key, "state")
         kwargs["teacher_state"] = {k[len("model.") :]: v for k, v in teacher.items() if k.startswith("model.")}
-    module = build(job["module"], **kwargs)
-    if job.get("init_key"):
-        if job.get("init_kind") == "teacher":  # CommonInit: start from the common pre-trained model's classifier
-            state = cache.tensors("teacher", job["init_key"], "state")
+    module = build(job.module, **kwargs)
+    if job.init_key:
+        if job.init_kind == "teacher":  # CommonInit: start from the common pre-trained model's classifier
+            state = cache.tensors("teacher", job.init_key, "state")
             module.load_init_state({k: v for k, v in state.items() if k.startswith("model.")})
         else:  # a later stage of a multi-stage defense starts from the earlier stage's weights
-            module.load_init_state(cache.tensors("student", job["init_key"], "state"))
-    return apply_layout(module, job.get("numerics"))
+            module.load_init_state(cache.tensors("student", job.init_key, "state"))
+    return apply_layout(module, job.numerics)

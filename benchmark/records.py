@@ -1,9 +1,10 @@
-"""The typed records that travel from the plan to the report: a budget, a cell's spec, a results row.
+"""The typed records that travel from the plan to the report: a budget, a training job, a cell's spec, a results row.
 
-config -> plan (**CellSpec** per cell: the attack resolved once) -> execute -> score -> checks -> rows (**Row**) ->
-report, findings, tracking. Nothing downstream of the plan rebuilds an attack or re-parses a budget: a cell carries
-its `Budget` (norm, epsilon as a float, its label), and each row carries the cell's. Only `make report` reads
-results.csv back, into `Row` (`Row.from_csv`).
+config -> plan (**Job** per training stage, **CellSpec** per cell: the attack resolved once) -> execute -> score ->
+checks -> rows (**Row**) -> report, findings, tracking. Nothing downstream of the plan rebuilds an attack or re-parses
+a budget: a cell carries its `Budget` (norm, epsilon as a float, its label), and each row carries the cell's. Only
+`make report` reads results.csv back, into `Row` (`Row.from_csv`). The plan's records go through JSON (`as_json`,
+and each record's `from_json`) to worker processes and cluster jobs.
 
 This module is the runner's ground floor: it imports nothing from `benchmark` and no tensors library.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 
 # ---- budgets -----------------------------------------------------------------------------------------------
@@ -93,6 +94,48 @@ class Budget:
     @property
     def key(self) -> tuple[str, float]:
         return budget_key(self.norm, self.eps)
+
+
+def as_json(record) -> dict:
+    """`json.dumps`'s `default` for the records: a record's fields, those left at their default left out (its
+    `from_json` puts them back)."""
+    return {
+        f.name: getattr(record, f.name)
+        for f in fields(record)
+        if f.default is MISSING or getattr(record, f.name) != f.default
+    }
+
+
+# ---- a training stage's job --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """What a training stage (teacher, student, CommonInit's common model) runs, as the plan resolved it: plain,
+    JSON-able configs, so the same job runs in-process, in a DDP subprocess (`job.json`) or in a cluster job
+    (`benchmark.runner.stages.train`). `benchmark.components.job_key_spec` says which fields make its cache key."""
+
+    kind: str  # teacher or student: its cache entry's kind
+    name: str  # the defense's name (teacher, common for the teacher stages)
+    data_name: str  # the data pair
+    data: dict  # the data pair's config
+    data_fingerprint: str
+    domain: str  # source (a teacher) or target (a student)
+    model: dict
+    module: dict  # the LightningModule's config
+    trainer: dict
+    seed: int
+    teacher_key: str | None  # a student's teacher (its distillation or start)
+    init_key: str | None  # the stage it starts from: an earlier stage of its defense, or CommonInit's common model
+    cache_dir: str
+    numerics: dict  # the memory layout (`benchmark.numerics.stage_layout`)
+    key: str  # its cache key
+    public: bool = False  # a public model, loaded instead of trained
+    checkpoint: dict | None = None  # the checkpoint file it loads (`benchmark.components.checkpoint_spec`)
+    init_kind: str | None = None  # teacher: `init_key` is CommonInit's common model
+    wandb: dict | None = None  # the W&B logger's config (no part of its key)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Job:
+        return cls(**d)
 
 
 # ---- a cell of the plan ------------------------------------------------------------------------------------

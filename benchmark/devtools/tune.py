@@ -58,14 +58,14 @@ def crafted_on_val(cfg: dict, plan, ex: Executor, attack_name: str) -> LazyImage
     temporary file (`run_attack`), read a batch at a time by every candidate."""
     headline = plan.headline["linf"]
     stage = next(
-        (s for s in plan.stages if s["kind"] == "craft" and f"/craft/{attack_name}/" in s["id"]
-         and abs(s["attack"]["eps"] - headline) < 1e-9),
+        (s for s in plan.stages if s.kind == "craft" and f"/craft/{attack_name}/" in s.id
+         and abs(s.attack["eps"] - headline) < 1e-9),
         None,
     )  # fmt: skip
     if stage is None:
         raise ConfigError(f"{attack_name} is not crafted at the headline budget {headline:.4g} in this experiment")
     surrogate = ex.surrogate(stage)[0]
-    attack = make_attack(stage["attack"])
+    attack = make_attack(stage.attack)
     x, y, dm = _val_split(cfg)
     attack.surrogate = surrogate
     attack.attacker_data = dm.lazy_tensors(getattr(attack, "attacker_domain", "target"), "train")
@@ -81,13 +81,13 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
     plan, _, _ = make_plan(cfg)
     ex = Executor(cfg, plan)
     for stage in plan.stages:
-        if stage["kind"] in ("teacher", "student"):
+        if stage.kind in ("teacher", "student"):
             with stage_numerics(cfg):  # the cached models are the sweep's: the same threads as its stages
                 ex._train(stage)
     (defense,) = cfg["defense"]
     pair = next(iter(cfg["data"]))
     student = plan.stage(f"{pair}/{defense}/seed{cfg['seeds'][0]}")
-    module = load_trained(student["job"]).to(ex.device)
+    module = load_trained(student.job).to(ex.device)
     model = module.deployed_model()
     x, y, _ = _val_split(cfg)
     randomized = bool(getattr(module, "randomized", False))
@@ -114,7 +114,7 @@ def validation_robustness(cfg: dict, attack_names: list[str], crafted: dict | No
         examples[name] = per_example(out)["robust"].tolist()
         robust = out["adv"] if robust is None else robust & out["adv"]
     m = metrics({**out, "adv": robust})
-    return {"val_clean": m["clean_acc"], "val_robust": m["robust_acc"], "n_val": m["n_examples"], "key": student["key"],
+    return {"val_clean": m["clean_acc"], "val_robust": m["robust_acc"], "n_val": m["n_examples"], "key": student.key,
             "per_attack": per_attack, "per_example": examples}  # fmt: skip
 
 

@@ -42,11 +42,12 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from benchmark.components import build_datamodule
+from benchmark.records import Job
 from benchmark.runner.cache import Cache
 from benchmark.runner.execute import stage_entry
 from benchmark.runner.launchers.workers import layout
 from benchmark.runner.pass_costs import PassCosts, deployed_factor, pass_costs
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import CraftStage, Plan, Stage
 from benchmark.runner.timing import kind_of
 from defenses.base import AdversarialStudent, TrainAttack
 
@@ -108,17 +109,17 @@ def _train_steps(module: dict) -> tuple[int, int]:
     return steps, (0 if "val_attack" in module and module["val_attack"] is None else steps)
 
 
-def train_seconds(job: dict, info: dict, costs: PassCosts, deployed: float = 1.0) -> float:
+def train_seconds(job: Job, info: dict, costs: PassCosts, deployed: float = 1.0) -> float:
     """CPU seconds of a training stage (a public model's: its fixed cost alone): per epoch, each training example's
     passes (the module's) and its training attack's steps, each validation example's scoring pass and validation
     attack's steps; plus the stage's fixed cost."""
     fixed = FIXED["train"] * costs.ref
-    if job.get("public"):
+    if job.public:
         return fixed
-    module = job["module"]
-    epochs = (job.get("trainer") or {}).get("max_epochs") or 1
-    n_train = info.get("train_sizes", {}).get(job["domain"], 0)
-    n_val = info.get("val_sizes", {}).get(job["domain"], 0)
+    module = job.module
+    epochs = job.trainer.get("max_epochs") or 1
+    n_train = info.get("train_sizes", {}).get(job.domain, 0)
+    n_val = info.get("val_sizes", {}).get(job.domain, 0)
     steps, val_steps = _train_steps(module)
     step = costs.grad + OVERHEAD["step"] * costs.ref
     name = _class_name(module)
@@ -156,7 +157,7 @@ def cell_seconds(cell, attack, costs: PassCosts, deployed: float, detection: boo
     return FIXED["cell"] * costs.ref + work
 
 
-def craft_seconds(stage: dict, attack, info: dict, costs: PassCosts) -> float:
+def craft_seconds(stage: CraftStage, attack, info: dict, costs: PassCosts) -> float:
     """CPU seconds of a crafted set: a universal perturbation's epochs over the attacker's data (a step per image
     and epoch), or a transfer attack's steps on the teacher for each of its examples."""
     step = costs.grad + OVERHEAD["step"] * costs.ref
@@ -167,8 +168,8 @@ def craft_seconds(stage: dict, attack, info: dict, costs: PassCosts) -> float:
         work = epochs * (min(n, limit) if limit else n) * step
     else:
         inner = getattr(attack, "base", None) or attack
-        work = attack_steps(inner, stage["n"], True) * step
-    return FIXED["craft"] * costs.ref + work + stage["n"] * costs.score
+        work = attack_steps(inner, stage.n, True) * step
+    return FIXED["craft"] * costs.ref + work + stage.n * costs.score
 
 
 def stage_seconds(cfg: dict, plan, costs: dict, share: str = "point") -> dict[str, float]:
@@ -177,20 +178,19 @@ def stage_seconds(cfg: dict, plan, costs: dict, share: str = "point") -> dict[st
     detection = bool(cfg["eval"].get("detection"))
     deployed = {}
     for s in plan.stages:
-        if s["kind"] == "student":
-            pair = s["job"]["data_name"]
-            deployed[s["id"]] = deployed_factor(cfg, pair, s["job"]["module"], _pair(cfg, plan, pair))
+        if s.kind == "student":
+            pair = s.job.data_name
+            deployed[s.id] = deployed_factor(cfg, pair, s.job.module, _pair(cfg, plan, pair))
     for stage in plan.stages:
-        if stage["kind"] in ("teacher", "student"):
-            pair = stage["job"]["data_name"]
-            out[stage["id"]] = train_seconds(stage["job"], plan.pairs[pair], costs[pair], deployed.get(stage["id"], 1))
-        elif stage["kind"] == "craft":
-            out[stage["id"]] = craft_seconds(stage, plan.attack(stage["id"]), plan.pairs[stage["pair"]],
-                                             costs[stage["pair"]])  # fmt: skip
+        if stage.kind in ("teacher", "student"):
+            pair = stage.job.data_name
+            out[stage.id] = train_seconds(stage.job, plan.pairs[pair], costs[pair], deployed.get(stage.id, 1))
+        elif stage.kind == "craft":
+            out[stage.id] = craft_seconds(stage, plan.attack(stage.id), plan.pairs[stage.pair], costs[stage.pair])
         else:
-            cell = stage["cell"]
-            out[stage["id"]] = cell_seconds(cell, plan.attack(stage["id"]), costs[cell.pair],
-                                            deployed.get(cell.model, 1.0), detection, share)  # fmt: skip
+            cell = stage.cell
+            out[stage.id] = cell_seconds(cell, plan.attack(stage.id), costs[cell.pair],
+                                         deployed.get(cell.model, 1.0), detection, share)  # fmt: skip
     return out
 
 
@@ -211,18 +211,18 @@ def workers_of(cfg: dict) -> int:
     return len(layout(launcher))
 
 
-def schedule(stages: list[dict], seconds: dict[str, float], workers: int) -> float:
+def schedule(stages: list[Stage], seconds: dict[str, float], workers: int) -> float:
     """The wall time of `stages` (those to compute) on `workers` that each take a ready stage as they free up: a
     stage that others wait for first (the longest chain's head), then plan order
     (`benchmark.runner.launchers.workers`)."""
-    ids = {s["id"] for s in stages}
-    deps = {s["id"]: [d for d in s["deps"] if d in ids] for s in stages}
+    ids = {s.id for s in stages}
+    deps = {s.id: [d for d in s.deps if d in ids] for s in stages}
     level: dict[str, int] = {}
     for s in reversed(stages):  # dependents come after their dependencies in plan order
-        level.setdefault(s["id"], 0)
-        for d in deps[s["id"]]:
-            level[d] = max(level.get(d, 0), level[s["id"]] + 1)
-    order = {s["id"]: i for i, s in enumerate(stages)}
+        level.setdefault(s.id, 0)
+        for d in deps[s.id]:
+            level[d] = max(level.get(d, 0), level[s.id] + 1)
+    order = {s.id: i for i, s in enumerate(stages)}
     finish: dict[str, float] = {}
     free = [0.0] * max(1, workers)
     left = sorted(ids, key=lambda i: (-level[i], order[i]))
@@ -265,7 +265,7 @@ def summary(cfg: dict, plan, assume_cold: bool = False, quiet: bool = False) -> 
     todo = []
     for stage in plan.stages:
         cached = not assume_cold and cache.exists(*stage_entry(stage))
-        counts.setdefault(KINDS[stage["kind"]], Counter())["cached" if cached else "to compute"] += 1
+        counts.setdefault(KINDS[stage.kind], Counter())["cached" if cached else "to compute"] += 1
         if not cached:
             todo.append(stage)
     out = {"stages": len(plan), "by_kind": {k: dict(v) for k, v in counts.items()}, "estimated_seconds": 0.0,
@@ -285,12 +285,12 @@ def summary(cfg: dict, plan, assume_cold: bool = False, quiet: bool = False) -> 
         points[name] = (seconds, slower * (fixed + schedule(todo, seconds, out["workers"])))
     by_kind: Counter = Counter()
     for stage in todo:
-        by_kind[kind_of(stage)] += points["point"][0][stage["id"]]
+        by_kind[kind_of(stage)] += points["point"][0][stage.id]
     first = next(iter(costs.values()))
     out.update(relative_cost=first.train / first.ref, estimated_seconds=points["point"][1],
                range=(points["low"][1], points["high"][1]),
                seconds_by_kind={k: round(v, 1) for k, v in sorted(by_kind.items())},
-               stage_seconds={s["id"]: points["point"][0][s["id"]] for s in todo},
+               stage_seconds={s.id: points["point"][0][s.id] for s in todo},
                work_seconds=sum(by_kind.values()), costs={p: vars(c) for p, c in costs.items()},
                sharing={"slower": slower, "others": others, "cores": cores})  # fmt: skip
     return out
@@ -364,9 +364,9 @@ def check(folders: list[str | os.PathLike]) -> dict:
                 kinds.setdefault(kind, Counter())[label] += value
         measured_wall += stats["seconds"]
         pool = (stats.get("pool") or {}).get("pool_seconds", pool)
-        stages += [st for st in plan.stages if st["id"] in s["stage_seconds"]]
+        stages += [st for st in plan.stages if st.id in s["stage_seconds"]]
         seconds.update(s["stage_seconds"])
-        fixed += s["estimated_seconds"] - schedule([st for st in plan.stages if st["id"] in s["stage_seconds"]],
+        fixed += s["estimated_seconds"] - schedule([st for st in plan.stages if st.id in s["stage_seconds"]],
                                                    s["stage_seconds"], s["workers"])  # fmt: skip
     measured = measured_wall + (pool or 0.0)
     estimated = fixed + schedule(stages, seconds, workers)

@@ -28,12 +28,12 @@ from attacks.errors import ConfigError
 from attacks.transfer import Ensemble
 from benchmark.components import build_datamodule
 from benchmark.numerics import stage_numerics
-from benchmark.records import CellSpec
+from benchmark.records import CellSpec, Job
 from benchmark.runner.batch_size import AUTO_BATCH_CPU, AUTO_BATCH_START, cuda_fits, find_batch_size
 from benchmark.runner.cache import Cache
 from benchmark.runner.checks import autoattack_flags
 from benchmark.runner.detection import RepresentationDetector
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import CellStage, CraftStage, Plan, Stage, TrainStage
 from benchmark.runner.stages.attack import check_crafted, compute_cell, fast_layout, predict_draws, run_attack
 from benchmark.runner.stages.score import metrics
 from benchmark.runner.stages.train import load_trained, train_stage
@@ -57,10 +57,9 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-def stage_entry(stage: dict) -> tuple[str, str]:
-    """The cache entry (kind, key) a plan stage writes."""
-    kind = stage["job"]["kind"] if stage["kind"] in ("teacher", "student") else stage["kind"]
-    return ("attack" if kind == "cell" else kind), stage["key"]
+def stage_entry(stage: Stage) -> tuple[str, str]:
+    """The cache entry (kind, key) a plan stage writes (a training stage's kind is its job's)."""
+    return ("attack" if stage.kind == "cell" else stage.kind), stage.key
 
 
 @dataclass
@@ -132,21 +131,21 @@ class Executor:
             self.console.log(f"{hits} of {len(self.plan)} stages read from the cache ({self.cache.root})")
         return self.done
 
-    def run_stage(self, stage: dict, wait: bool = True) -> bool:
+    def run_stage(self, stage: Stage, wait: bool = True) -> bool:
         """Run one stage (its dependencies must be finished: they are read from the cache). A stage that is not
         cached is computed under its claim; returns False, without waiting, when another process holds the claim
         and `wait` is False."""
         run = {"teacher": self._train, "student": self._train, "craft": self._craft, "cell": self._cell}
         kind, key = stage_entry(stage)
         if self.cache.meta(kind, key) is not None:
-            run[stage["kind"]](stage)
+            run[stage.kind](stage)
             return True
-        waiting = lambda: self.log(f"waiting: another process is computing {stage['id']}")  # noqa: E731
+        waiting = lambda: self.log(f"waiting: another process is computing {stage.id}")  # noqa: E731
         with self.cache.claim(kind, key, wait=wait, on_wait=waiting) as held:
             if held:
                 wall, cpu = time.perf_counter(), time.process_time()
                 with stage_numerics(self.cfg):  # the same torch threads whoever runs it (benchmark/numerics.py)
-                    run[stage["kind"]](stage)  # checks the cache again: it may have finished while we waited
+                    run[stage.kind](stage)  # checks the cache again: it may have finished while we waited
                 if charged := charge(stage, self.done):  # computed here, not found finished
                     self.done.stats.update(charged)
                     self.done.stats.update(whole(stage, time.perf_counter() - wall, time.process_time() - cpu))
@@ -171,10 +170,10 @@ class Executor:
     def _model(self, stage_id: str, draws: int) -> _Model:
         if stage_id in self._models:
             return self._models[stage_id]
-        stage = self.plan.stage(stage_id)
-        pair = stage["job"]["data_name"]
+        job = self.plan.stage(stage_id).job
+        pair = job.data_name
         dm = self._dm(pair)
-        module = load_trained(stage["job"]).to(self.device)
+        module = load_trained(job).to(self.device)
         model = fast_layout(module.deployed_model(), self.device, self.precision)
         x, _ = self._xy(pair, self.plan.pairs[pair]["n"])
         bs = self._batch_size(model, x)
@@ -206,23 +205,23 @@ class Executor:
         """A crafted set (read a batch at a time from its cache entry's file) and its meta: from this process, or from
         the cache (crafted by another process)."""
         if stage_id not in self._crafted:
-            key = self.plan.stage(stage_id)["key"]
+            key = self.plan.stage(stage_id).key
             self._crafted[stage_id] = LazyImages(ImageFile.open(self.cache.file("craft", key, CRAFTED)))
             self.done.metas[stage_id] = self.cache.meta("craft", key)
         return self._crafted[stage_id], self.done.metas[stage_id]
 
     # ---- stages ----------------------------------------------------------------------------------
-    def _train(self, stage: dict) -> None:
-        job = stage["job"]
-        if self.cache.meta(job["kind"], job["key"]) is None:
-            doing = "loading public" if job.get("public") else "training"
-            self.log(f"{doing} {job['kind']} [bold]{job['name']}[/] seed {job['seed']} ({job['data_name']})")
+    def _train(self, stage: TrainStage) -> None:
+        job = stage.job
+        if self.cache.meta(job.kind, job.key) is None:
+            doing = "loading public" if job.public else "training"
+            self.log(f"{doing} {job.kind} [bold]{job.name}[/] seed {job.seed} ({job.data_name})")
             with self._paused(), _all_devices(job):
                 meta = train_stage(job, progress=self.cfg.get("progress", True))
-            self.done.stats[f"{job['kind']}_{'loaded' if job.get('public') else 'trained'}"] += 1
+            self.done.stats[f"{job.kind}_{'loaded' if job.public else 'trained'}"] += 1
             prep = meta.get("prep")
             self.log(
-                f"  done in {meta['fit_seconds']:.1f}s; {'' if job.get('public') else 'best '}"
+                f"  done in {meta['fit_seconds']:.1f}s; {'' if job.public else 'best '}"
                 f"{meta['selection_metric']} {meta['best_value']:.3f}"
                 + (f" at epoch {meta['best_epoch']}" if meta.get("best_epoch") is not None else "")
                 + (f"; preparation {prep['seconds']:.1f}s" + (" (cached)" if prep["cached"] else "") if prep else "")
@@ -230,53 +229,53 @@ class Executor:
         else:
             meta = train_stage(job)
             self.done.stats["cache_hits"] += 1
-        self.done.trained[stage["id"]] = meta
+        self.done.trained[stage.id] = meta
 
-    def surrogate(self, stage: dict) -> tuple[torch.nn.Module, int]:
+    def surrogate(self, stage: CraftStage) -> tuple[torch.nn.Module, int]:
         """The model a crafted set is crafted on (several: their ensemble, `attacks.transfer.Ensemble`) and the
         batch size to craft with."""
-        loaded = [self._model(sid, 1) for sid in stage.get("surrogates") or [stage["teacher"]]]
+        loaded = [self._model(sid, 1) for sid in stage.surrogates]
         model = loaded[0].model if len(loaded) == 1 else Ensemble([m.model for m in loaded])
         return model, min(m.batch_size for m in loaded)
 
-    def _craft(self, stage: dict) -> None:
+    def _craft(self, stage: CraftStage) -> None:
         """Examples crafted on the surrogate once per (surrogate, attack, eps), then scored on every student."""
-        x, y = self._xy(stage["pair"], stage["n"])
-        attack = self.plan.attack(stage["id"])
-        meta = self.cache.meta("craft", stage["key"])
+        x, y = self._xy(stage.pair, stage.n)
+        attack = self.plan.attack(stage.id)
+        meta = self.cache.meta("craft", stage.key)
         crafted_before = self.done.stats["crafted"]
         if meta is None:
             surrogate, batch_size = self.surrogate(stage)
             attack.surrogate = surrogate
             domain = getattr(attack, "attacker_domain", "target")  # source: the public pre-training data
-            attack.attacker_data = self._dm(stage["pair"]).lazy_tensors(domain, "train")  # never the test split
+            attack.attacker_data = self._dm(stage.pair).lazy_tensors(domain, "train")  # never the test split
             torch.manual_seed(self.cfg["eval"]["seed"])
-            with self.cache.staging("craft", stage["key"]) as tmp:  # written a batch at a time, then moved in
+            with self.cache.staging("craft", stage.key) as tmp:  # written a batch at a time, then moved in
                 x_adv, cost = run_attack(attack, surrogate, x, y, batch_size, self.device,
                                          precision_name=self.precision, path=tmp / CRAFTED)  # fmt: skip
                 x_adv.dataset.close()  # flushed: the file moves into the entry
                 attack.surrogate = attack.attacker_data = None  # the plan keeps the attack: not the model and data
-                meta = {**cost, "plan_id": stage["id"]}
-                self.cache.put("craft", stage["key"], meta, files={CRAFTED: tmp / CRAFTED})
+                meta = {**cost, "plan_id": stage.id}
+                self.cache.put("craft", stage.key, meta, files={CRAFTED: tmp / CRAFTED})
             self.done.stats["crafted"] += 1
         else:
             self.done.stats["cache_hits"] += 1
         cached = self.done.stats["crafted"] == crafted_before
-        x_adv = self._crafted_set(stage["id"])[0]
+        x_adv = self._crafted_set(stage.id)[0]
         if cached:
             check_crafted(x, x_adv, attack)  # cached examples are re-checked, not trusted
-        self.done.metas[stage["id"]] = {**meta, "cached": cached}
+        self.done.metas[stage.id] = {**meta, "cached": cached}
 
-    def _cell(self, stage: dict) -> None:
-        cell: CellSpec = stage["cell"]
-        meta = self.cache.meta("attack", stage["key"])
+    def _cell(self, stage: CellStage) -> None:
+        cell = stage.cell
+        meta = self.cache.meta("attack", stage.key)
         if meta is not None:
-            out = self.cache.tensors("attack", stage["key"], "outcome")
+            out = self.cache.tensors("attack", stage.key, "outcome")
             self.done.stats["cache_hits"] += 1
             meta["cached"] = True
         else:
             out, meta = self._compute(cell)
-            self.cache.put("attack", stage["key"], meta, {"outcome": out})
+            self.cache.put("attack", stage.key, meta, {"outcome": out})
             self.done.stats["attacks_run"] += 1
             meta["cached"] = False
         self.done.outcomes[cell.id] = out
@@ -332,10 +331,10 @@ class Executor:
 
 
 @contextmanager
-def _all_devices(job: dict):
+def _all_devices(job: Job):
     """A worker pinned to one GPU lets a multi-device (DDP) training stage's processes see every GPU of the node
     (`BENCH_ALL_DEVICES`, set by `benchmark.runner.launchers.workers`); nothing changes elsewhere."""
-    devices = job["trainer"].get("devices", 1)
+    devices = job.trainer.get("devices", 1)
     every = os.environ.get("BENCH_ALL_DEVICES")
     if every is None or not (isinstance(devices, int) and devices > 1):
         yield

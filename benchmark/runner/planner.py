@@ -6,6 +6,7 @@ resolved once into a `CellSpec` (`benchmark.runner.plan` describes what a plan h
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from attacks.base import Attack
 from attacks.errors import ConfigError, choose
@@ -23,10 +24,10 @@ from benchmark.components import (
     teacher_module_cfg,
 )
 from benchmark.numerics import stage_layout
-from benchmark.records import Budget, CellSpec
+from benchmark.records import Budget, CellSpec, Job
 from benchmark.runner.cache import frozen_code, stage_key
 from benchmark.runner.config import AttackEntry, Declared, seeds_of, validate
-from benchmark.runner.plan import Plan, attack_modules, make_attack, module_of
+from benchmark.runner.plan import CellStage, CraftStage, Plan, TrainStage, attack_modules, make_attack, module_of
 
 #: The code a cell runs besides its attack (its model's code is in the model's key).
 CELL_MODULES = ("benchmark.runner.stages.attack", "benchmark.runner.stages.score", "benchmark.runner.detection")
@@ -50,8 +51,8 @@ class Planner:
         self.notes: list[str] = []  # what the plan leaves out by design (the log shows them)
         self._skipped: dict[tuple[str, str, str], list[str]] = {}  # (pair, kind, attacks) -> the models
         self.warnings: list[str] = []  # checks the plan cannot run (every report shows them)
-        self.teachers: dict[str, dict] = {}  # pair -> the teacher stage
-        self.commons: dict[str, dict] = {}  # pair -> CommonInit's common model stage (teacher.common)
+        self.teachers: dict[str, TrainStage] = {}  # pair -> the teacher stage
+        self.commons: dict[str, TrainStage] = {}  # pair -> CommonInit's common model stage (teacher.common)
 
     def make(self) -> Plan:
         for pair in self.cfg["data"]:
@@ -61,31 +62,30 @@ class Planner:
         return self.plan
 
     # ---- training stages -------------------------------------------------------------------------
-    def _job(self, kind, name, pair, module, trainer, seed, teacher_key, init_key=None, **extra) -> dict:
+    def _job(self, kind, name, pair, module, trainer, seed, teacher_key, init_key=None, **extra) -> Job:
         cfg = self.cfg
         info = self.plan.pairs[pair]
-        job = {
-            "kind": kind,
-            "name": name,
-            "data_name": pair,
-            "data": cfg["data"][pair],
-            "data_fingerprint": info["fingerprint"],
-            "domain": "source" if kind == "teacher" else "target",
-            "model": cfg["model"],
-            "module": module,
-            "trainer": single_process_strategy({**cfg["trainer"], **(trainer or {})}),
-            "seed": seed,
-            "teacher_key": teacher_key,
-            "init_key": init_key,
-            "cache_dir": str(cfg["cache_dir"]),
-            "numerics": stage_layout(cfg),
+        job = Job(
+            kind=kind,
+            name=name,
+            data_name=pair,
+            data=cfg["data"][pair],
+            data_fingerprint=info["fingerprint"],
+            domain="source" if kind == "teacher" else "target",
+            model=cfg["model"],
+            module=module,
+            trainer=single_process_strategy({**cfg["trainer"], **(trainer or {})}),
+            seed=seed,
+            teacher_key=teacher_key,
+            init_key=init_key,
+            cache_dir=str(cfg["cache_dir"]),
+            numerics=stage_layout(cfg),
+            key="",  # set below, from the other fields
+            wandb={**cfg["logger"], "group": cfg["name"]} if cfg.get("logger") else None,
             **extra,
-        }
-        modules = [module_of(job["data"]["_target_"]), module_of(module["_target_"]), "benchmark.runner.stages.train"]
-        job["key"] = stage_key(kind, job_key_spec(job), modules)
-        if cfg.get("logger"):
-            job["wandb"] = {**cfg["logger"], "group": cfg["name"]}
-        return job
+        )
+        modules = [module_of(job.data["_target_"]), module_of(module["_target_"]), "benchmark.runner.stages.train"]
+        return replace(job, key=stage_key(kind, job_key_spec(job), modules))
 
     def _defense_cfg(self, name: str) -> dict:
         """A defense of the sweep, or an earlier stage of one (`stages`: composed from its shipped config)."""
@@ -94,7 +94,7 @@ class Planner:
             raise ConfigError(f"init_from names unknown defense '{name}'")
         return found
 
-    def _student(self, pair: str, name: str, seed: int, teacher: dict, chain: tuple[str, ...] = ()) -> dict:
+    def _student(self, pair: str, name: str, seed: int, teacher: TrainStage, chain: tuple[str, ...] = ()) -> TrainStage:
         """The training stage of a defense; a defense with `init_from` first gets the stage it starts from, one with
         `start_from: common` copies the common model instead of the teacher (CommonInit)."""
         sid = f"{pair}/{name}/seed{seed}"
@@ -108,20 +108,19 @@ class Planner:
             teacher = self.commons.get(pair)
             if teacher is None:
                 raise ConfigError(f"defense '{name}' starts from the common model, but teacher.common is not set")
-        deps, init_key = [teacher["id"]], None
+        deps, init_key = [teacher.id], None
         if parent := defense_cfg.get("init_from"):
             if parent in (*chain, name):
                 raise ConfigError(
                     f"defense '{name}' starts from itself: init_from chain {' -> '.join((*chain, name, parent))}"
                 )
             earlier = self._student(pair, parent, seed, self.teachers[pair], (*chain, name))
-            deps.append(earlier["id"])
-            init_key = earlier["key"]
+            deps.append(earlier.id)
+            init_key = earlier.key
         job = self._job(
-            "student", name, pair, defense_cfg["module"], defense_cfg.get("trainer"), seed, teacher["key"], init_key
+            "student", name, pair, defense_cfg["module"], defense_cfg.get("trainer"), seed, teacher.key, init_key
         )
-        stage = {"id": sid, "kind": "student", "key": job["key"], "deps": deps, "job": job, "defense": name}
-        stage["seed"] = seed
+        stage = TrainStage(id=sid, kind="student", key=job.key, deps=deps, job=job, defense=name, seed=seed)
         self.plan.add(stage)
         return stage
 
@@ -169,7 +168,7 @@ class Planner:
             for name in cfg["defense"]:
                 self._cells(pair, self._student(pair, name, seed, teacher), self.declared[name], teacher)
 
-    def _root(self, pair: str, name: str, teacher_cfg: dict, dm, common: dict | None) -> dict:
+    def _root(self, pair: str, name: str, teacher_cfg: dict, dm, common: TrainStage | None) -> TrainStage:
         """The teacher (or CommonInit's common model): trained on the source domain (from the common model when
         there is one), or a public model loaded as it is: a checkpoint file, or timm's pretrained weights for the
         first model of the chain (`model.pretrained=true`)."""
@@ -188,33 +187,38 @@ class Planner:
         if loaded is not None:
             self.notes.append(f"{pair}/{name}: {loaded.where}: {loaded.line()}")
         if common is not None and not extra:
-            extra.update(init_key=common["key"], init_kind="teacher")
+            extra.update(init_key=common.key, init_kind="teacher")
         seed = teacher_cfg.get("seed", 0)
         job = self._job(
             "teacher", name, pair, teacher_module_cfg(teacher_cfg), teacher_cfg.get("trainer"), seed, None, **extra
         )
-        stage = {"id": f"{pair}/{name}", "kind": "teacher", "key": job["key"], "deps": [], "job": job}
-        if extra.get("init_key"):
-            stage["deps"] = [common["id"]]
-        stage.update(defense=name, seed=seed)
-        if loaded is not None:
-            stage["load_report"] = loaded.as_dict()  # --plan-json shows what the file puts into the model
+        stage = TrainStage(
+            id=f"{pair}/{name}",
+            kind="teacher",
+            key=job.key,
+            deps=[common.id] if extra.get("init_key") else [],
+            job=job,
+            defense=name,
+            seed=seed,
+            # --plan-json shows what the file puts into the model
+            load_report=loaded.as_dict() if loaded is not None else None,
+        )
         self.plan.add(stage)
         return stage
 
     # ---- cells -----------------------------------------------------------------------------------
-    def _cells(self, pair: str, model: dict, declared: Declared, teacher: dict) -> None:
+    def _cells(self, pair: str, model: TrainStage, declared: Declared, teacher: TrainStage) -> None:
         randomized = "randomized" in declared.kinds
         draws = self.cfg["eval"]["draws"] if randomized else 1
-        skipped = [e.name for e in self.entries if not e.applies(declared.kinds, model["defense"])]
+        skipped = [e.name for e in self.entries if not e.applies(declared.kinds, model.defense)]
         if skipped:
             kind = " and ".join(sorted(declared.kinds)) or "deterministic"
             models = self._skipped.setdefault((pair, kind, ", ".join(skipped)), [])
-            if model["defense"] not in models:  # once per defense, not per seed
-                models.append(model["defense"])
+            if model.defense not in models:  # once per defense, not per seed
+                models.append(model.defense)
         base_cells = {}
         for entry in self.entries:
-            if not entry.applies(declared.kinds, model["defense"]):
+            if not entry.applies(declared.kinds, model.defense):
                 continue
             for budget, attack in zip(entry.budgets, entry.attacks):
                 spec = {"cfg": entry.cfg, "eps": budget.eps, "changes": {}}
@@ -232,25 +236,25 @@ class Planner:
         info = self.plan.pairs[pair]
         n = info["n"] if n is None else min(n, info["n"])
         attack = make_attack(spec)
-        deps, craft = [model["id"]], None
+        deps, craft = [model.id], None
         if attack.crafted:
             craft = self._craft(pair, entry, spec, budget, self._surrogates(pair, entry, attack, teacher), attack)
-            deps.append(craft["id"])
+            deps.append(craft.id)
         key_spec = {
-            "model": model["key"],
+            "model": model.key,
             "attack": attack.config(),
             "eval": {**info["eval"], "n": n, "draws": draws},
             "frozen": role == "frozen",  # the only role that changes what is computed (the model's randomness)
-            "craft": craft["key"] if craft else None,
+            "craft": craft.key if craft else None,
         }
         sanity = role in ("frozen", "unbounded")
         name = ROW_NAMES[role] or entry.name
         cell = CellSpec(
-            id=f"{model['id']}/{entry.name}/{budget.label}{suffix}",
+            id=f"{model.id}/{entry.name}/{budget.label}{suffix}",
             pair=pair,
-            model=model["id"],
-            defense=model["defense"],
-            seed=model["seed"],
+            model=model.id,
+            defense=model.defense,
+            seed=model.seed,
             entry=entry.name,
             role=role,
             attack=spec,
@@ -267,10 +271,10 @@ class Planner:
             n=n,
             randomized=randomized,
             draws=draws,
-            craft=craft["id"] if craft else None,
+            craft=craft.id if craft else None,
         )
         key = stage_key("attack", key_spec, [*attack_modules(attack), *CELL_MODULES])
-        sid = self.plan.add({"id": cell.id, "kind": "cell", "key": key, "deps": deps, "cell": cell}, attack)
+        sid = self.plan.add(CellStage(id=cell.id, kind="cell", key=key, deps=deps, cell=cell), attack)
         if craft and cell.transfer and not randomized and role == "attack":
             # The white-box counterpart of the transfer attack on the same student, for transferability: its inner
             # attack run white-box, or the sweep's entry it names (`reference`, at the same budget). (A randomized
@@ -287,7 +291,9 @@ class Planner:
             self.plan.update_cell(sid, reference=ref.id)
         return self.plan.cell(sid)
 
-    def _surrogates(self, pair: str, entry: AttackEntry, attack: Attack, teacher: dict | None) -> list[dict]:
+    def _surrogates(
+        self, pair: str, entry: AttackEntry, attack: Attack, teacher: TrainStage | None
+    ) -> list[TrainStage]:
         """The stages a crafted attack is crafted on: the teacher; the common model (`surrogate: common`); a model
         the attacker trains (`attacks.transfer.ATTACKER_MODELS`: a training stage of that defense config with
         `eval.attacker_seed`); several of them for an ensemble."""
@@ -309,29 +315,28 @@ class Planner:
                 out.append(teacher)
         return out
 
-    def _craft(self, pair: str, entry: AttackEntry, spec: dict, budget: Budget, surrogates: list[dict],
-               attack: Attack) -> dict:  # fmt: skip
+    def _craft(self, pair: str, entry: AttackEntry, spec: dict, budget: Budget, surrogates: list[TrainStage],
+               attack: Attack) -> CraftStage:  # fmt: skip
         info = self.plan.pairs[pair]
         n = info["n"] if entry.n_examples is None else min(entry.n_examples, info["n"])  # what its cells score
-        keys = [s["key"] for s in surrogates]
+        keys = [s.key for s in surrogates]
         key_spec = {"teacher": keys[0] if len(keys) == 1 else keys, "attack": attack.config(),
                     "eval": {**info["eval"], "n": n}}  # fmt: skip
-        where = surrogates[0]["id"] if len(surrogates) == 1 else f"{pair}/ensemble"
-        craft = {
-            "id": f"{where}/craft/{entry.name}/{budget.label}",
-            "kind": "craft",
-            "key": stage_key("craft", key_spec, [*attack_modules(attack), "benchmark.runner.stages.attack"]),
-            "deps": [s["id"] for s in surrogates],
-            "pair": pair,
-            "teacher": surrogates[0]["id"],
-            "surrogates": [s["id"] for s in surrogates],
-            "attack": spec,
-            "n": n,
-        }
-        craft["id"] = self.plan.add(craft, attack)  # the same recipe as its cells: one attack object
-        return self.plan.stage(craft["id"])
+        where = surrogates[0].id if len(surrogates) == 1 else f"{pair}/ensemble"
+        craft = CraftStage(
+            id=f"{where}/craft/{entry.name}/{budget.label}",
+            kind="craft",
+            key=stage_key("craft", key_spec, [*attack_modules(attack), "benchmark.runner.stages.attack"]),
+            deps=[s.id for s in surrogates],
+            pair=pair,
+            teacher=surrogates[0].id,
+            surrogates=[s.id for s in surrogates],
+            attack=spec,
+            n=n,
+        )
+        return self.plan.stage(self.plan.add(craft, attack))  # the same recipe as its cells: one attack object
 
-    def _sanity_cells(self, pair: str, model: dict, declared: Declared, draws: int, base_cells: dict) -> None:
+    def _sanity_cells(self, pair: str, model: TrainStage, declared: Declared, draws: int, base_cells: dict) -> None:
         """The sanity checks of a randomized defense (evaluation.md section 2), from the sweep's EOT-PGD attack
         (L-inf, no BPDA) at the budget nearest the headline L-inf one, on `eval.sanity_examples` examples."""
         base = next(
@@ -349,7 +354,7 @@ class Planner:
         )
         if base is None or not declared.freezable:
             missing = "an EOT-PGD attack (eot > 1, L-inf, no BPDA)" if base is None else "`frozen(seed)`"
-            self.warnings.append(f"{pair}/{model['defense']}: randomness sanity checks not run: needs {missing}")
+            self.warnings.append(f"{pair}/{model.defense}: randomness sanity checks not run: needs {missing}")
             return
         entry = base[0]
         headline = self.headline["linf"]

@@ -13,7 +13,7 @@ from benchmark.records import CellSpec, Row
 from benchmark.runner import checks
 from benchmark.runner.detection import detection_auroc
 from benchmark.runner.execute import Executed
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import Plan, TrainStage
 from benchmark.runner.stages.score import (
     metrics,
     per_example,
@@ -48,25 +48,25 @@ def _train_seconds(plan: Plan, done: Executed, stage_id: str) -> float | None:
     """A model's training cost, including the earlier stages it starts from (`init_from`)."""
     meta = done.trained.get(stage_id) or {}
     own = meta.get("fit_seconds")
-    earlier = [d for d in plan.stage(stage_id)["deps"] if plan.stage(d)["kind"] == "student"]
+    earlier = [d for d in plan.stage(stage_id).deps if plan.stage(d).kind == "student"]
     return None if own is None else own + sum(_train_seconds(plan, done, d) or 0.0 for d in earlier)
 
 
-def _model_fields(cfg: dict, plan: Plan, done: Executed, stage: dict) -> dict:
+def _model_fields(cfg: dict, plan: Plan, done: Executed, stage: TrainStage) -> dict:
     """The fields every row of one model shares."""
-    info = plan.pairs[stage["job"]["data_name"]]
-    meta = done.trained.get(stage["id"]) or {}
+    info = plan.pairs[stage.job.data_name]
+    meta = done.trained.get(stage.id) or {}
     return {
         "experiment": cfg["name"],
-        "pair": stage["job"]["data_name"],
+        "pair": stage.job.data_name,
         "source": info["source"],
         "target": info["target"],
         "model": cfg["model"]["backbone"],
-        "defense": stage["defense"],
-        "mode": stage["job"]["module"].get("mode", "pretrain"),
-        "seed": stage["seed"],
-        "model_key": stage["key"],
-        "train_seconds": _train_seconds(plan, done, stage["id"]),
+        "defense": stage.defense,
+        "mode": stage.job.module.get("mode", "pretrain"),
+        "seed": stage.seed,
+        "model_key": stage.key,
+        "train_seconds": _train_seconds(plan, done, stage.id),
         "prep_seconds": (meta.get("prep") or {}).get("seconds"),
         "randomized_defense": bool(meta.get("randomized", False)),
         "nondifferentiable_defense": bool(meta.get("nondifferentiable", False)),
@@ -107,8 +107,8 @@ def make_rows(cfg: dict, plan: Plan, done: Executed) -> tuple[list[Row], dict[st
     rows: list[Row] = []
     examples: dict[str, dict] = {}
     form = cfg["report"]["transferability"]
-    for model in (s for s in plan.stages if s["kind"] in ("teacher", "student")):
-        cells = plan.cells(model["id"])
+    for model in (s for s in plan.stages if s.kind in ("teacher", "student")):
+        cells = plan.cells(model.id)
         if not cells:
             continue
         fields = _model_fields(cfg, plan, done, model)

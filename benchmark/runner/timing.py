@@ -9,45 +9,47 @@ does not inflate as it does the wall clock): what `benchmark.runner.estimate` pr
 
 from __future__ import annotations
 
+from benchmark.runner.plan import Stage
+
 PREFIX = "seconds/"
 #: The whole stage's wall-clock and CPU seconds, and their names in run_stats.json.
 WHOLE = {"stage/": "stage_seconds_by_kind", "cpu/": "cpu_seconds_by_kind"}
 
 
-def kind_of(stage: dict) -> str:
+def kind_of(stage: Stage) -> str:
     """The kind of work a stage is, as run_stats.json names it: train, craft, attack/<entry>, sanity."""
-    if stage["kind"] in ("teacher", "student"):
+    if stage.kind in ("teacher", "student"):
         return "train"
-    if stage["kind"] == "craft":
+    if stage.kind == "craft":
         return "craft"
-    cell = stage["cell"]
+    cell = stage.cell
     return "sanity" if cell.role in ("frozen", "x2", "unbounded") else f"attack/{cell.entry}"
 
 
-def whole(stage: dict, wall: float, cpu: float) -> dict[str, float]:
+def whole(stage: Stage, wall: float, cpu: float) -> dict[str, float]:
     """A computed stage's whole wall-clock and CPU seconds, keyed `stage/<kind>` and `cpu/<kind>`."""
     kind = kind_of(stage)
     return {f"stage/{kind}": wall, f"cpu/{kind}": cpu}
 
 
-def charge(stage: dict, done) -> dict[str, float]:
+def charge(stage: Stage, done) -> dict[str, float]:
     """Seconds of `stage` if this process computed it (a cache hit costs nothing), keyed `seconds/<kind>`."""
-    sid, out = stage["id"], {}
-    if stage["kind"] in ("teacher", "student"):
+    sid, out = stage.id, {}
+    if stage.kind in ("teacher", "student"):
         meta = done.trained.get(sid) or {}
         if not meta.get("cached", True):
             out["train"] = meta.get("fit_seconds") or 0.0
             prep = meta.get("prep") or {}
             if prep and not prep.get("cached", True):
                 out["prepare"] = prep.get("seconds") or 0.0
-    elif stage["kind"] == "craft":
+    elif stage.kind == "craft":
         meta = done.metas.get(sid) or {}
         if meta.get("cached") is False:
             out["craft"] = meta.get("attack_seconds") or 0.0
     else:
         meta = done.metas.get(sid) or {}
         if meta and not meta.get("cached", True):
-            cell = stage["cell"]
+            cell = stage.cell
             key = "sanity" if cell.role in ("frozen", "x2", "unbounded") else f"attack/{cell.entry}"
             out[key] = meta.get("wall_seconds") or 0.0
     return {PREFIX + k: v for k, v in out.items()}

@@ -5,9 +5,13 @@ by mutation testing (`make mutate`, tests/mutation/mutate.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hand_cells import job
+
+from benchmark.records import Job
 
 #: The model configs shipped with the suite (benchmark/configs/model).
 MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "model"
@@ -17,19 +21,19 @@ MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / 
 def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path):
     from benchmark.components import job_key_spec
 
-    base = {
-        "kind": "student",
-        "data": {"_target_": "d", "root": "/here", "download": True, "num_workers": 4, "eval_batch_size": 9, "n": 1},
-        "data_fingerprint": "fp",
-        "domain": "target",
-        "model": {"backbone": "small_cnn"},
-        "module": {"lr": 0.1},
-        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 5},
-        "seed": 1,
-        "teacher_key": "t",
-        "name": "finetune",
-        "cache_dir": "/cache",
-    }
+    base = job(
+        kind="student",
+        data={"_target_": "d", "root": "/here", "download": True, "num_workers": 4, "eval_batch_size": 9, "n": 1},
+        data_fingerprint="fp",
+        domain="target",
+        model={"backbone": "small_cnn"},
+        module={"lr": 0.1},
+        trainer={"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 5},
+        seed=1,
+        teacher_key="t",
+        name="finetune",
+        cache_dir="/cache",
+    )
     assert job_key_spec(base) == {
         "kind": "student",
         "data": {"_target_": "d", "n": 1},
@@ -48,27 +52,27 @@ def test_the_key_spec_keeps_what_the_stage_computes_and_drops_the_rest(tmp_path)
 
     weights = tmp_path / "w.pt"
     torch.save({"conv.weight": torch.ones(2, 1, 3, 3)}, weights)
-    full = {
-        **base,
-        "init_key": "i",
-        "checkpoint": {"sha256": "s", "format": "auto", "digest": "d"},
-        "init_kind": "teacher",
-        "model": {"backbone": "b", "pretrained": True, "pretrained_file": str(weights)},
-    }
+    full = replace(
+        base,
+        init_key="i",
+        checkpoint={"sha256": "s", "format": "auto", "digest": "d"},
+        init_kind="teacher",
+        model={"backbone": "b", "pretrained": True, "pretrained_file": str(weights)},
+    )
     spec = job_key_spec(full)
     assert spec["init_key"] == "i" and spec["checkpoint"] == "d" and spec["init_kind"] == "teacher"
     assert spec["model"] == {"backbone": "b", "pretrained": True,
                              "pretrained_file": file_digest(str(weights), "model.pretrained_file")}  # fmt: skip
     assert list(spec)[-2:] == ["checkpoint", "init_kind"]
-    timm = {**full, "checkpoint": {"sha256": "s", "format": "timm", "digest": "d"}}
+    timm = replace(full, checkpoint={"sha256": "s", "format": "timm", "digest": "d"})
     assert job_key_spec(timm)["checkpoint"] == "d", "the tensors loaded, not the format's spelling"
-    assert "checkpoint" not in job_key_spec({**base, "checkpoint": None, "init_kind": ""})
-    assert "init_kind" not in job_key_spec({**base, "init_kind": None})
+    assert "checkpoint" not in job_key_spec(replace(base, checkpoint=None, init_kind=""))
+    assert "init_kind" not in job_key_spec(replace(base, init_kind=None))
 
 
-def _job(**changes) -> dict:
-    """The key fields of a student job (as `planner` writes them), with `changes`."""
-    job = {
+def _job(**changes) -> Job:
+    """A student job (as `planner` writes it), with `changes`."""
+    fields = {
         "kind": "student",
         "data": {"_target_": "d", "n": 1},
         "data_fingerprint": "fp",
@@ -78,7 +82,7 @@ def _job(**changes) -> dict:
         "trainer": {"max_epochs": 2},
         "seed": 1,
     }
-    return {**job, **changes}
+    return job(**{**fields, **changes})
 
 
 def test_the_channels_last_layout_enters_the_key_and_the_contiguous_one_keeps_the_old_key():
@@ -88,7 +92,7 @@ def test_the_channels_last_layout_enters_the_key_and_the_contiguous_one_keeps_th
     channels_last = stage_layout({})  # the default layout
     contiguous = stage_layout({"numerics": {"channels_last": False}})
     assert job_key_spec(_job(numerics=channels_last))["numerics"] == channels_last, "it sums in another order"
-    old = job_key_spec(_job())  # a job planned before the layout existed
+    old = job_key_spec(_job(numerics={}))  # a job planned before the layout existed: no layout
     assert "numerics" not in old
     assert job_key_spec(_job(numerics=contiguous)) == old, "the contiguous layout computes what the old jobs did"
     assert job_key_spec(_job(numerics=channels_last)) != old

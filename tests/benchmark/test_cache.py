@@ -534,9 +534,9 @@ def test_a_plan_s_keys_are_those_of_unfrozen_fingerprints(monkeypatch):
 
     cfg = compose(["logger=none", "defense=[finetune,dropout]", "attack=[fgsm,transfer_pgd_linf]", "eval.n_examples=4",
                    "cache_dir=never-written", "results_dir=never-written"])  # fmt: skip
-    frozen = [s["key"] for s in planner_mod.make_plan(cfg)[0].stages]
+    frozen = [s.key for s in planner_mod.make_plan(cfg)[0].stages]
     monkeypatch.setattr(planner_mod, "frozen_code", nullcontext)
-    assert [s["key"] for s in planner_mod.make_plan(cfg)[0].stages] == frozen
+    assert [s.key for s in planner_mod.make_plan(cfg)[0].stages] == frozen
 
 
 def test_a_stage_key_follows_the_suite_source(tree, monkeypatch):

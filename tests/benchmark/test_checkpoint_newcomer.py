@@ -100,6 +100,7 @@ def test_the_plan_shows_each_files_load_report(tmp_path, capsys):
 
 
 def test_timms_weights_from_a_local_file_are_reported_and_recorded_as_the_file(tmp_path, capsys, timm_file):
+    from benchmark.records import Job
     from benchmark.runner.stages.train import run_train_job
 
     weights = timm_file
@@ -112,7 +113,7 @@ def test_timms_weights_from_a_local_file_are_reported_and_recorded_as_the_file(t
     assert "head fresh for the data's 10 classes (the file's has 1000 outputs)" in line
     teacher = teacher_of(plan_json(tmp_path, capsys, *over))
     assert teacher["load_report"]["path"] == str(weights)
-    meta = run_train_job(teacher["job"])
+    meta = run_train_job(Job.from_json(teacher["job"]))  # the job as the plan's JSON holds it
     assert meta["public"] == str(weights) and meta["checkpoint_report"] == teacher["load_report"]["line"]
 
 
@@ -303,7 +304,7 @@ def test_a_file_changed_after_the_plan_is_not_computed_under_the_plans_key(tmp_p
     state = torch.load(suite_file, weights_only=True)
     torch.save({k: v * 2 if v.is_floating_point() else v for k, v in state.items()}, suite_file)
     with pytest.raises(ConfigError, match="holds other tensors than when the run was planned"):
-        run_train_job(teacher["job"])
+        run_train_job(teacher.job)
 
 
 # ---- 8. counts that agree, a log that says "loaded", --help -----------------------------------------------------

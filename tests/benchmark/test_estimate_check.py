@@ -8,17 +8,20 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from hand_cells import job as hand_job
 
 from benchmark import run as runner
+from benchmark.records import Job
 from benchmark.runner import estimate
 from benchmark.runner.config import compose
+from benchmark.runner.plan import CraftStage, Stage
 
 COSTS = estimate.PassCosts(train=1e-3, grad=1e-3, score=3e-4, ref=2e-4)
 INFO = {"train_sizes": {"source": 800, "target": 100}, "val_sizes": {"source": 100, "target": 250}}
 
 
-def job(module: dict, epochs: int = 10, **extra) -> dict:
-    return {"module": module, "trainer": {"max_epochs": epochs}, "domain": "target", **extra}
+def job(module: dict, epochs: int = 10, **extra) -> Job:
+    return hand_job(module=module, trainer={"max_epochs": epochs}, domain="target", **extra)
 
 
 def test_an_adversarial_defense_is_priced_with_its_validation_attack():
@@ -34,7 +37,7 @@ def test_an_adversarial_defense_is_priced_with_its_validation_attack():
 
 
 def test_a_universal_perturbation_is_priced_by_its_epochs_over_the_attackers_data():
-    stage = {"n": 64}
+    stage = CraftStage(id="c", kind="craft", key="c", deps=[], pair="p", teacher="t", surrogates=["t"], attack={}, n=64)
     universal = SimpleNamespace(epochs=2, attacker_domain="source", max_examples=None)
     small, big = (estimate.craft_seconds(stage, universal, {"train_sizes": {"source": n}}, COSTS) for n in (800, 8000))
     step = COSTS.grad + estimate.OVERHEAD["step"] * COSTS.ref
@@ -44,7 +47,9 @@ def test_a_universal_perturbation_is_priced_by_its_epochs_over_the_attackers_dat
 
 
 def test_the_schedule_follows_dependencies_and_workers():
-    stages = [{"id": "t", "deps": []}, {"id": "a", "deps": ["t"]}, {"id": "b", "deps": ["t"]}, {"id": "c", "deps": []}]
+    stages = [
+        Stage(id=i, kind="cell", key=i, deps=deps) for i, deps in (("t", []), ("a", ["t"]), ("b", ["t"]), ("c", []))
+    ]
     seconds = {"t": 10.0, "a": 5.0, "b": 5.0, "c": 1.0}
     assert estimate.schedule(stages, seconds, 1) == 21.0
     assert estimate.schedule(stages, seconds, 2) == 15.0  # a and b side by side after the teacher; c beside it

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hand_cells import cell_stage, train_stage
 from sweeps import SPENT, read_rows, spent, tiny
 
 from benchmark import run as runner
@@ -135,7 +136,7 @@ def test_the_slurm_submission(tmp_path, monkeypatch):
     assert f"#SBATCH --dependency=afterok:{jobs[student].job_id}\n" in scripts[whitebox]
     assert f"#SBATCH --dependency=afterok:{jobs[student].job_id}:{craft}\n" in scripts[transfer]
     covered = sorted(i for unit in todo for i in unit.stages)
-    assert covered == sorted(s["id"] for s in plan.stages), "every stage in exactly one job"
+    assert covered == sorted(s.id for s in plan.stages), "every stage in exactly one job"
 
 
 # ---- a killed worker, two processes on one stage, a failed stage ---------------------------------------------
@@ -171,7 +172,7 @@ def test_a_worker_killed_mid_stage_loses_nothing_and_the_next_run_redoes_nothing
     assert "did not finish" in output and "the same command runs them" in output
     # The rerun computes exactly what the kill left unfinished (which stages those are depends on the workers'
     # order: trainings and crafted sets first), and the teacher and the first student were finished before it.
-    missing = Counter(s["kind"] for s in plan.stages if not cache.joinpath(*stage_entry(s), "meta.json").exists())
+    missing = Counter(s.kind for s in plan.stages if not cache.joinpath(*stage_entry(s), "meta.json").exists())
     assert missing["teacher"] == 0 and 0 < missing["student"] < 2
     again = runner.run(compose(tiny(tmp_path)))
     kinds = {"teacher": "teacher_trained", "student": "student_trained", "craft": "crafted", "cell": "attacks_run"}
@@ -223,7 +224,7 @@ def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, 
     plan = make_plan(cfg)[0]
     broken = plan.stage("digits/finetune/seed0")
     # A directory where the stage's claim file goes: claiming it raises, as a real I/O error would.
-    (tmp_path / "cache" / "student" / f".{broken['key']}.claim").mkdir(parents=True)
+    (tmp_path / "cache" / "student" / f".{broken.key}.claim").mkdir(parents=True)
     assert runner.main(tiny(tmp_path, *WORKERS)) == 1
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if "digits/finetune/seed0 failed:" in x]
@@ -232,6 +233,27 @@ def test_a_failed_stage_is_one_line_and_the_rest_of_the_sweep_goes_on(tmp_path, 
     rows = read_rows(tmp_path)
     assert {r["defense"] for r in rows} == {"teacher", "pgd_at"}
     assert_same_rows([r for r in inline if r["defense"] != "finetune"], rows)
+
+
+def test_the_stages_that_need_a_stage_through_deps_a_reference_or_a_base():
+    """A failed stage takes with it the stages that need it: through `deps`, and a transfer cell its white-box
+    reference, a sanity cell its base cell (their rows need those)."""
+    from benchmark.runner.launchers.common import dependents, narrow
+    from benchmark.runner.plan import Plan
+
+    plan = Plan(
+        "p",
+        stages=[
+            train_stage("m"),
+            cell_stage("m/pgd", "m"),
+            cell_stage("m/transfer", "m", reference="m/pgd"),
+            cell_stage("m/x2", "m", base="m/pgd"),
+            cell_stage("m/fgsm", "m"),
+        ],
+    )
+    assert dependents(plan, {"m/pgd"}) == {"m/pgd", "m/transfer", "m/x2"}
+    assert dependents(plan, {"m"}) == {s.id for s in plan.stages}
+    assert [s.id for s in narrow(plan, {"m/pgd"}).stages] == ["m", "m/fgsm"]
 
 
 def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
@@ -245,7 +267,7 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
     from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
-        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+        return cell_stage(i, *deps, model=model) if model else train_stage(i, *deps)
 
     plan = Plan(
         "p",
@@ -278,14 +300,14 @@ def test_a_worker_takes_first_the_stages_that_others_wait_for(monkeypatch):
         SimpleNamespace(
             root=Path("."),
             plan=plan,
-            done=lambda s: s["id"] in finished,
+            done=lambda s: s.id in finished,
             executor=SimpleNamespace(_models={"finetune": 1}),
         )
     ]
     monkeypatch.setattr(workers, "failures", lambda root: {})  # nothing failed
     ready, left = worker.ready(0)
     assert left
-    assert [s["id"] for s in ready] == ["purifier", "finetune/cell", "teacher/cell"]
+    assert [s.id for s in ready] == ["purifier", "finetune/cell", "teacher/cell"]
 
 
 def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_cells_in_experiment_order(
@@ -302,7 +324,7 @@ def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_
     from benchmark.runner.plan import Plan
 
     def stage(i, *deps, model=None):
-        return {"id": i, "kind": "cell" if model else "student", "key": i, "deps": list(deps), "model": model}
+        return cell_stage(i, *deps, model=model) if model else train_stage(i, *deps)
 
     first = Plan("a", stages=[stage("a/teacher"), stage("a/atop", "a/teacher"), stage("a/cell", "a/atop", model="m"),
                               stage("a/teacher-cell", "a/teacher", model="t")])  # fmt: skip
@@ -311,13 +333,13 @@ def test_a_pooled_worker_takes_any_experiments_blocking_stage_before_cells_then_
 
     def runner(plan):
         def run(stage, wait):
-            if stage["id"] in busy:
+            if stage.id in busy:
                 return "busy"
-            ran.append(stage["id"])
-            finished.add(stage["id"])
+            ran.append(stage.id)
+            finished.add(stage.id)
             return "ran"
 
-        done = lambda s: s["id"] in finished  # noqa: E731
+        done = lambda s: s.id in finished  # noqa: E731
         return SimpleNamespace(
             root=Path(plan.name), plan=plan, done=done, run=run, executor=SimpleNamespace(_models={})
         )

@@ -74,11 +74,11 @@ def test_the_layout_is_in_every_training_stage_key_and_applied_to_the_module(tmp
     base = ["logger=none", "defense=[finetune]", "attack=[fgsm]", f"cache_dir={tmp_path}"]
     on, off = (make_plan(compose([*base, f"numerics.channels_last={v}"]))[0] for v in ("true", "false"))
     for a, b in zip(on.stages, off.stages):
-        assert a["key"] != b["key"], f"{a['id']}: the layout changes what is computed"
-    job = on.stage("digits/teacher")["job"]
-    assert job["numerics"] == {"channels_last": True} and job_key_spec(job)["numerics"] == {"channels_last": True}
-    assert "numerics" not in job_key_spec(off.stage("digits/teacher")["job"]), "contiguous: the keys of before"
-    module = build_module(job, None, build_datamodule(job["data"]))
+        assert a.key != b.key, f"{a.id}: the layout changes what is computed"
+    job = on.stage("digits/teacher").job
+    assert job.numerics == {"channels_last": True} and job_key_spec(job)["numerics"] == {"channels_last": True}
+    assert "numerics" not in job_key_spec(off.stage("digits/teacher").job), "contiguous: the keys of before"
+    module = build_module(job, None, build_datamodule(job.data))
     conv = next(p for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ConfigError, match="numerics.channels_last must be true or false"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hand_cells import cell
+from hand_cells import cell, train_stage
 from plan_budgets import EIGHT, SIXTEEN
 
 from attacks.fgsm import FGSM
@@ -21,7 +21,7 @@ from attacks.transfer import TransferAttack
 from benchmark.records import Budget
 from benchmark.runner import cache as cache_mod
 from benchmark.runner.config import compose
-from benchmark.runner.plan import Plan, attack_modules, make_attack, module_of
+from benchmark.runner.plan import CellStage, CraftStage, Plan, attack_modules, make_attack, module_of
 from benchmark.runner.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,13 +45,32 @@ def test_plan_is_json_in_dependency_order(tmp_path):
     for stage in data["stages"]:
         assert set(stage["deps"]) <= seen, f"{stage['id']} comes before what it needs"
         seen.add(stage["id"])
-    kinds = [s["kind"] for s in plan.stages]
+    kinds = [s.kind for s in plan.stages]
     assert kinds.count("teacher") == 1 and kinds.count("craft") == 4, "transfer examples crafted once per eps"
-    ids = [s["id"] for s in plan.stages]
-    assert len(ids) == len(set(ids)) and len({s["key"] for s in plan.stages}) == len(ids)
+    ids = [s.id for s in plan.stages]
+    assert len(ids) == len(set(ids)) and len({s.key for s in plan.stages}) == len(ids)
     roles = {c.role for c in plan.cells() if c.defense == "purifier"}
     assert {"attack", "frozen", "x2", "unbounded"} <= roles
     assert any("not run on the randomized models " in n and "(by design): fgsm, pgd_linf" in n for n in notes)
+
+
+def test_a_composed_plan_through_json_gives_equal_stages(tmp_path):
+    """Worker processes and cluster jobs read the plan back from its JSON: the same typed stages, jobs and cells; the
+    JSON keeps the stages' keys (a field left at its default is left out)."""
+    plan, _, _ = plan_of(tmp_path)
+    text = plan.to_json()
+    back = Plan.from_json(text)
+    assert back.stages == plan.stages and back == plan and back.to_json() == text
+    assert {type(s).__name__ for s in back.stages} == {"TrainStage", "CraftStage", "CellStage"}
+    stages = {s["id"]: s for s in json.loads(text)["stages"]}
+    teacher, student = stages["digits/teacher"], stages["digits/finetune/seed0"]
+    assert list(teacher) == list(student) == ["id", "kind", "key", "deps", "job", "defense", "seed"]
+    assert set(teacher["job"]) == {"kind", "name", "data_name", "data", "data_fingerprint", "domain", "model", "module",
+                                   "trainer", "seed", "teacher_key", "init_key", "cache_dir", "numerics", "key",
+                                   "wandb"}  # fmt: skip
+    craft = next(s for s in stages.values() if s["kind"] == "craft")
+    assert list(craft) == ["id", "kind", "key", "deps", "pair", "teacher", "surrogates", "attack", "n"]
+    assert list(stages[plan.cells()[0].id]) == ["id", "kind", "key", "deps", "cell"]
 
 
 def test_transfer_reference_is_the_sweeps_own_whitebox_cell(tmp_path):
@@ -73,7 +92,7 @@ def test_sanity_cells_come_from_eot_pgd_whatever_the_attack_order(tmp_path, orde
 def test_cell_keys_cover_every_value_the_cell_reads(tmp_path):
     def keys(*extra):
         plan, _, _ = plan_of(tmp_path, *extra)
-        return {s["id"]: s["key"] for s in plan.stages}
+        return {s.id: s.key for s in plan.stages}
 
     base = keys()
     for override in ("eval.detection=false", "eval.detection_reference=100", "eval.draws=4", "eval.seed=1"):
@@ -85,10 +104,10 @@ def test_cell_keys_cover_every_value_the_cell_reads(tmp_path):
 
 
 def test_keys_change_with_library_versions(tmp_path, monkeypatch):
-    base = {s["id"]: s["key"] for s in plan_of(tmp_path)[0].stages}
+    base = {s.id: s.key for s in plan_of(tmp_path)[0].stages}
     versions = {**cache_mod.library_versions(), "pyautoattack": "9.9"}
     monkeypatch.setattr(cache_mod, "library_versions", lambda: versions)
-    changed = {s["id"]: s["key"] for s in plan_of(tmp_path)[0].stages}
+    changed = {s.id: s.key for s in plan_of(tmp_path)[0].stages}
     assert all(base[i] != changed[i] for i in base)
 
 
@@ -99,12 +118,12 @@ def _copy_tree(dst: Path) -> Path:
 
 
 def test_editing_a_line_invalidates_exactly_the_stages_it_can_change(tmp_path, monkeypatch):
-    base = {s["id"]: s["key"] for s in plan_of(tmp_path)[0].stages}
+    base = {s.id: s.key for s in plan_of(tmp_path)[0].stages}
     copy = _copy_tree(tmp_path / "src")
     pgd = copy / "attacks" / "pgd.py"
     pgd.write_text(pgd.read_text().replace("return x_adv\n", "return x  # broken\n", 1))
     monkeypatch.setattr(cache_mod, "ROOT", copy)
-    changed = {s["id"]: s["key"] for s in plan_of(tmp_path)[0].stages}
+    changed = {s.id: s.key for s in plan_of(tmp_path)[0].stages}
     moved = {i for i in base if base[i] != changed[i]}
     assert any("/pgd_linf/" in i for i in moved) and any("/craft/transfer_pgd_linf/" in i for i in moved)
     assert not any("/fgsm/" in i for i in moved), "FGSM does not run pgd.py"
@@ -171,11 +190,10 @@ def test_make_attack_builds_a_config_that_is_not_plain_data_each_time(monkeypatc
     assert plan_module._BUILT == {}, "nothing memoized under a recipe that is not JSON"
 
 
-def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw) -> dict:
-    s = {"id": sid, "kind": kind, "key": key, "deps": []}
+def stage(sid: str, kind: str = "cell", key: str = "k", role: str = "attack", **kw):
     if kind == "cell":
-        s["cell"] = cell(id=sid, role=role, **kw)
-    return s
+        return CellStage(id=sid, kind=kind, key=key, deps=[], cell=cell(id=sid, role=role, **kw))
+    return train_stage(sid, kind=kind, key=key)
 
 
 def test_plan_lookups():
@@ -184,7 +202,7 @@ def test_plan_lookups():
     p.add(stage("m", kind="student", key="km"))
     p.add(stage("c1", key="k1", model="m"))
     p.add(stage("c2", key="k2", model="n"))
-    assert len(p) == 3 and p.stage("c1")["key"] == "k1" and p.cell("c2").model == "n"
+    assert len(p) == 3 and p.stage("c1").key == "k1" and p.cell("c2").model == "n"
     assert [c.id for c in p.cells()] == ["c1", "c2"] and [c.id for c in p.cells("m")] == ["c1"]
     assert p.cells("none") == []
     p.update_cell("c1", reference="r", n=3)
@@ -194,8 +212,9 @@ def test_plan_lookups():
 def test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe():
     p = Plan("x")
     recipe = {"cfg": {"_target_": "attacks.fgsm.FGSM"}, "eps": EIGHT, "changes": {}}
-    p.add({**stage("c", key="kc"), "cell": cell(id="c", attack=recipe)})
-    p.add({"id": "t", "kind": "craft", "key": "kt", "deps": [], "attack": {**recipe, "eps": SIXTEEN}})
+    p.add(stage("c", key="kc", attack=recipe))
+    p.add(CraftStage(id="t", kind="craft", key="kt", deps=[], pair="p", teacher="m", surrogates=["m"],
+                     attack={**recipe, "eps": SIXTEEN}, n=8))  # fmt: skip
     made = FGSM(0.5)
     p.add(stage("given", key="kg"), made)
     first = p.attack("c")

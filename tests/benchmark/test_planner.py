@@ -16,10 +16,10 @@ from attacks.errors import ConfigError
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from benchmark.components import job_key_spec, teacher_module_cfg
-from benchmark.records import Budget
+from benchmark.records import Budget, Job
 from benchmark.runner.cache import stage_key
 from benchmark.runner.config import compose
-from benchmark.runner.plan import Plan, attack_modules, module_of
+from benchmark.runner.plan import CraftStage, Plan, Stage, attack_modules, module_of
 from benchmark.runner.planner import CELL_MODULES, make_plan, single_process_strategy
 
 #: Never created: planning writes nothing.
@@ -76,8 +76,8 @@ def planned():
     return plan_of()
 
 
-def stages(plan: Plan) -> dict[str, dict]:
-    return {s["id"]: s for s in plan.stages}
+def stages(plan: Plan) -> dict[str, Stage]:
+    return {s.id: s for s in plan.stages}
 
 
 # ---- training stages ------------------------------------------------------------------------------------------
@@ -93,36 +93,37 @@ def test_the_teachers_job_and_key(planned):
     plan, notes, warnings = planned
     assert plan.name == "digits"
     t = stages(plan)["digits/teacher"]
-    job = t["job"]
-    assert {k: v for k, v in job.items() if k != "key"} == {
-        "kind": "teacher",
-        "name": "teacher",
-        "data_name": "digits",
-        "data": CFG["data"]["digits"],
-        "data_fingerprint": plan.pairs["digits"]["fingerprint"],
-        "domain": "source",
-        "model": CFG["model"],
-        "module": teacher_module_cfg(CFG["teacher"]),
-        "trainer": {**CFG["trainer"], **CFG["teacher"]["trainer"]},
-        "seed": 0,
-        "teacher_key": None,
-        "init_key": None,
-        "cache_dir": "plan-tests-cache",
-        "numerics": {"channels_last": True},
-        "wandb": {**CFG["logger"], "group": "digits"},
-    }
+    job = t.job
+    assert job == Job(
+        kind="teacher",
+        name="teacher",
+        data_name="digits",
+        data=CFG["data"]["digits"],
+        data_fingerprint=plan.pairs["digits"]["fingerprint"],
+        domain="source",
+        model=CFG["model"],
+        module=teacher_module_cfg(CFG["teacher"]),
+        trainer={**CFG["trainer"], **CFG["teacher"]["trainer"]},
+        seed=0,
+        teacher_key=None,
+        init_key=None,
+        cache_dir="plan-tests-cache",
+        numerics={"channels_last": True},
+        key=job.key,
+        wandb={**CFG["logger"], "group": "digits"},
+    )
     modules = ["datamodules.digits", "lightning_modules.modules", "benchmark.runner.stages.train"]
-    assert t["key"] == job["key"] == stage_key("teacher", job_key_spec(job), modules)
-    assert (t["kind"], t["deps"], t["defense"], t["seed"]) == ("teacher", [], "teacher", 0)
+    assert t.key == job.key == stage_key("teacher", job_key_spec(job), modules)
+    assert (t.kind, t.deps, t.defense, t.seed) == ("teacher", [], "teacher", 0)
     assert warnings == []
 
 
 def test_the_teachers_seed_and_its_default():
     seeded = stages(plan_of(teacher__seed=5)[0])["digits/teacher"]
-    assert seeded["seed"] == seeded["job"]["seed"] == 5
+    assert seeded.seed == seeded.job.seed == 5
     unset = stages(plan_of(teacher__seed=KeyError)[0])["digits/teacher"]
-    assert unset["seed"] == unset["job"]["seed"] == 0, "a teacher config without a seed: seed 0"
-    assert seeded["key"] != unset["key"]
+    assert unset.seed == unset.job.seed == 0, "a teacher config without a seed: seed 0"
+    assert seeded.key != unset.key
 
 
 def test_the_students_jobs_keys_and_earlier_stages(planned):
@@ -132,41 +133,41 @@ def test_the_students_jobs_keys_and_earlier_stages(planned):
     ft, freeze, drop = by["digits/finetune/seed0"], by["digits/freeze/seed0"], by["digits/dropout/seed0"]
     assert list(by).index("digits/freeze/seed0") < list(by).index("digits/dropout/seed0"), "the earlier stage first"
     for s, name in ((ft, "finetune"), (freeze, "freeze"), (drop, "dropout")):
-        job = s["job"]
+        job = s.job
         defense_cfg = {**CFG["defense"], **CFG["earlier_defenses"]}[name]
-        assert (s["kind"], s["defense"], s["seed"], s["id"]) == ("student", name, 0, f"digits/{name}/seed0")
-        assert (job["kind"], job["name"], job["domain"], job["teacher_key"]) == (
+        assert (s.kind, s.defense, s.seed, s.id) == ("student", name, 0, f"digits/{name}/seed0")
+        assert (job.kind, job.name, job.domain, job.teacher_key) == (
             "student",
             name,
             "target",
-            teacher["key"],
+            teacher.key,
         )
-        assert job["module"] == defense_cfg["module"] and job["trainer"] == {**CFG["trainer"], **defense_cfg["trainer"]}
+        assert job.module == defense_cfg["module"] and job.trainer == {**CFG["trainer"], **defense_cfg["trainer"]}
         modules = ["datamodules.digits", module_of(defense_cfg["module"]["_target_"]), "benchmark.runner.stages.train"]
-        assert s["key"] == job["key"] == stage_key("student", job_key_spec(job), modules)
-    assert ft["deps"] == [teacher["id"]] and ft["job"]["init_key"] is None
-    assert drop["deps"] == [teacher["id"], freeze["id"]] and drop["job"]["init_key"] == freeze["key"]
-    assert len({ft["key"], freeze["key"], drop["key"], teacher["key"]}) == 4
+        assert s.key == job.key == stage_key("student", job_key_spec(job), modules)
+    assert ft.deps == [teacher.id] and ft.job.init_key is None
+    assert drop.deps == [teacher.id, freeze.id] and drop.job.init_key == freeze.key
+    assert len({ft.key, freeze.key, drop.key, teacher.key}) == 4
 
 
 def test_seeds_and_a_shared_earlier_stage():
     plan = plan_of(seeds=[0, 3], defense__freeze=copy.deepcopy(CFG["earlier_defenses"]["freeze"]))[0]
     by = stages(plan)
-    students = [s["id"] for s in plan.stages if s["kind"] == "student"]
+    students = [s.id for s in plan.stages if s.kind == "student"]
     assert students == [f"digits/{d}/seed{s}" for s in (0, 3) for d in ("finetune", "freeze", "dropout")], (
         "the earlier stage the sweep also runs is one stage, planned before the stage that starts from it"
     )
-    assert by["digits/dropout/seed3"]["job"]["seed"] == 3 and by["digits/freeze/seed3"]["seed"] == 3
-    assert by["digits/dropout/seed3"]["job"]["init_key"] == by["digits/freeze/seed3"]["key"]
-    assert by["digits/dropout/seed3"]["key"] != by["digits/dropout/seed0"]["key"]
+    assert by["digits/dropout/seed3"].job.seed == 3 and by["digits/freeze/seed3"].seed == 3
+    assert by["digits/dropout/seed3"].job.init_key == by["digits/freeze/seed3"].key
+    assert by["digits/dropout/seed3"].key != by["digits/dropout/seed0"].key
     assert "digits/freeze/seed3/fgsm/8/255" in by, "its cells too"
 
 
 def test_without_a_logger_no_wandb_and_the_default_strategy():
     plan = plan_of(logger=None, trainer__strategy="ddp", trainer__devices=1)[0]
     for s in plan.stages:
-        if s["kind"] in ("teacher", "student"):
-            assert "wandb" not in s["job"] and s["job"]["trainer"]["strategy"] == "auto"
+        if s.kind in ("teacher", "student"):
+            assert s.job.wandb is None and s.job.trainer["strategy"] == "auto"
 
 
 def test_init_from_errors():
@@ -222,11 +223,11 @@ def key_of(plan: Plan, cid: str) -> str:
     c, info = plan.cell(cid), plan.pairs[c_pair(plan, cid)]
     attack = plan.attack(cid)
     spec = {
-        "model": plan.stage(c.model)["key"],
+        "model": plan.stage(c.model).key,
         "attack": attack.config(),
         "eval": {**info["eval"], "n": c.n, "draws": c.draws},
         "frozen": c.role == "frozen",
-        "craft": plan.stage(c.craft)["key"] if c.craft else None,
+        "craft": plan.stage(c.craft).key if c.craft else None,
     }
     return stage_key("attack", spec, [*attack_modules(attack), *CELL_MODULES])
 
@@ -238,9 +239,9 @@ def c_pair(plan: Plan, cid: str) -> str:
 def test_every_cells_key_covers_what_it_reads(planned):
     plan = planned[0]
     for s in plan.stages:
-        if s["kind"] == "cell":
-            assert s["key"] == key_of(plan, s["id"]), s["id"]
-    keys = [s["key"] for s in plan.stages]
+        if s.kind == "cell":
+            assert s.key == key_of(plan, s.id), s.id
+    keys = [s.key for s in plan.stages]
     assert len(keys) == len(set(keys))
 
 
@@ -258,7 +259,7 @@ def test_a_white_box_cell(planned):
     assert (c.crafted, c.transfer, c.targeted, c.reject_aware, c.n, c.randomized, c.draws) == (
         False, False, False, False, 10, False, 1)  # fmt: skip
     assert (c.craft, c.reference, c.base) == (None, None, None)
-    assert plan.stage(c.id)["deps"] == ["digits/finetune/seed0"]
+    assert plan.stage(c.id).deps == ["digits/finetune/seed0"]
     pgd = plan.cell("digits/finetune/seed0/pgd_linf/8/255")
     assert pgd.steps == 2 and pgd.attack["changes"] == {}, "a deterministic model keeps the early stop"
 
@@ -270,18 +271,18 @@ def test_a_transfer_cell_its_crafted_set_and_reference(planned):
     craft = by["digits/teacher/craft/transfer_pgd_linf/16/255"]
     assert (c.threat_model, c.surrogate, c.steps, c.crafted, c.transfer, c.targeted) == (
         "transfer", "teacher", 3, True, True, False)  # fmt: skip
-    assert c.craft == craft["id"] and by[c.id]["deps"] == ["digits/finetune/seed0", craft["id"]]
+    assert c.craft == craft.id and by[c.id].deps == ["digits/finetune/seed0", craft.id]
     attack = plan.attack(c.id)
     spec = {
-        "teacher": by["digits/teacher"]["key"],
+        "teacher": by["digits/teacher"].key,
         "attack": attack.config(),
         "eval": {**plan.pairs["digits"]["eval"], "n": 10},
     }
-    assert craft["key"] == stage_key("craft", spec, [*attack_modules(attack), "benchmark.runner.stages.attack"])
-    assert {k: craft[k] for k in ("kind", "deps", "pair", "teacher", "attack", "n")} == {
-        "kind": "craft", "deps": ["digits/teacher"], "pair": "digits", "teacher": "digits/teacher",
-        "attack": c.attack, "n": 10}  # fmt: skip
-    assert plan.attack(craft["id"]) is plan.attack(by["digits/teacher/transfer_pgd_linf/16/255"]["id"]), "built once"
+    assert craft.key == stage_key("craft", spec, [*attack_modules(attack), "benchmark.runner.stages.attack"])
+    assert craft == CraftStage(id=craft.id, kind="craft", key=craft.key, deps=["digits/teacher"], pair="digits",
+                               teacher="digits/teacher", surrogates=["digits/teacher"], attack=c.attack,
+                               n=10)  # fmt: skip
+    assert plan.attack(craft.id) is plan.attack(by["digits/teacher/transfer_pgd_linf/16/255"].id), "built once"
     ref = plan.cell(c.reference)
     assert ref.id == c.id + "/reference" and (ref.role, ref.name, ref.entry, ref.threat_model) == (
         "reference", "transfer_pgd_linf", "transfer_pgd_linf", "white-box")  # fmt: skip
@@ -306,22 +307,19 @@ def test_surrogates_the_attacker_trains_and_their_ensemble():
     plan = make_plan(cfg)[0]
     by = stages(plan)
     sub = by["digits/scratch/seed1000"]
-    assert sub["kind"] == "student" and sub["job"]["seed"] == cfg["eval"]["attacker_seed"] == 1000
+    assert sub.kind == "student" and sub.job.seed == cfg["eval"]["attacker_seed"] == 1000
     assert not plan.cells("digits/scratch/seed1000"), "the attacker's model is not evaluated"
     craft = by["digits/ensemble/craft/transfer_mi_fgsm/16/255"]
-    assert craft["surrogates"] == craft["deps"] == ["digits/teacher", "digits/scratch/seed1000"]
+    assert craft.surrogates == craft.deps == ["digits/teacher", "digits/scratch/seed1000"]
     cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
-    assert cell.surrogate == "teacher+substitute" and cell.craft == craft["id"]
+    assert cell.surrogate == "teacher+substitute" and cell.craft == craft.id
     reseeded = compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=[teacher,substitute]", "eval.attacker_seed=7"])
     other = stages(make_plan(reseeded)[0])
-    assert (
-        other["digits/scratch/seed7"]["key"] != sub["key"]
-        and other["digits/teacher"]["key"] == by["digits/teacher"]["key"]
-    )
-    assert other[craft["id"]]["key"] != craft["key"], "every member's key enters the ensemble's crafted set's key"
+    assert other["digits/scratch/seed7"].key != sub.key and other["digits/teacher"].key == by["digits/teacher"].key
+    assert other[craft.id].key != craft.key, "every member's key enters the ensemble's crafted set's key"
     alone = stages(make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=substitute"]))[0])
     crafted = alone["digits/scratch/seed1000/craft/transfer_mi_fgsm/16/255"]
-    assert crafted["surrogates"] == ["digits/scratch/seed1000"] and crafted["key"] != craft["key"]
+    assert crafted.surrogates == ["digits/scratch/seed1000"] and crafted.key != craft.key
     with pytest.raises(ConfigError, match="eval.attacker_seed 0 is a training seed of the sweep"):
         make_plan(compose([*base, "attack.transfer_mi_fgsm.attack.surrogate=substitute", "eval.attacker_seed=0"]))
     with pytest.raises(ConfigError, match="unknown surrogate 'victim'; valid: probe, substitute, teacher"):
@@ -351,7 +349,7 @@ def test_a_crafted_attack_that_names_no_surrogate_is_crafted_on_the_teacher():
     assert cell.crafted and cell.craft == "digits/teacher/craft/fgsm/8/255" and cell.surrogate == "", (
         "crafted on the teacher; its rows name no surrogate"
     )
-    assert stages(plan)[cell.craft]["surrogates"] == stages(plan)[cell.craft]["deps"] == ["digits/teacher"]
+    assert stages(plan)[cell.craft].surrogates == stages(plan)[cell.craft].deps == ["digits/teacher"]
 
 
 class WhiteBoxWithASurrogateNameAndTargetClasses(FGSM):
@@ -391,7 +389,7 @@ def test_the_sanity_cells_of_a_crafted_eot_pgd_are_crafted_on_the_teacher():
     base = "digits/dropout/seed0/eot_pgd_linf/16/255"
     for role in ("frozen", "x2", "unbounded"):
         cell = plan.cell(f"{base}/{role}")
-        assert cell.base == base and stages(plan)[cell.craft]["deps"] == ["digits/teacher"], role
+        assert cell.base == base and stages(plan)[cell.craft].deps == ["digits/teacher"], role
 
 
 def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep_runs_it():
@@ -402,7 +400,7 @@ def test_a_transfer_attacks_reference_is_the_named_white_box_cell_when_the_sweep
     ]
     cell = plan.cell("digits/finetune/seed0/transfer_mi_fgsm/16/255")
     assert cell.reference == "digits/finetune/seed0/pgd_linf/16/255", "the sweep's PGD cell, not a white-box MI-FGSM"
-    assert not any("transfer_mi_fgsm/16/255/reference" in s["id"] for s in plan.stages)
+    assert not any("transfer_mi_fgsm/16/255/reference" in s.id for s in plan.stages)
     single = make_plan(compose([*base, "attack=[pgd_linf,transfer_mi_fgsm]", "attack.pgd_linf.epsilons=[16/255]"]))[0]
     assert single.cell(cell.id).reference == "digits/finetune/seed0/pgd_linf/16/255", "a named entry at one budget"
     unrun = compose([*base, "attack=[pgd_linf,transfer_mi_fgsm]", "attack.pgd_linf.epsilons=[16/255]",
@@ -426,14 +424,14 @@ def test_a_targeted_crafted_cell_on_its_examples(planned):
     plan = planned[0]
     c = plan.cell("digits/finetune/seed0/mimicry_linf/8/255")
     assert (c.threat_model, c.targeted, c.transfer, c.n, c.reference) == ("mimicry", True, False, 7, None)
-    assert stages(plan)[c.craft]["n"] == 7
+    assert stages(plan)[c.craft].n == 7
     few = plan_of(eval__n_examples=5)[0]
-    assert few.cell("digits/finetune/seed0/mimicry_linf/8/255").n == 5 and stages(few)[c.craft]["n"] == 5
+    assert few.cell("digits/finetune/seed0/mimicry_linf/8/255").n == 5 and stages(few)[c.craft].n == 5
 
 
 def test_cells_by_kind_of_model_and_what_is_left_out(planned):
     plan, notes, _ = planned
-    ids = {s["id"] for s in plan.stages}
+    ids = {s.id for s in plan.stages}
     assert "digits/dropout/seed0/fgsm/8/255" not in ids and "digits/finetune/seed0/eot_pgd_linf/16/255" not in ids
     assert notes == [
         "digits: not run on the deterministic models teacher, finetune (by design): eot_pgd_linf",
@@ -538,19 +536,19 @@ def test_the_common_model_comes_first_and_starts_the_teacher(ssl_planned):
     by = stages(plan)
     common, teacher = by["digits/common"], by["digits/teacher"]
     assert list(by)[:2] == ["digits/common", "digits/teacher"]
-    assert (common["kind"], common["defense"], common["deps"], common["job"]["name"]) == (
+    assert (common.kind, common.defense, common.deps, common.job.name) == (
         "teacher",
         "common",
         [],
         "common",
     )
-    assert common["job"]["module"] == teacher_module_cfg(SSL["teacher"]["common"])
-    assert "init_key" not in common["job"] or common["job"]["init_key"] is None
-    assert teacher["deps"] == ["digits/common"] and teacher["job"]["init_key"] == common["key"]
-    assert teacher["job"]["init_kind"] == "teacher" and job_key_spec(teacher["job"])["init_kind"] == "teacher"
+    assert common.job.module == teacher_module_cfg(SSL["teacher"]["common"])
+    assert common.job.init_key is None
+    assert teacher.deps == ["digits/common"] and teacher.job.init_key == common.key
+    assert teacher.job.init_kind == "teacher" and job_key_spec(teacher.job)["init_kind"] == "teacher"
     ci, ft = by["digits/commoninit/seed0"], by["digits/finetune/seed0"]
-    assert ci["deps"] == ["digits/common"] and ci["job"]["teacher_key"] == common["key"]
-    assert ft["deps"] == ["digits/teacher"] and ft["job"]["teacher_key"] == teacher["key"]
+    assert ci.deps == ["digits/common"] and ci.job.teacher_key == common.key
+    assert ft.deps == ["digits/teacher"] and ft.job.teacher_key == teacher.key
     assert "digits/common/uap_feature/16/255" in by, "the common model gets its own rows"
 
 
@@ -559,7 +557,7 @@ def test_attacks_crafted_on_the_common_model(ssl_planned):
     by = stages(plan)
     uap = plan.cell("digits/finetune/seed0/uap_feature/16/255")
     assert uap.craft == "digits/common/craft/uap_feature/16/255" and uap.surrogate == "common"
-    assert by[uap.craft]["teacher"] == "digits/common" and by[uap.craft]["deps"] == ["digits/common"]
+    assert by[uap.craft].teacher == "digits/common" and by[uap.craft].deps == ["digits/common"]
     transfer = plan.cell("digits/common/transfer_pgd_linf/16/255")
     assert transfer.craft == "digits/teacher/craft/transfer_pgd_linf/16/255", "crafted on the teacher"
     with pytest.raises(
@@ -578,17 +576,17 @@ def test_a_teacher_from_a_checkpoint_file(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save(build_model(CFG["model"], dm).state_dict(), path)
     plan, notes, _ = plan_of(teacher__checkpoint=str(path))
-    job = stages(plan)["digits/teacher"]["job"]
-    spec = {k: v for k, v in job["checkpoint"].items() if k != "digest"}
-    assert job["public"] is True and spec == checkpoint_spec(str(path), "teacher.checkpoint", "auto")
+    job = stages(plan)["digits/teacher"].job
+    spec = {k: v for k, v in job.checkpoint.items() if k != "digest"}
+    assert job.public is True and spec == checkpoint_spec(str(path), "teacher.checkpoint", "auto")
     assert notes[0].startswith("digits/teacher: teacher.checkpoint: ") and len(notes) == 3
-    assert job_key_spec(job)["checkpoint"] == job["checkpoint"]["digest"]  # the content of the tensors loaded
+    assert job_key_spec(job)["checkpoint"] == job.checkpoint["digest"]  # the content of the tensors loaded
     ssl = plan_of(SSL, teacher__common__checkpoint=str(path))
-    common = stages(ssl[0])["digits/common"]["job"]
-    assert common["public"] is True and common["checkpoint"]["where"] == "teacher.common.checkpoint"
+    common = stages(ssl[0])["digits/common"].job
+    assert common.public is True and common.checkpoint["where"] == "teacher.common.checkpoint"
     assert ssl[1][0].startswith("digits/common: teacher.common.checkpoint: ")
-    teacher = stages(ssl[0])["digits/teacher"]["job"]
-    assert teacher["init_key"] == stages(ssl[0])["digits/common"]["key"] and "public" not in teacher
+    teacher = stages(ssl[0])["digits/teacher"].job
+    assert teacher.init_key == stages(ssl[0])["digits/common"].key and not teacher.public
 
 
 def test_a_teacher_checkpoints_format_head_and_tensors_enter_its_stage(tmp_path):
@@ -605,21 +603,21 @@ def test_a_teacher_checkpoints_format_head_and_tensors_enter_its_stage(tmp_path)
         teacher__checkpoint=str(path), teacher__checkpoint_format="suite", teacher__checkpoint_head="fresh"
     )
     t = stages(chosen[0])["digits/teacher"]
-    spec = {k: v for k, v in t["job"]["checkpoint"].items() if k != "digest"}
+    spec = {k: v for k, v in t.job.checkpoint.items() if k != "digest"}
     assert spec == checkpoint_spec(str(path), "teacher.checkpoint", "suite", "fresh")
-    assert t["load_report"]["head"].startswith("fresh")
+    assert t.load_report["head"].startswith("fresh")
     unset = plan_of(
         teacher__checkpoint=str(path), teacher__checkpoint_format=KeyError, teacher__checkpoint_head=KeyError
     )
-    job = stages(unset[0])["digits/teacher"]["job"]
-    assert (job["checkpoint"]["format"], job["checkpoint"]["head"]) == ("auto", "auto")
+    job = stages(unset[0])["digits/teacher"].job
+    assert (job.checkpoint["format"], job.checkpoint["head"]) == ("auto", "auto")
     before = stages(plan_of(teacher__checkpoint=str(path))[0])["digits/teacher"]
     moved = tmp_path / "moved.pt"
     path.rename(moved)
-    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"]["key"] == before["key"]
+    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"].key == before.key
     torch.manual_seed(1)
     torch.save(build_model(CFG["model"], dm).state_dict(), moved)
-    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"]["key"] != before["key"], (
+    assert stages(plan_of(teacher__checkpoint=str(moved))[0])["digits/teacher"].key != before.key, (
         "other tensors in the file: another teacher"
     )
 
@@ -635,26 +633,26 @@ def test_a_teacher_from_timms_weights_in_a_local_file_is_reported(tmp_path):
     plan, notes, _ = plan_of(**only, model__pretrained=True, model__backbone="resnet10t",
                              model__pretrained_file=str(path), earlier_defenses={})  # fmt: skip
     teacher = stages(plan)["digits/teacher"]
-    assert teacher["job"]["public"] is True and teacher["load_report"]["path"] == str(path)
-    assert teacher["load_report"]["head"].startswith("fresh"), "a head for the digits' classes"
-    assert notes[0] == f"digits/teacher: model.pretrained_file: {teacher['load_report']['line']}"
+    assert teacher.job.public is True and teacher.load_report["path"] == str(path)
+    assert teacher.load_report["head"].startswith("fresh"), "a head for the digits' classes"
+    assert notes[0] == f"digits/teacher: model.pretrained_file: {teacher.load_report['line']}"
 
 
 def test_a_teacher_with_timms_pretrained_weights():
     """`model.pretrained=true`: the first model of the chain is timm's weights (listed by timm; nothing downloads)."""
     only = {"defense": {"finetune": CFG["defense"]["finetune"]}, "attack": {"fgsm": CFG["attack"]["fgsm"]}}
     pretrained = {"model__pretrained": True, "model__backbone": "resnet18", "earlier_defenses": {}}
-    job = stages(plan_of(**only, **pretrained)[0])["digits/teacher"]["job"]
-    assert job["public"] is True and "checkpoint" not in job and job["init_key"] is None
+    job = stages(plan_of(**only, **pretrained)[0])["digits/teacher"].job
+    assert job.public is True and job.checkpoint is None and job.init_key is None
     ssl = stages(plan_of(SSL, **only, **pretrained)[0])
-    assert ssl["digits/common"]["job"]["public"] is True
-    assert "public" not in ssl["digits/teacher"]["job"], "the first model of the chain only"
+    assert ssl["digits/common"].job.public is True
+    assert not ssl["digits/teacher"].job.public, "the first model of the chain only"
 
 
 def test_two_entries_with_one_recipe_share_the_crafted_set_and_the_cell():
     twice = plan_of(attack__transfer_again=copy.deepcopy(CFG["attack"]["transfer_pgd_linf"]))[0]
-    crafts = [s["id"] for s in twice.stages if s["kind"] == "craft"]
-    assert crafts == [s["id"] for s in plan_of()[0].stages if s["kind"] == "craft"]
+    crafts = [s.id for s in twice.stages if s.kind == "craft"]
+    assert crafts == [s.id for s in plan_of()[0].stages if s.kind == "craft"]
     assert "digits/finetune/seed0/transfer_again/16/255" not in stages(twice), "the same cell: computed once"
 
 

@@ -106,7 +106,7 @@ def test_the_precision_enters_the_cells_cache_key(tmp_path):
     keys = {}
     for name in ("fp32", "bf16"):
         plan = make_plan(compose([*base, f"eval.precision={name}"]))[0]
-        keys[name] = {s["id"]: (s["kind"], s["key"]) for s in plan.stages}
+        keys[name] = {s.id: (s.kind, s.key) for s in plan.stages}
     for sid, (kind, key) in keys["fp32"].items():
         attacked = kind in ("craft", "cell")
         assert (keys["bf16"][sid][1] != key) == attacked, f"{sid}: training keys stay, attack keys change"

@@ -40,9 +40,9 @@ def test_pretrained_weights_from_a_local_file_and_its_hash_in_the_key(tmp_path):
     over = [f"model.backbone={TAGGED}", "++model.pretrained=true", f"++model.pretrained_file={file}"]
     plan = plan_of(tmp_path, *over)
     teacher = plan.stage("digits/teacher")
-    assert teacher["job"]["public"]
-    meta = run_train_job(teacher["job"])
-    state = Cache(tmp_path / "cache").tensors("teacher", teacher["key"], "state")
+    assert teacher.job.public
+    meta = run_train_job(teacher.job)
+    state = Cache(tmp_path / "cache").tensors("teacher", teacher.key, "state")
     assert torch.equal(state["model.backbone.layer2.0.conv1.weight"], weights["layer2.0.conv1.weight"])
     assert state["model.backbone.fc.weight"].shape[0] == 10 and meta["epochs"] == 0  # a fresh head for the digits
     # grey digits into an RGB stem: timm sums the file's first conv over its input channels
@@ -51,10 +51,10 @@ def test_pretrained_weights_from_a_local_file_and_its_hash_in_the_key(tmp_path):
     moved = tmp_path / "elsewhere.pth"
     file.rename(moved)
     again = plan_of(tmp_path, *over[:2], f"++model.pretrained_file={moved}").stage("digits/teacher")
-    assert again["key"] == teacher["key"]  # the same bytes elsewhere: the same stage
+    assert again.key == teacher.key  # the same bytes elsewhere: the same stage
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, moved)
     changed = plan_of(tmp_path, *over[:2], f"++model.pretrained_file={moved}").stage("digits/teacher")
-    assert changed["key"] != teacher["key"]
+    assert changed.key != teacher.key
 
 
 def test_a_pretrained_file_that_is_not_there_or_without_pretrained_is_one_line(tmp_path):

@@ -83,7 +83,7 @@ def test_the_plan_survives_json_with_its_specs(planned):
     _, plan = planned
     back = plan_module.Plan.from_json(plan.to_json())
     assert back.cells() == plan.cells()
-    assert [s["key"] for s in back.stages] == [s["key"] for s in plan.stages]
+    assert back.stages == plan.stages
 
 
 @pytest.mark.slow

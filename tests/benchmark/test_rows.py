@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from hand_cells import cell
+from hand_cells import cell, train_stage
 from hand_rows import EPS
 
 from benchmark.records import CellSpec, budget_key
 from benchmark.runner.execute import Executed
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import CellStage, Plan, Stage, TrainStage
 from benchmark.runner.rows import _rounded, make_rows, row_id
 from benchmark.runner.stages.score import outcome, target_hits, targeted_success
 
@@ -39,10 +39,13 @@ class Targets:
         return (y + 1) % num_classes
 
 
-def model_stage(sid: str, kind: str, defense: str, key: str, deps=(), mode: str | None = None) -> dict:
+def model_stage(sid: str, kind: str, defense: str, key: str, deps=(), mode: str | None = None) -> TrainStage:
     module = {"_target_": "m.M", **({"mode": mode} if mode else {})}
-    return {"id": sid, "kind": kind, "key": key, "deps": list(deps), "defense": defense, "seed": 0,
-            "job": {"data_name": "p", "module": module}}  # fmt: skip
+    return train_stage(sid, *deps, kind=kind, key=key, defense=defense, module=module)
+
+
+def cell_stage(x: CellSpec) -> CellStage:
+    return CellStage(id=x.id, kind="cell", key=x.id, deps=[x.model], cell=x)
 
 
 def c(model: str, name: str, eps: float = EPS, label: str = "8/255", **kw) -> CellSpec:
@@ -75,8 +78,8 @@ def sweep():
         model_stage("p/empty/seed0", "student", "empty", "ke", ["p/teacher"], "freeze"),
         model_stage(ft, "student", "finetune", "kf", ["p/teacher"], "finetune"),
         model_stage(two, "student", "two", "k2", ["p/teacher", ft, "p/empty/seed0"], "finetune"),
-        {"id": "p/teacher/craft", "kind": "craft", "key": "kc", "deps": []},
-        *({"id": x.id, "kind": "cell", "key": x.id, "deps": [x.model], "cell": x} for x in cells.values()),
+        Stage(id="p/teacher/craft", kind="craft", key="kc", deps=[]),
+        *map(cell_stage, cells.values()),
     ]
     plan = Plan("exp", {"p": {"source": "S", "target": "T", "num_classes": 3}}, stages)
     targets = Targets()
@@ -308,7 +311,7 @@ def test_a_transfer_row_names_its_reference_only_when_it_is_another_entry_of_the
     ]
     stages = [
         model_stage(m, "student", "finetune", "kf"),
-        *({"id": x.id, "kind": "cell", "key": x.id, "deps": [m], "cell": x} for x in cells),
+        *map(cell_stage, cells),
     ]
     plan = Plan("exp", {"p": {"source": "S", "target": "T", "num_classes": 3}}, stages)
     done = Executed(

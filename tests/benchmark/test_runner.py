@@ -265,7 +265,7 @@ def test_every_experiment_config_plans(fake_data, experiment):
     cells = plan.cells()
     assert {c.defense for c in cells} == expected_models(experiment)
     for c in cells:
-        assert c.model in {s["id"] for s in plan.stages}, c.id
+        assert c.model in {s.id for s in plan.stages}, c.id
         assert not c.crafted or c.craft, f"{c.id}: a crafted attack without its crafted set"
 
 

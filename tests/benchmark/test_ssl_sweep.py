@@ -33,29 +33,29 @@ def test_commoninit_teacher_and_student_both_start_from_the_common_weights(tmp_p
     _, plan = plan_of(tmp_path, *SSL)
     common, teacher = plan.stage("digits/common"), plan.stage("digits/teacher")
     ci, ft = plan.stage("digits/commoninit/seed0"), plan.stage("digits/finetune/seed0")
-    assert teacher["deps"] == ["digits/common"] and teacher["job"]["init_key"] == common["key"]
-    assert ci["job"]["teacher_key"] == common["key"] and ci["deps"] == ["digits/common"]
-    assert ft["job"]["teacher_key"] == teacher["key"]
-    assert common["job"]["module"]["_target_"] == "lightning_modules.ssl.SimCLR"
+    assert teacher.deps == ["digits/common"] and teacher.job.init_key == common.key
+    assert ci.job.teacher_key == common.key and ci.deps == ["digits/common"]
+    assert ft.job.teacher_key == teacher.key
+    assert common.job.module["_target_"] == "lightning_modules.ssl.SimCLR"
     # the common model's weights in the cache: both the teacher and the CommonInit student start from them
     cache = Cache(tmp_path / "cache")
-    dm = build_datamodule(common["job"]["data"])
+    dm = build_datamodule(common.job.data)
     torch.manual_seed(7)
-    ssl = build_module(common["job"], cache, dm)
-    cache.put("teacher", common["key"], {"kind": "teacher"}, {"state": ssl.state_dict()})
+    ssl = build_module(common.job, cache, dm)
+    cache.put("teacher", common.key, {"kind": "teacher"}, {"state": ssl.state_dict()})
     for stage in (teacher, ci):
-        module = build_module(stage["job"], cache, dm)
+        module = build_module(stage.job, cache, dm)
         for k, v in model_state(ssl).items():
-            assert torch.equal(module.state_dict()[k], v), f"{stage['id']}: {k} is not the common weight"
+            assert torch.equal(module.state_dict()[k], v), f"{stage.id}: {k} is not the common weight"
 
 
 def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_path):
     _, plan = plan_of(tmp_path, *SSL)
     for name in ("linear_probe", "pgd_at", "trades", "tla", "genaf", "genaf_stage1"):
-        assert plan.stage(f"digits/{name}/seed0")["job"]["teacher_key"] == plan.stage("digits/common")["key"], name
-    crafts = {s["id"]: s for s in plan.stages if s["kind"] == "craft"}
-    dae = [s for s in crafts.values() if "transfer" not in s["id"]]
-    assert {s["attack"]["cfg"]["_target_"].rsplit(".", 1)[1] for s in dae} == {
+        assert plan.stage(f"digits/{name}/seed0").job.teacher_key == plan.stage("digits/common").key, name
+    crafts = {s.id: s for s in plan.stages if s.kind == "craft"}
+    dae = [s for s in crafts.values() if "transfer" not in s.id]
+    assert {s.attack["cfg"]["_target_"].rsplit(".", 1)[1] for s in dae} == {
         "FeatureUAP",
         "SSPUniversal",
         "SSP",
@@ -63,11 +63,11 @@ def test_students_of_the_ssl_encoder_and_daes_are_wired_to_the_common_model(tmp_
         "AdvEncoderPER",
         "AdvEncoderPAT",
     }
-    assert all(s["teacher"] == "digits/common" for s in dae)
+    assert all(s.teacher == "digits/common" for s in dae)
     on = {"transfer_pgd_linf": ["digits/teacher"], "transfer_ti_fgsm_probe": ["digits/linear_probe/seed1000"],
           "transfer_ti_fgsm_substitute": ["digits/scratch/seed1000"]}  # fmt: skip
-    transfer = [s for s in crafts.values() if "transfer" in s["id"]]
-    assert transfer and all(s["surrogates"] == on[s["id"].split("/craft/")[1].split("/")[0]] for s in transfer)
+    transfer = [s for s in crafts.values() if "transfer" in s.id]
+    assert transfer and all(s.surrogates == on[s.id.split("/craft/")[1].split("/")[0]] for s in transfer)
     cells = [c for c in plan.cells() if c.entry == "uap_feature"]
     assert cells and all(c.craft in crafts for c in cells)
     models = {c.model for c in cells}
@@ -104,21 +104,21 @@ def test_a_checkpoint_file_loads_as_the_teacher_without_training(tmp_path, check
     path, state = checkpoint
     _, plan = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={path}", "defense=[finetune]", "attack=[fgsm]")
     teacher = plan.stage("digits/teacher")
-    assert teacher["job"]["public"] and teacher["job"]["checkpoint"]["path"] == str(path.resolve())
-    meta = run_train_job(teacher["job"])
+    assert teacher.job.public and teacher.job.checkpoint["path"] == str(path.resolve())
+    meta = run_train_job(teacher.job)
     assert meta["epochs"] == 0 and meta["public"] == str(path.resolve()) and 0 <= meta["best_value"] <= 1
-    stored = Cache(tmp_path / "cache").tensors("teacher", teacher["key"], "state")
+    stored = Cache(tmp_path / "cache").tensors("teacher", teacher.key, "state")
     for k, v in state.items():
         assert torch.equal(stored[f"model.{k}"], v), k
     # the student fine-tunes from the file's weights
     student = plan.stage("digits/finetune/seed0")
-    dm = build_datamodule(student["job"]["data"])
-    module = build_module(student["job"], Cache(tmp_path / "cache"), dm)
+    dm = build_datamodule(student.job.data)
+    module = build_module(student.job, Cache(tmp_path / "cache"), dm)
     assert torch.equal(module.model.state_dict()["backbone.fc.1.weight"], state["backbone.fc.1.weight"])
     # another file is another teacher (the key follows the file's content, not its name)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
     _, again = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={path}", "defense=[finetune]", "attack=[fgsm]")
-    assert again.stage("digits/teacher")["key"] != teacher["key"]
+    assert again.stage("digits/teacher").key != teacher.key
 
 
 def test_checkpoint_layouts_module_and_lightning_are_accepted(tmp_path, checkpoint):
@@ -126,8 +126,8 @@ def test_checkpoint_layouts_module_and_lightning_are_accepted(tmp_path, checkpoi
     wrapped = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()} | {"projection.w": torch.ones(2)}}, wrapped)
     _, plan = plan_of(tmp_path, "logger=none", f"++teacher.checkpoint={wrapped}", "defense=[finetune]", "attack=[fgsm]")
-    run_train_job(plan.stage("digits/teacher")["job"])
-    stored = Cache(tmp_path / "cache").tensors("teacher", plan.stage("digits/teacher")["key"], "state")
+    run_train_job(plan.stage("digits/teacher").job)
+    stored = Cache(tmp_path / "cache").tensors("teacher", plan.stage("digits/teacher").key, "state")
     assert torch.equal(stored["model.backbone.classifier.weight"], state["backbone.classifier.weight"])
 
 
@@ -163,16 +163,16 @@ def test_a_checkpoint_of_other_classes_gets_a_fresh_head_and_the_plan_says_so(tm
     line = next(n for n in notes if "teacher.checkpoint" in n)
     assert "loaded as suite" in line and "head fresh for the data's 10 classes (the file's has 100 outputs)" in line
     teacher = plan.stage("digits/teacher")
-    meta = run_train_job(teacher["job"])
+    meta = run_train_job(teacher.job)
     assert meta["checkpoint_report"] in line
-    stored = Cache(tmp_path / "cache").tensors("teacher", teacher["key"], "state")
+    stored = Cache(tmp_path / "cache").tensors("teacher", teacher.key, "state")
     assert torch.equal(stored["model.backbone.fc.1.weight"], state["backbone.fc.1.weight"])
     assert stored["model.backbone.classifier.weight"].shape == (10, 128)
     assert stored["model.backbone.classifier.weight"].abs().sum() > 0  # the fresh head, not the file's zeros
     # the format named as it was detected loads the same tensors: the same key; a format that does not fit the file
     # stops in one line
     _, named = plan_of(tmp_path, *base, "++teacher.checkpoint_format=suite")
-    assert named.stage("digits/teacher")["key"] == teacher["key"]
+    assert named.stage("digits/teacher").key == teacher.key
     with pytest.raises(ConfigError, match=r"^teacher.checkpoint: .* read as timm: .* backbone tensors missing"):
         plan_of(tmp_path, *base, "++teacher.checkpoint_format=timm")
 
@@ -193,7 +193,7 @@ def test_pretrained_timm_weights_bring_their_own_normalization(tmp_path, monkeyp
     monkeypatch.setattr(timm, "create_model", create)
     cfg, plan = plan_of(tmp_path, "logger=none", "model.backbone=resnet18", "++model.pretrained=true",
                         "defense=[finetune]", "attack=[fgsm]")  # fmt: skip
-    assert plan.stage("digits/teacher")["job"]["public"]
+    assert plan.stage("digits/teacher").job.public
     assert True not in calls, "checking and planning download no weights: the teacher's stage does"
     model = build_model(cfg["model"], build_datamodule(cfg["data"]["digits"]))
     assert True in calls

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from hand_cells import job as hand_job
 
+from benchmark.records import Job
 from benchmark.runner.cache import Cache, stage_key
 
 
@@ -45,7 +48,7 @@ def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_pa
     monkeypatch.setenv("PL_SEED_WORKERS", "0")
     monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what `seed_everything(None)` would take
     cache = Cache(tmp_path)
-    job = {"key": "k1", "seed": 3}
+    job = hand_job(key="k1", seed=3)
     assert ensure_prepared(job, Prepared(None), "dm", cache) is None
     module = Prepared({"a": 1})
     with caplog.at_level("INFO"):
@@ -63,7 +66,7 @@ def test_the_preparation_is_keyed_on_its_stage_and_spec_seeded_and_cached(tmp_pa
     meta2 = ensure_prepared(job, again, "dm", cache)
     assert again.prepared == 0 and meta2["cached"] is True and meta2["key"] == key
     assert torch.equal(again.applied[0][1], want) and again.applied[0][0] is meta2
-    for other_job, spec in (({"key": "k2", "seed": 3}, {"a": 1}), (job, {"a": 2})):
+    for other_job, spec in ((replace(job, key="k2"), {"a": 1}), (job, {"a": 2})):
         fresh = Prepared(spec)
         assert ensure_prepared(other_job, fresh, "dm", cache)["cached"] is False and fresh.prepared == 1
 
@@ -102,9 +105,8 @@ def test_accuracy_over_every_batch_of_the_split_in_eval_mode():
     assert not m.training
 
 
-def job(tmp_path, **trainer) -> dict:
-    return {"kind": "student", "key": "abc", "cache_dir": str(tmp_path), "data": {"name": "d"}, "trainer": trainer,
-            "seed": 0}  # fmt: skip
+def job(tmp_path, **trainer) -> Job:
+    return hand_job(kind="student", key="abc", cache_dir=str(tmp_path), data={"name": "d"}, trainer=trainer, seed=0)
 
 
 @pytest.fixture
@@ -113,12 +115,12 @@ def fakes(monkeypatch):
     import benchmark.runner.stages.train as train
 
     calls = []
-    train_job = lambda j, progress=True: calls.append(("train", j["key"], progress)) or {"m": 1}  # noqa: E731
+    train_job = lambda j, progress=True: calls.append(("train", j.key, progress)) or {"m": 1}  # noqa: E731
     monkeypatch.setattr(train, "run_train_job", train_job)
-    monkeypatch.setattr(train, "run_public_job", lambda j: calls.append(("public", j["key"])) or {"m": 2})
+    monkeypatch.setattr(train, "run_public_job", lambda j: calls.append(("public", j.key)) or {"m": 2})
     monkeypatch.setattr(train, "build_datamodule", lambda cfg: f"dm of {cfg['name']}")
-    monkeypatch.setattr(train, "build_module", lambda j, cache, dm: f"module of {j['key']} in {cache.root.name}, {dm}")
-    prep = lambda j, module, dm, cache: calls.append(("prep", j["key"], module, dm, cache.root.name))  # noqa: E731
+    monkeypatch.setattr(train, "build_module", lambda j, cache, dm: f"module of {j.key} in {cache.root.name}, {dm}")
+    prep = lambda j, module, dm, cache: calls.append(("prep", j.key, module, dm, cache.root.name))  # noqa: E731
     monkeypatch.setattr(train, "ensure_prepared", prep)
     return calls
 
@@ -138,10 +140,10 @@ def test_a_cached_stage_is_not_run_again(tmp_path, fakes):
 def test_a_single_process_stage_runs_in_process(tmp_path, fakes, trainer, public, want):
     from benchmark.runner.stages.train import train_stage
 
-    j = {**job(tmp_path, **trainer), **({"public": True} if public else {})}
+    j = replace(job(tmp_path, **trainer), public=public)
     assert train_stage(j, progress=False) == {"m": 2 if public else 1, "cached": False} and fakes == [want]
     if not public:
-        train_stage({**j, "key": "k2"})
+        train_stage(replace(j, key="k2"))
         assert fakes[-1] == ("train", "k2", True), "with a progress bar by default"
 
 
@@ -165,10 +167,10 @@ def test_a_ddp_stage_runs_in_a_fresh_process_after_the_preparation(tmp_path, fak
     assert train_stage(j) == {"m": 3, "cached": False}
     path = root / "jobs" / "student-abc.json"
     assert seen["cmd"] == [sys.executable, "-m", "benchmark.runner.stages.train", str(path)] and seen["check"] is True
-    assert json.loads(path.read_text()) == j
+    assert Job.from_json(json.loads(path.read_text())) == j, "the job, through its JSON"
     assert seen["env"]["KEEP_ME"] == "yes" and not {"MASTER_PORT", "WORLD_SIZE", "PL_GLOBAL_SEED"} & set(seen["env"])
     assert fakes == [("prep", "abc", "module of abc in cache, dm of d", "dm of d", "cache")], "once, before the ranks"
-    assert train_stage({**j, "key": "def"})["m"] == 3, "a second job in the same folder"
+    assert train_stage(replace(j, key="def"))["m"] == 3, "a second job in the same folder"
     assert (root / "jobs" / "student-def.json").exists()
 
 

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from benchmark.runner.cache import Cache
 from benchmark.runner.execute import Executor, stage_entry
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import Plan, Stage
 
 
 @dataclass
@@ -70,11 +70,11 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def record_failure(root: Path, stage: dict, exc: BaseException, log: str) -> str:
+def record_failure(root: Path, stage: Stage, exc: BaseException, log: str) -> str:
     """Write a failed stage's record; returns its one line."""
-    line = f"{stage['id']} failed: {one_line(exc)} (log: {log})"
-    name = hashlib.sha256(stage["id"].encode()).hexdigest()[:16]
-    (root / "failed" / f"{name}.json").write_text(json.dumps({"stage": stage["id"], "line": line, "log": log}))
+    line = f"{stage.id} failed: {one_line(exc)} (log: {log})"
+    name = hashlib.sha256(stage.id.encode()).hexdigest()[:16]
+    (root / "failed" / f"{name}.json").write_text(json.dumps({"stage": stage.id, "line": line, "log": log}))
     return line
 
 
@@ -95,9 +95,9 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
     while changed:
         changed = False
         for s in plan.stages:
-            needs = [*s["deps"], s.get("reference"), s.get("base")]
-            if s["id"] not in out and any(n in out for n in needs if n):
-                out.add(s["id"])
+            needs = [*s.deps, *((s.cell.reference, s.cell.base) if s.kind == "cell" else ())]
+            if s.id not in out and any(n in out for n in needs if n):
+                out.add(s.id)
                 changed = True
     return out
 
@@ -105,12 +105,12 @@ def dependents(plan: Plan, ids: set[str]) -> set[str]:
 def narrow(plan: Plan, missing: set[str]) -> Plan:
     """The plan without `missing` stages and what needs them."""
     gone = dependents(plan, missing)
-    return replace(plan, stages=[s for s in plan.stages if s["id"] not in gone])
+    return replace(plan, stages=[s for s in plan.stages if s.id not in gone])
 
 
 def finished(cache: Cache, plan: Plan) -> set[str]:
     """Ids of the stages whose cache entry is there (not verified: cheap enough to poll for progress)."""
-    return {s["id"] for s in plan.stages if cache.exists(*stage_entry(s))}
+    return {s.id for s in plan.stages if cache.exists(*stage_entry(s))}
 
 
 def finish(cfg: dict, plan: Plan, stats: Counter, logs: str, console: Console, extra: list[str] = ()) -> Launched:
@@ -119,7 +119,7 @@ def finish(cfg: dict, plan: Plan, stats: Counter, logs: str, console: Console, e
     merge runs the inline executor over it: all cache hits)."""
     root = run_dir(cfg)
     failed = failures(root)
-    missing = {s["id"] for s in plan.stages} - finished(Cache(cfg["cache_dir"]), plan)
+    missing = {s.id for s in plan.stages} - finished(Cache(cfg["cache_dir"]), plan)
     gone = dependents(plan, missing)
     skipped = sorted(gone - set(failed))
     lines = [*failed.values(), *extra]
@@ -157,13 +157,13 @@ class StageRunner:
         self.log = log
         self._done: set[str] = set()
 
-    def done(self, stage: dict) -> bool:
+    def done(self, stage: Stage) -> bool:
         """Whether the stage's cache entry is there and sound (a damaged one is removed: not done)."""
-        if stage["id"] not in self._done and self.cache.meta(*stage_entry(stage)) is not None:
-            self._done.add(stage["id"])
-        return stage["id"] in self._done
+        if stage.id not in self._done and self.cache.meta(*stage_entry(stage)) is not None:
+            self._done.add(stage.id)
+        return stage.id in self._done
 
-    def run(self, stage: dict, wait: bool) -> str:
+    def run(self, stage: Stage, wait: bool) -> str:
         """'ran' (computed or found finished), 'busy' (another process holds its claim; only if not `wait`), or
         'failed' (recorded in the run folder, traceback in this process's log)."""
         start = time.perf_counter()
@@ -178,6 +178,6 @@ class StageRunner:
             return "failed"
         if not held:
             return "busy"
-        self._done.add(stage["id"])
-        self.console.log(f"  finished {stage['id']} in {time.perf_counter() - start:.1f}s")
+        self._done.add(stage.id)
+        self.console.log(f"  finished {stage.id} in {time.perf_counter() - start:.1f}s")
         return "ran"

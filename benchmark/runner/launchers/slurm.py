@@ -66,25 +66,25 @@ def units(plan: Plan, lcfg: dict, done: set[str]) -> list[Unit]:
     unit_of: dict[str, int] = {}
 
     def add(unit: Unit) -> None:
-        needs = {d for i in unit.stages for d in plan.stage(i)["deps"]} - set(unit.stages)
+        needs = {d for i in unit.stages for d in plan.stage(i).deps} - set(unit.stages)
         unit.deps = sorted({unit_of[d] for d in needs if d in unit_of})
         for i in unit.stages:
             unit_of[i] = len(out)
         out.append(unit)
 
-    todo = [s for s in plan.stages if s["id"] not in done]
-    for s in (s for s in todo if s["kind"] in ("teacher", "student")):
-        trainer = s["job"]["trainer"]
+    todo = [s for s in plan.stages if s.id not in done]
+    for s in (s for s in todo if s.kind in ("teacher", "student")):
+        trainer = s.job.trainer
         devices = trainer.get("devices", 1)
         tasks = devices if isinstance(devices, int) and devices > 1 else 1
-        add(Unit(s["id"], [s["id"]], tasks=tasks, nodes=trainer.get("num_nodes", 1), gpus=tasks * (gpus > 0) or 0))
+        add(Unit(s.id, [s.id], tasks=tasks, nodes=trainer.get("num_nodes", 1), gpus=tasks * (gpus > 0) or 0))
     groups: dict[str, list[str]] = {}
     for s in todo:
-        if s["kind"] == "craft":
-            groups.setdefault(f"{s['teacher']}/craft", []).append(s["id"])
+        if s.kind == "craft":
+            groups.setdefault(f"{s.teacher}/craft", []).append(s.id)
     for s in todo:
-        if s["kind"] == "cell":
-            groups.setdefault(f"{s['cell'].model}/cells", []).append(s["id"])
+        if s.kind == "cell":
+            groups.setdefault(f"{s.cell.model}/cells", []).append(s.id)
     for name, ids in groups.items():
         for k in range(0, len(ids), size):
             add(Unit(f"{name}/{k // size}", ids[k : k + size], gpus=gpus))
@@ -106,9 +106,9 @@ class StageJob(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:  # a DDP training stage: every task of the job is one rank of it
             for stage in stages:
                 if not runner.done(stage):
-                    run_train_job(stage["job"], progress=False)
+                    run_train_job(stage.job, progress=False)
             return {}
-        failed = [s["id"] for s in stages if runner.run(s, wait=True) == "failed"]
+        failed = [s.id for s in stages if runner.run(s, wait=True) == "failed"]
         if failed:  # the job fails, so that SLURM cancels the jobs that need it
             raise RuntimeError(f"{len(failed)} of {len(stages)} stage(s) failed, e.g. {failed[0]}")
         return dict(runner.executor.done.stats)

@@ -159,10 +159,10 @@ def _status_text(root: Path, i: int, alive: bool) -> str:
 def levels(plan: Plan) -> dict[str, int]:
     """For each stage, the longest chain of stages that wait for it through `deps` (0: nothing waits for it), the
     priority of highest-level-first list scheduling: the stage that heads the longest remaining chain goes first."""
-    waiting: dict[str, list[str]] = {s["id"]: [] for s in plan.stages}
+    waiting: dict[str, list[str]] = {s.id: [] for s in plan.stages}
     for s in plan.stages:
-        for d in s["deps"]:
-            waiting.setdefault(d, []).append(s["id"])
+        for d in s.deps:
+            waiting.setdefault(d, []).append(s.id)
     memo: dict[str, int] = {}
 
     def level(i: str) -> int:
@@ -170,7 +170,7 @@ def levels(plan: Plan) -> dict[str, int]:
             memo[i] = max((1 + level(j) for j in waiting[i]), default=0)
         return memo[i]
 
-    return {s["id"]: level(s["id"]) for s in plan.stages}
+    return {s.id: level(s.id) for s in plan.stages}
 
 
 class _Worker:
@@ -200,14 +200,14 @@ class _Worker:
         there that could still become ready (not finished, not failed, not needing a failed one)."""
         runner, level = self.runners[k], self.levels[k]
         blocked = dependents(runner.plan, set(failures(runner.root)))
-        left = [s for s in runner.plan.stages if s["id"] not in blocked and not runner.done(s)]
-        ids = {s["id"] for s in left}
-        ready = [s for s in left if not any(d in ids or d in blocked for d in s["deps"])]
+        left = [s for s in runner.plan.stages if s.id not in blocked and not runner.done(s)]
+        ids = {s.id for s in left}
+        ready = [s for s in left if not any(d in ids or d in blocked for d in s.deps)]
         loaded = runner.executor._models
         # stable: plan order within. A training or crafted set that other stages wait for goes before any cell, the
         # head of the longest chain first, so the other worker does not run out of work at a run's end (the order
         # never changes a stage's numbers); among cells, those of a model this worker has loaded.
-        ready.sort(key=lambda s: (-level[s["id"]], s.get("model") not in loaded))
+        ready.sort(key=lambda s: (-level[s.id], s.kind != "cell" or s.cell.model not in loaded))
         return ready, bool(left)
 
     def take(self) -> tuple[bool, bool]:
@@ -220,9 +220,9 @@ class _Worker:
         for k in range(len(self.runners)):
             ready, more = self.ready(k)
             left |= more
-            candidates += [(-self.levels[k][s["id"]], k, i, s) for i, s in enumerate(ready)]
+            candidates += [(-self.levels[k][s.id], k, i, s) for i, s in enumerate(ready)]
         for _, k, _, stage in sorted(candidates, key=lambda c: c[:3]):
-            self.status("running", stage["id"])
+            self.status("running", stage.id)
             result = self.runners[k].run(stage, wait=False)
             if result != "busy":
                 self.counts[k]["ran" if result == "ran" else "failed"] += 1
