@@ -57,15 +57,15 @@ def test_it_composes_and_passes_the_check_with_its_family_and_claims(name):
 def test_it_trains_one_step_as_the_runner_trains_it(name, tmp_path, one_thread):
     cfg = composed(name, f"cache_dir={tmp_path}")
     plan, _, _ = make_plan(cfg)
-    stages = [s for s in plan.stages if s["kind"] in ("teacher", "student")]
-    assert stages[-1]["defense"] == name, "the stages it starts from come first"
+    stages = [s for s in plan.stages if s.kind in ("teacher", "student")]
+    assert stages[-1].defense == name, "the stages it starts from come first"
     for stage in stages:  # as the executor runs them: a stage's weights start from those it starts from
-        train_stage(stage["job"], progress=False)
-    job = stages[-1]["job"]
-    cache = Cache(job["cache_dir"])
-    L.seed_everything(job["seed"], verbose=False)  # as the training stage builds it
-    module = build_module(job, cache, build_datamodule(job["data"]))
-    after = cache.tensors("student", job["key"], "state")
+        train_stage(stage.job, progress=False)
+    job = stages[-1].job
+    cache = Cache(job.cache_dir)
+    L.seed_everything(job.seed, verbose=False)  # as the training stage builds it
+    module = build_module(job, cache, build_datamodule(job.data))
+    after = cache.tensors("student", job.key, "state")
     moved = [k for k, p in module.named_parameters() if p.requires_grad and not torch.equal(p, after[k])]
     assert moved, "a training step changed no weight"
 
