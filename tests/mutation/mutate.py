@@ -155,6 +155,7 @@ PLAN_TESTS = (
         "test_plan_attacks_are_built_once_from_the_cell_or_crafted_recipe",
         "test_plan_add_one_stage_per_key_and_kind",
         "test_a_plan_through_json",
+        "test_a_composed_plan_through_json_gives_equal_stages",
     ),
     "tests/benchmark/test_planner.py",
 )
@@ -174,6 +175,7 @@ PRECISION_TESTS = tuple(
 RECORDS_TESTS = (
     "tests/benchmark/test_records.py::test_a_row_keeps_its_types_through_results_csv",
     "tests/benchmark/test_records.py::test_one_grouping_rule_for_budgets",
+    "tests/benchmark/test_plan.py::test_a_composed_plan_through_json_gives_equal_stages",
 )
 #: The plan's tests on small configs (a plan takes about a second: no training, no attack); not test_plan.py's tests
 #: of the source files themselves (their length, their imports), which read mutmut's rewritten copies.
