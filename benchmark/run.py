@@ -60,13 +60,13 @@ def report_config(cfg: dict, plan: Plan) -> dict:
     }
 
 
-def write_results(out: Path, cfg: dict, plan: Plan, rows: list[Row], examples: dict, warnings: list[str]) -> None:
+def write_results(out: Path, cfg: dict, reported: dict, rows: list[Row], examples: dict, warnings: list[str]) -> None:
     """results.csv first (nothing after it can lose a result), then the per-example data, the run's warnings
-    that are not row flags, and what the report needs to rebuild itself (`make report`)."""
+    that are not row flags, and what the report needs to rebuild itself (`reported`, its `report_config`)."""
     write_csv(rows, out / "results.csv")
     (out / "per_example.json").write_text(json.dumps(examples))
     (out / "run_warnings.json").write_text(json.dumps(warnings, indent=1))
-    (out / "report_config.json").write_text(json.dumps(report_config(cfg, plan)))
+    (out / "report_config.json").write_text(json.dumps(reported))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
@@ -122,9 +122,10 @@ def _results(cfg, plan, plan_warnings, launched, console, start: float, group: d
     out = Path(cfg["results_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(plan.to_json())
-    write_results(out, cfg, plan, rows, examples, [*plan_warnings, *failed])
+    reported = report_config(cfg, plan)
+    write_results(out, cfg, reported, rows, examples, [*plan_warnings, *failed])
     report_start = time.perf_counter()
-    report, rebuilt = write_report_if_changed(out, rows, examples, report_config(cfg, plan), [*plan_warnings, *failed])
+    report, rebuilt = write_report_if_changed(out, rows, examples, reported, [*plan_warnings, *failed])
     if not rebuilt:
         console.log(f"leaderboard and plots in {out} are up to date (same results, same code): not redrawn")
     plots = report.plots

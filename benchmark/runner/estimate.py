@@ -207,7 +207,6 @@ def workers_of(cfg: dict) -> int:
     launcher = cfg.get("launcher") or {}
     if launcher.get("name") != "workers":
         return 1
-
     return len(layout(launcher))
 
 
