@@ -80,6 +80,13 @@ def stages(plan: Plan) -> dict[str, Stage]:
     return {s.id: s for s in plan.stages}
 
 
+def test_the_plan_carries_the_headline_budgets_parsed_once():
+    """The headline of each norm, parsed by the config check, travels with the plan (its JSON included)."""
+    plan = plan_of(report__headline__linf="8/255", report__headline__l2=0.5)[0]
+    assert plan.headline == {"linf": pytest.approx(8 / 255), "l2": 0.5}
+    assert Plan.from_json(plan.to_json()).headline == plan.headline
+
+
 # ---- training stages ------------------------------------------------------------------------------------------
 def test_single_process_strategy():
     ddp = {"devices": 1, "num_nodes": 1, "strategy": "ddp_spawn", "x": 1}
