@@ -72,10 +72,10 @@ class Report:
 
 
 def report_inputs(report_config: dict) -> tuple[list, dict[str, str]]:
-    """What the report reads of the run's defenses in report_config.json: the claims the findings test
-    (`benchmark.results.claims.run_claims`: each defense's, and those about attacks; the config's `report.claims`
-    replaces them) and each defense's figure family. A run that wrote no defenses (written before their configs held
-    them) gets every shipped defense's, as its report had them."""
+    """What the report reads of the defenses in report_config.json (`runner.config.report_defenses`): the claims the
+    findings test (`benchmark.results.claims.run_claims`: each defense's, and those about attacks; the config's
+    `report.claims` replaces them) and each defense's figure family. A run that wrote no defenses (written before their
+    configs held them) gets every shipped defense's, as its report had them."""
     defenses = report_config["defenses"] if "defenses" in report_config else shipped_defenses()
     given = report_config.get("claims")
     claims = claims_from_config(given) if given else run_claims(defenses)
@@ -90,7 +90,7 @@ def write_report(
     The warnings shown are `warnings` (the run's own: plan warnings and failures) followed by one per flag the
     runner raised. The headline budgets are `report_config`'s (the config's `report.headline`), each resolved on
     the rows here (`headline_eps`: the median swept budget of a norm whose headline was not swept). The claims and
-    the figures' families are the run's defenses' (`report_inputs`).
+    the figures' families are those the run wrote (`report_inputs`: every shipped defense's and the sweep's own).
     """
     if "headline" not in report_config:
         raise ConfigError("report_config.json has no headline budgets: rerun `make bench` to write them")
