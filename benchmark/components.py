@@ -17,7 +17,7 @@ from benchmark.numerics import apply_layout
 from benchmark.records import Job
 from datamodules.base import TransferDataModule
 from lightning_modules.checkpoints import HEADS, file_digest, load_into, rule_of
-from lightning_modules.checkpoints import pretrained_report as report
+from lightning_modules.checkpoints import pretrained_report as timm_file_report
 from lightning_modules.classifier import ImageClassifier, build_classifier
 
 #: Data-config fields that do not change what a stage computes (left out of cache keys).
@@ -113,7 +113,7 @@ def pretrained_report(model_cfg: dict, dm: TransferDataModule, model: nn.Module 
     if not (model_cfg.get("pretrained") and model_cfg.get("pretrained_file")):
         return None
     model = build_model(model_cfg, dm) if model is None else model
-    return report(model, str(pretrained_file(model_cfg["pretrained_file"])))
+    return timm_file_report(model, str(pretrained_file(model_cfg["pretrained_file"])))
 
 
 def pretrained_classifier(backbone: str, num_classes: int, in_chans: int, file: str | None = None, **kwargs):
